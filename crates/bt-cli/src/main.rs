@@ -1,0 +1,53 @@
+//! `bt-cli`: the barlow-twins-rs command line. Only this crate knows clap; each subcommand lives
+//! in its own module under `cmd/` and calls into the library crates.
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// Barlow Twins self-supervised pretraining in Rust, on libtorch (CPU or CUDA).
+#[derive(Parser)]
+#[command(name = "bt-cli", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Versions, libtorch location, CUDA/cuDNN availability, threads.
+    Info,
+    /// Print the effective config (preset + file + --set overrides) as TOML.
+    Config(cmd::config::Args),
+    /// Write a PNG grid of originals and their two augmented views.
+    PreviewAugment(cmd::data::PreviewArgs),
+    /// Per-layer table and parameter totals of a preset's model.
+    ModelSummary(cmd::model::SummaryArgs),
+    /// Benchmarks: data pipeline, loss, optimizer step, train step.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCmd),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Info => cmd::info::run(),
+        Cmd::Config(a) => cmd::config::run(a),
+        Cmd::PreviewAugment(a) => cmd::data::preview(a),
+        Cmd::ModelSummary(a) => cmd::model::summary(a),
+        Cmd::Bench(b) => cmd::bench::run(b),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! LAMB and LARS optimizers with learning-rate schedules.
+//!
+//! Filled in by the optimizer issue.
+#![deny(missing_docs)]

@@ -1,0 +1,129 @@
+//! `cargo xtask <command>`: project automation (matklad's xtask pattern).
+//!
+//! Every command that builds first provisions libtorch ([`torch::provision`]), so a fresh clone
+//! needs no manual step: `LIBTORCH` if set, else a Python whose torch is 2.11.x, else a `.venv/`
+//! created here with `pip install torch==2.11.0`.
+//!
+//! Dependencies stay light on purpose (no clap, no tch): xtask must build before libtorch exists.
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+mod fetch;
+mod torch;
+
+const HELP: &str = "\
+cargo xtask <command>
+
+Commands:
+  setup                 find or install libtorch 2.11 (LIBTORCH, a Python's torch, or .venv/)
+  env                   print the environment for plain cargo commands (eval \"$(cargo xtask env)\")
+  build                 setup, then build bt-cli in release mode
+  test                  setup, then build and run the whole test suite (what CI runs)
+  demo [ARGS...]        setup, build, run the end-to-end demo (extra args go to the demo)
+  fetch-cifar [--dest DIR] [--url URL] [--from FILE]
+                        download (or unpack a local) cifar-10-binary.tar.gz, verify its MD5,
+                        install DIR/cifar-10-batches-bin atomically (DIR defaults to data)
+";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = run(&args) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let Some(cmd) = args.first() else {
+        print!("{HELP}");
+        return Ok(());
+    };
+    let rest = &args[1..];
+    match cmd.as_str() {
+        "setup" => {
+            let t = torch::provision(&root())?;
+            println!("libtorch {} at {}", t.version, t.dir.display());
+            println!("found via: {}", t.source);
+            Ok(())
+        }
+        "env" => {
+            let t = torch::provision(&root())?;
+            for (k, v) in t.env() {
+                println!("export {k}={}", shell_quote(&v));
+            }
+            Ok(())
+        }
+        "build" => {
+            let t = torch::provision(&root())?;
+            cargo(&t, &["build", "--release", "-p", "bt-cli"])
+        }
+        "test" => {
+            let t = torch::provision(&root())?;
+            // One release build of everything (bins included: the end-to-end tests run the real
+            // bt-cli binary), then the tests. Release because the numeric tests are slow unoptimized
+            // and a second (dev) build of the libtorch bindings would double CI time.
+            cargo(&t, &["build", "--release", "--workspace", "--all-targets"])?;
+            let mut a = vec!["test", "--release", "--workspace"];
+            a.extend(rest.iter().map(String::as_str));
+            cargo(&t, &a)
+        }
+        "demo" => {
+            let t = torch::provision(&root())?;
+            cargo(&t, &["build", "--release", "-p", "bt-cli"])?;
+            // Until the end-to-end pretraining lands, the demo shows the toolchain works: the
+            // binary runs, finds libtorch, and the demo preset's config is valid.
+            bt_cli(&t, &["info"])?;
+            bt_cli(&t, &["config", "--preset", "demo"])
+        }
+        "fetch-cifar" => fetch::run(rest),
+        "-h" | "--help" | "help" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        other => bail!("unknown xtask command `{other}`\n\n{HELP}"),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+}
+
+/// Runs cargo with the libtorch environment.
+fn cargo(t: &torch::Torch, args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut c = Command::new(cargo);
+    c.args(args).current_dir(root());
+    for (k, v) in t.env() {
+        c.env(k, v);
+    }
+    let st = c.status().context("running cargo")?;
+    if !st.success() {
+        bail!("cargo {} failed ({st})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Runs the release `bt-cli` with the libtorch environment.
+fn bt_cli(t: &torch::Torch, args: &[&str]) -> Result<()> {
+    let bin = root().join("target/release/bt-cli");
+    let mut c = Command::new(&bin);
+    c.args(args).current_dir(root());
+    for (k, v) in t.env() {
+        c.env(k, v);
+    }
+    let st = c.status().with_context(|| format!("running {}", bin.display()))?;
+    if !st.success() {
+        bail!("bt-cli {} failed ({st})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-:=+".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}

@@ -1,0 +1,177 @@
+//! libtorch provisioning: `LIBTORCH` → a Python whose torch is 2.11.x → a `.venv/` made here.
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The libtorch version tch 0.24.0 binds.
+pub const NEED: &str = "2.11";
+/// What `.venv/` gets: torch for libtorch; torchvision, numpy and safetensors for the tests that
+/// load our checkpoints into torchvision.
+const PIP_PACKAGES: &[&str] = &["torch==2.11.0", "torchvision==0.26.0", "numpy", "safetensors"];
+
+/// A usable libtorch.
+pub struct Torch {
+    /// The folder holding `lib/` and `include/` (a libtorch zip or a wheel's `torch/`).
+    pub dir: PathBuf,
+    /// Its version, e.g. `2.11.0+cu130`.
+    pub version: String,
+    /// How it was found, for the log.
+    pub source: String,
+    /// A Python with this torch, torchvision, numpy and safetensors (test tools), if any.
+    pub python: Option<PathBuf>,
+}
+
+impl Torch {
+    /// Environment for cargo and for running binaries and tests.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let lib = self.dir.join("lib");
+        let mut ld = lib.display().to_string();
+        if let Ok(old) = std::env::var("LD_LIBRARY_PATH") {
+            if !old.is_empty() {
+                ld = format!("{ld}:{old}");
+            }
+        }
+        let mut v = vec![
+            ("LIBTORCH".to_string(), self.dir.display().to_string()),
+            ("LD_LIBRARY_PATH".to_string(), ld),
+        ];
+        if let Some(py) = &self.python {
+            v.push(("BT_PYTHON".to_string(), py.display().to_string()));
+        }
+        v
+    }
+}
+
+/// Finds or installs libtorch 2.11; see the module doc for the order.
+pub fn provision(root: &Path) -> Result<Torch> {
+    let venv_py = root.join(".venv/bin/python");
+    if let Some(dir) = std::env::var_os("LIBTORCH").filter(|s| !s.is_empty()) {
+        let dir = PathBuf::from(dir);
+        let version = version_of_dir(&dir).with_context(|| {
+            format!("LIBTORCH={} does not look like a libtorch folder (no version.py or build-version)", dir.display())
+        })?;
+        check_version(&version, &format!("LIBTORCH={}", dir.display()))?;
+        let python = find_python(root)?.map(|p| p.0);
+        return Ok(Torch { dir, version, source: "LIBTORCH".into(), python });
+    }
+    if let Some((python, version, dir)) = find_python(root)? {
+        return Ok(Torch { dir, version, source: format!("the torch of {}", python.display()), python: Some(python) });
+    }
+    // Nothing usable: make our own virtual environment.
+    eprintln!("xtask: no libtorch {NEED}.x found (LIBTORCH unset, no Python with torch {NEED}); creating .venv/ with {}", PIP_PACKAGES.join(" "));
+    if !venv_py.exists() {
+        let base = base_python().context(
+            "no python3 found: install Python 3.10+ (with the venv module) or set LIBTORCH to a libtorch 2.11 folder",
+        )?;
+        run(Command::new(&base).args(["-m", "venv"]).arg(root.join(".venv")), "creating .venv")?;
+    }
+    pip_install(&venv_py)?;
+    match query(&venv_py)? {
+        Some((version, dir)) => {
+            check_version(&version, &format!("{}", venv_py.display()))?;
+            Ok(Torch { dir, version, source: "the torch of .venv/ (created by xtask)".into(), python: Some(venv_py) })
+        }
+        None => bail!("installed torch into .venv/ but `import torch` fails there; see pip's output above"),
+    }
+}
+
+fn pip_install(py: &Path) -> Result<()> {
+    let mut c = Command::new(py);
+    c.args(["-m", "pip", "install", "--disable-pip-version-check"]).args(PIP_PACKAGES);
+    run(&mut c, "pip install into .venv (about 1-2 minutes, 4.6 GB)")
+}
+
+fn run(c: &mut Command, what: &str) -> Result<()> {
+    let st = c.status().with_context(|| format!("{what}: could not start {:?}", c.get_program()))?;
+    if !st.success() {
+        bail!("{what} failed ({st})");
+    }
+    Ok(())
+}
+
+fn check_version(version: &str, origin: &str) -> Result<()> {
+    if !version.starts_with(&format!("{NEED}.")) {
+        bail!(
+            "{origin}: found libtorch {version}, need {NEED}.x (tch 0.24.0 binds libtorch 2.11.0).\n\
+             Fix: point LIBTORCH at a libtorch 2.11 (the `torch/` folder of `pip install torch==2.11.0`), \
+             or unset LIBTORCH and run `cargo xtask setup`, which installs torch==2.11.0 into .venv/."
+        );
+    }
+    Ok(())
+}
+
+/// `__version__` of a wheel's `torch/version.py`, or a libtorch zip's `build-version`.
+fn version_of_dir(dir: &Path) -> Option<String> {
+    if let Ok(text) = std::fs::read_to_string(dir.join("version.py")) {
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("__version__ = ") {
+                return Some(v.trim().trim_matches('\'').trim_matches('"').to_string());
+            }
+        }
+    }
+    std::fs::read_to_string(dir.join("build-version")).ok().map(|s| s.trim().to_string())
+}
+
+fn base_python() -> Option<PathBuf> {
+    ["python3", "python"]
+        .iter()
+        .find(|p| Command::new(p).arg("--version").output().map(|o| o.status.success()).unwrap_or(false))
+        .map(PathBuf::from)
+}
+
+/// `(version, torch dir)` of the torch importable by `py`, if any.
+fn query(py: &Path) -> Result<Option<(String, PathBuf)>> {
+    let out = match Command::new(py)
+        .args(["-c", "import torch, os; print(torch.__version__); print(os.path.dirname(torch.__file__))"])
+        .output()
+    {
+        Ok(o) => o,
+        Err(_) => return Ok(None),
+    };
+    if !out.status.success() {
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    match (lines.next(), lines.next()) {
+        (Some(v), Some(d)) => Ok(Some((v.trim().to_string(), PathBuf::from(d.trim())))),
+        _ => Ok(None),
+    }
+}
+
+fn has_test_tools(py: &Path) -> bool {
+    Command::new(py)
+        .args(["-c", "import torchvision, numpy, safetensors"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// A Python with torch 2.11.x: `BT_PYTHON`, then `.venv/`, then `python3`/`python` on PATH.
+/// A `.venv/` of ours with torch but without the test tools gets them installed.
+fn find_python(root: &Path) -> Result<Option<(PathBuf, String, PathBuf)>> {
+    let venv_py = root.join(".venv/bin/python");
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = std::env::var_os("BT_PYTHON") {
+        candidates.push(PathBuf::from(p));
+    }
+    candidates.push(venv_py.clone());
+    candidates.extend(["python3", "python"].map(PathBuf::from));
+    for py in candidates {
+        let Some((version, dir)) = query(&py)? else { continue };
+        if !version.starts_with(&format!("{NEED}.")) {
+            eprintln!("xtask: {} has torch {version}, need {NEED}.x; skipping it", py.display());
+            continue;
+        }
+        if !has_test_tools(&py) {
+            if py == venv_py {
+                pip_install(&py)?;
+            } else {
+                eprintln!("xtask: {} has torch {version} but lacks torchvision/numpy/safetensors (test tools); skipping it", py.display());
+                continue;
+            }
+        }
+        return Ok(Some((py, version, dir)));
+    }
+    Ok(None)
+}
