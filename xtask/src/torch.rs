@@ -8,6 +8,10 @@ pub const NEED: &str = "2.11";
 /// What `.venv/` gets: torch for libtorch; torchvision, numpy and safetensors for the tests that
 /// load our checkpoints into torchvision.
 const PIP_PACKAGES: &[&str] = &["torch==2.11.0", "torchvision==0.26.0", "numpy", "safetensors"];
+/// The CUDA 13 wheels leave out the `crt/` headers that `cuda_runtime.h` includes; bt-shim's CUDA
+/// half needs them to compile (without them it builds CPU-only). Installed `--no-deps` so pip
+/// can never touch torch. The version matches the wheel's nvidia-cuda-runtime 13.0.
+const PIP_NO_DEPS: &[&str] = &["nvidia-cuda-crt==13.0.88"];
 
 /// A usable libtorch.
 pub struct Torch {
@@ -78,7 +82,14 @@ pub fn provision(root: &Path) -> Result<Torch> {
 fn pip_install(py: &Path) -> Result<()> {
     let mut c = Command::new(py);
     c.args(["-m", "pip", "install", "--disable-pip-version-check"]).args(PIP_PACKAGES);
-    run(&mut c, "pip install into .venv (about 1-2 minutes, 4.6 GB)")
+    run(&mut c, "pip install into .venv (about 1-2 minutes, 4.6 GB)")?;
+    pip_install_no_deps(py)
+}
+
+fn pip_install_no_deps(py: &Path) -> Result<()> {
+    let mut c = Command::new(py);
+    c.args(["-m", "pip", "install", "--disable-pip-version-check", "--no-deps"]).args(PIP_NO_DEPS);
+    run(&mut c, "pip install --no-deps (CUDA crt headers) into .venv")
 }
 
 fn run(c: &mut Command, what: &str) -> Result<()> {
@@ -139,6 +150,14 @@ fn query(py: &Path) -> Result<Option<(String, PathBuf)>> {
     }
 }
 
+fn has_package(py: &Path, dist: &str) -> bool {
+    Command::new(py)
+        .args(["-c", &format!("import importlib.metadata as m; m.version('{dist}')")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
 fn has_test_tools(py: &Path) -> bool {
     Command::new(py)
         .args(["-c", "import torchvision, numpy, safetensors"])
@@ -162,6 +181,9 @@ fn find_python(root: &Path) -> Result<Option<(PathBuf, String, PathBuf)>> {
         if !version.starts_with(&format!("{NEED}.")) {
             eprintln!("xtask: {} has torch {version}, need {NEED}.x; skipping it", py.display());
             continue;
+        }
+        if py == venv_py && !has_package(&py, "nvidia-cuda-crt") {
+            pip_install_no_deps(&py)?;
         }
         if !has_test_tools(&py) {
             if py == venv_py {

@@ -1,0 +1,367 @@
+//! The twin-view pipeline: a producer thread fills whole batches with a rayon pool and hands
+//! them over a bounded crossbeam channel.
+//!
+//! - **Determinism.** Batch `b` of epoch `e` holds dataset images `perm_e[b*B..(b+1)*B]` where
+//!   `perm_e` is a Fisher-Yates shuffle keyed by `(seed, e)`; each view of image `i` is drawn
+//!   from the stream `(seed, e, i, view)`. Nothing depends on the thread count or on which
+//!   thread ran a sample, so batches are bit-identical for 1, 2 or 16 workers, and a resumed
+//!   run (`start_batch > 0`) gets exactly the batches it would have got.
+//! - **Bounded memory.** At most `queue_capacity` batches wait in the channel and one more is
+//!   being filled; a slow consumer blocks the producer. Batch buffers are recycled through a
+//!   small free list when a [`TwinBatch`] is dropped, so a steady state allocates nothing.
+//! - **Shutdown.** Dropping the [`EpochIter`] drops the receiver; the producer's next `send`
+//!   fails and it returns; the drop then joins it.
+//! - **Panics.** A panic in a worker is caught around the batch and sent as
+//!   [`DataError::WorkerPanic`]; if the producer dies anyway, the consumer sees
+//!   [`DataError::Disconnected`] for the batch it was waiting for. It never hangs.
+use crate::cifar::{Dataset, IMAGE_BYTES};
+use crate::error::{DataError, Result};
+use crate::policy::{apply, TwinPolicy};
+use crate::rng::{stream, SampleRng};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use rayon::prelude::*;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// One step's worth of twin views.
+///
+/// # Shapes
+/// `view_a`, `view_b`: `batch_size x 3 x 32 x 32` f32, contiguous NCHW; `labels`, `indices`:
+/// `batch_size`.
+#[derive(Debug)]
+pub struct TwinBatch {
+    /// First views, NCHW f32 (clipped to `[0, 1]` when the policy clips).
+    pub view_a: Vec<f32>,
+    /// Second views, same images in the same order.
+    pub view_b: Vec<f32>,
+    /// Class labels (unused by pretraining; kept for monitors).
+    pub labels: Vec<i64>,
+    /// Dataset indices of the images.
+    pub indices: Vec<i64>,
+    /// Epoch the batch belongs to.
+    pub epoch: u64,
+    /// Index of the batch within its epoch.
+    pub batch_index: usize,
+    /// Images in this batch (the last may be smaller without `drop_remainder`).
+    pub batch_size: usize,
+    recycle: Option<Sender<Vec<f32>>>,
+}
+
+impl TwinBatch {
+    /// Takes the two view buffers out (they are then not recycled).
+    pub fn into_views(mut self) -> (Vec<f32>, Vec<f32>) {
+        (std::mem::take(&mut self.view_a), std::mem::take(&mut self.view_b))
+    }
+}
+
+impl Drop for TwinBatch {
+    fn drop(&mut self) {
+        if let Some(tx) = &self.recycle {
+            for v in [std::mem::take(&mut self.view_a), std::mem::take(&mut self.view_b)] {
+                if !v.is_empty() {
+                    let _ = tx.try_send(v);
+                }
+            }
+        }
+    }
+}
+
+/// The twin-view pipeline over a dataset; see the module doc.
+pub struct TwinPipeline {
+    dataset: Arc<Dataset>,
+    policy: Arc<TwinPolicy>,
+    seed: u64,
+    batch_size: usize,
+    drop_remainder: bool,
+    queue_capacity: usize,
+    pool: Arc<rayon::ThreadPool>,
+    threads: usize,
+    free: (Sender<Vec<f32>>, Receiver<Vec<f32>>),
+    fail_at: Option<usize>,
+}
+
+impl std::fmt::Debug for TwinPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwinPipeline")
+            .field("len", &self.dataset.len())
+            .field("seed", &self.seed)
+            .field("batch_size", &self.batch_size)
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+impl TwinPipeline {
+    /// A pipeline with `data.workers` threads (0 = all cores), `data.batch_size`,
+    /// `data.drop_remainder`, `data.queue_capacity`, the `augment` policies and the run `seed`.
+    pub fn new(
+        dataset: Arc<Dataset>,
+        data: &bt_config::DataConfig,
+        augment: &bt_config::AugmentConfig,
+        seed: u64,
+    ) -> Result<Self> {
+        let policy = TwinPolicy::from_config(augment, seed)?;
+        Self::with_policy(dataset, policy, data, seed)
+    }
+
+    /// As [`TwinPipeline::new`] with an explicit policy.
+    pub fn with_policy(
+        dataset: Arc<Dataset>,
+        policy: TwinPolicy,
+        data: &bt_config::DataConfig,
+        seed: u64,
+    ) -> Result<Self> {
+        if data.batch_size == 0 {
+            return Err(DataError::BadConfig { key: "data.batch_size".into(), reason: "must be > 0".into() });
+        }
+        let threads = if data.workers == 0 { rayon::current_num_threads() } else { data.workers };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("bt-data-{i}"))
+            .build()
+            .map_err(|e| DataError::BadConfig { key: "data.workers".into(), reason: e.to_string() })?;
+        Ok(Self {
+            dataset,
+            policy: Arc::new(policy),
+            seed,
+            batch_size: data.batch_size,
+            drop_remainder: data.drop_remainder,
+            queue_capacity: data.queue_capacity,
+            pool: Arc::new(pool),
+            threads,
+            free: bounded(2 * data.queue_capacity + 4),
+            fail_at: None,
+        })
+    }
+
+    /// Worker threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// The policies in use.
+    pub fn policy(&self) -> &TwinPolicy {
+        &self.policy
+    }
+
+    /// The dataset.
+    pub fn dataset(&self) -> &Arc<Dataset> {
+        &self.dataset
+    }
+
+    /// Batches per epoch (`floor(N / B)` with `drop_remainder`, else `ceil`).
+    pub fn batches_per_epoch(&self) -> usize {
+        let n = self.dataset.len();
+        if self.drop_remainder {
+            n / self.batch_size
+        } else {
+            n.div_ceil(self.batch_size)
+        }
+    }
+
+    /// The shuffled order of dataset indices in `epoch`.
+    pub fn epoch_order(&self, epoch: u64) -> Vec<u32> {
+        SampleRng::new(self.seed, epoch, 0, stream::SHUFFLE).permutation(self.dataset.len())
+    }
+
+    /// Test hook: make the worker that handles dataset index `index` panic.
+    #[doc(hidden)]
+    pub fn inject_panic_at_index(&mut self, index: Option<usize>) {
+        self.fail_at = index;
+    }
+
+    /// Starts producing `epoch` from batch `start_batch` (0 for a fresh epoch).
+    pub fn epoch(&self, epoch: u64, start_batch: usize) -> EpochIter {
+        let nb = self.batches_per_epoch();
+        let start = start_batch.min(nb);
+        let (tx, rx) = bounded::<Result<TwinBatch>>(self.queue_capacity);
+        let produced = Arc::new(AtomicUsize::new(0));
+        let worker = Producer {
+            dataset: self.dataset.clone(),
+            policy: self.policy.clone(),
+            pool: self.pool.clone(),
+            seed: self.seed,
+            batch_size: self.batch_size,
+            free_tx: self.free.0.clone(),
+            free_rx: self.free.1.clone(),
+            fail_at: self.fail_at,
+            produced: produced.clone(),
+        };
+        let order = self.epoch_order(epoch);
+        let handle = std::thread::Builder::new()
+            .name("bt-data-producer".into())
+            .spawn(move || worker.run(epoch, order, start, nb, tx))
+            .expect("spawn the pipeline producer thread");
+        EpochIter { rx: Some(rx), handle: Some(handle), next: start, end: nb, produced, done: false }
+    }
+
+    /// Builds one batch synchronously on the calling thread (through the pool), bypassing the
+    /// channel: for tests and benchmarks of the augmentation itself.
+    pub fn make_batch(&self, epoch: u64, batch_index: usize) -> TwinBatch {
+        let order = self.epoch_order(epoch);
+        let p = Producer {
+            dataset: self.dataset.clone(),
+            policy: self.policy.clone(),
+            pool: self.pool.clone(),
+            seed: self.seed,
+            batch_size: self.batch_size,
+            free_tx: self.free.0.clone(),
+            free_rx: self.free.1.clone(),
+            fail_at: self.fail_at,
+            produced: Arc::new(AtomicUsize::new(0)),
+        };
+        p.fill(epoch, &order, batch_index)
+    }
+}
+
+struct Producer {
+    dataset: Arc<Dataset>,
+    policy: Arc<TwinPolicy>,
+    pool: Arc<rayon::ThreadPool>,
+    seed: u64,
+    batch_size: usize,
+    free_tx: Sender<Vec<f32>>,
+    free_rx: Receiver<Vec<f32>>,
+    fail_at: Option<usize>,
+    produced: Arc<AtomicUsize>,
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".into()
+    }
+}
+
+impl Producer {
+    fn buffer(&self, len: usize) -> Vec<f32> {
+        let mut v = self.free_rx.try_recv().unwrap_or_default();
+        // Every value is overwritten by the fill, so a recycled buffer needs no clearing.
+        v.resize(len, 0.0);
+        v
+    }
+
+    fn fill(&self, epoch: u64, order: &[u32], b: usize) -> TwinBatch {
+        let lo = b * self.batch_size;
+        let hi = (lo + self.batch_size).min(order.len());
+        let idx = &order[lo..hi];
+        let n = idx.len();
+        let mut view_a = self.buffer(n * IMAGE_BYTES);
+        let mut view_b = self.buffer(n * IMAGE_BYTES);
+        let (ds, policy, seed, fail_at) = (&*self.dataset, &*self.policy, self.seed, self.fail_at);
+        self.pool.install(|| {
+            view_a
+                .par_chunks_mut(IMAGE_BYTES)
+                .zip(view_b.par_chunks_mut(IMAGE_BYTES))
+                .zip(idx.par_iter())
+                .with_min_len(4)
+                .for_each(|((a, bv), &i)| {
+                    let i = i as usize;
+                    if fail_at == Some(i) {
+                        panic!("injected failure at dataset index {i}");
+                    }
+                    let (pa, pb) = policy.sample_pair(seed, epoch, i as u64);
+                    let img = ds.image(i);
+                    apply(img, &pa, a);
+                    apply(img, &pb, bv);
+                });
+        });
+        TwinBatch {
+            view_a,
+            view_b,
+            labels: idx.iter().map(|&i| ds.label(i as usize) as i64).collect(),
+            indices: idx.iter().map(|&i| i as i64).collect(),
+            epoch,
+            batch_index: b,
+            batch_size: n,
+            recycle: Some(self.free_tx.clone()),
+        }
+    }
+
+    fn run(self, epoch: u64, order: Vec<u32>, start: usize, end: usize, tx: Sender<Result<TwinBatch>>) {
+        for b in start..end {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| self.fill(epoch, &order, b))) {
+                Ok(batch) => {
+                    self.produced.fetch_add(1, Ordering::SeqCst);
+                    if tx.send(Ok(batch)).is_err() {
+                        return; // consumer gone: normal shutdown
+                    }
+                }
+                Err(p) => {
+                    let _ = tx.send(Err(DataError::WorkerPanic { batch: b, message: panic_message(&*p) }));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The batches of one epoch, in order; see [`TwinPipeline::epoch`].
+#[derive(Debug)]
+pub struct EpochIter {
+    rx: Option<Receiver<Result<TwinBatch>>>,
+    handle: Option<JoinHandle<()>>,
+    next: usize,
+    end: usize,
+    produced: Arc<AtomicUsize>,
+    done: bool,
+}
+
+impl EpochIter {
+    /// Batches produced so far by the worker side (delivered or waiting in the channel).
+    pub fn produced(&self) -> usize {
+        self.produced.load(Ordering::SeqCst)
+    }
+
+    /// Batches left to deliver.
+    pub fn remaining(&self) -> usize {
+        if self.done {
+            0
+        } else {
+            self.end - self.next
+        }
+    }
+}
+
+impl Iterator for EpochIter {
+    type Item = Result<TwinBatch>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done || self.next >= self.end {
+            return None;
+        }
+        let rx = self.rx.as_ref()?;
+        match rx.recv() {
+            Ok(Ok(b)) => {
+                self.next += 1;
+                Some(Ok(b))
+            }
+            Ok(Err(e)) => {
+                self.done = true;
+                Some(Err(e))
+            }
+            Err(_) => {
+                self.done = true;
+                Some(Err(DataError::Disconnected { batch: self.next }))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.remaining()))
+    }
+}
+
+impl Drop for EpochIter {
+    fn drop(&mut self) {
+        // Receiver first, so a producer blocked in `send` wakes up with an error and returns.
+        drop(self.rx.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

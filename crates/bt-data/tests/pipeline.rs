@@ -1,0 +1,147 @@
+//! Pipeline behaviour: determinism across thread counts, resume, bounded memory with a stalled
+//! consumer, clean shutdown, worker panic -> error.
+use bt_config::{AugmentConfig, DataConfig};
+use bt_data::{synthetic, DataError, Dataset, TwinPipeline};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn ds(n: usize) -> Arc<Dataset> {
+    Arc::new(synthetic::generate(n, 42, synthetic::Split::Train))
+}
+
+fn pipe(d: &Arc<Dataset>, workers: usize, batch: usize, cap: usize, aug: &AugmentConfig) -> TwinPipeline {
+    let data = DataConfig { batch_size: batch, workers, queue_capacity: cap, ..Default::default() };
+    TwinPipeline::new(d.clone(), &data, aug, 7).unwrap()
+}
+
+/// (view A bits, view B bits, indices, batch index) of each batch.
+type Bits = Vec<(Vec<u32>, Vec<u32>, Vec<i64>, usize)>;
+
+fn collect(p: &TwinPipeline, epoch: u64, start: usize) -> Bits {
+    p.epoch(epoch, start)
+        .map(|b| {
+            let b = b.unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            (bits(&b.view_a), bits(&b.view_b), b.indices.clone(), b.batch_index)
+        })
+        .collect()
+}
+
+#[test]
+fn bit_identical_across_1_2_4_threads_for_both_policies() {
+    let d = ds(200);
+    for aug in [AugmentConfig::keras_seed(), AugmentConfig::cifar_asymmetric()] {
+        let one = collect(&pipe(&d, 1, 32, 2, &aug), 3, 0);
+        assert_eq!(one.len(), 6, "200 / 32 with drop_remainder");
+        for t in [2, 4] {
+            assert!(one == collect(&pipe(&d, t, 32, 2, &aug), 3, 0), "{t} threads differ ({})", aug.policy);
+        }
+        // Another epoch differs (new shuffle and new augmentations).
+        let other = collect(&pipe(&d, 2, 32, 2, &aug), 4, 0);
+        assert_ne!(one[0].2, other[0].2);
+    }
+}
+
+#[test]
+fn views_differ_and_epochs_are_permutations() {
+    let d = ds(100);
+    let p = pipe(&d, 2, 25, 2, &AugmentConfig::keras_seed());
+    let mut seen = Vec::new();
+    for b in p.epoch(0, 0) {
+        let b = b.unwrap();
+        assert_eq!(b.view_a.len(), 25 * 3072);
+        assert_ne!(b.view_a, b.view_b, "independent augmentations");
+        assert!(b.view_a.iter().all(|v| (0.0..=1.0).contains(v)), "clipped");
+        for (&i, &l) in b.indices.iter().zip(&b.labels) {
+            assert_eq!(d.label(i as usize) as i64, l);
+        }
+        seen.extend(b.indices.iter().copied());
+    }
+    seen.sort();
+    assert_eq!(seen, (0..100).collect::<Vec<i64>>());
+}
+
+#[test]
+fn drop_remainder_and_keep_remainder() {
+    let d = ds(70);
+    let p = pipe(&d, 2, 32, 2, &AugmentConfig::keras_seed());
+    assert_eq!(p.batches_per_epoch(), 2);
+    let data = DataConfig { batch_size: 32, workers: 2, drop_remainder: false, ..Default::default() };
+    let p = TwinPipeline::new(d, &data, &AugmentConfig::keras_seed(), 7).unwrap();
+    let sizes: Vec<usize> = p.epoch(0, 0).map(|b| b.unwrap().batch_size).collect();
+    assert_eq!(sizes, vec![32, 32, 6]);
+}
+
+#[test]
+fn resume_from_start_batch_gives_the_same_remaining_batches() {
+    let d = ds(160);
+    let p = pipe(&d, 2, 16, 2, &AugmentConfig::keras_seed());
+    let full = collect(&p, 2, 0);
+    let resumed = collect(&p, 2, 6);
+    assert_eq!(resumed.len(), full.len() - 6);
+    assert!(resumed[..] == full[6..]);
+    assert_eq!(resumed[0].3, 6);
+}
+
+#[test]
+fn stalled_consumer_keeps_memory_bounded() {
+    let d = ds(640);
+    let cap = 2;
+    let p = pipe(&d, 2, 16, cap, &AugmentConfig::keras_seed());
+    let mut it = p.epoch(0, 0);
+    // Wait until the producer has filled the queue and is blocked (or give up after 10 s).
+    let t = Instant::now();
+    while it.produced() < cap + 1 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // cap batches in the channel + 1 blocked in send; never the 40 of the epoch.
+    assert_eq!(it.produced(), cap + 1);
+    assert!(it.next().unwrap().is_ok());
+    let t = Instant::now();
+    while it.produced() < cap + 2 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(it.produced(), cap + 2);
+}
+
+#[test]
+fn dropping_the_consumer_stops_the_producer() {
+    let d = ds(2000);
+    let p = pipe(&d, 2, 16, 1, &AugmentConfig::keras_seed());
+    let mut it = p.epoch(0, 0);
+    it.next().unwrap().unwrap();
+    let produced_before = it.produced();
+    drop(it); // joins the producer; returning at all means it stopped
+    assert!(produced_before < p.batches_per_epoch());
+    // The pipeline is reusable afterwards.
+    assert_eq!(p.epoch(1, 120).count(), 5);
+}
+
+#[test]
+fn worker_panic_becomes_an_error_not_a_hang() {
+    let d = ds(256);
+    let mut p = pipe(&d, 2, 32, 2, &AugmentConfig::keras_seed());
+    let order = p.epoch_order(0);
+    let victim = order[3 * 32 + 5] as usize; // in batch 3
+    p.inject_panic_at_index(Some(victim));
+    let results: Vec<_> = p.epoch(0, 0).collect();
+    assert_eq!(results.len(), 4, "three good batches then the error, then the end");
+    assert!(results[..3].iter().all(|r| r.is_ok()));
+    match &results[3] {
+        Err(DataError::WorkerPanic { batch: 3, message }) => assert!(message.contains("injected"), "{message}"),
+        other => panic!("expected WorkerPanic for batch 3, got {other:?}"),
+    }
+}
+
+#[test]
+fn eval_batches_are_unaugmented_x_over_255() {
+    let d = ds(50);
+    let batches: Vec<_> = d.eval_batches(16, true).collect();
+    assert_eq!(batches.len(), 3);
+    let b = &batches[1];
+    assert_eq!(b.indices[0], 16);
+    assert_eq!(b.images[5], d.image(16)[5] as f32 / 255.0);
+    assert_eq!(d.eval_batches(16, false).last().unwrap().len(), 2);
+}
