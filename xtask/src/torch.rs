@@ -10,8 +10,9 @@ pub const NEED: &str = "2.11";
 const PIP_PACKAGES: &[&str] = &["torch==2.11.0", "torchvision==0.26.0", "numpy", "safetensors"];
 /// The CUDA 13 wheels leave out the `crt/` headers that `cuda_runtime.h` includes; bt-shim's CUDA
 /// half needs them to compile (without them it builds CPU-only). Installed `--no-deps` so pip
-/// can never touch torch. The version matches the wheel's nvidia-cuda-runtime 13.0.
-const PIP_NO_DEPS: &[&str] = &["nvidia-cuda-crt==13.0.88"];
+/// can never touch torch. The version matches the wheel's nvidia-cuda-runtime 13.0. CCCL (`nv/target`)
+/// is needed by bt-dist's NCCL path.
+const PIP_NO_DEPS: &[&str] = &["nvidia-cuda-crt==13.0.88", "nvidia-cuda-cccl==13.0.85"];
 
 /// A usable libtorch.
 pub struct Torch {
@@ -182,7 +183,8 @@ fn find_python(root: &Path) -> Result<Option<(PathBuf, String, PathBuf)>> {
             eprintln!("xtask: {} has torch {version}, need {NEED}.x; skipping it", py.display());
             continue;
         }
-        if py == venv_py && !has_package(&py, "nvidia-cuda-crt") {
+        let missing_no_deps = PIP_NO_DEPS.iter().any(|p| !has_package(&py, p.split("==").next().unwrap_or(p)));
+        if py == venv_py && missing_no_deps {
             pip_install_no_deps(&py)?;
         }
         if !has_test_tools(&py) {

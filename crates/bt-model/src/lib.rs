@@ -1,4 +1,419 @@
-//! Encoders (the seed Keras ResNet-34, CIFAR ResNets) and projectors on libtorch.
+//! Barlow Twins encoders and projectors on libtorch (CPU or CUDA), with PyTorch-compatible
+//! safetensors checkpoints.
 //!
-//! Filled in by the model issue.
+//! Two encoder families, picked by [`bt_config::Arch`]:
+//!
+//! - **`keras-resnet34`**, the seed notebook's model reproduced exactly, Keras semantics
+//!   included: `ZeroPadding2D(3)` -> 7x7/2 `same` conv -> BN -> ReLU -> 3x3/2 `same` max-pool ->
+//!   stages [3, 4, 6, 3] with 64..512 filters (first block of stages 2-4: stride-2 conv and a
+//!   1x1/2 `valid` shortcut conv without BN) -> 2x2 `same` average pool -> flatten (512
+//!   features). Every conv and dense layer has a bias and glorot-uniform init; batch norm has
+//!   epsilon 1e-3 and momentum 0.99. Parameter counts equal Keras' own: encoder 21,291,392
+//!   trainable + 15,232 non-trainable; with the 5000x3 projector 73,886,392 + 35,232.
+//! - **`cifar-resnet{18,34,50}`**: torchvision's ResNets with the CIFAR stem (3x3/1 conv, no
+//!   max-pool), PyTorch BN defaults, optional `zero_init_residual`, base width `model.width`.
+//!
+//! The projector ([`bt_config::ModelConfig::projector`]) is `Linear -> [BN] -> ReLU` per hidden
+//! layer and a final `Linear`, indexed like an `nn.Sequential`.
+//!
+//! # Key design choice: PyTorch state-dict names are the model's identity
+//! Every tensor is created under the name PyTorch would give it (`encoder.layer1.0.bn1.running_var`,
+//! `projector.0.weight`), including the BN bookkeeping PyTorch has and Keras does not
+//! (`num_batches_tracked`, int64). A checkpoint is therefore just the list of
+//! [`BarlowTwins::variables`] written as safetensors, and [`BarlowTwins::save_encoder`] of a CIFAR
+//! ResNet is a state dict that torchvision's and timm's `resnet18` load with `strict=True` (see
+//! `docs/CHECKPOINTS.md`). The alternative (Keras-like names plus a translation table at
+//! export) would put a second naming scheme, and its bugs, between the trainer and every
+//! PyTorch tool.
+//!
+//! # Keras semantics that differ from PyTorch, and where they live
+//! - TF `same` padding puts the odd pixel of an odd total at the bottom/right (7x7/2 on 38: 2
+//!   top, 3 bottom; 3x3/2 on 10: 0 top, 1 bottom); PyTorch's conv padding is symmetric, so the
+//!   pad is an explicit op when asymmetric ([`tf_same_pad`]).
+//! - Keras updates `moving_variance` with the *biased* batch variance, PyTorch `running_var`
+//!   with the unbiased one. The `keras-resnet34` model (encoder and projector BNs) follows Keras;
+//!   the CIFAR ResNets follow PyTorch. Tested against Keras itself (`tests/keras_reference.rs`).
+//!
+//! # Speed hooks
+//! Inputs may be channels-last (`x.permute([0,2,3,1]).contiguous().permute([0,3,1,2])`); every
+//! op here accepts them. [`BarlowTwins::set_precision`] with `Bf16` runs convolutions and linear
+//! layers in bfloat16 on any device: tch's `autocast` only acts on CUDA (and in float16 there),
+//! so CPU bf16 needs the casts in the model. The forward also runs inside a caller's
+//! `tch::autocast(true, ..)` (the model never switches autocast itself, so it cannot undo the
+//! caller's setting).
+//!
+//! # Example
+//! `cargo run --release -p bt-model --example build_forward_save` builds the model of a preset,
+//! runs a forward pass and saves the encoder (`examples/build_forward_save.rs`).
 #![deny(missing_docs)]
+
+mod checkpoint;
+mod layers;
+mod resnet;
+
+use bt_config::{Arch, ModelConfig, Precision};
+use layers::{glorot, BatchNorm, Ctx, Init, Linear, Scope};
+pub use layers::{tf_same_pad, LayerRow, NamedVar, Role};
+use resnet::{CifarResnet, KerasResnet34};
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use tch::{nn, Tensor};
+
+pub use checkpoint::CheckpointKind;
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A model config value this crate cannot build.
+    #[error("invalid model config `{key}`: {reason}")]
+    Config {
+        /// Dotted config key (`model.projector`).
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Writing or reading a checkpoint file failed.
+    #[error("checkpoint {}: {op} failed: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// `write` or `read`.
+        op: &'static str,
+        /// libtorch / safetensors error.
+        source: tch::TchError,
+    },
+    /// The checkpoint's names do not match the model's (strict loading).
+    #[error(
+        "checkpoint {} does not match the model ({kind:?}): missing {} key(s) {}; unexpected {} key(s) {}",
+        path.display(), missing.len(), preview(missing), unexpected.len(), preview(unexpected)
+    )]
+    Keys {
+        /// The file.
+        path: PathBuf,
+        /// Whether it was read as a full or encoder-only checkpoint.
+        kind: CheckpointKind,
+        /// Model variables absent from the file.
+        missing: Vec<String>,
+        /// File tensors the model does not have.
+        unexpected: Vec<String>,
+    },
+    /// A tensor whose shape or dtype differs from the model's variable.
+    #[error("checkpoint {}: `{key}` is {found}, the model expects {expected}", path.display())]
+    Mismatch {
+        /// The file.
+        path: PathBuf,
+        /// State-dict name.
+        key: String,
+        /// Model shape and dtype.
+        expected: String,
+        /// File shape and dtype.
+        found: String,
+    },
+}
+
+fn preview(keys: &[String]) -> String {
+    let mut s: Vec<&str> = keys.iter().take(4).map(|k| k.as_str()).collect();
+    if keys.len() > 4 {
+        s.push("...");
+    }
+    format!("[{}]", s.join(", "))
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+enum Encoder {
+    Keras(KerasResnet34),
+    Cifar(CifarResnet),
+}
+
+enum ProjLayer {
+    Linear(Linear),
+    Bn(BatchNorm),
+    Relu,
+}
+
+/// Parameter counts, split as Keras' `model.summary()` does: non-trainable = BN moving
+/// statistics (`num_batches_tracked` is not counted: it is bookkeeping, not a weight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ParamCounts {
+    /// Encoder trainable parameters.
+    pub encoder_trainable: i64,
+    /// Encoder BN moving statistics.
+    pub encoder_non_trainable: i64,
+    /// Projector trainable parameters.
+    pub projector_trainable: i64,
+    /// Projector BN moving statistics.
+    pub projector_non_trainable: i64,
+}
+
+impl ParamCounts {
+    /// Trainable parameters of the whole model.
+    pub fn total_trainable(&self) -> i64 {
+        self.encoder_trainable + self.projector_trainable
+    }
+    /// Non-trainable parameters of the whole model.
+    pub fn total_non_trainable(&self) -> i64 {
+        self.encoder_non_trainable + self.projector_non_trainable
+    }
+}
+
+/// Encoder + projector of a Barlow Twins model.
+///
+/// # Shapes
+/// Input `N x 3 x H x W` float in [0, 1] (the seed does not normalize; 32x32 for CIFAR),
+/// contiguous or channels-last. [`encode`](Self::encode) gives `N x F` features
+/// (F = [`feature_dim`](Self::feature_dim): 512 for ResNet-18/34 at width 64, 2048 for
+/// ResNet-50), [`forward`](Self::forward) `N x D` embeddings (D = [`embed_dim`](Self::embed_dim),
+/// the last projector width).
+///
+/// # Panics
+/// Training-mode forwards panic (libtorch error) on a batch of one: batch norm needs more than
+/// one value per channel.
+pub struct BarlowTwins {
+    encoder: Encoder,
+    projector: Vec<ProjLayer>,
+    vars: Vec<NamedVar>,
+    feature_dim: i64,
+    embed_dim: i64,
+    bf16: bool,
+    cfg: ModelConfig,
+}
+
+impl std::fmt::Debug for BarlowTwins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BarlowTwins")
+            .field("arch", &self.cfg.arch)
+            .field("feature_dim", &self.feature_dim)
+            .field("embed_dim", &self.embed_dim)
+            .field("variables", &self.vars.len())
+            .finish()
+    }
+}
+
+impl BarlowTwins {
+    /// Builds the model under `vs` (encoder under `encoder.`, projector under `projector.`).
+    ///
+    /// # Panics
+    /// On a config that [`try_new`](Self::try_new) rejects (`Config::validate` already does).
+    pub fn new(vs: &nn::Path, cfg: &ModelConfig) -> BarlowTwins {
+        Self::try_new(vs, cfg).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Builds the model, or says which config key is unusable.
+    pub fn try_new(vs: &nn::Path, cfg: &ModelConfig) -> Result<BarlowTwins> {
+        if cfg.width <= 0 {
+            return Err(ModelError::Config {
+                key: "model.width",
+                reason: format!("{} is not positive", cfg.width),
+            });
+        }
+        if cfg.projector.is_empty() || cfg.projector.iter().any(|&w| w <= 0) {
+            return Err(ModelError::Config {
+                key: "model.projector",
+                reason: format!("{:?}: need at least one positive width", cfg.projector),
+            });
+        }
+        let reg = Rc::new(RefCell::new(Vec::new()));
+        let root = Scope::root(vs, reg.clone());
+        let enc = root.sub("encoder");
+        let keras = cfg.arch == Arch::KerasResnet34;
+        let (encoder, feature_dim) = match cfg.arch {
+            Arch::KerasResnet34 => {
+                let e = KerasResnet34::new(&enc, cfg.width);
+                let f = e.features();
+                (Encoder::Keras(e), f)
+            }
+            Arch::CifarResnet18 | Arch::CifarResnet34 | Arch::CifarResnet50 => {
+                let depth = match cfg.arch {
+                    Arch::CifarResnet18 => 18,
+                    Arch::CifarResnet34 => 34,
+                    _ => 50,
+                };
+                let e = CifarResnet::new(&enc, depth, cfg.width, cfg.zero_init_residual);
+                let f = e.features();
+                (Encoder::Cifar(e), f)
+            }
+        };
+        let proj = root.sub("projector");
+        let mut projector = Vec::new();
+        let mut c_in = feature_dim;
+        let last = cfg.projector.len() - 1;
+        for (i, &w) in cfg.projector.iter().enumerate() {
+            let s = proj.sub(projector.len());
+            // Keras Dense: glorot-uniform kernel, zero bias; nn.Linear: U(±1/sqrt(fan_in)) both.
+            let init = if keras {
+                glorot(c_in, w)
+            } else {
+                Init::Uniform(1.0 / (c_in as f64).sqrt())
+            };
+            projector.push(ProjLayer::Linear(Linear::new(
+                &s,
+                c_in,
+                w,
+                cfg.projector_bias,
+                init,
+                !keras,
+            )));
+            c_in = w;
+            if i < last {
+                if cfg.projector_bn {
+                    let s = proj.sub(projector.len());
+                    projector.push(ProjLayer::Bn(if keras {
+                        BatchNorm::keras(&s, w)
+                    } else {
+                        BatchNorm::torch(&s, w)
+                    }));
+                }
+                projector.push(ProjLayer::Relu);
+            }
+        }
+        // The scopes still hold the registry; take its contents rather than unwrapping the Rc.
+        let vars = std::mem::take(&mut *reg.borrow_mut());
+        Ok(BarlowTwins {
+            encoder,
+            projector,
+            vars,
+            feature_dim,
+            embed_dim: c_in,
+            bf16: false,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// The config the model was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Encoder output width F.
+    pub fn feature_dim(&self) -> i64 {
+        self.feature_dim
+    }
+
+    /// Embedding width D (the last projector layer).
+    pub fn embed_dim(&self) -> i64 {
+        self.embed_dim
+    }
+
+    /// `Bf16`: convolutions and linear layers compute in bfloat16 (weights stay f32, outputs
+    /// come back as f32, batch norm stays f32), on CPU and CUDA alike. `F32`: full precision.
+    pub fn set_precision(&mut self, p: Precision) {
+        self.bf16 = p == Precision::Bf16;
+    }
+
+    fn encode_ctx(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        match &self.encoder {
+            Encoder::Keras(e) => e.forward(x, ctx),
+            Encoder::Cifar(e) => e.forward(x, ctx),
+        }
+    }
+
+    fn project_ctx(&self, h: &Tensor, ctx: &Ctx) -> Tensor {
+        let mut z = h.shallow_clone();
+        for l in &self.projector {
+            z = match l {
+                ProjLayer::Linear(l) => l.forward(&z, ctx),
+                ProjLayer::Bn(b) => b.forward(&z, ctx),
+                ProjLayer::Relu => z.relu_(),
+            };
+        }
+        z
+    }
+
+    /// Encoder features (`N x F`). `train`: batch norm uses batch statistics and updates its
+    /// running statistics.
+    pub fn encode(&self, x: &Tensor, train: bool) -> Tensor {
+        self.encode_ctx(
+            x,
+            &Ctx {
+                train,
+                bf16: self.bf16,
+                trace: None,
+            },
+        )
+    }
+
+    /// Embeddings (`N x D`): encoder then projector.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        self.forward_features(x, train).1
+    }
+
+    /// Features and embeddings of one pass: `(N x F, N x D)`.
+    pub fn forward_features(&self, x: &Tensor, train: bool) -> (Tensor, Tensor) {
+        let ctx = Ctx {
+            train,
+            bf16: self.bf16,
+            trace: None,
+        };
+        let h = self.encode_ctx(x, &ctx);
+        let z = self.project_ctx(&h, &ctx);
+        (h, z)
+    }
+
+    /// Projector only (`N x F -> N x D`).
+    pub fn project(&self, h: &Tensor, train: bool) -> Tensor {
+        self.project_ctx(
+            h,
+            &Ctx {
+                train,
+                bf16: self.bf16,
+                trace: None,
+            },
+        )
+    }
+
+    /// Every variable (parameters, BN buffers, counters) in creation order, under its
+    /// state-dict name relative to the `vs` the model was built under.
+    pub fn variables(&self) -> &[NamedVar] {
+        &self.vars
+    }
+
+    /// Trainable tensors in creation order (what the optimizer updates).
+    pub fn trainable_variables(&self) -> Vec<Tensor> {
+        self.vars
+            .iter()
+            .filter(|v| v.role == Role::Trainable)
+            .map(|v| v.tensor.shallow_clone())
+            .collect()
+    }
+
+    /// Parameter totals, split encoder/projector and trainable/non-trainable.
+    pub fn param_counts(&self) -> ParamCounts {
+        let mut c = ParamCounts::default();
+        for v in &self.vars {
+            let n = v.tensor.numel() as i64;
+            let enc = v.name.starts_with("encoder.");
+            match (v.role, enc) {
+                (Role::Trainable, true) => c.encoder_trainable += n,
+                (Role::Trainable, false) => c.projector_trainable += n,
+                (Role::Buffer, true) => c.encoder_non_trainable += n,
+                (Role::Buffer, false) => c.projector_non_trainable += n,
+                (Role::Counter, _) => {}
+            }
+        }
+        c
+    }
+
+    /// Per-layer rows (name, kind, output shape, parameters) traced by an inference-mode
+    /// forward of one `3 x h x w` zero image (running statistics are not touched).
+    pub fn layer_table(&self, h: i64, w: i64) -> Vec<LayerRow> {
+        let trace = RefCell::new(Vec::new());
+        let device = self
+            .vars
+            .first()
+            .map_or(tch::Device::Cpu, |v| v.tensor.device());
+        let x = Tensor::zeros([1, 3, h, w], (tch::Kind::Float, device));
+        let ctx = Ctx {
+            train: false,
+            bf16: false,
+            trace: Some(&trace),
+        };
+        tch::no_grad(|| {
+            let h = self.encode_ctx(&x, &ctx);
+            let _ = self.project_ctx(&h, &ctx);
+        });
+        trace.into_inner()
+    }
+}

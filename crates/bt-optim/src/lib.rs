@@ -1,4 +1,226 @@
-//! LAMB and LARS optimizers with learning-rate schedules.
+//! LAMB and LARS optimizers with learning-rate schedules, for tch variables.
 //!
-//! Filled in by the optimizer issue.
+//! - [`Lamb`]: `tfa.optimizers.LAMB` exactly (the seed's optimizer): Adam moments with bias
+//!   correction, optional decoupled decay, layer-wise trust ratio `‖w‖ / ‖update‖` (1.0 when
+//!   either norm is 0), exclusion filters for decay and for adaptation.
+//! - [`Lars`]: the official Barlow Twins LARS and solo-learn's variant ([`LarsVariant`]).
+//! - [`Schedule`]: constant, or the official linear warmup + cosine decay.
+//!
+//! # Key design choice: one flat buffer, chunked segment reductions
+//! A step of a layer-wise optimizer is ~10 elementwise ops per parameter tensor plus two norms;
+//! on the 74M-parameter seed model (148 tensors) that is ~1800 small launches per step on a GPU
+//! and as many temporaries. [`FlatParams`] instead moves every parameter into one contiguous
+//! f32 buffer (`Tensor::set_data` makes each variable a view into it, so the model and the
+//! `VarStore` see the same memory), gathers the gradients with one `Tensor::cat_out`, and runs
+//! the update math once on the whole buffer, in place or into reused work buffers. Each tensor
+//! starts on a [`CHUNK`](flat::CHUNK)-element boundary (zero-padded), so the buffer views as
+//! `[chunks, CHUNK]`: per-tensor norms are one row sum plus a small chunk-to-tensor `index_add`
+//! (in f64), and the per-tensor trust ratios and learning rates broadcast back as a
+//! `[chunks, 1]` column, with no per-element index tensor (`segment_reduce` would need one, or
+//! lengths with a single-threaded f32 accumulation, and `repeat_interleave` a 74M-element
+//! temporary). A step costs a fixed ~15 ops whatever the number of tensors. The per-tensor
+//! loops in [`reference`] are kept as the test oracle and the benchmark's peer.
+//!
+//! State (moments, step count) is exported per parameter name ([`Optimizer::state`]), so a
+//! checkpoint does not depend on the flat layout, and grouped and per-tensor optimizers load
+//! each other's state.
+//!
+//! Example: `cargo run --release -p bt-optim --example optim_demo`
+//! (`crates/bt-optim/examples/optim_demo.rs`).
 #![deny(missing_docs)]
+
+pub mod flat;
+mod lamb;
+mod lars;
+pub mod reference;
+mod schedule;
+
+pub use bt_config::LarsVariant;
+pub use flat::FlatParams;
+pub use lamb::{Lamb, LambParams};
+pub use lars::{Lars, LarsParams};
+pub use schedule::Schedule;
+
+use bt_config::{OptimConfig, OptimKind};
+use tch::Tensor;
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum OptimError {
+    /// No parameters to optimize.
+    #[error("no trainable parameters given to the optimizer")]
+    NoParams,
+    /// A parameter that is not f32, or on another device than the first one.
+    #[error("parameter `{name}` is {kind:?} on {device:?}; all parameters must be f32 on {expected:?}")]
+    ParamKind {
+        /// Parameter name.
+        name: String,
+        /// Its kind.
+        kind: tch::Kind,
+        /// Its device.
+        device: tch::Device,
+        /// The device of the first parameter.
+        expected: tch::Device,
+    },
+    /// A state entry that is missing or has the wrong shape.
+    #[error("optimizer state `{key}`: {reason}")]
+    State {
+        /// State key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An error from libtorch.
+    #[error("libtorch error in {op}: {source}")]
+    Torch {
+        /// The operation.
+        op: &'static str,
+        /// The underlying error.
+        source: tch::TchError,
+    },
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, OptimError>;
+
+/// The learning rates of one step: weights, and biases / norm parameters (rank ≤ 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrPair {
+    /// Learning rate of parameters of rank ≥ 2.
+    pub weights: f64,
+    /// Learning rate of rank-0/1 parameters (biases, BN weights); the official LARS gives them
+    /// a separate rate.
+    pub biases: f64,
+}
+
+impl LrPair {
+    /// The same rate for every parameter.
+    pub fn same(lr: f64) -> Self {
+        Self { weights: lr, biases: lr }
+    }
+}
+
+/// Which parameters a rule (weight decay, adaptation) skips: tfa's name patterns (tfa uses
+/// `re.search`; plain substrings here, which is what its usual patterns such as `"bias"` are) or
+/// the official `exclude_bias_and_norm` (rank ≤ 1).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParamFilter {
+    /// A parameter whose name contains any of these is excluded.
+    pub name_patterns: Vec<String>,
+    /// Exclude parameters of rank ≤ 1 (biases, norm weights).
+    pub rank_le_1: bool,
+}
+
+impl ParamFilter {
+    /// Excludes nothing.
+    pub fn none() -> Self {
+        Self::default()
+    }
+    /// The official `exclude_bias_and_norm`: rank ≤ 1.
+    pub fn bias_and_norm() -> Self {
+        Self { name_patterns: vec![], rank_le_1: true }
+    }
+    /// Excludes names containing any of `patterns`.
+    pub fn names<S: Into<String>>(patterns: impl IntoIterator<Item = S>) -> Self {
+        Self { name_patterns: patterns.into_iter().map(Into::into).collect(), rank_le_1: false }
+    }
+    /// Whether the parameter `name` of shape `shape` is excluded.
+    pub fn excludes(&self, name: &str, shape: &[i64]) -> bool {
+        (self.rank_le_1 && shape.len() <= 1) || self.name_patterns.iter().any(|p| name.contains(p.as_str()))
+    }
+}
+
+/// The interface the trainer uses.
+pub trait Optimizer: Send {
+    /// Applies one update from the parameters' current `.grad()` (undefined grads count as 0).
+    fn step(&mut self, lr: &LrPair) -> Result<()>;
+    /// Zeroes every parameter's gradient in place.
+    fn zero_grad(&mut self);
+    /// Steps taken so far.
+    fn step_count(&self) -> i64;
+    /// Moments and step count, keyed `<prefix>.<what>.<param name>` and `<prefix>.step`.
+    fn state(&self) -> Vec<(String, Tensor)>;
+    /// Restores what [`state`](Self::state) returned (from this or the other implementation).
+    fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()>;
+}
+
+/// The grouped (flat-buffer) optimizer a config asks for.
+///
+/// `named_params` are the trainable variables, e.g. from `VarStore::variables()` filtered by
+/// `requires_grad()` (tch keeps BN running statistics as non-trainable variables: they must
+/// not be passed here). The variables become views into one flat buffer ([`FlatParams`]).
+pub fn build(cfg: &OptimConfig, named_params: Vec<(String, Tensor)>) -> Result<Box<dyn Optimizer>> {
+    Ok(match cfg.name {
+        OptimKind::Lamb => Box::new(Lamb::new(named_params, LambParams::from_config(cfg))?),
+        OptimKind::Lars => Box::new(Lars::new(named_params, LarsParams::from_config(cfg))?),
+    })
+}
+
+/// The per-tensor reference optimizer a config asks for (benchmark peer, test oracle).
+pub fn build_per_tensor(cfg: &OptimConfig, named_params: Vec<(String, Tensor)>) -> Result<Box<dyn Optimizer>> {
+    Ok(match cfg.name {
+        OptimKind::Lamb => Box::new(reference::LambPerTensor::new(named_params, LambParams::from_config(cfg))?),
+        OptimKind::Lars => Box::new(reference::LarsPerTensor::new(named_params, LarsParams::from_config(cfg))?),
+    })
+}
+
+/// The trainable variables of a `VarStore`, sorted by name (a stable flat layout).
+pub fn trainable_named(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+pub(crate) fn torch<T>(op: &'static str, r: std::result::Result<T, tch::TchError>) -> Result<T> {
+    r.map_err(|source| OptimError::Torch { op, source })
+}
+
+/// Checks kinds/devices and returns the parameters' shapes.
+pub(crate) fn check_params(params: &[(String, Tensor)]) -> Result<tch::Device> {
+    let first = params.first().ok_or(OptimError::NoParams)?;
+    let expected = first.1.device();
+    for (name, t) in params {
+        if t.kind() != tch::Kind::Float || t.device() != expected {
+            return Err(OptimError::ParamKind { name: name.clone(), kind: t.kind(), device: t.device(), expected });
+        }
+    }
+    Ok(expected)
+}
+
+/// Finds `key` in a state list and checks its shape.
+pub(crate) fn state_entry<'a>(state: &'a [(String, Tensor)], key: &str, shape: &[i64]) -> Result<&'a Tensor> {
+    let t = state
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, t)| t)
+        .ok_or_else(|| OptimError::State { key: key.into(), reason: "missing".into() })?;
+    if t.size() != shape {
+        return Err(OptimError::State {
+            key: key.into(),
+            reason: format!("shape {:?}, expected {:?}", t.size(), shape),
+        });
+    }
+    Ok(t)
+}
+
+pub(crate) fn step_from_state(state: &[(String, Tensor)], key: &str) -> Result<i64> {
+    let t = state_entry(state, key, &[1])?;
+    torch("step", t.f_int64_value(&[0]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_by_name_and_rank() {
+        let f = ParamFilter::names(["bias", "bn"]);
+        assert!(f.excludes("layer1.bias", &[64, 3, 3, 3]));
+        assert!(f.excludes("stem.bn.weight", &[64]));
+        assert!(!f.excludes("layer1.weight", &[64]));
+        let r = ParamFilter::bias_and_norm();
+        assert!(r.excludes("x", &[64]) && r.excludes("s", &[]));
+        assert!(!r.excludes("bias", &[2, 2]));
+        assert!(!ParamFilter::none().excludes("bias", &[1]));
+    }
+}

@@ -1,0 +1,145 @@
+//! Compiles `csrc/dist.cpp` against the libtorch that torch-sys found (same headers, same ABI,
+//! same allocator as tch), with libtorch's c10d compiled in `libtorch_cpu` / `libtorch_cuda`.
+//!
+//! Gloo (always on): libtorch's `ProcessGroupGloo.hpp` includes gloo headers that the pip wheel
+//! does not ship. They come from Debian's `libgloo-dev` (`apt-get install -y libgloo-dev`) or from
+//! `BT_DIST_GLOO_INCLUDE=<dir containing gloo/>`. Only the headers are used: every gloo symbol
+//! we reach lives in libtorch_cpu, which links its own gloo statically.
+//!
+//! NCCL (optional): compiled with `-DUSE_C10D_NCCL` only when libtorch has `libtorch_cuda` and both
+//! `nccl.h` (the wheel's `site-packages/nvidia/nccl/include`) and the CUDA runtime headers
+//! (`site-packages/nvidia/cu13/include`, including CCCL's `nv/target`, which ATen's CUDA headers
+//! pull in through `cuda_fp16.h`: `pip install --no-deps nvidia-cuda-cccl==13.0.85`) are found;
+//! otherwise the NCCL entry point returns "built without NCCL" and a cargo warning says what is
+//! missing. `BT_DIST_NO_NCCL=1` forces that; `BT_DIST_CUDA_EXTRA_INCLUDE=<dir>` adds a header
+//! directory (e.g. an unpacked CCCL wheel).
+use std::path::{Path, PathBuf};
+
+fn main() {
+    println!("cargo:rerun-if-changed=csrc");
+    for var in [
+        "DEP_TCH_LIBTORCH_LIB",
+        "BT_DIST_GLOO_INCLUDE",
+        "BT_DIST_NO_NCCL",
+        "BT_DIST_CUDA_EXTRA_INCLUDE",
+        "CUDA_HOME",
+    ] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    println!("cargo::rustc-check-cfg=cfg(bt_dist_nccl)");
+
+    let lib = PathBuf::from(
+        std::env::var("DEP_TCH_LIBTORCH_LIB")
+            .expect("torch-sys did not report its libtorch lib dir (DEP_TCH_LIBTORCH_LIB)"),
+    );
+    let torch = lib.parent().unwrap_or(&lib).to_path_buf();
+    let site = torch.parent().unwrap_or(&torch).to_path_buf();
+
+    let gloo = find_gloo_include(&torch).unwrap_or_else(|| {
+        panic!(
+            "\n\nbt-dist: the gloo headers (gloo/algorithm.h) were not found.\n\
+             libtorch's ProcessGroupGloo.hpp needs them and the pip wheel does not ship them.\n\
+             Install them with:\n\n    apt-get install -y libgloo-dev\n\n\
+             or point BT_DIST_GLOO_INCLUDE at a directory that contains gloo/.\n\n"
+        )
+    });
+
+    let forced_off = std::env::var_os("BT_DIST_NO_NCCL").is_some_and(|v| v != "0");
+    let cuda_libs = lib.join("libtorch_cuda.so").exists() && lib.join("libc10_cuda.so").exists();
+    let nccl = if cuda_libs && !forced_off {
+        find_nccl_includes(&site)
+    } else {
+        None
+    };
+
+    let mut build = cc::Build::new();
+    build.cpp(true).pic(true).std("c++17");
+    build.define("_GLIBCXX_USE_CXX11_ABI", "1");
+    build.define("GLOG_USE_GLOG_EXPORT", None);
+    build.define("USE_C10D_GLOO", None);
+    let mut sys_includes = vec![
+        torch.join("include"),
+        torch.join("include/torch/csrc/api/include"),
+    ];
+    // Re-adding /usr/include with -isystem reorders libstdc++'s #include_next chain and breaks
+    // <cstdlib>; it is searched by default anyway.
+    if gloo != Path::new("/usr/include") {
+        sys_includes.push(gloo);
+    }
+    if let Some(dirs) = &nccl {
+        sys_includes.extend(dirs.iter().cloned());
+        build.define("USE_C10D_NCCL", None);
+        build.define("USE_CUDA", None);
+        println!("cargo:rustc-cfg=bt_dist_nccl");
+    }
+    for inc in &sys_includes {
+        build
+            .flag("-isystem")
+            .flag(inc.to_str().expect("non-UTF-8 include path"));
+    }
+    build.flag_if_supported("-Wno-unused-parameter");
+    build.file("csrc/dist.cpp");
+    build.compile("bt_dist");
+
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    if nccl.is_some() {
+        println!("cargo:rustc-link-lib=dylib=torch_cuda");
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
+    }
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib=c10");
+}
+
+fn find_gloo_include(torch: &Path) -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = std::env::var_os("BT_DIST_GLOO_INCLUDE") {
+        candidates.push(dir.into());
+    }
+    candidates.push(torch.join("include"));
+    candidates.push("/usr/include".into());
+    candidates.push("/usr/local/include".into());
+    candidates
+        .into_iter()
+        .find(|d| d.join("gloo/algorithm.h").exists())
+}
+
+/// `nccl.h`, the CUDA runtime headers (with `crt/`, split into its own package in CUDA 13) and
+/// CCCL's `nv/target`. Prints a cargo warning naming what is missing.
+fn find_nccl_includes(site: &Path) -> Option<Vec<PathBuf>> {
+    let missing = |what: &str| {
+        println!("cargo:warning=bt-dist: building WITHOUT NCCL: {what}");
+        None
+    };
+    let Some(nccl) = [site.join("nvidia/nccl/include"), "/usr/include".into()]
+        .into_iter()
+        .find(|d| d.join("nccl.h").exists())
+    else {
+        return missing("nccl.h not found (pip package nvidia-nccl-cu13)");
+    };
+    let mut cuda_candidates = vec![
+        site.join("nvidia/cu13/include"),
+        site.join("nvidia/cuda_runtime/include"),
+    ];
+    if let Some(home) = std::env::var_os("CUDA_HOME") {
+        cuda_candidates.push(PathBuf::from(home).join("include"));
+    }
+    cuda_candidates.push("/usr/local/cuda/include".into());
+    let Some(cuda) = cuda_candidates
+        .into_iter()
+        .find(|d| d.join("cuda_runtime_api.h").exists() && d.join("crt/host_config.h").exists())
+    else {
+        return missing("CUDA runtime headers with crt/ not found (pip nvidia-cuda-crt)");
+    };
+    let mut dirs = vec![nccl, cuda.clone()];
+    if let Some(extra) = std::env::var_os("BT_DIST_CUDA_EXTRA_INCLUDE") {
+        dirs.extend(std::env::split_paths(&extra));
+    }
+    if !dirs.iter().any(|d| d.join("nv/target").exists()) {
+        return missing(&format!(
+            "CCCL's nv/target is not in {} (pip install --no-deps nvidia-cuda-cccl==13.0.85, \
+             or BT_DIST_CUDA_EXTRA_INCLUDE=<dir>)",
+            cuda.display()
+        ));
+    }
+    Some(dirs)
+}

@@ -1,0 +1,434 @@
+//! The building blocks: convolution (with TensorFlow's `same` padding done explicitly), batch
+//! norm (Keras or PyTorch running-statistics semantics), linear, pools, and the variable
+//! registry that gives every tensor its PyTorch state-dict name.
+use std::cell::RefCell;
+use std::rc::Rc;
+use tch::{nn, Kind, Tensor};
+
+/// What a variable is, for counting and for the optimizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A trainable parameter (weights, biases, BN gamma/beta).
+    Trainable,
+    /// A float buffer updated in training mode: BN `running_mean` / `running_var` (Keras'
+    /// "non-trainable" weights).
+    Buffer,
+    /// BN `num_batches_tracked` (int64 scalar): PyTorch bookkeeping, not a weight; kept so that
+    /// state dicts load with `strict=True`, left out of parameter counts.
+    Counter,
+}
+
+/// One variable of the model under its state-dict name (relative to the model root).
+#[derive(Debug)]
+pub struct NamedVar {
+    /// State-dict name, e.g. `encoder.layer1.0.bn1.running_var`.
+    pub name: String,
+    /// The live tensor (shares storage with the model).
+    pub tensor: Tensor,
+    /// Trainable parameter, float buffer or counter.
+    pub role: Role,
+}
+
+/// A row of the per-layer table printed by `model-summary`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerRow {
+    /// State-dict prefix of the layer (`encoder.layer2.0.conv1`), or a descriptive name for
+    /// parameter-free layers (`encoder.maxpool`).
+    pub name: String,
+    /// Layer kind (`Conv2d 3x3/2 tf-same`, `BatchNorm2d`, `Linear`, ...).
+    pub kind: String,
+    /// Output shape for the traced input (batch dimension included).
+    pub output_shape: Vec<i64>,
+    /// Trainable parameters of this layer.
+    pub trainable: i64,
+    /// Non-trainable parameters (BN moving statistics) of this layer.
+    pub non_trainable: i64,
+}
+
+/// Per-forward settings threaded through every layer.
+pub(crate) struct Ctx<'a> {
+    pub train: bool,
+    /// Run convolutions and linear layers in bfloat16 (inputs and weights cast, output cast back
+    /// to f32); batch norm and the residual adds stay in f32, as autocast does.
+    pub bf16: bool,
+    pub trace: Option<&'a RefCell<Vec<LayerRow>>>,
+}
+
+impl Ctx<'_> {
+    pub(crate) fn record(&self, name: &str, kind: String, out: &Tensor, tr: i64, nt: i64) {
+        if let Some(t) = self.trace {
+            t.borrow_mut().push(LayerRow {
+                name: name.to_string(),
+                kind,
+                output_shape: out.size(),
+                trainable: tr,
+                non_trainable: nt,
+            });
+        }
+    }
+}
+
+/// A `nn::Path` that also records each variable's relative name and role.
+#[derive(Clone)]
+pub(crate) struct Scope<'a> {
+    path: nn::Path<'a>,
+    rel: String,
+    reg: Rc<RefCell<Vec<NamedVar>>>,
+}
+
+fn join(a: &str, b: &str) -> String {
+    if a.is_empty() {
+        b.to_string()
+    } else {
+        format!("{a}.{b}")
+    }
+}
+
+impl<'a> Scope<'a> {
+    pub(crate) fn root(path: &nn::Path<'a>, reg: Rc<RefCell<Vec<NamedVar>>>) -> Self {
+        Self {
+            path: path.clone(),
+            rel: String::new(),
+            reg,
+        }
+    }
+    pub(crate) fn sub(&self, s: impl std::fmt::Display) -> Scope<'a> {
+        let s = s.to_string();
+        Scope {
+            path: &self.path / s.as_str(),
+            rel: join(&self.rel, &s),
+            reg: self.reg.clone(),
+        }
+    }
+    pub(crate) fn name(&self) -> &str {
+        &self.rel
+    }
+    fn add(&self, name: &str, t: Tensor, role: Role) -> Tensor {
+        let t = self.path.add(name, t, role == Role::Trainable);
+        self.reg.borrow_mut().push(NamedVar {
+            name: join(&self.rel, name),
+            tensor: t.shallow_clone(),
+            role,
+        });
+        t
+    }
+    fn float(&self, name: &str, dims: &[i64], init: Init, role: Role) -> Tensor {
+        let opts = (Kind::Float, self.path.device());
+        let t = tch::no_grad(|| match init {
+            Init::Zeros => Tensor::zeros(dims, opts),
+            Init::Ones => Tensor::ones(dims, opts),
+            Init::Uniform(bound) => Tensor::empty(dims, opts).uniform_(-bound, bound),
+            Init::Normal(std) => Tensor::randn(dims, opts) * std,
+        });
+        self.add(name, t, role)
+    }
+}
+
+/// Initializers, named by where they come from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Init {
+    Zeros,
+    Ones,
+    /// U(-b, b).
+    Uniform(f64),
+    /// N(0, std²).
+    Normal(f64),
+}
+
+/// Keras' default `glorot_uniform`: U(±sqrt(6 / (fan_in + fan_out))).
+pub(crate) fn glorot(fan_in: i64, fan_out: i64) -> Init {
+    Init::Uniform((6.0 / (fan_in + fan_out) as f64).sqrt())
+}
+
+/// How a convolution pads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Padding {
+    /// PyTorch: `p` zeros on every side.
+    Symmetric(i64),
+    /// TensorFlow `same` after `pre` zeros on every side (Keras `ZeroPadding2D(pre)` folded
+    /// into the same pad op). TF puts the odd pixel of an odd total at the bottom/right, which
+    /// no PyTorch conv padding can express, so the pad is explicit when asymmetric.
+    TfSame { pre: i64 },
+    /// TensorFlow `valid`: no padding.
+    Valid,
+}
+
+/// TF `same` padding of one spatial dimension: `(before, after)`.
+pub fn tf_same_pad(n: i64, k: i64, s: i64) -> (i64, i64) {
+    let out = (n + s - 1) / s;
+    let total = ((out - 1) * s + k - n).max(0);
+    (total / 2, total - total / 2)
+}
+
+pub(crate) struct Conv2d {
+    name: String,
+    pub(crate) weight: Tensor,
+    bias: Option<Tensor>,
+    k: i64,
+    stride: i64,
+    padding: Padding,
+}
+
+impl Conv2d {
+    /// `init`: the kernel initializer; a bias (zeros) when `bias`.
+    // The argument list is nn.Conv2d's plus the name scope and init; a builder would only
+    // rename them.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        s: &Scope,
+        c_in: i64,
+        c_out: i64,
+        k: i64,
+        stride: i64,
+        padding: Padding,
+        bias: bool,
+        init: Init,
+    ) -> Self {
+        let weight = s.float("weight", &[c_out, c_in, k, k], init, Role::Trainable);
+        let bias = bias.then(|| s.float("bias", &[c_out], Init::Zeros, Role::Trainable));
+        Self {
+            name: s.name().to_string(),
+            weight,
+            bias,
+            k,
+            stride,
+            padding,
+        }
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        let (h, w) = (x.size()[2], x.size()[3]);
+        let (x, pad) = match self.padding {
+            Padding::Symmetric(p) => (x.shallow_clone(), p),
+            Padding::Valid => (x.shallow_clone(), 0),
+            Padding::TfSame { pre } => {
+                let (t, b) = tf_same_pad(h + 2 * pre, self.k, self.stride);
+                let (l, r) = tf_same_pad(w + 2 * pre, self.k, self.stride);
+                if t == b && l == r && t == l {
+                    (x.shallow_clone(), t + pre)
+                } else {
+                    (x.constant_pad_nd([l + pre, r + pre, t + pre, b + pre]), 0)
+                }
+            }
+        };
+        let s = [self.stride, self.stride];
+        let y = if ctx.bf16 {
+            let bf = Kind::BFloat16;
+            let b = self.bias.as_ref().map(|b| b.to_kind(bf));
+            x.to_kind(bf)
+                .conv2d(
+                    &self.weight.to_kind(bf),
+                    b.as_ref(),
+                    s,
+                    [pad, pad],
+                    [1, 1],
+                    1,
+                )
+                .to_kind(Kind::Float)
+        } else {
+            x.conv2d(&self.weight, self.bias.as_ref(), s, [pad, pad], [1, 1], 1)
+        };
+        if ctx.trace.is_some() {
+            let pad = match self.padding {
+                Padding::Symmetric(p) => format!("pad {p}"),
+                Padding::Valid => "valid".into(),
+                Padding::TfSame { pre: 0 } => "tf-same".into(),
+                Padding::TfSame { pre } => format!("zero-pad {pre} + tf-same"),
+            };
+            let n = self.weight.numel() + self.bias.as_ref().map_or(0, |b| b.numel());
+            let [_, c_in, k, _] = self.weight.size()[..] else {
+                unreachable!()
+            };
+            let kind = format!(
+                "Conv2d {c_in}->{} {k}x{k}/{} {pad}",
+                self.weight.size()[0],
+                self.stride
+            );
+            ctx.record(&self.name, kind, &y, n as i64, 0);
+        }
+        y
+    }
+}
+
+/// Running-statistics semantics of a batch norm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BnStyle {
+    /// PyTorch: running_var is updated with the unbiased batch variance.
+    Torch,
+    /// Keras: moving_variance is updated with the biased (population) batch variance, the same
+    /// one used to normalize.
+    Keras,
+}
+
+pub(crate) struct BatchNorm {
+    name: String,
+    pub(crate) weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    num_batches_tracked: Tensor,
+    /// PyTorch convention: new = (1 - momentum) * old + momentum * batch.
+    momentum: f64,
+    eps: f64,
+    style: BnStyle,
+}
+
+impl BatchNorm {
+    /// PyTorch's defaults (eps 1e-5, momentum 0.1).
+    pub(crate) fn torch(s: &Scope, c: i64) -> Self {
+        Self::new(s, c, 1e-5, 0.1, BnStyle::Torch)
+    }
+    /// Keras' defaults: epsilon 1e-3, momentum 0.99 (i.e. PyTorch momentum 0.01).
+    pub(crate) fn keras(s: &Scope, c: i64) -> Self {
+        Self::new(s, c, 1e-3, 0.01, BnStyle::Keras)
+    }
+    fn new(s: &Scope, c: i64, eps: f64, momentum: f64, style: BnStyle) -> Self {
+        let weight = s.float("weight", &[c], Init::Ones, Role::Trainable);
+        let bias = s.float("bias", &[c], Init::Zeros, Role::Trainable);
+        let running_mean = s.float("running_mean", &[c], Init::Zeros, Role::Buffer);
+        let running_var = s.float("running_var", &[c], Init::Ones, Role::Buffer);
+        let nbt = Tensor::zeros([], (Kind::Int64, running_var.device()));
+        let num_batches_tracked = s.add("num_batches_tracked", nbt, Role::Counter);
+        Self {
+            name: s.name().to_string(),
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            num_batches_tracked,
+            momentum,
+            eps,
+            style,
+        }
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        let (w, b) = (Some(&self.weight), Some(&self.bias));
+        let (rm, rv) = (Some(&self.running_mean), Some(&self.running_var));
+        let y = match (ctx.train, self.style) {
+            (false, _) => x.batch_norm(w, b, rm, rv, false, self.momentum, self.eps, true),
+            (true, BnStyle::Torch) => {
+                tch::no_grad(|| {
+                    let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
+                });
+                x.batch_norm(w, b, rm, rv, true, self.momentum, self.eps, true)
+            }
+            (true, BnStyle::Keras) => {
+                // Normalize with batch statistics but let no kernel touch the running buffers:
+                // it would update them with the unbiased variance. The saved mean and inverse
+                // std give the biased variance back for free (var = invstd^-2 - eps), so the
+                // update costs O(C), not another pass over the activations.
+                let (y, mean, invstd) = x.native_batch_norm(
+                    w,
+                    b,
+                    None::<&Tensor>,
+                    None::<&Tensor>,
+                    true,
+                    self.momentum,
+                    self.eps,
+                );
+                tch::no_grad(|| {
+                    let m = self.momentum;
+                    let var = invstd.to_kind(Kind::Float).pow_tensor_scalar(-2) - self.eps;
+                    let mut rm = self.running_mean.shallow_clone();
+                    let mut rv = self.running_var.shallow_clone();
+                    let _ = rm
+                        .g_mul_scalar_(1.0 - m)
+                        .g_add_(&(mean.to_kind(Kind::Float) * m));
+                    let _ = rv.g_mul_scalar_(1.0 - m).g_add_(&(var * m));
+                    let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
+                });
+                y
+            }
+        };
+        if ctx.trace.is_some() {
+            let c = self.weight.numel() as i64;
+            let kind = format!(
+                "BatchNorm{}d eps {} ({})",
+                if x.dim() == 4 { 2 } else { 1 },
+                self.eps,
+                if self.style == BnStyle::Keras {
+                    "keras"
+                } else {
+                    "torch"
+                }
+            );
+            ctx.record(&self.name, kind, &y, 2 * c, 2 * c);
+        }
+        y
+    }
+}
+
+pub(crate) struct Linear {
+    name: String,
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// `init` for the weight; the bias (when present) is zeros for Keras (`zeros` default) or
+    /// PyTorch's U(±1/sqrt(fan_in)) when `torch_bias_init`.
+    pub(crate) fn new(
+        s: &Scope,
+        c_in: i64,
+        c_out: i64,
+        bias: bool,
+        init: Init,
+        torch_bias_init: bool,
+    ) -> Self {
+        let weight = s.float("weight", &[c_out, c_in], init, Role::Trainable);
+        let bias_init = if torch_bias_init {
+            Init::Uniform(1.0 / (c_in as f64).sqrt())
+        } else {
+            Init::Zeros
+        };
+        let bias = bias.then(|| s.float("bias", &[c_out], bias_init, Role::Trainable));
+        Self {
+            name: s.name().to_string(),
+            weight,
+            bias,
+        }
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        let y = if ctx.bf16 {
+            let bf = Kind::BFloat16;
+            let b = self.bias.as_ref().map(|b| b.to_kind(bf));
+            x.to_kind(bf)
+                .linear(&self.weight.to_kind(bf), b.as_ref())
+                .to_kind(Kind::Float)
+        } else {
+            x.linear(&self.weight, self.bias.as_ref())
+        };
+        if ctx.trace.is_some() {
+            let n = self.weight.numel() + self.bias.as_ref().map_or(0, |b| b.numel());
+            let [o, i] = self.weight.size()[..] else {
+                unreachable!()
+            };
+            let kind = format!(
+                "Linear {i}->{o}{}",
+                if self.bias.is_some() { "" } else { " no bias" }
+            );
+            ctx.record(&self.name, kind, &y, n as i64, 0);
+        }
+        y
+    }
+}
+
+/// TF `MaxPool2D(k, s, 'same')`: padded cells never win (-inf), the odd pixel goes bottom/right.
+pub(crate) fn tf_max_pool(x: &Tensor, k: i64, s: i64) -> Tensor {
+    let (t, b) = tf_same_pad(x.size()[2], k, s);
+    let (l, r) = tf_same_pad(x.size()[3], k, s);
+    if t == b && l == r && t == l && 2 * t <= k {
+        x.max_pool2d([k, k], [s, s], [t, t], [1, 1], false)
+    } else {
+        x.pad([l, r, t, b], "constant", f64::NEG_INFINITY)
+            .max_pool2d([k, k], [s, s], [0, 0], [1, 1], false)
+    }
+}
+
+/// TF `AveragePooling2D(k, 'same')` (stride = k): TF averages over the valid cells only, which
+/// is PyTorch's `ceil_mode=true, count_include_pad=false` without padding when `k == s`.
+pub(crate) fn tf_avg_pool_same(x: &Tensor, k: i64) -> Tensor {
+    x.avg_pool2d([k, k], [k, k], [0, 0], true, false, None::<i64>)
+}

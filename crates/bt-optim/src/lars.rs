@@ -1,0 +1,162 @@
+//! LARS (official Barlow Twins and solo-learn), grouped over a flat buffer.
+use crate::flat::{FlatParams, CHUNK};
+use crate::lamb::lr_per_segment;
+use crate::{step_from_state, LrPair, Optimizer, ParamFilter, Result};
+use bt_config::{LarsVariant, OptimConfig};
+use tch::{Kind, Tensor};
+
+/// solo-learn's `eps` in the trust-ratio denominator (its default; its configs keep it).
+pub const SOLO_LEARN_EPS: f64 = 1e-8;
+
+/// Hyperparameters of LARS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LarsParams {
+    /// Which formulas.
+    pub variant: LarsVariant,
+    /// Momentum (0.9).
+    pub momentum: f64,
+    /// Trust coefficient η (official 1e-3, solo-learn CIFAR 0.02).
+    pub eta: f64,
+    /// L2 weight decay added to the gradient (official code 1e-6; paper 1.5e-6).
+    pub weight_decay: f64,
+    /// solo-learn only: `lars_lr = min(lars_lr / lr, 1)`.
+    pub clip_lr: bool,
+    /// Parameters excluded from decay and adaptation (official `exclude_bias_and_norm`).
+    pub exclude: ParamFilter,
+}
+
+impl Default for LarsParams {
+    fn default() -> Self {
+        Self {
+            variant: LarsVariant::Official,
+            momentum: 0.9,
+            eta: 1e-3,
+            weight_decay: 1e-6,
+            clip_lr: false,
+            exclude: ParamFilter::bias_and_norm(),
+        }
+    }
+}
+
+impl LarsParams {
+    /// From `[optim]`.
+    pub fn from_config(cfg: &OptimConfig) -> Self {
+        Self {
+            variant: cfg.lars_variant,
+            momentum: cfg.momentum,
+            eta: cfg.eta,
+            weight_decay: cfg.weight_decay,
+            clip_lr: cfg.clip_lr,
+            exclude: if cfg.exclude_bias_and_norm { ParamFilter::bias_and_norm() } else { ParamFilter::none() },
+        }
+    }
+}
+
+/// LARS. Per parameter `w` with gradient `g` and momentum buffer `μ` (starts at 0):
+///
+/// ```text
+/// official:   d ← g + wd·w (unless excluded);  q ← η‖w‖/‖d‖ (1 if excluded or a norm is 0)
+///             μ ← m μ + q d;  w ← w − lr μ
+/// solo-learn: if not excluded and ‖w‖, ‖g‖ ≠ 0:  s ← η‖w‖ / (‖g‖ + wd‖w‖ + 1e-8),
+///             s ← min(s / lr, 1) with clip_lr;  d ← s (g + wd·w);  else d ← g
+///             μ ← m μ + d;  w ← w − lr μ
+/// ```
+/// `lr` is [`LrPair::biases`] for rank ≤ 1 parameters, else [`LrPair::weights`].
+#[derive(Debug)]
+pub struct Lars {
+    p: LarsParams,
+    flat: FlatParams,
+    mu: Tensor,
+    /// Work buffers in the flat layout, reused every step: gradients (then the direction `d`)
+    /// and a temporary for the squares.
+    g: Tensor,
+    t: Tensor,
+    step: i64,
+    is_bias: Tensor,
+    adapt: Tensor,
+}
+
+impl Lars {
+    /// Takes the variables (they become views into a flat buffer).
+    pub fn new(named_params: Vec<(String, Tensor)>, p: LarsParams) -> Result<Self> {
+        let flat = FlatParams::new(named_params)?;
+        let is_bias = flat.segment_mask(|_, s| s.len() <= 1);
+        let adapt = flat.segment_mask(|n, s| !p.exclude.excludes(n, s));
+        Ok(Self { mu: flat.zeros_like(), g: flat.zeros_like(), t: flat.zeros_like(), step: 0, p, flat, is_bias, adapt })
+    }
+
+    /// The flat parameter layout.
+    pub fn flat(&self) -> &FlatParams {
+        &self.flat
+    }
+}
+
+impl Optimizer for Lars {
+    fn step(&mut self, lr: &LrPair) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        self.step += 1;
+        let (g, t) = (&self.g, &self.t);
+        self.flat.grads_into(g)?;
+        let w = self.flat.flat();
+        let w2 = w.view([-1, CHUNK]);
+        let mut g2 = g.view([-1, CHUNK]);
+        let lr_seg = lr_per_segment(&self.is_bias, lr);
+        let wd = self.p.weight_decay;
+        let one = Tensor::from(1.0).to_kind(Kind::Double);
+        let _ = w.square_out(t);
+        let pn = self.flat.segment_sums(t).sqrt();
+        // After this match, g holds the direction d and `scale` its per-tensor multiplier.
+        let scale = match self.p.variant {
+            LarsVariant::Official => {
+                if wd != 0.0 {
+                    let _ = g2.addcmul_(&w2, &self.flat.chunk_column(&(self.adapt.to_kind(Kind::Double) * wd)));
+                }
+                let _ = g.square_out(t);
+                let dn = self.flat.segment_sums(t).sqrt();
+                let ok = self.adapt.logical_and(&pn.gt(0.0)).logical_and(&dn.gt(0.0));
+                (pn * self.p.eta / dn).where_self(&ok, &one)
+            }
+            LarsVariant::SoloLearn => {
+                let _ = g.square_out(t);
+                let gn = self.flat.segment_sums(t).sqrt();
+                let ok = self.adapt.logical_and(&pn.gt(0.0)).logical_and(&gn.gt(0.0));
+                let mut s = &pn * self.p.eta / (gn + &pn * wd + SOLO_LEARN_EPS);
+                if self.p.clip_lr {
+                    // min(s / lr, 1); lr = 0 (warmup start) gives inf -> 1, as in PyTorch.
+                    s = (s / &lr_seg).clamp_max(1.0);
+                }
+                if wd != 0.0 {
+                    let _ = g2.addcmul_(&w2, &self.flat.chunk_column(&(ok.to_kind(Kind::Double) * wd)));
+                }
+                s.where_self(&ok, &one)
+            }
+        };
+        let d = g2;
+        let mut mu2 = self.mu.view([-1, CHUNK]);
+        let _ = mu2.g_mul_scalar_(self.p.momentum);
+        let _ = mu2.addcmul_(&d, &self.flat.chunk_column(&scale));
+        let _ = w2.shallow_clone().addcmul_(&mu2, &self.flat.chunk_column(&(lr_seg * -1.0)));
+        Ok(())
+    }
+
+    fn zero_grad(&mut self) {
+        self.flat.zero_grad();
+    }
+
+    fn step_count(&self) -> i64 {
+        self.step
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut s = vec![("lars.step".to_string(), Tensor::from_slice(&[self.step]))];
+        s.extend(self.flat.export(&self.mu, "lars.mu."));
+        s
+    }
+
+    fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
+        let step = step_from_state(state, "lars.step")?;
+        self.flat.load_into(&self.mu, state, "lars.mu.")?;
+        self.step = step;
+        Ok(())
+    }
+}
