@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod fetch;
+mod gpu_bundle;
 mod torch;
 
 const HELP: &str = "\
@@ -24,6 +25,10 @@ Commands:
   fetch-cifar [--dest DIR] [--url URL] [--from FILE]
                         download (or unpack a local) cifar-10-binary.tar.gz, verify its MD5,
                         install DIR/cifar-10-batches-bin atomically (DIR defaults to data)
+  gpu-bundle [--dataset DIR] [--out DIR]
+                        release build + stripped bt-cli, CUDA test binaries, scripts/gpu-check.sh,
+                        bench/*.py and the CIFAR-10 JPEG pack (DIR: ../shared/datasets/cifar10-jpeg)
+                        into .gpu/ (< 64 MiB); then run `bash .gpu/gpu-check.sh` on the GPU machine
 ";
 
 fn main() {
@@ -71,12 +76,17 @@ fn run(args: &[String]) -> Result<()> {
         "demo" => {
             let t = torch::provision(&root())?;
             cargo(&t, &["build", "--release", "-p", "bt-cli"])?;
-            // Until the end-to-end pretraining lands, the demo shows the toolchain works: the
-            // binary runs, finds libtorch, and the demo preset's config is valid.
-            bt_cli(&t, &["info"])?;
-            bt_cli(&t, &["config", "--preset", "demo"])
+            // Pretrain the demo preset, evaluate pretrained vs random init, print both and the
+            // run folder. Extra args go to `bt-cli demo` (--out, --epochs, --set, --synthetic).
+            let mut a = vec!["demo"];
+            a.extend(rest.iter().map(String::as_str));
+            bt_cli(&t, &a)
         }
         "fetch-cifar" => fetch::run(rest),
+        "gpu-bundle" => {
+            let t = torch::provision(&root())?;
+            gpu_bundle::run(&root(), &t, rest)
+        }
         "-h" | "--help" | "help" => {
             print!("{HELP}");
             Ok(())

@@ -47,8 +47,10 @@ impl Torch {
     }
 }
 
-/// Finds or installs libtorch 2.11; see the module doc for the order.
+/// Finds or installs libtorch 2.11; see the module doc for the order. Also makes sure the one
+/// system package the build needs is there (gloo headers, see [`ensure_gloo_headers`]).
 pub fn provision(root: &Path) -> Result<Torch> {
+    ensure_gloo_headers()?;
     let venv_py = root.join(".venv/bin/python");
     if let Some(dir) = std::env::var_os("LIBTORCH").filter(|s| !s.is_empty()) {
         let dir = PathBuf::from(dir);
@@ -198,4 +200,35 @@ fn find_python(root: &Path) -> Result<Option<(PathBuf, String, PathBuf)>> {
         return Ok(Some((py, version, dir)));
     }
     Ok(None)
+}
+
+/// bt-dist compiles libtorch's c10d Gloo backend, whose headers the torch wheel lacks; Debian and
+/// Ubuntu ship them as `libgloo-dev`. Installed with apt-get when we are root or have
+/// password-less sudo; otherwise a clear instruction.
+fn ensure_gloo_headers() -> Result<()> {
+    const HEADER: &str = "/usr/include/gloo/config.h";
+    if Path::new(HEADER).exists() || std::env::var_os("BT_DIST_GLOO_INCLUDE").is_some() {
+        return Ok(());
+    }
+    let root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    let sudo: &[&str] = if root { &[] } else { &["sudo", "-n"] };
+    let has_apt = Command::new("apt-get").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    if has_apt {
+        eprintln!("xtask: gloo headers missing ({HEADER}); installing Debian's libgloo-dev");
+        let mut update = Command::new(sudo.first().copied().unwrap_or("apt-get"));
+        update.args(sudo.iter().skip(1)).args(if root { &["update", "-qq"][..] } else { &["apt-get", "update", "-qq"][..] });
+        let mut install = Command::new(sudo.first().copied().unwrap_or("apt-get"));
+        install
+            .args(sudo.iter().skip(1))
+            .args(if root { &["install", "-y", "-qq", "libgloo-dev"][..] } else { &["apt-get", "install", "-y", "-qq", "libgloo-dev"][..] })
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        if run(&mut update, "apt-get update").is_ok() && run(&mut install, "apt-get install libgloo-dev").is_ok() && Path::new(HEADER).exists() {
+            return Ok(());
+        }
+    }
+    bail!(
+        "the gloo headers ({HEADER}) are missing and could not be installed automatically.\n\
+         Fix: `sudo apt-get install libgloo-dev` (Debian/Ubuntu), or build gloo's headers yourself and set \
+         BT_DIST_GLOO_INCLUDE to the folder holding gloo/ (needed by bt-dist's c10d Gloo bindings)."
+    )
 }

@@ -2,7 +2,17 @@
 //! in its own module under `cmd/` and calls into the library crates.
 use clap::{Parser, Subcommand};
 
+mod checkpoint;
 mod cmd;
+mod eval;
+mod metrics;
+mod plot;
+mod progress;
+mod report;
+mod runfolder;
+mod setup;
+mod tensors;
+mod train;
 
 /// Barlow Twins self-supervised pretraining in Rust, on libtorch (CPU or CUDA).
 #[derive(Parser)]
@@ -25,6 +35,15 @@ enum Cmd {
     /// Benchmarks: data pipeline, loss, optimizer step, train step.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCmd),
+    /// Pretrain into a run folder (config, metrics, curves, checkpoints, encoder).
+    Pretrain(cmd::pretrain::Args),
+    /// Evaluate a run or checkpoint: linear probe or kNN.
+    #[command(subcommand)]
+    Eval(cmd::eval::EvalCmd),
+    /// Write frozen embeddings and labels of a split (.npy or .safetensors).
+    Embed(cmd::embed::Args),
+    /// Pretrain the demo preset, then compare pretrained vs random-init encoders.
+    Demo(cmd::demo::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,7 +52,7 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(progress::LogWriter)
         .init();
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -42,6 +61,10 @@ fn main() -> std::process::ExitCode {
         Cmd::PreviewAugment(a) => cmd::data::preview(a),
         Cmd::ModelSummary(a) => cmd::model::summary(a),
         Cmd::Bench(b) => cmd::bench::run(b),
+        Cmd::Pretrain(a) => cmd::pretrain::run(a),
+        Cmd::Eval(e) => cmd::eval::run(e),
+        Cmd::Embed(a) => cmd::embed::run(a),
+        Cmd::Demo(a) => cmd::demo::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

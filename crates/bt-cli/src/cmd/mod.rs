@@ -2,7 +2,11 @@
 pub mod bench;
 pub mod config;
 pub mod data;
+pub mod demo;
+pub mod embed;
+pub mod eval;
 pub mod info;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod pretrain;

@@ -1,0 +1,258 @@
+//! `bt-cli eval linear|knn`: evaluate a run folder or a checkpoint.
+use super::config::ConfigArgs;
+use crate::checkpoint::{load_weights, WeightsKind};
+use crate::eval::{knn, linear};
+use crate::runfolder::{atomic_write, RunFolder};
+use crate::setup::{self, Data, DataArgs, FeatureKind};
+use anyhow::{bail, Context, Result};
+use bt_config::{Config, ConfigBuilder, LinearProtocol};
+use bt_model::BarlowTwins;
+use clap::Subcommand;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{nn, Device};
+
+/// Evaluations of a pretrained encoder.
+#[derive(Subcommand)]
+pub enum EvalCmd {
+    /// Linear probe: `keras-seed` (the notebook's) or `standard` (validation-tuned).
+    Linear(LinearArgs),
+    /// Weighted kNN (cosine, k and temperature from the config's eval section).
+    Knn(KnnArgs),
+}
+
+/// Which weights, which config, which data.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Source {
+    /// A run folder (uses its config.toml and model.safetensors, else its newest checkpoint).
+    #[arg(long, conflicts_with = "checkpoint", required_unless_present = "checkpoint")]
+    pub run: Option<PathBuf>,
+    /// A checkpoint, model.safetensors or encoder.safetensors. Its config is the config.toml of
+    /// the run folder it sits in, if any, else --preset/--config.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// auto, cpu, cuda or cuda:N (default: the config's run.device).
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct LinearArgs {
+    #[command(flatten)]
+    pub src: Source,
+    /// Protocol (default: the config's eval.linear_protocol).
+    #[arg(long, value_enum)]
+    pub protocol: Option<Protocol>,
+}
+
+#[derive(clap::Args)]
+pub struct KnnArgs {
+    #[command(flatten)]
+    pub src: Source,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Protocol {
+    KerasSeed,
+    Standard,
+}
+
+impl From<Protocol> for LinearProtocol {
+    fn from(p: Protocol) -> Self {
+        match p {
+            Protocol::KerasSeed => LinearProtocol::KerasSeed,
+            Protocol::Standard => LinearProtocol::Standard,
+        }
+    }
+}
+
+/// A loaded model and everything around it.
+pub struct Loaded {
+    pub cfg: Config,
+    pub device: Device,
+    pub _vs: nn::VarStore,
+    pub model: BarlowTwins,
+    pub weights: PathBuf,
+    pub kind: WeightsKind,
+    /// Where results go: the run folder, when there is one.
+    pub run: Option<RunFolder>,
+}
+
+/// The run folder a checkpoint belongs to: its folder or, for `checkpoints/x`, the one above.
+fn run_of_checkpoint(ckpt: &Path) -> Option<RunFolder> {
+    let dir = ckpt.parent()?;
+    [Some(dir), dir.parent()].into_iter().flatten().find(|d| d.join("config.toml").is_file()).and_then(|d| RunFolder::open(d).ok())
+}
+
+/// Config: the run's config.toml (or the preset), then --config, then --set.
+pub fn config_over(args: &ConfigArgs, base: Option<&Path>) -> Result<Config> {
+    let mut b = ConfigBuilder::new();
+    match base {
+        Some(p) => {
+            b.file(p)?;
+        }
+        None => {
+            b.preset(&args.preset)?;
+        }
+    }
+    if let Some(p) = &args.config {
+        b.file(p)?;
+    }
+    for s in &args.sets {
+        b.set(s)?;
+    }
+    Ok(b.build()?)
+}
+
+impl Source {
+    pub fn load(&self) -> Result<Loaded> {
+        let (run, weights) = match (&self.run, &self.checkpoint) {
+            (Some(dir), _) => {
+                let run = RunFolder::open(dir)?;
+                let w = if run.model().is_file() {
+                    run.model()
+                } else {
+                    run.list_checkpoints().pop().with_context(|| {
+                        format!("{} has no model.safetensors and no checkpoint: pretraining did not finish an epoch", dir.display())
+                    })?
+                };
+                (Some(run), w)
+            }
+            (None, Some(c)) => {
+                if !c.is_file() {
+                    bail!("checkpoint {} does not exist", c.display());
+                }
+                (run_of_checkpoint(c), c.clone())
+            }
+            (None, None) => bail!("pass --run DIR or --checkpoint FILE"),
+        };
+        let mut cfg = config_over(&self.cfg, run.as_ref().map(|r| r.config()).as_deref())?;
+        self.data.apply(&mut cfg);
+        if let Some(d) = &self.device {
+            cfg.run.device = d.clone();
+        }
+        let device = setup::device(&cfg.run.device)?;
+        let (vs, model) = setup::build_model(&cfg, device)?;
+        let kind = load_weights(&model, &weights)?;
+        tracing::info!("loaded {} ({kind:?})", weights.display());
+        Ok(Loaded { cfg, device, _vs: vs, model, weights, kind, run })
+    }
+}
+
+/// Linear probe of `model`; the JSON result (also what is written to `eval_linear_<p>.json`).
+pub fn linear_eval(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device, protocol: LinearProtocol) -> Result<Value> {
+    let t = Instant::now();
+    // The notebook probes the whole twin network (projector output); standard practice the encoder.
+    let fk = match protocol {
+        LinearProtocol::KerasSeed => FeatureKind::Projector,
+        LinearProtocol::Standard => FeatureKind::Encoder,
+    };
+    let (tx, ty) = setup::features(model, &data.train, fk, 256, false, device)?;
+    let (vx, vy) = setup::features(model, &data.test, fk, 256, false, device)?;
+    let t_feat = t.elapsed().as_secs_f64();
+    let mut v = match protocol {
+        LinearProtocol::KerasSeed => linear::keras_seed(&tx, &ty, &vx, &vy, &cfg.eval, cfg.run.seed)?,
+        LinearProtocol::Standard => linear::standard(&tx, &ty, &vx, &vy, &cfg.eval, cfg.run.seed)?,
+    };
+    v["eval"] = json!("linear");
+    v["features"] = json!(format!("{fk:?}").to_lowercase());
+    v["features_s"] = json!(t_feat);
+    v["wall_s"] = json!(t.elapsed().as_secs_f64());
+    Ok(v)
+}
+
+/// kNN evaluation of the encoder features.
+pub fn knn_eval(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) -> Result<Value> {
+    let t = Instant::now();
+    let (tx, ty) = setup::features(model, &data.train, FeatureKind::Encoder, 256, false, device)?;
+    let (vx, vy) = setup::features(model, &data.test, FeatureKind::Encoder, 256, false, device)?;
+    let acc = knn::accuracy(&tx, &ty, &vx, &vy, cfg.eval.knn_k, cfg.eval.knn_temperature, linear::CLASSES);
+    Ok(json!({
+        "eval": "knn", "test_top1": acc, "k": cfg.eval.knn_k, "temperature": cfg.eval.knn_temperature,
+        "similarity": "cosine", "features": "encoder", "feature_dim": tx.size()[1],
+        "n_train": tx.size()[0], "n_test": vx.size()[0], "wall_s": t.elapsed().as_secs_f64(),
+    }))
+}
+
+/// Linear (standard) and kNN results from one pass of encoder features (what the demo runs for
+/// each of its two encoders).
+pub fn encoder_evals(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) -> Result<(Value, Value)> {
+    let t = Instant::now();
+    let (tx, ty) = setup::features(model, &data.train, FeatureKind::Encoder, 256, false, device)?;
+    let (vx, vy) = setup::features(model, &data.test, FeatureKind::Encoder, 256, false, device)?;
+    let t_feat = t.elapsed().as_secs_f64();
+    let mut lin = linear::standard(&tx, &ty, &vx, &vy, &cfg.eval, cfg.run.seed)?;
+    lin["eval"] = json!("linear");
+    lin["features"] = json!("encoder");
+    lin["features_s"] = json!(t_feat);
+    let acc = knn::accuracy(&tx, &ty, &vx, &vy, cfg.eval.knn_k, cfg.eval.knn_temperature, linear::CLASSES);
+    let knn = json!({
+        "eval": "knn", "test_top1": acc, "k": cfg.eval.knn_k, "temperature": cfg.eval.knn_temperature,
+        "similarity": "cosine", "features": "encoder", "feature_dim": tx.size()[1],
+        "n_train": tx.size()[0], "n_test": vx.size()[0],
+    });
+    Ok((lin, knn))
+}
+
+/// Writes a result next to the run (or the checkpoint) and prints the one-line summary.
+fn finish(l: &Loaded, name: &str, mut v: Value, summary: String) -> Result<()> {
+    v["weights"] = json!("pretrained");
+    v["checkpoint"] = json!(l.weights.display().to_string());
+    v["checkpoint_kind"] = json!(format!("{:?}", l.kind));
+    let path = match &l.run {
+        Some(r) => r.eval(name),
+        None => {
+            let stem = l.weights.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+            l.weights.with_file_name(format!("{stem}.eval_{name}.json"))
+        }
+    };
+    atomic_write(&path, serde_json::to_string_pretty(&v)?.as_bytes())?;
+    if let Some(r) = &l.run {
+        crate::report::write(r)?;
+    }
+    println!("{summary} -> {}", path.display());
+    Ok(())
+}
+
+pub fn run(cmd: EvalCmd) -> Result<()> {
+    match cmd {
+        EvalCmd::Linear(a) => {
+            let l = a.src.load()?;
+            let protocol: LinearProtocol = a.protocol.map(Into::into).unwrap_or(l.cfg.eval.linear_protocol);
+            if protocol == LinearProtocol::KerasSeed && l.kind == WeightsKind::EncoderOnly {
+                bail!("the keras-seed protocol probes the projector output, but {} holds the encoder alone: pass model.safetensors or a training checkpoint", l.weights.display());
+            }
+            let data = setup::load_data(&l.cfg)?;
+            let v = linear_eval(&l.cfg, &l.model, &data, l.device, protocol)?;
+            let name = match protocol {
+                LinearProtocol::KerasSeed => "linear_keras-seed",
+                LinearProtocol::Standard => "linear_standard",
+            };
+            let summary = format!(
+                "linear ({}): test top-1 {:.2}% ({} epochs, {} features)",
+                v["protocol"].as_str().unwrap_or("?"),
+                100.0 * v["test_top1"].as_f64().unwrap_or(f64::NAN),
+                v["epochs"],
+                v["feature_dim"]
+            );
+            finish(&l, name, v, summary)
+        }
+        EvalCmd::Knn(a) => {
+            let l = a.src.load()?;
+            let data = setup::load_data(&l.cfg)?;
+            let v = knn_eval(&l.cfg, &l.model, &data, l.device)?;
+            let summary = format!(
+                "knn (k={}, T={}): test top-1 {:.2}%",
+                l.cfg.eval.knn_k,
+                l.cfg.eval.knn_temperature,
+                100.0 * v["test_top1"].as_f64().unwrap_or(f64::NAN)
+            );
+            finish(&l, "knn", v, summary)
+        }
+    }
+}
