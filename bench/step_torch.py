@@ -187,6 +187,59 @@ def bt_loss(za, zb, lam, scale, norm, impl):
     return (inv + lam * red) * scale
 
 
+class Lamb:
+    """tfa.optimizers.LAMB (bt-optim's Lamb) with torch._foreach ops: Adam moments with bias
+    correction, decoupled decay, per-tensor trust ratio ||w|| / ||update|| (1 when either is 0).
+    Multi-tensor ops, as a careful PyTorch user would write it (no per-tensor Python math)."""
+
+    def __init__(self, params, lr, b1=0.9, b2=0.999, eps=1e-6, wd=0.0):
+        self.p, self.lr, self.b1, self.b2, self.eps, self.wd = params, lr, b1, b2, eps, wd
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self):
+        self.t += 1
+        g = [p.grad for p in self.p]
+        torch._foreach_lerp_(self.m, g, 1 - self.b1)
+        torch._foreach_mul_(self.v, self.b2)
+        torch._foreach_addcmul_(self.v, g, g, 1 - self.b2)
+        mh = torch._foreach_div(self.m, 1 - self.b1 ** self.t)
+        vh = torch._foreach_div(self.v, 1 - self.b2 ** self.t)
+        torch._foreach_sqrt_(vh)
+        torch._foreach_add_(vh, self.eps)
+        u = torch._foreach_div(mh, vh)
+        if self.wd:
+            torch._foreach_add_(u, self.p, alpha=self.wd)
+        wn = torch.stack(torch._foreach_norm(self.p))
+        un = torch.stack(torch._foreach_norm(u))
+        ratio = torch.where((wn > 0) & (un > 0), wn / un, torch.ones_like(wn))
+        torch._foreach_mul_(u, list((ratio * -self.lr).unbind()))
+        torch._foreach_add_(self.p, u)
+
+
+class Lars:
+    """The official Barlow Twins LARS (bt-optim's Lars, official variant), foreach ops."""
+
+    def __init__(self, params, lr, momentum=0.9, wd=0.0, eta=1e-3):
+        self.p, self.lr, self.mom, self.wd, self.eta = params, lr, momentum, wd, eta
+        self.mu = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self):
+        g = [p.grad.clone() for p in self.p]
+        if self.wd:
+            torch._foreach_add_(g, self.p, alpha=self.wd)
+        wn = torch.stack(torch._foreach_norm(self.p))
+        gn = torch.stack(torch._foreach_norm(g))
+        q = torch.where((wn > 0) & (gn > 0), self.eta * wn / gn, torch.ones_like(wn))
+        torch._foreach_mul_(g, list(q.unbind()))
+        torch._foreach_mul_(self.mu, self.mom)
+        torch._foreach_add_(self.mu, g)
+        torch._foreach_add_(self.p, self.mu, alpha=-self.lr)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="KerasResnet34")
@@ -203,6 +256,14 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--optim", default="none", choices=["none", "lamb", "lars"],
+                    help="also take an optimizer step (foreach LAMB/LARS), as bt-cli bench step does")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--bf16", action="store_true",
+                    help="torch.autocast(bfloat16) around the forwards; the loss stays f32")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="model and inputs in torch.channels_last")
     ap.add_argument("--interleave", action="store_true",
                     help="after warm-up, run one step per 'step' line on stdin, print its time")
     a = ap.parse_args()
@@ -219,6 +280,18 @@ def main():
     params = [p for p in model.parameters()]
     xa = torch.rand(a.batch, 3, 32, 32, device=dev)
     xb = torch.rand(a.batch, 3, 32, 32, device=dev)
+    if a.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        xa, xb = (x.contiguous(memory_format=torch.channels_last) for x in (xa, xb))
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = not a.bf16
+        torch.backends.cudnn.allow_tf32 = not a.bf16
+    opt = {"none": None, "lamb": lambda: Lamb(params, a.lr, wd=a.weight_decay),
+           "lars": lambda: Lars(params, a.lr, wd=a.weight_decay)}[a.optim]
+    opt = opt() if opt else None
+    import contextlib
+    amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if a.bf16 else contextlib.nullcontext
 
     def step():
         t = time.perf_counter()
@@ -226,8 +299,12 @@ def main():
             if p.grad is not None:
                 p.grad.detach_()
                 p.grad.zero_()
-        loss = bt_loss(model(xa), model(xb), a.lam, a.scale, a.normalization, a.loss_impl)
+        with amp():
+            za, zb = model(xa), model(xb)
+        loss = bt_loss(za.float(), zb.float(), a.lam, a.scale, a.normalization, a.loss_impl)
         loss.backward()
+        if opt is not None:
+            opt.step()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         return time.perf_counter() - t

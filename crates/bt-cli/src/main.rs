@@ -3,14 +3,19 @@
 use clap::{Parser, Subcommand};
 
 mod checkpoint;
+mod ckpt_store;
 mod cmd;
+mod device;
+mod dist;
 mod eval;
+mod guard;
 mod metrics;
 mod plot;
 mod progress;
 mod report;
 mod runfolder;
 mod setup;
+mod signals;
 mod tensors;
 mod train;
 
@@ -44,6 +49,11 @@ enum Cmd {
     Embed(cmd::embed::Args),
     /// Pretrain the demo preset, then compare pretrained vs random-init encoders.
     Demo(cmd::demo::Args),
+    /// Run N local data-parallel workers of a subcommand (torchrun env, no Python):
+    /// `bt-cli launch --nproc 2 -- pretrain ...`.
+    Launch(cmd::launch::Args),
+    /// Check a device (CUDA) against the CPU: loss, optimizer, input upload, training steps.
+    Selftest(cmd::selftest::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,6 +75,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Eval(e) => cmd::eval::run(e),
         Cmd::Embed(a) => cmd::embed::run(a),
         Cmd::Demo(a) => cmd::demo::run(a),
+        Cmd::Launch(a) => cmd::launch::run(a),
+        Cmd::Selftest(a) => cmd::selftest::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

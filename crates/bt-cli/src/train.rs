@@ -8,9 +8,14 @@
 //!
 //! # Overlap
 //! The pipeline's bounded queue already augments the next batches on worker threads while the
-//! step runs. On CUDA the loop also fetches and uploads batch `i+1` (pinned host memory,
-//! non-blocking copy) right after *enqueueing* step `i`, so the host side of the transfer runs
-//! while the GPU computes; on CPU the upload is a no-op (the tensor wraps the batch buffer).
+//! step runs. On CUDA the loop also fetches and uploads batch `i+1` right after *enqueueing* step
+//! `i`: pinned host memory, copied on a side stream and ordered by an event (`device.rs`), so the
+//! transfer overlaps the GPU's compute; on CPU the upload only wraps the batch in a tensor.
+//!
+//! # Data parallelism
+//! With `WORLD_SIZE > 1` (torchrun / `bt-cli launch`) the same loop runs on every rank with the
+//! four rules of `dist.rs`: rank 0's weights broadcast, this rank's rows of each global batch, the
+//! loss over the global batch, averaged gradients; only rank 0 writes the run folder.
 //! `data_wait_s` in the metrics is the time the loop spent blocked on the pipeline.
 use crate::checkpoint::{self, Position};
 use crate::eval::knn;
@@ -45,39 +50,25 @@ pub struct Outcome {
     pub data_wait_fraction: f64,
 }
 
-/// A batch on the device.
+/// A batch on its way to the device (CUDA: copied on a side stream; see device.rs).
 struct DeviceBatch {
-    a: Tensor,
-    b: Tensor,
+    staged: Option<crate::device::Staged>,
     n: usize,
     wait_s: f64,
 }
 
-fn upload(v: &[f32], n: usize, device: Device, channels_last: bool) -> Result<Tensor> {
-    let t = Tensor::from_slice(v).view([n as i64, 3, 32, 32]);
-    let t = if device.is_cuda() {
-        // Pinned memory makes the copy asynchronous; without the shim's pinning it still works,
-        // synchronously.
-        let host = bt_shim::pin_memory(&t).unwrap_or(t);
-        host.to_device_(device, Kind::Float, true, false)
-    } else {
-        t
-    };
-    Ok(if channels_last { bt_shim::to_channels_last(&t)? } else { t })
-}
-
-fn fetch(it: &mut bt_data::EpochIter, device: Device, channels_last: bool) -> Result<Option<DeviceBatch>> {
+fn fetch(it: &mut bt_data::EpochIter, up: &mut crate::device::Uploader) -> Result<Option<DeviceBatch>> {
     let t0 = Instant::now();
     let next: Option<bt_data::Result<TwinBatch>> = it.next();
     let wait_s = t0.elapsed().as_secs_f64();
     let Some(b) = next else { return Ok(None) };
     let b = b.context("data pipeline")?;
     let n = b.batch_size;
-    let a = upload(&b.view_a, n, device, channels_last)?;
-    let bb = upload(&b.view_b, n, device, channels_last)?;
-    // On CPU `from_slice` copied the views, so the batch buffers can go back to the pipeline now.
+    let staged = up.upload(&[&b.view_a, &b.view_b], n)?;
+    // The uploader copied the views (CPU: `from_slice`; CUDA: into pinned memory), so the batch
+    // buffers can go back to the pipeline now.
     drop(b);
-    Ok(Some(DeviceBatch { a, b: bb, n, wait_s }))
+    Ok(Some(DeviceBatch { staged: Some(staged), n, wait_s }))
 }
 
 /// Pretrains `cfg` on `train` from `start`, writing everything into `run`.
@@ -95,9 +86,14 @@ pub fn pretrain(
     let cfg_text = cfg.to_toml();
     // The trajectory hash: run-control keys (max_steps, workers, ...) may change on resume.
     let cfg_hash = crate::ckpt_store::config_hash(cfg);
-    crate::runfolder::atomic_write(&run.config(), cfg_text.as_bytes())?;
+    let main = crate::dist::is_main();
+    let (_, world) = crate::dist::rank_world();
+    if main {
+        crate::runfolder::atomic_write(&run.config(), cfg_text.as_bytes())?;
+    }
 
-    let pipe = TwinPipeline::new(train.clone(), &cfg.data, &cfg.augment, cfg.run.seed)?;
+    // Data-parallel: this rank's rows of the same global batches (dist.rs).
+    let pipe = crate::dist::shard(TwinPipeline::new(train.clone(), &cfg.data, &cfg.augment, cfg.run.seed)?)?;
     let spe = pipe.batches_per_epoch();
     if spe == 0 {
         bail!(
@@ -108,10 +104,14 @@ pub fn pretrain(
     }
     let total_steps = spe * cfg.run.epochs;
 
-    let (vs, model) = crate::setup::build_model(cfg, device)?;
+    let (vs, mut model) = crate::setup::build_model(cfg, device)?;
+    // CUDA: bf16 + channels-last unless run.fast_cuda = false; cuDNN benchmark (device.rs).
+    let settings = crate::device::StepSettings::for_run(cfg, device);
+    settings.apply_backend(device)?;
+    model.set_precision(settings.precision);
     let mut opt = bt_optim::build(&cfg.optim, bt_optim::trainable_named(&vs))?;
     let schedule = bt_optim::Schedule::from_config(&cfg.schedule, &cfg.optim, cfg.data.batch_size, spe, cfg.run.epochs);
-    let loss_opts = bt_loss::LossOptions::from_config(&cfg.loss);
+    let loss_opts = crate::dist::loss_options(&cfg.loss);
     let mut guard = Guard::new(&cfg.run);
     // The optimizer's variables (views into its flat buffer since `build`): the guard reads
     // their gradients.
@@ -130,7 +130,11 @@ pub fn pretrain(
         tracing::info!("resuming from {} at epoch {}, batch {}, step {}", path.display(), pos.epochs_done, pos.batch_in_epoch, pos.step);
     }
 
-    let mut mw = MetricsWriter::open(&run.metrics())?;
+    // Every rank starts from rank 0's weights (a no-op for a single process).
+    crate::dist::broadcast_model(&model)?;
+    let params = model.trainable_variables();
+    // Only rank 0 writes the run folder; the other ranks' records go nowhere.
+    let mut mw = MetricsWriter::open(&if main { run.metrics() } else { std::path::PathBuf::from("/dev/null") })?;
     let c = model.param_counts();
     mw.write(&json!({
         "kind": "run", "event": "start", "device": format!("{device:?}"),
@@ -139,7 +143,7 @@ pub fn pretrain(
         "intra_op_threads": tch::get_num_threads(), "trainable_params": c.total_trainable(),
         "config_hash": cfg_hash, "start_step": pos.step,
     }))?;
-    if pos.step == 0 {
+    if pos.step == 0 && main {
         let grid = bt_data::preview_grid(&train, pipe.policy(), 8, cfg.run.seed);
         bt_data::save_png(&grid, &run.augment_png())?;
     }
@@ -153,7 +157,7 @@ pub fn pretrain(
     let (mut loop_s, mut wait_s_total) = (0.0f64, 0.0f64);
     let mut final_loss = f64::NAN;
     let mut steps_here = 0usize;
-    let cl = cfg.run.channels_last;
+    let mut up = crate::device::Uploader::new(device, settings.channels_last)?;
     let mut last_msg = String::new();
 
     for epoch in pos.epochs_done..cfg.run.epochs {
@@ -166,17 +170,20 @@ pub fn pretrain(
         let mut win_t = Instant::now();
         let mut win_pairs = 0usize;
         let mut win_wait = 0.0f64;
-        let mut next = fetch(&mut it, device, cl)?;
-        while let Some(cur) = next.take() {
+        let mut next = fetch(&mut it, &mut up)?;
+        while let Some(mut cur) = next.take() {
             let t_step = Instant::now();
             let lr = schedule.lr_at(pos.step);
             let snap = guard.needs_snapshot().then(|| guard::snapshot_buffers(&model));
-            let z_a = model.forward(&cur.a, true);
-            let z_b = model.forward(&cur.b, true);
+            let x = cur.staged.take().expect("a staged batch").ready(&mut up)?;
+            let z_a = crate::dist::forward_grouped(&model, &x[0], cfg.run.bn_batch);
+            let z_b = crate::dist::forward_grouped(&model, &x[1], cfg.run.bn_batch);
             let mut out = bt_loss::barlow_twins_loss(&z_a, &z_b, &loss_opts)?;
             guard.inject_loss_fault(pos.step + 1, &mut out);
             opt.zero_grad();
             out.loss.backward();
+            // Data-parallel: the full-batch gradient on every rank, before the guard reads it.
+            crate::dist::average_grads(&params)?;
             guard.inject_grad_fault(pos.step + 1, &guard_params);
             // Non-finite guard and spike detector, before the update touches the weights.
             let skipped = match guard.check(pos.step + 1, epoch + 1, &out, &guard_params)? {
@@ -195,7 +202,7 @@ pub fn pretrain(
                 }
             };
             // Enqueued (CUDA) or done (CPU): get the next batch while the device works.
-            next = fetch(&mut it, device, cl)?;
+            next = fetch(&mut it, &mut up)?;
             let wait = next.as_ref().map_or(0.0, |b| b.wait_s) + if ep_steps == 0 { cur.wait_s } else { 0.0 };
             tch::no_grad(|| if !skipped {
                 sum_loss += out.loss.detach().to_kind(Kind::Double);
@@ -206,8 +213,8 @@ pub fn pretrain(
             pos.batch_in_epoch += 1;
             ep_steps += 1;
             steps_here += 1;
-            ep_pairs += cur.n;
-            win_pairs += cur.n;
+            ep_pairs += cur.n * world;
+            win_pairs += cur.n * world;
             ep_wait += wait;
             win_wait += wait;
             // The very first step pays for allocator and oneDNN warm-up: keep it out of the
@@ -238,8 +245,10 @@ pub fn pretrain(
             let due = cfg.run.checkpoint_every_steps > 0 && pos.step % cfg.run.checkpoint_every_steps == 0;
             if (stop.is_some() || due) && pos.batch_in_epoch < spe {
                 let path = run.checkpoints().join(crate::ckpt_store::file_name(pos));
-                checkpoint::save(&path, &model, opt.state(), pos, &cfg_hash, cfg.run.seed, &cfg_text)?;
-                run.prune_checkpoints(cfg.run.keep_checkpoints)?;
+                if main {
+                    checkpoint::save(&path, &model, opt.state(), pos, &cfg_hash, cfg.run.seed, &cfg_text)?;
+                    run.prune_checkpoints(cfg.run.keep_checkpoints)?;
+                }
                 if let Some(reason) = stop {
                     return Err(crate::ckpt_store::Stop { reason, checkpoint: path, step: pos.step }.into());
                 }
@@ -256,24 +265,25 @@ pub fn pretrain(
         mw.write(&json!({
             "kind": "epoch", "epoch": epoch + 1, "steps": ep_steps, "step": pos.step, "loss": l,
             "invariance": inv, "redundancy": red, "lr": lr_now, "pairs_per_s": ep_pairs as f64 / ep_s,
-            "data_wait_s": ep_wait, "data_wait_pct": 100.0 * ep_wait / ep_s, "epoch_s": ep_s,
+            "data_wait_s": ep_wait, "data_wait_pct": 100.0 * ep_wait / ep_s,
+            "gpu_input_wait_ms": up.wait_ms()?.0, "epoch_s": ep_s,
             "wall_s": t_start.elapsed().as_secs_f64(),
         }))?;
         tracing::info!(
             "epoch {}/{}: loss {l:.3} (invariance {inv:.3}, redundancy {red:.2}), lr {lr_now:.2e}, {:.0} pairs/s, data wait {:.1}%, {ep_s:.1}s",
             epoch + 1, cfg.run.epochs, ep_pairs as f64 / ep_s, 100.0 * ep_wait / ep_s
         );
-        if let Err(e) = plot_loss(run, spe) {
+        if let Err(e) = if main { plot_loss(run, spe) } else { Ok(()) } {
             tracing::warn!("could not refresh {}: {e:#}", run.loss_png().display());
         }
         let due = cfg.run.checkpoint_every_steps > 0 && pos.step % cfg.run.checkpoint_every_steps == 0;
-        if pos.epochs_done % cfg.run.checkpoint_every == 0 || pos.epochs_done == cfg.run.epochs || due {
+        if main && (pos.epochs_done % cfg.run.checkpoint_every == 0 || pos.epochs_done == cfg.run.epochs || due) {
             let path = run.checkpoint(pos.epochs_done);
             checkpoint::save(&path, &model, opt.state(), pos, &cfg_hash, cfg.run.seed, &cfg_text)?;
             run.prune_checkpoints(cfg.run.keep_checkpoints)?;
         }
         // After a signal, stop without the (possibly long) kNN monitor.
-        if cfg.run.knn_every > 0 && pos.epochs_done % cfg.run.knn_every == 0 && crate::signals::requested().is_none() {
+        if main && cfg.run.knn_every > 0 && pos.epochs_done % cfg.run.knn_every == 0 && crate::signals::requested().is_none() {
             let t = Instant::now();
             let acc = knn_monitor(cfg, &model, &train, &test, device)?;
             tracing::info!("kNN monitor after epoch {}: top-1 {:.2}% ({:.1}s)", pos.epochs_done, 100.0 * acc, t.elapsed().as_secs_f64());
@@ -281,7 +291,7 @@ pub fn pretrain(
         }
         if let Some(reason) = crate::ckpt_store::stop_reason(cfg, pos).filter(|_| pos.epochs_done < cfg.run.epochs) {
             let path = run.checkpoint(pos.epochs_done);
-            if !path.is_file() {
+            if main && !path.is_file() {
                 checkpoint::save(&path, &model, opt.state(), pos, &cfg_hash, cfg.run.seed, &cfg_text)?;
                 run.prune_checkpoints(cfg.run.keep_checkpoints)?;
             }
@@ -290,8 +300,10 @@ pub fn pretrain(
     }
     drop(bar);
     let wall_s = t_start.elapsed().as_secs_f64();
-    checkpoint::atomic_via(&run.model(), |p| Ok(model.save_full(p)?))?;
-    checkpoint::atomic_via(&run.encoder(), |p| Ok(model.save_encoder(p)?))?;
+    if main {
+        checkpoint::atomic_via(&run.model(), |p| Ok(model.save_full(p)?))?;
+        checkpoint::atomic_via(&run.encoder(), |p| Ok(model.save_encoder(p)?))?;
+    }
     let data_wait_fraction = if loop_s > 0.0 { wait_s_total / loop_s } else { 0.0 };
     mw.write(&json!({
         "kind": "run", "event": "end", "steps": steps_here, "wall_s": wall_s, "final_loss": final_loss,

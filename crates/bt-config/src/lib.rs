@@ -577,6 +577,45 @@ pub struct RunConfig {
     pub knn_every: usize,
     /// Write a per-step metrics line every N steps.
     pub log_every: usize,
+    /// Also write a checkpoint every N optimizer steps, mid-epoch included; 0 = only at the
+    /// `checkpoint_every` epoch boundaries. For long epochs, it bounds the work a crash can lose.
+    pub checkpoint_every_steps: usize,
+    /// Stop (with a checkpoint) once this many optimizer steps are done in total; 0 = no limit.
+    /// A later `bt-cli pretrain` on the same run folder continues from there.
+    pub max_steps: usize,
+    /// What a NaN/inf loss or gradient does: `stop` the run (the last good checkpoint is kept)
+    /// or `skip` the step (no update; batch-norm statistics restored).
+    pub on_nonfinite: NonFinitePolicy,
+    /// Loss-spike detector: a step whose loss exceeds `spike_factor` x the median of the last
+    /// `spike_window` finite losses is a spike; 0 = off.
+    pub spike_factor: f64,
+    /// Loss-spike detector: number of recent losses the median is taken over.
+    pub spike_window: usize,
+    /// Loss-spike detector: this many consecutive spikes stop the run (1 = the first one).
+    pub spike_patience: usize,
+    /// Batch-norm statistics over groups of this many pairs ("ghost batch norm"): each view's
+    /// batch is forwarded in chunks of `bn_batch` rows; 0 = the process's whole batch. With data
+    /// parallelism every rank already normalizes only its own `batch_size / world` rows (no
+    /// SyncBN), so a single process with `bn_batch = batch_size / W` computes exactly what W
+    /// ranks compute (the multi-process exactness test relies on this). The loss always sees
+    /// the whole global batch.
+    pub bn_batch: usize,
+    /// On a CUDA device, run bf16 convolutions/linear layers (f32 master weights, f32 loss) with
+    /// channels-last inputs whatever `precision` and `channels_last` say: presets are fast on a
+    /// GPU without a GPU-specific config. `false`: honor `precision`/`channels_last` exactly (e.g.
+    /// an f32 CUDA run). No effect on CPU.
+    pub fast_cuda: bool,
+}
+
+/// What the trainer does with a non-finite loss or gradient (`run.on_nonfinite`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NonFinitePolicy {
+    /// Stop the run with a message naming the step and the term; the last good checkpoint stays.
+    #[default]
+    Stop,
+    /// Skip the step: no optimizer update, batch-norm running statistics put back.
+    Skip,
 }
 
 impl Default for RunConfig {
@@ -591,6 +630,14 @@ impl Default for RunConfig {
             keep_checkpoints: 3,
             knn_every: 0,
             log_every: 1,
+            checkpoint_every_steps: 0,
+            max_steps: 0,
+            on_nonfinite: NonFinitePolicy::Stop,
+            spike_factor: 0.0,
+            spike_window: 50,
+            spike_patience: 3,
+            bn_batch: 0,
+            fast_cuda: true,
         }
     }
 }
@@ -778,6 +825,15 @@ impl Config {
         at_least("run.checkpoint_every", r.checkpoint_every, 1)?;
         at_least("run.keep_checkpoints", r.keep_checkpoints, 1)?;
         at_least("run.log_every", r.log_every, 1)?;
+        if r.spike_factor != 0.0 && !(r.spike_factor.is_finite() && r.spike_factor > 1.0) {
+            return Err(ConfigError::OutOfRange {
+                key: "run.spike_factor".into(),
+                value: r.spike_factor.to_string(),
+                allowed: "0 (off) or a finite number > 1".into(),
+            });
+        }
+        at_least("run.spike_window", r.spike_window, 1)?;
+        at_least("run.spike_patience", r.spike_patience, 1)?;
         if parse_device(&r.device).is_none() {
             return Err(ConfigError::BadValue {
                 key: "run.device".into(),
@@ -1073,6 +1129,25 @@ mod tests {
         assert!(e.contains("my.toml"), "{e}");
         let e = b.merge_str("[optim]\nlrr = 1.0", Path::new("my.toml")).unwrap_err().to_string();
         assert!(e.contains("optim.lrr"), "{e}");
+    }
+
+    #[test]
+    fn reliability_keys_default_off_and_are_checked() {
+        let c = Config::default();
+        assert_eq!((c.run.max_steps, c.run.checkpoint_every_steps, c.run.spike_factor), (0, 0, 0.0));
+        assert_eq!(c.run.on_nonfinite, NonFinitePolicy::Stop);
+        let mut b = ConfigBuilder::new();
+        b.set("run.on_nonfinite=skip").unwrap().set("run.spike_factor=4").unwrap();
+        let c = b.build().unwrap();
+        assert_eq!((c.run.on_nonfinite, c.run.spike_factor), (NonFinitePolicy::Skip, 4.0));
+        let e = ConfigBuilder::new().set("run.on_nonfinite=ignore").unwrap_err().to_string();
+        assert!(e.contains("run.on_nonfinite") && e.contains("skip"), "{e}");
+        for (set, key) in [("run.spike_factor=0.5", "run.spike_factor"), ("run.spike_window=0", "run.spike_window")] {
+            let mut b = ConfigBuilder::new();
+            b.set(set).unwrap();
+            let e = b.build().unwrap_err().to_string();
+            assert!(e.contains(key), "{set}: {e}");
+        }
     }
 
     #[test]

@@ -6,6 +6,12 @@
 //!   from the stream `(seed, e, i, view)`. Nothing depends on the thread count or on which
 //!   thread ran a sample, so batches are bit-identical for 1, 2 or 16 workers, and a resumed
 //!   run (`start_batch > 0`) gets exactly the batches it would have got.
+//! - **Sharding.** [`TwinPipeline::with_shard`]`(rank, world)` keeps the *global* batch size
+//!   and batch count of the unsharded pipeline and gives rank `r` the rows
+//!   `[r*n/W, (r+1)*n/W)` of every global batch of `n` rows: the W ranks together see exactly
+//!   the batches (same images, same augmentations, same order) one process would see, so a
+//!   data-parallel run and a single-process run of the same config consume the same samples, and
+//!   a checkpoint's `(epoch, batch)` position means the same thing for any world size.
 //! - **Bounded memory.** At most `queue_capacity` batches wait in the channel and one more is
 //!   being filled; a slow consumer blocks the producer. Batch buffers are recycled through a
 //!   small free list when a [`TwinBatch`] is dropped, so a steady state allocates nothing.
@@ -44,7 +50,8 @@ pub struct TwinBatch {
     pub epoch: u64,
     /// Index of the batch within its epoch.
     pub batch_index: usize,
-    /// Images in this batch (the last may be smaller without `drop_remainder`).
+    /// Images in this batch (the last may be smaller without `drop_remainder`); with a shard,
+    /// this rank's rows of the global batch.
     pub batch_size: usize,
     recycle: Option<Sender<Vec<f32>>>,
 }
@@ -80,6 +87,7 @@ pub struct TwinPipeline {
     threads: usize,
     free: (Sender<Vec<f32>>, Receiver<Vec<f32>>),
     fail_at: Option<usize>,
+    shard: (usize, usize),
 }
 
 impl std::fmt::Debug for TwinPipeline {
@@ -89,6 +97,7 @@ impl std::fmt::Debug for TwinPipeline {
             .field("seed", &self.seed)
             .field("batch_size", &self.batch_size)
             .field("threads", &self.threads)
+            .field("shard", &self.shard)
             .finish()
     }
 }
@@ -133,7 +142,42 @@ impl TwinPipeline {
             threads,
             free: bounded(2 * data.queue_capacity + 4),
             fail_at: None,
+            shard: (0, 1),
         })
+    }
+
+    /// This pipeline as rank `rank` of `world` data-parallel ranks: every global batch (of
+    /// `data.batch_size` rows, the same batches as unsharded) is split into `world` contiguous
+    /// slices and this rank gets slice `rank`; see the module doc. `world = 1` is the unsharded
+    /// pipeline.
+    ///
+    /// # Errors
+    /// [`DataError::BadConfig`] (`data.batch_size`) when `rank >= world` or when the batch size
+    /// is not a multiple of `world` (ranks must hold equal rows for the gradient average to be
+    /// the full-batch gradient).
+    pub fn with_shard(mut self, rank: usize, world: usize) -> Result<Self> {
+        if world == 0 || rank >= world {
+            return Err(DataError::BadConfig {
+                key: "data.batch_size".into(),
+                reason: format!("shard rank {rank} of world size {world}: need rank < world"),
+            });
+        }
+        if self.batch_size % world != 0 || self.batch_size < world {
+            return Err(DataError::BadConfig {
+                key: "data.batch_size".into(),
+                reason: format!(
+                    "{} (the global batch) is not a positive multiple of the world size {world}: every rank must hold batch_size / world rows",
+                    self.batch_size
+                ),
+            });
+        }
+        self.shard = (rank, world);
+        Ok(self)
+    }
+
+    /// `(rank, world)` of this pipeline's shard (`(0, 1)` unsharded).
+    pub fn shard(&self) -> (usize, usize) {
+        self.shard
     }
 
     /// Worker threads.
@@ -188,6 +232,7 @@ impl TwinPipeline {
             free_rx: self.free.1.clone(),
             fail_at: self.fail_at,
             produced: produced.clone(),
+            shard: self.shard,
         };
         let order = self.epoch_order(epoch);
         let handle = std::thread::Builder::new()
@@ -211,6 +256,7 @@ impl TwinPipeline {
             free_rx: self.free.1.clone(),
             fail_at: self.fail_at,
             produced: Arc::new(AtomicUsize::new(0)),
+            shard: self.shard,
         };
         p.fill(epoch, &order, batch_index)
     }
@@ -226,6 +272,7 @@ struct Producer {
     free_rx: Receiver<Vec<f32>>,
     fail_at: Option<usize>,
     produced: Arc<AtomicUsize>,
+    shard: (usize, usize),
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -249,7 +296,10 @@ impl Producer {
     fn fill(&self, epoch: u64, order: &[u32], b: usize) -> TwinBatch {
         let lo = b * self.batch_size;
         let hi = (lo + self.batch_size).min(order.len());
-        let idx = &order[lo..hi];
+        // This rank's contiguous slice of the global batch (all of it when unsharded).
+        let (r, w) = self.shard;
+        let global = hi - lo;
+        let idx = &order[lo + r * global / w..lo + (r + 1) * global / w];
         let n = idx.len();
         let mut view_a = self.buffer(n * IMAGE_BYTES);
         let mut view_b = self.buffer(n * IMAGE_BYTES);

@@ -145,3 +145,49 @@ fn eval_batches_are_unaugmented_x_over_255() {
     assert_eq!(b.images[5], d.image(16)[5] as f32 / 255.0);
     assert_eq!(d.eval_batches(16, false).last().unwrap().len(), 2);
 }
+
+#[test]
+fn shards_partition_every_global_batch_in_rank_order() {
+    let d = ds(203);
+    for (drop_remainder, world) in [(true, 2), (true, 4), (false, 2), (false, 3)] {
+        let data = DataConfig { batch_size: 24, workers: 2, drop_remainder, ..Default::default() };
+        let aug = AugmentConfig::keras_seed();
+        let whole = TwinPipeline::new(d.clone(), &data, &aug, 7).unwrap();
+        let whole_bits = collect(&whole, 2, 1);
+        let shards: Vec<Bits> = (0..world)
+            .map(|r| {
+                let p = TwinPipeline::new(d.clone(), &data, &aug, 7).unwrap().with_shard(r, world).unwrap();
+                assert_eq!(p.batches_per_epoch(), whole.batches_per_epoch(), "global batch count");
+                collect(&p, 2, 1)
+            })
+            .collect();
+        assert_eq!(whole_bits.len(), shards[0].len());
+        for (k, w) in whole_bits.iter().enumerate() {
+            // Concatenating the ranks' slices in rank order gives back the global batch, bit for bit.
+            let (mut a, mut b, mut idx) = (vec![], vec![], vec![]);
+            for s in &shards {
+                assert_eq!(s[k].3, w.3, "batch index");
+                a.extend_from_slice(&s[k].0);
+                b.extend_from_slice(&s[k].1);
+                idx.extend_from_slice(&s[k].2);
+            }
+            assert_eq!(idx, w.2, "drop {drop_remainder} world {world} batch {k}: indices");
+            assert!(a == w.0 && b == w.1, "drop {drop_remainder} world {world} batch {k}: views");
+            // Equal rows per rank on full batches.
+            if w.2.len() == 24 {
+                assert!(shards.iter().all(|s| s[k].2.len() == 24 / world));
+            }
+        }
+    }
+}
+
+#[test]
+fn shard_rejects_uneven_global_batches() {
+    let d = ds(64);
+    let data = DataConfig { batch_size: 10, workers: 1, ..Default::default() };
+    let p = || TwinPipeline::new(d.clone(), &data, &AugmentConfig::keras_seed(), 7).unwrap();
+    let e = p().with_shard(0, 3).unwrap_err().to_string();
+    assert!(e.contains("data.batch_size") && e.contains("world size 3"), "{e}");
+    assert!(p().with_shard(2, 2).is_err());
+    assert_eq!(p().with_shard(1, 2).unwrap().shard(), (1, 2));
+}

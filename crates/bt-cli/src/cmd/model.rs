@@ -39,7 +39,58 @@ pub struct BenchStepArgs {
     /// Python, same libtorch version, same threads, and print the ratio.
     #[arg(long, value_name = "PYTHON")]
     pub compare_python: Option<PathBuf>,
+    /// Include the optimizer step (the config's flat LAMB/LARS; the Python peer runs a foreach
+    /// LAMB/LARS): `auto` = on for CUDA (the whole train step), off for CPU (forward + backward,
+    /// the CPU figures recorded before the CUDA work).
+    #[arg(long, value_enum, default_value_t = OptimMode::Auto)]
+    pub optim: OptimMode,
 }
+
+/// `bench step --optim`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OptimMode {
+    /// On for CUDA, off for CPU.
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+/// Forward FLOPs of one image through the convolution and linear layers, from the model's
+/// layer table: a conv or linear layer does one multiply-add per weight per output position
+/// (`weights x H_out x W_out`), 2 FLOPs each. Biases, batch norm, activations, pools and the
+/// loss are left out (standard MFU accounting; see docs/GPU.md).
+pub fn forward_flops_per_image(model: &BarlowTwins, cfg: &bt_config::ModelConfig) -> f64 {
+    let keras = cfg.arch == bt_config::Arch::KerasResnet34;
+    model
+        .layer_table(32, 32)
+        .iter()
+        .map(|r| {
+            let out = &r.output_shape;
+            if r.kind.starts_with("Conv2d") {
+                // Keras convs have a bias (one per output channel); torchvision's do not.
+                let weights = r.trainable - if keras { out[1] } else { 0 };
+                2.0 * weights as f64 * (out[2] * out[3]) as f64
+            } else if r.kind.starts_with("Linear") {
+                let weights = r.trainable - if cfg.projector_bias { out[1] } else { 0 };
+                2.0 * weights as f64
+            } else {
+                0.0
+            }
+        })
+        .sum()
+}
+
+/// Model FLOPs of one train step on `batch` pairs: forward of both views, backward = 2x forward
+/// (input and weight gradients).
+pub fn train_step_flops(model: &BarlowTwins, cfg: &bt_config::ModelConfig, batch: i64) -> f64 {
+    3.0 * 2.0 * batch as f64 * forward_flops_per_image(model, cfg)
+}
+
+/// The measured bf16 dense matrix-product peak of the H200 the GPU check runs on
+/// (../shared/GPU.md), the MFU denominator.
+pub const PEAK_FLOPS: f64 = 790e12;
 
 fn thousands(n: i64) -> String {
     let s = n.to_string();
@@ -181,33 +232,58 @@ pub fn bench_step(a: BenchStepArgs) -> Result<()> {
     tch::manual_seed(cfg.run.seed as i64);
     let vs = nn::VarStore::new(dev);
     let mut model = BarlowTwins::try_new(&vs.root(), &cfg.model)?;
-    model.set_precision(cfg.run.precision);
+    // The trainer's settings on this device (CUDA: bf16 + channels-last unless run.fast_cuda=false).
+    let settings = crate::device::StepSettings::for_run(&cfg, dev);
+    settings.apply_backend(dev)?;
+    model.set_precision(settings.precision);
+    let with_optim = match a.optim {
+        OptimMode::Auto => dev.is_cuda(),
+        OptimMode::On => true,
+        OptimMode::Off => false,
+    };
+    let flops = train_step_flops(&model, &cfg.model, batch);
     let loss_impl = bt_loss::resolve_impl(cfg.loss.implementation, batch, model.embed_dim());
     let opts = bt_loss::LossOptions::from_config(&cfg.loss).with_implementation(loss_impl);
     let params = model.trainable_variables();
-    let mk = || {
-        let x = Tensor::rand([batch, 3, 32, 32], (Kind::Float, dev));
-        if cfg.run.channels_last {
-            x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
-        } else {
-            x
-        }
+    let opt = if with_optim {
+        Some(std::cell::RefCell::new(bt_optim::build(&cfg.optim, bt_optim::trainable_named(&vs))?))
+    } else {
+        None
     };
-    let (x_a, x_b) = (mk(), mk());
+    let lr = bt_optim::LrPair::same(cfg.optim.lr);
+    // Inputs go through the trainer's uploader every step (CUDA: pinned host memory, side-stream
+    // copy of the next batch while this one computes, GPU wait measured with events).
+    let host: Vec<Vec<f32>> = (0..2)
+        .map(|_| Vec::<f32>::try_from(Tensor::rand([batch * 3 * 32 * 32], (Kind::Float, Device::Cpu))))
+        .collect::<std::result::Result<_, _>>()?;
+    let up = std::cell::RefCell::new(crate::device::Uploader::new(dev, settings.channels_last)?);
+    let next = std::cell::RefCell::new(Some(up.borrow_mut().upload(&[&host[0], &host[1]], batch as usize)?));
     println!(
         "bench step: {:?} width {} projector {:?}, batch {batch} per view, device {dev:?}, {threads} threads, \
          loss {loss_impl:?}, precision {:?}, channels_last {}",
-        cfg.model.arch, cfg.model.width, cfg.model.projector, cfg.run.precision, cfg.run.channels_last
+        cfg.model.arch, cfg.model.width, cfg.model.projector, settings.precision, settings.channels_last
+    );
+    println!(
+        "model FLOPs per step (conv + linear, 2 views, fwd + 2x bwd): {:.3e}; optimizer step {}",
+        flops,
+        if with_optim { format!("{:?} (flat)", cfg.optim.name) } else { "not timed".into() }
     );
     let step = || -> Result<f64> {
         let t = Instant::now();
         for p in &params {
             p.shallow_clone().zero_grad();
         }
-        let z_a = model.forward(&x_a, true);
-        let z_b = model.forward(&x_b, true);
+        let staged = next.borrow_mut().take().expect("a staged batch");
+        let x = staged.ready(&mut up.borrow_mut())?;
+        let z_a = model.forward(&x[0], true);
+        let z_b = model.forward(&x[1], true);
         let out = bt_loss::barlow_twins_loss(&z_a, &z_b, &opts)?;
         out.loss.backward();
+        if let Some(o) = &opt {
+            o.borrow_mut().step(&lr)?;
+        }
+        // The next batch's copy overlaps this step's queued kernels.
+        *next.borrow_mut() = Some(up.borrow_mut().upload(&[&host[0], &host[1]], batch as usize)?);
         sync(dev);
         Ok(t.elapsed().as_secs_f64())
     };
@@ -215,11 +291,8 @@ pub fn bench_step(a: BenchStepArgs) -> Result<()> {
     // alternate step by step: on a shared machine, load drifts hit both sides alike.
     let mut peer = match &a.compare_python {
         Some(py) => {
-            if cfg.run.precision != Precision::F32 || cfg.run.channels_last {
-                bail!("--compare-python compares f32, contiguous runs only (run.precision=f32, run.channels_last=false)");
-            }
             Some(PythonPeer::start(
-                py, &cfg, loss_impl, batch, a.warmup, threads, dev,
+                py, &cfg, loss_impl, batch, a.warmup, threads, dev, settings, with_optim,
             )?)
         }
         None => None,
@@ -227,6 +300,7 @@ pub fn bench_step(a: BenchStepArgs) -> Result<()> {
     for _ in 0..a.warmup {
         step()?;
     }
+    let wait0 = up.borrow_mut().final_wait_ms()?;
     let mut times = Vec::with_capacity(a.steps);
     let mut py_times = Vec::with_capacity(a.steps);
     for _ in 0..a.steps {
@@ -243,14 +317,28 @@ pub fn bench_step(a: BenchStepArgs) -> Result<()> {
         format!("min {:.1} ms, max {:.1} ms", lo * 1e3, hi * 1e3)
     };
     let (rust_spread, py_spread) = (spread(&times), spread(&py_times));
+    let total_s: f64 = times.iter().sum();
     let med = median(&mut times);
     let pairs = batch as f64 / med;
+    let (wait1, measured) = up.borrow_mut().final_wait_ms()?;
+    let wait_pct = 100.0 * (wait1 - wait0.0) / 1e3 / total_s.max(1e-12);
+    let mfu = flops / med / PEAK_FLOPS;
     println!(
         "rust (tch):      median step {:.1} ms over {} steps ({rust_spread}), {:.1} pairs/s",
         med * 1e3,
         a.steps,
         pairs
     );
+    if dev.is_cuda() {
+        println!(
+            "GPU waiting for input: {wait_pct:.2}% of step time ({} waits measured with CUDA events); \
+             MFU {:.2}% ({:.1} TFLOP/s of {:.0})",
+            measured - wait0.1,
+            100.0 * mfu,
+            flops / med / 1e12,
+            PEAK_FLOPS / 1e12
+        );
+    }
     let mut ratio = None;
     if let Some(p) = peer {
         let py_med = median(&mut py_times);
@@ -272,13 +360,10 @@ pub fn bench_step(a: BenchStepArgs) -> Result<()> {
         );
         ratio = Some(r);
     }
+    let gpu = if dev.is_cuda() { format!(" input_wait_pct={wait_pct:.3} mfu={mfu:.4}") } else { String::new() };
     match ratio {
-        Some(r) => println!(
-            "step_ms={:.3} pairs_per_s={:.2} torch_ratio={r:.3}",
-            med * 1e3,
-            pairs
-        ),
-        None => println!("step_ms={:.3} pairs_per_s={:.2}", med * 1e3, pairs),
+        Some(r) => println!("step_ms={:.3} pairs_per_s={:.2}{gpu} torch_ratio={r:.3}", med * 1e3, pairs),
+        None => println!("step_ms={:.3} pairs_per_s={:.2}{gpu}", med * 1e3, pairs),
     }
     Ok(())
 }
@@ -301,9 +386,30 @@ impl PythonPeer {
         warmup: usize,
         threads: i32,
         dev: Device,
+        settings: crate::device::StepSettings,
+        with_optim: bool,
     ) -> Result<Self> {
         use std::process::Stdio;
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/step_torch.py");
+        // BT_BENCH_DIR: where a shipped bundle keeps bench/*.py (the GPU machine has no source tree).
+        let script = match std::env::var_os("BT_BENCH_DIR") {
+            Some(d) => PathBuf::from(d).join("step_torch.py"),
+            None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/step_torch.py"),
+        };
+        let mut extra: Vec<String> = Vec::new();
+        if with_optim {
+            let name = match cfg.optim.name {
+                bt_config::OptimKind::Lamb => "lamb",
+                bt_config::OptimKind::Lars => "lars",
+            };
+            extra.extend(["--optim".into(), name.into(), "--lr".into(), cfg.optim.lr.to_string()]);
+            extra.extend(["--weight-decay".into(), cfg.optim.weight_decay.to_string()]);
+        }
+        if settings.precision == Precision::Bf16 {
+            extra.push("--bf16".into());
+        }
+        if settings.channels_last {
+            extra.push("--channels-last".into());
+        }
         let m = &cfg.model;
         let proj: Vec<String> = m.projector.iter().map(|d| d.to_string()).collect();
         let device = match dev {
@@ -332,6 +438,7 @@ impl PythonPeer {
             .args(["--warmup", &warmup.to_string()])
             .args(["--threads", &threads.to_string()])
             .args(["--device", &device])
+            .args(&extra)
             .arg("--interleave")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -379,5 +486,33 @@ impl Drop for PythonPeer {
         let _ = writeln!(self.stdin, "quit");
         let _ = self.stdin.flush();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The MFU numerator against PyTorch's FlopCounterMode on bench/step_torch.py's mirror of the
+    /// same models (scripts/fixtures/flops.py).
+    #[test]
+    fn forward_flops_match_torch_flop_counter() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/flops.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for c in v["cases"].as_array().unwrap() {
+            let cfg = bt_config::ModelConfig {
+                arch: if c["arch"] == "KerasResnet34" { bt_config::Arch::KerasResnet34 } else { bt_config::Arch::CifarResnet18 },
+                width: c["width"].as_i64().unwrap(),
+                projector: c["projector"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect(),
+                projector_bias: c["projector_bias"].as_bool().unwrap(),
+                ..Default::default()
+            };
+            let vs = nn::VarStore::new(Device::Cpu);
+            let model = BarlowTwins::try_new(&vs.root(), &cfg).unwrap();
+            let ours = forward_flops_per_image(&model, &cfg);
+            let torch = c["forward_flops_per_image"].as_f64().unwrap();
+            assert_eq!(ours, torch, "{c}");
+            assert_eq!(train_step_flops(&model, &cfg, 10), 60.0 * torch);
+        }
     }
 }

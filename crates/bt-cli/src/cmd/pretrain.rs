@@ -54,7 +54,9 @@ pub fn run(a: Args) -> Result<()> {
         cfg.run.device = d.clone();
         cfg.validate()?;
     }
-    let device = setup::device(&cfg.run.device)?;
+    let device = crate::dist::local_device(setup::device(&cfg.run.device)?);
+    // Data-parallel when launched by torchrun / bt-cli launch (WORLD_SIZE > 1): see dist.rs.
+    crate::dist::init(device)?;
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&a.cfg.preset));
     // Data first: a missing dataset must not leave an empty run folder behind.
     let data = setup::load_data(&cfg)?;
@@ -66,14 +68,27 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let run = RunFolder::create(&out)?;
-    let resume = match choose_start(&a, &cfg, &run)? {
-        Start::Resume(p) => Some(p),
-        Start::Fresh => None,
-        Start::NothingToDo(msg) => {
-            println!("{msg}");
-            return Ok(());
-        }
+    // Data-parallel: the other ranks decide read-only (the checkpoint rank 0 will pick) before
+    // rank 0 prepares the folder, and start once it has (the two barriers order this).
+    let follower = crate::dist::current().is_some_and(|d| d.rank() > 0);
+    let follower_resume = follower.then(|| follower_start(&a, &run));
+    if let Some(d) = crate::dist::current() {
+        d.pg.barrier()?;
+    }
+    let resume = match follower_resume {
+        Some(r) => r,
+        None => match choose_start(&a, &cfg, &run)? {
+            Start::Resume(p) => Some(p),
+            Start::Fresh => None,
+            Start::NothingToDo(msg) => {
+                println!("{msg}");
+                return Ok(());
+            }
+        },
     };
+    if let Some(d) = crate::dist::current() {
+        d.pg.barrier()?;
+    }
     tracing::info!("data: {}", data.description);
     crate::signals::install();
     let o = match crate::train::pretrain(&cfg, data.train, data.test, device, &run, resume.as_deref()) {
@@ -83,6 +98,9 @@ pub fn run(a: Args) -> Result<()> {
             None => return Err(e),
         },
     };
+    if !crate::dist::is_main() {
+        return Ok(());
+    }
     crate::report::write(&run)?;
     println!(
         "pretrained {} steps in {:.1}s, final loss {:.3}, data wait {:.2}%; run folder: {}",
@@ -93,6 +111,18 @@ pub fn run(a: Args) -> Result<()> {
         run.dir().display()
     );
     Ok(())
+}
+
+/// A data-parallel rank > 0: the checkpoint rank 0's [`choose_start`] picks, without touching
+/// the folder (only rank 0 writes it).
+fn follower_start(a: &Args, run: &RunFolder) -> Option<PathBuf> {
+    if a.fresh || a.force {
+        return None;
+    }
+    if let Some(p) = &a.resume {
+        return Some(p.clone());
+    }
+    ckpt_store::latest_valid(&run.checkpoints()).0
 }
 
 enum Start {

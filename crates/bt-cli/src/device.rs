@@ -1,0 +1,160 @@
+//! The CUDA side of the train step: precision and memory-format choice, backend switches, and
+//! the input uploader that copies the next batch on a side stream while the current step runs.
+//!
+//! # Precision: bt-model's casts, not autocast
+//! bf16 comes from [`bt_model::BarlowTwins::set_precision`] (convolutions and linear layers cast
+//! their inputs and f32 weights to bf16 and return f32; batch norm, residual adds and the loss
+//! stay f32), not from a `bt_shim::AutocastGuard` around the forward. Both give bf16 tensor-core
+//! math with f32 master weights; the model's casts also work on CPU, so the CPU tests and
+//! `bt-cli selftest` exercise the very code path the GPU runs, and the loss needs no autocast
+//! exit (bt-loss switches CUDA autocast off inside anyway).
+//!
+//! # Channels-last: activations only
+//! Inputs are converted to NHWC on the side stream; cuDNN then picks its NHWC kernels (it uses
+//! channels-last when the input *or* the weight is). The conv weights are *not* converted with
+//! `bt_shim::set_data`: the flat LAMB/LARS optimizer (bt-optim) made every parameter a view into
+//! one flat buffer with `set_data`, and re-pointing a weight at an NHWC copy would detach it from
+//! the buffer the optimizer updates. cuDNN's per-call weight transform is a few MB per step.
+//!
+//! # `run.fast_cuda` ("auto" on CUDA)
+//! On a CUDA device, [`StepSettings::for_run`] uses bf16 and channels-last unless the config
+//! says `run.fast_cuda = false`, so every preset is fast on a GPU without a CUDA-specific config,
+//! and identical to its f32 definition on CPU.
+//!
+//! # TF32
+//! cuDNN benchmark is switched on (drop-remainder batches have fixed shapes). TF32 is switched on
+//! only for f32 runs: with bf16 the only f32 matrix products left are the loss's, and the fused
+//! loss's `Σc² − Σdiag²` cancels badly with TF32's 10-bit mantissa.
+use anyhow::Result;
+use bt_config::{Config, Precision};
+use std::collections::VecDeque;
+use tch::{Device, Kind, Tensor};
+
+/// What the train step runs with on this device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepSettings {
+    /// Precision of convolutions and linear layers.
+    pub precision: Precision,
+    /// Inputs in NHWC memory format.
+    pub channels_last: bool,
+}
+
+impl StepSettings {
+    /// The settings of `cfg` on `device`: on CUDA with `run.fast_cuda`, bf16 + channels-last;
+    /// otherwise exactly `run.precision` / `run.channels_last`.
+    pub fn for_run(cfg: &Config, device: Device) -> Self {
+        if device.is_cuda() && cfg.run.fast_cuda {
+            Self { precision: Precision::Bf16, channels_last: true }
+        } else {
+            Self { precision: cfg.run.precision, channels_last: cfg.run.channels_last }
+        }
+    }
+
+    /// Switches the process-wide backend flags for these settings (cuDNN benchmark; TF32 for
+    /// f32 runs). A no-op on CPU.
+    pub fn apply_backend(&self, device: Device) -> Result<()> {
+        if device.is_cuda() {
+            bt_shim::set_cudnn_benchmark(true);
+            bt_shim::set_allow_tf32(self.precision == Precision::F32)?;
+        }
+        Ok(())
+    }
+}
+
+/// Host batches to device tensors. On CUDA: pinned staging, the copy and the NHWC conversion on
+/// a side stream, ordered before the consumer by an event ([`Staged::ready`]); the time the main
+/// stream had to wait for a copy is measured with timing events. On CPU: wraps the data.
+pub struct Uploader {
+    device: Device,
+    channels_last: bool,
+    stream: Option<bt_shim::CudaStream>,
+    /// (main stream reached the batch, copy finished) pairs not yet read back.
+    pending: VecDeque<(bt_shim::CudaEvent, bt_shim::CudaEvent)>,
+    wait_ms: f64,
+    measured: usize,
+}
+
+/// A batch whose copy may still be in flight; call [`ready`](Staged::ready) before using it.
+pub struct Staged {
+    /// The tensors (valid on the main stream only after `ready`).
+    pub tensors: Vec<Tensor>,
+    copied: Option<bt_shim::CudaEvent>,
+}
+
+impl Uploader {
+    /// An uploader for `device`.
+    pub fn new(device: Device, channels_last: bool) -> Result<Self> {
+        let stream = match device {
+            Device::Cuda(i) => Some(bt_shim::CudaStream::new(i)?),
+            _ => None,
+        };
+        Ok(Self { device, channels_last, stream, pending: VecDeque::new(), wait_ms: 0.0, measured: 0 })
+    }
+
+    /// Starts uploading `views` (each `n x 3 x 32 x 32` f32, NCHW) and returns at once on CUDA.
+    pub fn upload(&mut self, views: &[&[f32]], n: usize) -> Result<Staged> {
+        let host: Vec<Tensor> = views.iter().map(|v| Tensor::from_slice(v).view([n as i64, 3, 32, 32])).collect();
+        let Some(stream) = self.stream else {
+            let tensors = host
+                .into_iter()
+                .map(|t| if self.channels_last { bt_shim::to_channels_last(&t).map_err(Into::into) } else { Ok(t) })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Staged { tensors, copied: None });
+        };
+        let Device::Cuda(d) = self.device else { unreachable!("a stream implies CUDA") };
+        // Allocate *and* copy on the side stream (`with torch.cuda.stream(s): x.cuda(non_blocking)`):
+        // a block allocated on the main stream could still be read by queued main-stream kernels
+        // of an earlier step when the side stream overwrites it. `ready` then hands the tensors
+        // to the main stream with record_stream.
+        let _on_side = stream.make_current()?;
+        let mut tensors = Vec::with_capacity(host.len());
+        for t in host {
+            let pinned = bt_shim::pin_memory(&t)?;
+            let g = pinned.to_device_(self.device, Kind::Float, true, false);
+            tensors.push(if self.channels_last { bt_shim::to_channels_last(&g)? } else { g });
+        }
+        let mut ev = bt_shim::CudaEvent::new(d, true)?;
+        ev.record_on(&stream)?;
+        Ok(Staged { tensors, copied: Some(ev) })
+    }
+
+    /// GPU milliseconds the main stream spent waiting for input copies so far (measured ones),
+    /// and how many waits were measured. Reads back only events that have completed.
+    pub fn wait_ms(&mut self) -> Result<(f64, usize)> {
+        while let Some((reached, copied)) = self.pending.front() {
+            if !(reached.query()? && copied.query()?) {
+                break;
+            }
+            // Positive when the copy finished after the main stream got there: a stall.
+            self.wait_ms += reached.elapsed_ms(copied)?.max(0.0);
+            self.measured += 1;
+            self.pending.pop_front();
+        }
+        Ok((self.wait_ms, self.measured))
+    }
+
+    /// Like [`wait_ms`](Self::wait_ms) after synchronizing the device (end of a run).
+    pub fn final_wait_ms(&mut self) -> Result<(f64, usize)> {
+        if let Device::Cuda(i) = self.device {
+            bt_shim::cuda_synchronize(i)?;
+        }
+        self.wait_ms()
+    }
+}
+
+impl Staged {
+    /// Orders the copy before the main stream's next work and returns the tensors.
+    pub fn ready(self, up: &mut Uploader) -> Result<Vec<Tensor>> {
+        if let (Some(copied), Device::Cuda(d)) = (self.copied, up.device) {
+            let main = bt_shim::CudaStream::current(d)?;
+            let mut reached = bt_shim::CudaEvent::new(d, true)?;
+            reached.record_on(&main)?;
+            main.wait_event(&copied)?;
+            for t in &self.tensors {
+                bt_shim::record_stream(t, &main)?;
+            }
+            up.pending.push_back((reached, copied));
+        }
+        Ok(self.tensors)
+    }
+}
