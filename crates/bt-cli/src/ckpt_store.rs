@@ -324,11 +324,7 @@ fn fault() -> Fault {
 /// folder, fsync, rename, fsync of the folder), with the test-only fault hooks of the module
 /// doc. On error the temporary file is removed and the previous checkpoint is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let res = (|| -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
+    crate::runfolder::atomic_write_with(path, "checkpoint ", |f| {
         match fault() {
             Fault::None => f.write_all(bytes)?,
             Fault::FailAfter(n) => {
@@ -346,20 +342,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
                 }
             }
         }
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        // Directory fsync: without it the rename may be lost on power failure.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
         Ok(())
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing checkpoint {}", path.display()));
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]

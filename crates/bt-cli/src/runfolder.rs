@@ -127,12 +127,22 @@ impl RunFolder {
 /// of the folder so the rename itself is durable. Same folder, because `rename` is only atomic
 /// within one filesystem.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    atomic_write_with(path, "", |f| f.write_all(bytes))
+}
+
+/// [`atomic_write`] with the file's contents produced by `fill` (which may fail: the temporary
+/// file is then removed and `path` is untouched). `what` prefixes the path in the error context.
+pub fn atomic_write_with(
+    path: &Path,
+    what: &str,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let res = (|| -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
+        fill(&mut f)?;
         f.sync_all()?;
         drop(f);
         std::fs::rename(&tmp, path)?;
@@ -144,7 +154,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     })();
     if let Err(e) = res {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
+        return Err(e).with_context(|| format!("writing {what}{}", path.display()));
     }
     Ok(())
 }
