@@ -264,11 +264,15 @@ impl std::fmt::Display for Stop {
 impl std::error::Error for Stop {}
 
 /// Whether the run must stop now (after the step that brought it to `pos`).
-pub fn stop_reason(cfg: &Config, pos: Position) -> Option<StopReason> {
-    if let Some(i) = crate::signals::requested() {
-        return Some(StopReason::Signal(i));
+///
+/// In a data-parallel run every rank must call this at the same points (it is a collective):
+/// a signal that reached only some ranks, or reached them at different steps, stops all of
+/// them at this step with the same checkpoint position (see `dist::agreed_signal`).
+pub fn stop_reason(cfg: &Config, pos: Position) -> Result<Option<StopReason>> {
+    if let Some(i) = crate::dist::agreed_signal(crate::signals::requested())? {
+        return Ok(Some(StopReason::Signal(i)));
     }
-    (cfg.run.max_steps > 0 && pos.step >= cfg.run.max_steps).then_some(StopReason::MaxSteps(cfg.run.max_steps))
+    Ok((cfg.run.max_steps > 0 && pos.step >= cfg.run.max_steps).then_some(StopReason::MaxSteps(cfg.run.max_steps)))
 }
 
 /// The metadata of a safetensors file, reading only its header.

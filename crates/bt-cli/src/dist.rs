@@ -21,6 +21,7 @@
 //!
 //! Only rank 0 writes the run folder (config, metrics, plots, checkpoints, model).
 use anyhow::{Context, Result};
+use crate::signals::Interrupted;
 use bt_dist::{Backend, DistEnv, LossReducer, ProcessGroup};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -152,6 +153,37 @@ pub fn shard(pipe: bt_data::TwinPipeline) -> Result<bt_data::TwinPipeline> {
     Ok(if w > 1 { pipe.with_shard(r, w)? } else { pipe })
 }
 
+/// `model.projector_sync_bn` in a data-parallel run: the projector's batch norm takes its
+/// statistics over the global batch (an all-reduce with sum backward, as the loss reducer's).
+pub fn sync_projector_bn(model: &mut bt_model::BarlowTwins, cfg: &bt_config::ModelConfig) {
+    if let (true, Some(d)) = (cfg.projector_sync_bn, current()) {
+        let pg = d.pg.clone();
+        model.set_projector_sync(Some(Box::new(move |x: &Tensor| {
+            // The loss reducer fails the same way: a lost peer is a panic the trainer reports.
+            bt_dist::all_reduce_sum_autograd(&pg, x).unwrap_or_else(|e| panic!("{e}"))
+        })));
+    }
+}
+
+/// Agrees across ranks on a stop request: a signal delivered to one rank, or seen by the ranks
+/// at different steps, must stop all of them at the same step, or the others would wait in the
+/// next collective for a rank that is gone. Returns this rank's own signal if it has one, else
+/// the signal another rank saw (`from_peer`), else `None`. One tiny all-reduce; a single
+/// process returns `local`.
+pub fn agreed_signal(local: Option<Interrupted>) -> Result<Option<Interrupted>> {
+    let Some(d) = current() else { return Ok(local) };
+    let seen = |signo| local.is_some_and(|i| i.signo == signo) as i32 as f32;
+    let flags = Tensor::from_slice(&[seen(libc::SIGINT), seen(libc::SIGTERM)]).to_device(d.pg.device());
+    let total = tch::no_grad(|| d.pg.all_reduce(&flags)).context("agreeing on a stop across ranks")?;
+    let total = Vec::<f32>::try_from(total.to_device(Device::Cpu))?;
+    Ok(match local {
+        Some(i) => Some(i),
+        None if total[1] > 0.0 => Some(Interrupted { signo: libc::SIGTERM, from_peer: true }),
+        None if total[0] > 0.0 => Some(Interrupted { signo: libc::SIGINT, from_peer: true }),
+        None => None,
+    })
+}
+
 /// The loss options of `cfg`, with the cross-replica reducer in a data-parallel run.
 pub fn loss_options(cfg: &bt_config::LossConfig) -> bt_loss::LossOptions {
     let o = bt_loss::LossOptions::from_config(cfg);
@@ -187,12 +219,20 @@ fn timeout() -> Duration {
 ///
 /// # Shapes
 /// `N x 3 x H x W` in, `N x D` out.
+///
+/// With `model.projector_sync_bn` only the encoder is grouped: the projector normalizes over
+/// the whole batch, as synchronized batch norm does across ranks.
 pub fn forward_grouped(model: &bt_model::BarlowTwins, x: &Tensor, bn_batch: usize) -> Tensor {
     let n = x.size()[0];
     if bn_batch == 0 || bn_batch as i64 >= n {
         return model.forward(x, true);
     }
-    let parts: Vec<Tensor> = x.split(bn_batch as i64, 0).iter().map(|c| model.forward(c, true)).collect();
+    let chunks = x.split(bn_batch as i64, 0);
+    if model.config().projector_sync_bn {
+        let h: Vec<Tensor> = chunks.iter().map(|c| model.encode(c, true)).collect();
+        return model.project(&Tensor::cat(&h, 0), true);
+    }
+    let parts: Vec<Tensor> = chunks.iter().map(|c| model.forward(c, true)).collect();
     Tensor::cat(&parts, 0)
 }
 

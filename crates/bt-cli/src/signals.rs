@@ -40,7 +40,7 @@ pub fn install() {
 /// The signal that asked the run to stop, if one did.
 pub fn requested() -> Option<Interrupted> {
     if REQUESTED.load(Ordering::SeqCst) {
-        Some(Interrupted { signo: SIGNO.load(Ordering::SeqCst) })
+        Some(Interrupted { signo: SIGNO.load(Ordering::SeqCst), from_peer: false })
     } else {
         None
     }
@@ -52,6 +52,8 @@ pub fn requested() -> Option<Interrupted> {
 pub struct Interrupted {
     /// The signal number.
     pub signo: i32,
+    /// Data-parallel runs: the signal reached another rank, and this one stops with it.
+    pub from_peer: bool,
 }
 
 impl Interrupted {
@@ -71,7 +73,11 @@ impl Interrupted {
 
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "interrupted by {}", self.name())
+        write!(f, "interrupted by {}", self.name())?;
+        if self.from_peer {
+            write!(f, " (delivered to another rank of the data-parallel run)")?;
+        }
+        Ok(())
     }
 }
 

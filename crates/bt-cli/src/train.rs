@@ -132,6 +132,7 @@ pub fn pretrain(
 
     // Every rank starts from rank 0's weights (a no-op for a single process).
     crate::dist::broadcast_model(&model)?;
+    crate::dist::sync_projector_bn(&mut model, &cfg.model);
     let params = model.trainable_variables();
     // Only rank 0 writes the run folder; the other ranks' records go nowhere.
     let mut mw = MetricsWriter::open(&if main { run.metrics() } else { std::path::PathBuf::from("/dev/null") })?;
@@ -241,7 +242,8 @@ pub fn pretrain(
             bar.update(pos.step as u64, format!("epoch {}/{}", epoch + 1, cfg.run.epochs), last_msg.clone());
             // Mid-epoch checkpoint (a signal, run.max_steps, run.checkpoint_every_steps); at the
             // epoch's last batch the epoch-end code below writes it.
-            let stop = crate::ckpt_store::stop_reason(cfg, pos);
+            // Every rank asks at every step (data-parallel: the ranks agree, see stop_reason).
+            let stop = crate::ckpt_store::stop_reason(cfg, pos)?;
             let due = cfg.run.checkpoint_every_steps > 0 && pos.step % cfg.run.checkpoint_every_steps == 0;
             if (stop.is_some() || due) && pos.batch_in_epoch < spe {
                 let path = run.checkpoints().join(crate::ckpt_store::file_name(pos));
@@ -289,7 +291,7 @@ pub fn pretrain(
             tracing::info!("kNN monitor after epoch {}: top-1 {:.2}% ({:.1}s)", pos.epochs_done, 100.0 * acc, t.elapsed().as_secs_f64());
             mw.write(&json!({"kind": "knn", "epoch": pos.epochs_done, "step": pos.step, "top1": acc, "k": cfg.eval.knn_k, "temperature": cfg.eval.knn_temperature}))?;
         }
-        if let Some(reason) = crate::ckpt_store::stop_reason(cfg, pos).filter(|_| pos.epochs_done < cfg.run.epochs) {
+        if let Some(reason) = crate::ckpt_store::stop_reason(cfg, pos)?.filter(|_| pos.epochs_done < cfg.run.epochs) {
             let path = run.checkpoint(pos.epochs_done);
             if main && !path.is_file() {
                 checkpoint::save(&path, &model, opt.state(), pos, &cfg_hash, cfg.run.seed, &cfg_text)?;

@@ -8,6 +8,10 @@
 //!   comparison: a rank's are updated from its own rows only.
 //! - Resume with another world size: a 2-rank checkpoint continued by one process equals one
 //!   process throughout (to 1e-5).
+//! - SyncBN (`model.projector_sync_bn`): 2 ranks equal one process whose projector normalizes
+//!   over the whole global batch (encoder in groups of B), parameters and the projector's
+//!   running statistics alike.
+//! - A signal delivered to one rank only stops both at the same step, with a checkpoint.
 //! - Failure: SIGKILL one worker mid-run; the launcher exits non-zero naming the lost rank well
 //!   within the timeout, and nothing hangs (every wait has a deadline).
 use std::io::{BufRead, BufReader};
@@ -72,12 +76,17 @@ fn text(o: &Output) -> String {
 
 /// Trainable tensors of a model.safetensors (BN running statistics and counters left out).
 fn params(path: &Path) -> Vec<(String, Vec<f32>)> {
+    tensors(path, |n| !(n.contains("running_") || n.contains("num_batches_tracked")))
+}
+
+/// The f32 tensors of a model.safetensors whose name passes `keep`, sorted by name.
+fn tensors(path: &Path, keep: impl Fn(&str) -> bool) -> Vec<(String, Vec<f32>)> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut v: Vec<(String, Vec<f32>)> = st
         .tensors()
         .into_iter()
-        .filter(|(n, _)| !(n.contains("running_") || n.contains("num_batches_tracked")))
+        .filter(|(n, _)| keep(n))
         .map(|(n, t)| {
             assert_eq!(t.dtype(), safetensors::Dtype::F32, "{n}");
             (n, t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
@@ -224,4 +233,90 @@ fn a_two_rank_checkpoint_resumes_in_one_process() {
     let (d, name) = max_diff(&params(&split.join("model.safetensors")), &params(&whole.join("model.safetensors")));
     eprintln!("resumed with another world size: max diff {d:.3e} ({name})");
     assert!(d < 1e-5, "resumed run differs by {d:e} at {name}");
+}
+
+#[test]
+fn sync_bn_two_ranks_equal_one_process_normalizing_the_projector_over_the_global_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (single, dp, grouped) = (dir.path().join("single"), dir.path().join("dp"), dir.path().join("grouped"));
+    let sync = "model.projector_sync_bn=true";
+    let bn = format!("run.bn_batch={B}");
+    let run = |c: Command, what: &str| {
+        let o = output_with_deadline(c, Duration::from_secs(300));
+        assert!(o.status.success(), "{what}:\n{}", text(&o));
+    };
+    let mut c = bt_cli();
+    c.args(tiny(&single, 2 * B, "reference", 2)).args(["--set", &bn, "--set", sync]);
+    run(c, "single process, encoder BN in groups of B, projector BN over 2B");
+    let mut c = bt_cli();
+    c.args(["launch", "--nproc", "2", "--"]).args(tiny(&dp, 2 * B, "reference", 2)).args(["--set", sync]);
+    run(c, "launch --nproc 2 with SyncBN");
+    let (a, b) = (params(&single.join("model.safetensors")), params(&dp.join("model.safetensors")));
+    let (d, name) = max_diff(&a, &b);
+    eprintln!("sync BN: max |single - 2 ranks| = {d:.3e} ({name})");
+    assert!(d < 1e-5, "parameters differ by {d:e} at {name}");
+    // Rank 0's projector running statistics were updated from the global batch's moments.
+    let proj_stats = |p: &Path| tensors(&p.join("model.safetensors"), |n| n.starts_with("projector.") && n.contains("running_"));
+    let (sa, sb) = (proj_stats(&single), proj_stats(&dp));
+    assert!(!sa.is_empty());
+    let (d, name) = max_diff(&sa, &sb);
+    assert!(d < 1e-5, "projector running statistics differ by {d:e} at {name}");
+    // Control: per-rank projector BN (no SyncBN) ends elsewhere.
+    let mut c = bt_cli();
+    c.args(tiny(&grouped, 2 * B, "reference", 2)).args(["--set", &bn]);
+    run(c, "single process, all BN in groups of B");
+    let (d, _) = max_diff(&params(&grouped.join("model.safetensors")), &b);
+    assert!(d > 1e-4, "control: per-rank projector BN should differ from SyncBN, got {d:e}");
+}
+
+#[test]
+fn a_signal_to_one_rank_stops_both_at_the_same_step_with_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("dp-term");
+    let mut c = bt_cli();
+    c.args(["launch", "--nproc", "2", "--grace-s", "60", "--"]).args(tiny(&out, 2 * B, "reference", 500));
+    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let t0 = Instant::now();
+    let (mut log, mut pid1, mut sent) = (Vec::new(), None::<i32>, false);
+    let status = loop {
+        while let Ok(l) = rx.try_recv() {
+            if let Some(rest) = l.strip_prefix("launch: rank 1 pid ") {
+                pid1 = rest.split_whitespace().next().and_then(|p| p.parse().ok());
+            }
+            log.push(l);
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        let steps = std::fs::read_to_string(out.join("metrics.jsonl")).map(|s| s.matches("\"kind\":\"step\"").count()).unwrap_or(0);
+        if !sent && steps >= 2 {
+            // SIGTERM to rank 1 only (not through the launcher): rank 0 learns of it from rank 1.
+            let pid = pid1.expect("the launcher printed rank 1's pid");
+            assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+            sent = true;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(300), "no exit in 300 s:\n{}", log.join("\n"));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    reader.join().unwrap();
+    log.extend(rx.try_iter());
+    let all = log.join("\n");
+    assert!(sent, "the run finished before the signal:\n{all}");
+    assert!(!status.success(), "{all}");
+    // Both ranks stopped on their own with the SIGTERM status: no lost-peer error, no kill.
+    for r in 0..2 {
+        let line = log.iter().find(|l| l.starts_with(&format!("launch: rank {r} (pid"))).unwrap_or_else(|| panic!("rank {r} exit line:\n{all}"));
+        assert!(line.ends_with("exit code 143"), "rank {r}: {line}\n{all}");
+    }
+    assert!(all.contains("delivered to another rank"), "rank 0 names why it stopped:\n{all}");
+    assert!(!all.contains("terminating them"), "nobody needed terminating:\n{all}");
+    let ckpts: Vec<_> = std::fs::read_dir(out.join("checkpoints")).unwrap().filter_map(|e| e.ok()).collect();
+    assert!(!ckpts.is_empty(), "rank 0 wrote the stop checkpoint:\n{all}");
 }

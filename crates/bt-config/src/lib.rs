@@ -375,6 +375,10 @@ pub struct ModelConfig {
     pub projector_bias: bool,
     /// Zero-init the last BN of each residual block (CIFAR ResNets).
     pub zero_init_residual: bool,
+    /// Data-parallel runs: the projector's batch norm takes its statistics over the global
+    /// batch (PyTorch's `SyncBatchNorm`) instead of each rank's rows. The encoder's stays per
+    /// rank. No effect in a single process.
+    pub projector_sync_bn: bool,
 }
 
 impl Default for ModelConfig {
@@ -386,6 +390,7 @@ impl Default for ModelConfig {
             projector_bn: true,
             projector_bias: true,
             zero_init_residual: false,
+            projector_sync_bn: false,
         }
     }
 }

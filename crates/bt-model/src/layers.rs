@@ -52,6 +52,10 @@ pub(crate) struct Ctx<'a> {
     /// to f32); batch norm and the residual adds stay in f32, as autocast does.
     pub bf16: bool,
     pub trace: Option<&'a RefCell<Vec<LayerRow>>>,
+    /// Cross-replica sum for synchronized batch norm (training mode only): batch statistics
+    /// over every replica's rows. Set for the projector when `model.projector_sync_bn` and the
+    /// run is data-parallel; `None` is plain per-process batch norm.
+    pub sync: Option<&'a dyn Fn(&Tensor) -> Tensor>,
 }
 
 impl Ctx<'_> {
@@ -306,6 +310,7 @@ impl BatchNorm {
         let (w, b) = (Some(&self.weight), Some(&self.bias));
         let (rm, rv) = (Some(&self.running_mean), Some(&self.running_var));
         let y = match (ctx.train, self.style) {
+            (true, _) if ctx.sync.is_some() => self.forward_synced(x, ctx.sync.expect("checked")),
             (false, _) => x.batch_norm(w, b, rm, rv, false, self.momentum, self.eps, true),
             (true, BnStyle::Torch) => {
                 tch::no_grad(|| {
@@ -355,6 +360,43 @@ impl BatchNorm {
             );
             ctx.record(&self.name, kind, &y, 2 * c, 2 * c);
         }
+        y
+    }
+}
+
+impl BatchNorm {
+    /// Training-mode batch norm over the rows of every replica (PyTorch's `SyncBatchNorm`):
+    /// `sum` adds a tensor across replicas and, in the backward pass, adds the incoming
+    /// gradients across replicas too (the convention of `bt_loss::CrossReplicaReduce`), which
+    /// makes the gradient that of one process holding the whole batch. Mean and variance take
+    /// two passes (mean first), as the single-process kernel does; the running variance gets
+    /// the unbiased global variance (Torch style) or the biased one (Keras style).
+    fn forward_synced(&self, x: &Tensor, sum: &dyn Fn(&Tensor) -> Tensor) -> Tensor {
+        let c = x.size()[1];
+        let dims: Vec<i64> = (0..x.dim() as i64).filter(|&d| d != 1).collect();
+        let mut shape = vec![1i64; x.dim()];
+        shape[1] = c;
+        let local = (x.numel() as i64 / c) as f64;
+        let n = tch::no_grad(|| sum(&Tensor::from(local).to_device(x.device())).double_value(&[]));
+        let mean = sum(&x.sum_dim_intlist(dims.as_slice(), true, Kind::Float)) / n;
+        let centered = x - &mean;
+        let var = sum(&centered.square().sum_dim_intlist(dims.as_slice(), true, Kind::Float)) / n;
+        let y = centered * (&var + self.eps).rsqrt() * self.weight.view(shape.as_slice())
+            + self.bias.view(shape.as_slice());
+        tch::no_grad(|| {
+            let m = self.momentum;
+            let mean = mean.detach().view([c]);
+            let var = var.detach().view([c]);
+            let var = match self.style {
+                BnStyle::Torch if n > 1.0 => var * (n / (n - 1.0)),
+                _ => var,
+            };
+            let mut rm = self.running_mean.shallow_clone();
+            let mut rv = self.running_var.shallow_clone();
+            let _ = rm.g_mul_scalar_(1.0 - m).g_add_(&(mean * m));
+            let _ = rv.g_mul_scalar_(1.0 - m).g_add_(&(var * m));
+            let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
+        });
         y
     }
 }

@@ -179,6 +179,7 @@ pub struct BarlowTwins {
     embed_dim: i64,
     bf16: bool,
     cfg: ModelConfig,
+    projector_sync: Option<Box<dyn Fn(&Tensor) -> Tensor>>,
 }
 
 impl std::fmt::Debug for BarlowTwins {
@@ -279,6 +280,7 @@ impl BarlowTwins {
             embed_dim: c_in,
             bf16: false,
             cfg: cfg.clone(),
+            projector_sync: None,
         })
     }
 
@@ -303,6 +305,15 @@ impl BarlowTwins {
         self.bf16 = p == Precision::Bf16;
     }
 
+    /// Synchronized batch norm for the projector (PyTorch's `SyncBatchNorm`): with `Some(sum)`,
+    /// training-mode projector batch norm takes its statistics over every replica's rows.
+    /// `sum(x)` must return `Σ_replicas x` and, in the backward pass, add the incoming gradients
+    /// across replicas (`bt_dist::all_reduce_sum_autograd` does both). `None` (the default):
+    /// per-process statistics. The encoder's batch norm is never synchronized.
+    pub fn set_projector_sync(&mut self, sum: Option<Box<dyn Fn(&Tensor) -> Tensor>>) {
+        self.projector_sync = sum;
+    }
+
     fn encode_ctx(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         match &self.encoder {
             Encoder::Keras(e) => e.forward(x, ctx),
@@ -311,6 +322,12 @@ impl BarlowTwins {
     }
 
     fn project_ctx(&self, h: &Tensor, ctx: &Ctx) -> Tensor {
+        let ctx = &Ctx {
+            train: ctx.train,
+            bf16: ctx.bf16,
+            trace: ctx.trace,
+            sync: self.projector_sync.as_deref(),
+        };
         let mut z = h.shallow_clone();
         for l in &self.projector {
             z = match l {
@@ -331,6 +348,7 @@ impl BarlowTwins {
                 train,
                 bf16: self.bf16,
                 trace: None,
+                sync: None,
             },
         )
     }
@@ -346,6 +364,7 @@ impl BarlowTwins {
             train,
             bf16: self.bf16,
             trace: None,
+            sync: None,
         };
         let h = self.encode_ctx(x, &ctx);
         let z = self.project_ctx(&h, &ctx);
@@ -360,6 +379,7 @@ impl BarlowTwins {
                 train,
                 bf16: self.bf16,
                 trace: None,
+                sync: None,
             },
         )
     }
@@ -409,6 +429,7 @@ impl BarlowTwins {
             train: false,
             bf16: false,
             trace: Some(&trace),
+            sync: None,
         };
         tch::no_grad(|| {
             let h = self.encode_ctx(&x, &ctx);
