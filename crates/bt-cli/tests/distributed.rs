@@ -150,13 +150,10 @@ fn two_ranks_equal_one_process_with_the_global_batch() {
     }
 }
 
-#[test]
-fn a_killed_rank_makes_the_launcher_fail_naming_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("dp-kill");
-    let mut c = bt_cli();
-    // Long enough that it is still running when rank 1 is killed.
-    c.args(["launch", "--nproc", "2", "--grace-s", "20", "--"]).args(tiny(&out, 2 * B, "reference", 500));
+/// Runs a `bt-cli launch --nproc 2` command; once rank 0 has logged two step records, calls
+/// `act` with rank 1's pid. Returns the launcher's status, its stderr lines and whether `act`
+/// ran. Panics when the launcher is still running 60 s after `act` or 300 s after the start.
+fn launch_and_act(mut c: Command, out: &Path, act: impl Fn(i32)) -> (std::process::ExitStatus, Vec<String>, bool) {
     let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let stderr = child.stderr.take().unwrap();
@@ -168,7 +165,7 @@ fn a_killed_rank_makes_the_launcher_fail_naming_it() {
     let t0 = Instant::now();
     let mut log = Vec::new();
     let mut pid1: Option<i32> = None;
-    let mut killed_at = None;
+    let mut acted_at = None;
     let status = loop {
         while let Ok(l) = rx.try_recv() {
             if let Some(rest) = l.strip_prefix("launch: rank 1 pid ") {
@@ -179,27 +176,38 @@ fn a_killed_rank_makes_the_launcher_fail_naming_it() {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
-        // Kill rank 1 once the run is training (rank 0 has written step metrics).
+        // Act once the run is training (rank 0 has written step metrics).
         let steps = std::fs::read_to_string(out.join("metrics.jsonl")).map(|s| s.matches("\"kind\":\"step\"").count()).unwrap_or(0);
-        if killed_at.is_none() && steps >= 2 {
-            let pid = pid1.expect("the launcher printed rank 1's pid");
-            let st = Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
-            assert!(st.success());
-            killed_at = Some(Instant::now());
+        if acted_at.is_none() && steps >= 2 {
+            act(pid1.expect("the launcher printed rank 1's pid"));
+            acted_at = Some(Instant::now());
         }
-        if let Some(k) = killed_at {
-            if k.elapsed() > Duration::from_secs(60) {
-                let _ = child.kill();
-                panic!("the launcher did not exit within 60 s of the kill:\n{}", log.join("\n"));
-            }
+        if acted_at.is_some_and(|k| k.elapsed() > Duration::from_secs(60)) {
+            let _ = child.kill();
+            panic!("the launcher did not exit within 60 s:\n{}", log.join("\n"));
         }
         assert!(t0.elapsed() < Duration::from_secs(300), "no training progress in 300 s:\n{}", log.join("\n"));
         std::thread::sleep(Duration::from_millis(100));
     };
     reader.join().unwrap();
     log.extend(rx.try_iter());
+    (status, log, acted_at.is_some())
+}
+
+fn kill(signal: &str, pid: i32) {
+    assert!(Command::new("kill").args([signal, &pid.to_string()]).status().unwrap().success());
+}
+
+#[test]
+fn a_killed_rank_makes_the_launcher_fail_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("dp-kill");
+    let mut c = bt_cli();
+    // Long enough that it is still running when rank 1 is killed.
+    c.args(["launch", "--nproc", "2", "--grace-s", "20", "--"]).args(tiny(&out, 2 * B, "reference", 500));
+    let (status, log, killed) = launch_and_act(c, &out, |pid| kill("-9", pid));
     let all = log.join("\n");
-    assert!(killed_at.is_some(), "the run finished before the kill:\n{all}");
+    assert!(killed, "the run finished before the kill:\n{all}");
     assert!(!status.success(), "launcher exited 0 after a lost rank:\n{all}");
     assert!(all.contains("rank 1 of 2 failed first"), "the launcher names the lost rank:\n{all}");
     // The survivor stopped on its own (error naming the lost peer) or was terminated after the
@@ -275,38 +283,8 @@ fn a_signal_to_one_rank_stops_both_at_the_same_step_with_a_checkpoint() {
     let out = dir.path().join("dp-term");
     let mut c = bt_cli();
     c.args(["launch", "--nproc", "2", "--grace-s", "60", "--"]).args(tiny(&out, 2 * B, "reference", 500));
-    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let t0 = Instant::now();
-    let (mut log, mut pid1, mut sent) = (Vec::new(), None::<i32>, false);
-    let status = loop {
-        while let Ok(l) = rx.try_recv() {
-            if let Some(rest) = l.strip_prefix("launch: rank 1 pid ") {
-                pid1 = rest.split_whitespace().next().and_then(|p| p.parse().ok());
-            }
-            log.push(l);
-        }
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        let steps = std::fs::read_to_string(out.join("metrics.jsonl")).map(|s| s.matches("\"kind\":\"step\"").count()).unwrap_or(0);
-        if !sent && steps >= 2 {
-            // SIGTERM to rank 1 only (not through the launcher): rank 0 learns of it from rank 1.
-            let pid = pid1.expect("the launcher printed rank 1's pid");
-            assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
-            sent = true;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(300), "no exit in 300 s:\n{}", log.join("\n"));
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    reader.join().unwrap();
-    log.extend(rx.try_iter());
+    // SIGTERM to rank 1 only (not through the launcher): rank 0 learns of it from rank 1.
+    let (status, log, sent) = launch_and_act(c, &out, |pid| kill("-TERM", pid));
     let all = log.join("\n");
     assert!(sent, "the run finished before the signal:\n{all}");
     assert!(!status.success(), "{all}");
