@@ -155,6 +155,8 @@ fn config_errors_are_refused_naming_the_key() {
         (vec!["--set", "data.synthetic_train=8"], vec!["data.batch_size", "larger than the training set"]),
         // Malformed override.
         (vec!["--set", "optim.lr"], vec!["optim.lr", "key=value"]),
+        // A layout libtorch's CPU kernels crash on (see StepSettings::for_run).
+        (vec!["--device", "cpu", "--set", "model.width=4", "--set", "run.channels_last=true"], vec!["run.channels_last", "model.width = 4"]),
     ];
     for (args, needles) in cases {
         let mut a: Vec<&str> = syn.to_vec();

@@ -42,12 +42,26 @@ pub struct StepSettings {
 impl StepSettings {
     /// The settings of `cfg` on `device`: on CUDA with `run.fast_cuda`, bf16 + channels-last;
     /// otherwise exactly `run.precision` / `run.channels_last`.
-    pub fn for_run(cfg: &Config, device: Device) -> Self {
+    ///
+    /// # Errors
+    /// Channels-last on CPU with `model.width < 8`: libtorch 2.11's oneDNN kernel for the
+    /// weight gradient of the 4 -> 8 channel 1x1 shortcut convolution crashes (SIGSEGV with one
+    /// thread) or never finishes (two threads) in NHWC; PyTorch itself does the same
+    /// (`OMP_NUM_THREADS=1 python bench/step_torch.py --arch CifarResnet18 --width 4
+    /// --channels-last`). Widths 8, 16, 32 and 64 run.
+    pub fn for_run(cfg: &Config, device: Device) -> anyhow::Result<Self> {
         if device.is_cuda() && cfg.run.fast_cuda {
-            Self { precision: Precision::Bf16, channels_last: true }
-        } else {
-            Self { precision: cfg.run.precision, channels_last: cfg.run.channels_last }
+            return Ok(Self { precision: Precision::Bf16, channels_last: true });
         }
+        if !device.is_cuda() && cfg.run.channels_last && cfg.model.width < 8 {
+            anyhow::bail!(
+                "run.channels_last = true with model.width = {} on CPU: libtorch 2.11's NHWC weight-gradient \
+                 kernel crashes or hangs for so few channels (an upstream oneDNN bug, PyTorch does the same); \
+                 use model.width >= 8 or run.channels_last = false",
+                cfg.model.width
+            );
+        }
+        Ok(Self { precision: cfg.run.precision, channels_last: cfg.run.channels_last })
     }
 
     /// Switches the process-wide backend flags for these settings (cuDNN benchmark; TF32 for

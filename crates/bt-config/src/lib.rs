@@ -572,7 +572,12 @@ pub struct RunConfig {
     pub device: String,
     /// Precision of the train step.
     pub precision: Precision,
-    /// Channels-last activations (CUDA).
+    /// Channels-last (NHWC) activations: the input batch is uploaded in NHWC and the
+    /// convolutions and batch norms keep it; the same numbers up to float rounding. On CUDA
+    /// `fast_cuda` turns it on. On CPU it is opt-in: ~5-10% faster for the CIFAR ResNets on an
+    /// idle machine (docs/BENCHMARKS.md), but oneDNN's NHWC weight-gradient kernels synchronize
+    /// their OpenMP threads often, and with more busy threads than cores (several processes each
+    /// using every core) they slow down many times over. `false`: contiguous NCHW.
     pub channels_last: bool,
     /// Write a checkpoint every this many epochs.
     pub checkpoint_every: usize,

@@ -4,6 +4,8 @@
 //! `LOCAL_RANK`, `WORLD_SIZE`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR=127.0.0.1` and a free
 //! `MASTER_PORT` (rank 0 hosts the TCPStore), so a worker cannot tell it from torchrun.
 //!
+//! `OMP_NUM_THREADS` is the user's, or the cores shared out among the workers (torchrun sets 1).
+//!
 //! Supervision, like torchrun's agent: SIGINT/SIGTERM/SIGHUP received by the launcher are
 //! forwarded to every live worker; when a worker fails, the others get `--grace-s` seconds to
 //! fail on their own (their message names the lost rank, from bt-dist's heartbeat post-mortem),
@@ -83,10 +85,20 @@ pub fn run(a: Args) -> Result<()> {
     };
     let exe = std::env::current_exe().context("locating the bt-cli binary")?;
     install_handlers();
+    // As torchrun: OpenMP threads per worker unless the user set them. N workers that each spin
+    // up one thread per core oversubscribe the CPU, and oneDNN's barrier-heavy kernels then run
+    // many times slower. Cores are shared out (torchrun uses 1; on a CPU-only machine that leaves
+    // cores idle).
+    let omp = std::env::var("OMP_NUM_THREADS").ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / a.nproc).max(1).to_string()
+    });
+    eprintln!("launch: {} workers, OMP_NUM_THREADS={omp} each", a.nproc);
     let mut ws = Vec::with_capacity(a.nproc);
     for rank in 0..a.nproc {
         let child = Command::new(&exe)
             .args(&a.command)
+            .env("OMP_NUM_THREADS", &omp)
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", rank.to_string())
             .env("WORLD_SIZE", a.nproc.to_string())

@@ -44,6 +44,19 @@ pub struct BenchStepArgs {
     /// the CPU figures recorded before the CUDA work).
     #[arg(long, value_enum, default_value_t = OptimMode::Auto)]
     pub optim: OptimMode,
+    /// Memory layout of the Python peer: `same` as bt-cli's step (`run.channels_last`), or
+    /// `nchw`, PyTorch's default (what eager code gets without `.to(memory_format=...)`).
+    #[arg(long, value_enum, default_value_t = PeerLayout::Same)]
+    pub peer_layout: PeerLayout,
+}
+
+/// `bench step --peer-layout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PeerLayout {
+    /// The layout bt-cli runs.
+    Same,
+    /// Contiguous NCHW (PyTorch's default).
+    Nchw,
 }
 
 /// `bench step --optim`.
@@ -233,7 +246,7 @@ pub fn bench_step(a: BenchStepArgs) -> Result<()> {
     let vs = nn::VarStore::new(dev);
     let mut model = BarlowTwins::try_new(&vs.root(), &cfg.model)?;
     // The trainer's settings on this device (CUDA: bf16 + channels-last unless run.fast_cuda=false).
-    let settings = crate::device::StepSettings::for_run(&cfg, dev);
+    let settings = crate::device::StepSettings::for_run(&cfg, dev)?;
     settings.apply_backend(dev)?;
     model.set_precision(settings.precision);
     let with_optim = match a.optim {
@@ -291,9 +304,12 @@ pub fn bench_step(a: BenchStepArgs) -> Result<()> {
     // alternate step by step: on a shared machine, load drifts hit both sides alike.
     let mut peer = match &a.compare_python {
         Some(py) => {
-            Some(PythonPeer::start(
-                py, &cfg, loss_impl, batch, a.warmup, threads, dev, settings, with_optim,
-            )?)
+            let peer = crate::device::StepSettings {
+                channels_last: settings.channels_last && a.peer_layout == PeerLayout::Same,
+                ..settings
+            };
+            println!("python peer layout: {}", if peer.channels_last { "channels-last" } else { "NCHW (contiguous)" });
+            Some(PythonPeer::start(py, &cfg, loss_impl, batch, a.warmup, threads, dev, peer, with_optim)?)
         }
         None => None,
     };

@@ -55,6 +55,8 @@ pub fn run(a: Args) -> Result<()> {
         cfg.validate()?;
     }
     let device = crate::dist::local_device(setup::device(&cfg.run.device)?);
+    // Settings this device cannot run are refused before anything is written.
+    crate::device::StepSettings::for_run(&cfg, device)?;
     // Data-parallel when launched by torchrun / bt-cli launch (WORLD_SIZE > 1): see dist.rs.
     crate::dist::init(device)?;
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&a.cfg.preset));

@@ -253,8 +253,11 @@ mod tests {
 
     #[test]
     fn probes_separate_easy_blobs_and_fail_on_shuffled_labels() {
-        let (x, y) = blobs(1200, 16, 0, 1.0);
-        let (tx, ty) = blobs(400, 16, 0, 1.0); // same seed: same centers
+        // One draw split in two: train and test share the class centers even when another test
+        // thread uses libtorch's global generator between calls (seeding twice would not do).
+        let (all_x, all_y) = blobs(1600, 16, 0, 1.0);
+        let (x, tx) = (all_x.narrow(0, 0, 1200), all_x.narrow(0, 1200, 400));
+        let (y, ty) = (all_y.narrow(0, 0, 1200), all_y.narrow(0, 1200, 400));
         let cfg = EvalConfig { linear_epochs: 10, linear_batch_size: 128, ..Default::default() };
         let s = standard(&x, &y, &tx, &ty, &cfg, 3).unwrap();
         assert!(s["test_top1"].as_f64().unwrap() > 0.95, "{s}");
