@@ -299,6 +299,30 @@ void unflatten_bucket(std::vector<at::Tensor>& ts, size_t begin, size_t end, con
   }
 }
 
+// Bucketed collective: every bucket [ends[b-1], ends[b]) of `tensors` is flattened and its
+// collective launched (`launch(flat)` returns the Work) before the first wait, so the buckets
+// overlap; then each is waited for in order, `finish(flat)` runs, and it is copied back.
+template <typename Launch, typename Finish>
+void bucketed(const c10::intrusive_ptr<Group>& g, std::vector<at::Tensor>& tensors, const size_t* ends,
+              size_t nb, const char* op, Launch launch, Finish finish) {
+  std::vector<at::Tensor> flats;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  size_t begin = 0;
+  for (size_t b = 0; b < nb; ++b) {
+    at::Tensor flat = g->on_device(flatten_bucket(tensors, begin, ends[b]));
+    works.push_back(launch(flat));
+    flats.push_back(flat);
+    begin = ends[b];
+  }
+  begin = 0;
+  for (size_t b = 0; b < nb; ++b) {
+    g->wait(works[b], op);
+    finish(flats[b]);
+    unflatten_bucket(tensors, begin, ends[b], flats[b]);
+    begin = ends[b];
+  }
+}
+
 }  // namespace
 
 #define BT_TRY(...)                                                   \
@@ -407,25 +431,17 @@ bt_err bt_dist_allreduce_coalesced(void* gp, const at::Tensor* const* ts, size_t
   BT_TRY({
     auto g = group_ref(gp);
     auto tensors = tensor_list(ts, n);
-    std::vector<at::Tensor> flats;
-    std::vector<c10::intrusive_ptr<c10d::Work>> works;
     c10d::AllreduceOptions opts;
     opts.timeout = g->timeout;
-    size_t begin = 0;
-    for (size_t b = 0; b < nb; ++b) {
-      at::Tensor flat = g->on_device(flatten_bucket(tensors, begin, ends[b]));
-      std::vector<at::Tensor> v{flat};
-      works.push_back(g->backend->allreduce(v, opts));
-      flats.push_back(flat);
-      begin = ends[b];
-    }
-    begin = 0;
-    for (size_t b = 0; b < nb; ++b) {
-      g->wait(works[b], "all_reduce");
-      if (scale != 1.0) flats[b].mul_(scale);
-      unflatten_bucket(tensors, begin, ends[b], flats[b]);
-      begin = ends[b];
-    }
+    bucketed(
+        g, tensors, ends, nb, "all_reduce",
+        [&](at::Tensor& flat) {
+          std::vector<at::Tensor> v{flat};
+          return g->backend->allreduce(v, opts);
+        },
+        [&](at::Tensor& flat) {
+          if (scale != 1.0) flat.mul_(scale);
+        });
   })
 }
 
@@ -434,25 +450,16 @@ bt_err bt_dist_broadcast_coalesced(void* gp, const at::Tensor* const* ts, size_t
   BT_TRY({
     auto g = group_ref(gp);
     auto tensors = tensor_list(ts, n);
-    std::vector<at::Tensor> flats;
-    std::vector<c10::intrusive_ptr<c10d::Work>> works;
     c10d::BroadcastOptions opts;
     opts.rootRank = root;
     opts.timeout = g->timeout;
-    size_t begin = 0;
-    for (size_t b = 0; b < nb; ++b) {
-      at::Tensor flat = g->on_device(flatten_bucket(tensors, begin, ends[b]));
-      std::vector<at::Tensor> v{flat};
-      works.push_back(g->backend->broadcast(v, opts));
-      flats.push_back(flat);
-      begin = ends[b];
-    }
-    begin = 0;
-    for (size_t b = 0; b < nb; ++b) {
-      g->wait(works[b], "broadcast");
-      unflatten_bucket(tensors, begin, ends[b], flats[b]);
-      begin = ends[b];
-    }
+    bucketed(
+        g, tensors, ends, nb, "broadcast",
+        [&](at::Tensor& flat) {
+          std::vector<at::Tensor> v{flat};
+          return g->backend->broadcast(v, opts);
+        },
+        [](at::Tensor&) {});
   })
 }
 
