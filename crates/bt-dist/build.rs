@@ -15,24 +15,16 @@
 //! directory (e.g. an unpacked CCCL wheel).
 use std::path::{Path, PathBuf};
 
+include!("../../build-support/libtorch.rs");
+
 fn main() {
     println!("cargo:rerun-if-changed=csrc");
-    for var in [
-        "DEP_TCH_LIBTORCH_LIB",
-        "BT_DIST_GLOO_INCLUDE",
-        "BT_DIST_NO_NCCL",
-        "BT_DIST_CUDA_EXTRA_INCLUDE",
-        "CUDA_HOME",
-    ] {
+    for var in ["BT_DIST_GLOO_INCLUDE", "BT_DIST_NO_NCCL", "BT_DIST_CUDA_EXTRA_INCLUDE"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo::rustc-check-cfg=cfg(bt_dist_nccl)");
 
-    let lib = PathBuf::from(
-        std::env::var("DEP_TCH_LIBTORCH_LIB")
-            .expect("torch-sys did not report its libtorch lib dir (DEP_TCH_LIBTORCH_LIB)"),
-    );
-    let torch = lib.parent().unwrap_or(&lib).to_path_buf();
+    let (lib, torch) = libtorch_dirs();
     let site = torch.parent().unwrap_or(&torch).to_path_buf();
 
     let gloo = find_gloo_include(&torch).unwrap_or_else(|| {
@@ -45,49 +37,25 @@ fn main() {
     });
 
     let forced_off = std::env::var_os("BT_DIST_NO_NCCL").is_some_and(|v| v != "0");
-    let cuda_libs = lib.join("libtorch_cuda.so").exists() && lib.join("libc10_cuda.so").exists();
-    let nccl = if cuda_libs && !forced_off {
+    let nccl = if libtorch_has_cuda(&lib) && !forced_off {
         find_nccl_includes(&site)
     } else {
         None
     };
 
-    let mut build = cc::Build::new();
-    build.cpp(true).pic(true).std("c++17");
-    build.define("_GLIBCXX_USE_CXX11_ABI", "1");
-    build.define("GLOG_USE_GLOG_EXPORT", None);
+    let mut includes = vec![gloo];
+    includes.extend(nccl.iter().flatten().cloned());
+    let mut build = libtorch_cc(&torch, &includes);
     build.define("USE_C10D_GLOO", None);
-    let mut sys_includes = vec![
-        torch.join("include"),
-        torch.join("include/torch/csrc/api/include"),
-    ];
-    // Re-adding /usr/include with -isystem reorders libstdc++'s #include_next chain and breaks
-    // <cstdlib>; it is searched by default anyway.
-    if gloo != Path::new("/usr/include") {
-        sys_includes.push(gloo);
-    }
-    if let Some(dirs) = &nccl {
-        sys_includes.extend(dirs.iter().cloned());
+    if nccl.is_some() {
         build.define("USE_C10D_NCCL", None);
         build.define("USE_CUDA", None);
         println!("cargo:rustc-cfg=bt_dist_nccl");
     }
-    for inc in &sys_includes {
-        build
-            .flag("-isystem")
-            .flag(inc.to_str().expect("non-UTF-8 include path"));
-    }
-    build.flag_if_supported("-Wno-unused-parameter");
     build.file("csrc/dist.cpp");
     build.compile("bt_dist");
 
-    println!("cargo:rustc-link-search=native={}", lib.display());
-    if nccl.is_some() {
-        println!("cargo:rustc-link-lib=dylib=torch_cuda");
-        println!("cargo:rustc-link-lib=dylib=c10_cuda");
-    }
-    println!("cargo:rustc-link-lib=dylib=torch_cpu");
-    println!("cargo:rustc-link-lib=dylib=c10");
+    link_libtorch(&lib, nccl.is_some());
 }
 
 fn find_gloo_include(torch: &Path) -> Option<PathBuf> {
@@ -116,15 +84,7 @@ fn find_nccl_includes(site: &Path) -> Option<Vec<PathBuf>> {
     else {
         return missing("nccl.h not found (pip package nvidia-nccl-cu13)");
     };
-    let mut cuda_candidates = vec![
-        site.join("nvidia/cu13/include"),
-        site.join("nvidia/cuda_runtime/include"),
-    ];
-    if let Some(home) = std::env::var_os("CUDA_HOME") {
-        cuda_candidates.push(PathBuf::from(home).join("include"));
-    }
-    cuda_candidates.push("/usr/local/cuda/include".into());
-    let Some(cuda) = cuda_candidates
+    let Some(cuda) = cuda_include_candidates(site)
         .into_iter()
         .find(|d| d.join("cuda_runtime_api.h").exists() && d.join("crt/host_config.h").exists())
     else {

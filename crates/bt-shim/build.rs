@@ -8,61 +8,33 @@
 //! `BT_SHIM_NO_CUDA=1` forces the stubs; `BT_SHIM_CUDA_INCLUDE=<dir>` names the headers.
 use std::path::{Path, PathBuf};
 
+include!("../../build-support/libtorch.rs");
+
 fn main() {
     println!("cargo:rerun-if-changed=csrc");
-    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=BT_SHIM_NO_CUDA");
     println!("cargo:rerun-if-env-changed=BT_SHIM_CUDA_INCLUDE");
-    println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo::rustc-check-cfg=cfg(bt_shim_cuda)");
 
-    let lib = PathBuf::from(
-        std::env::var("DEP_TCH_LIBTORCH_LIB")
-            .expect("torch-sys did not report its libtorch lib dir (DEP_TCH_LIBTORCH_LIB)"),
-    );
-    let torch = lib.parent().unwrap_or(&lib).to_path_buf();
-
-    let cuda_libs = lib.join("libtorch_cuda.so").exists() && lib.join("libc10_cuda.so").exists();
+    let (lib, torch) = libtorch_dirs();
     let forced_off = std::env::var_os("BT_SHIM_NO_CUDA").is_some_and(|v| v != "0");
-    let cuda_include = if cuda_libs && !forced_off {
+    let cuda_include = if libtorch_has_cuda(&lib) && !forced_off {
         find_cuda_include(&torch)
     } else {
         None
     };
 
-    let mut build = cc::Build::new();
-    build.cpp(true).pic(true).std("c++17");
-    build.define("_GLIBCXX_USE_CXX11_ABI", "1");
-    // torch-sys compiles tch's own wrapper with this define; keep the two TUs identical.
-    build.define("GLOG_USE_GLOG_EXPORT", None);
-    // -isystem: libtorch's headers are noisy under -Wall; our own files keep their warnings.
-    let mut sys_includes = vec![
-        torch.join("include"),
-        torch.join("include/torch/csrc/api/include"),
-    ];
-    if let Some(inc) = &cuda_include {
-        sys_includes.push(inc.clone());
+    let mut build = libtorch_cc(&torch, cuda_include.as_slice());
+    if cuda_include.is_some() {
         build.define("BT_SHIM_CUDA", None);
         println!("cargo:rustc-cfg=bt_shim_cuda");
     }
-    for inc in &sys_includes {
-        build
-            .flag("-isystem")
-            .flag(inc.to_str().expect("non-UTF-8 libtorch path"));
-    }
-    build.flag_if_supported("-Wno-unused-parameter");
     build.files(["csrc/shim.cpp", "csrc/cuda.cpp"]);
     build.compile("bt_shim");
 
-    println!("cargo:rustc-link-search=native={}", lib.display());
-    if cuda_include.is_some() {
-        // cuda.cpp calls into these two (streams, events, graphs, device properties); the CUDA
-        // runtime itself is reached only through them, never linked directly.
-        println!("cargo:rustc-link-lib=dylib=torch_cuda");
-        println!("cargo:rustc-link-lib=dylib=c10_cuda");
-    }
-    println!("cargo:rustc-link-lib=dylib=torch_cpu");
-    println!("cargo:rustc-link-lib=dylib=c10");
+    // cuda.cpp calls into torch_cuda/c10_cuda (streams, events, graphs, device properties); the
+    // CUDA runtime itself is reached only through them, never linked directly.
+    link_libtorch(&lib, cuda_include.is_some());
     println!(
         "cargo:rustc-env=BT_SHIM_CUDA_INCLUDE={}",
         cuda_include
@@ -80,12 +52,7 @@ fn find_cuda_include(torch: &Path) -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("BT_SHIM_CUDA_INCLUDE") {
         candidates.push(dir.into());
     }
-    candidates.push(site.join("nvidia/cu13/include"));
-    candidates.push(site.join("nvidia/cuda_runtime/include"));
-    if let Some(home) = std::env::var_os("CUDA_HOME") {
-        candidates.push(PathBuf::from(home).join("include"));
-    }
-    candidates.push("/usr/local/cuda/include".into());
+    candidates.extend(cuda_include_candidates(site));
     let found = candidates
         .into_iter()
         .find(|d| d.join("cuda_runtime_api.h").exists())?;
