@@ -376,11 +376,14 @@ impl BatchNorm {
         let dims: Vec<i64> = (0..x.dim() as i64).filter(|&d| d != 1).collect();
         let mut shape = vec![1i64; x.dim()];
         shape[1] = c;
-        let local = (x.numel() as i64 / c) as f64;
-        let n = tch::no_grad(|| sum(&Tensor::from(local).to_device(x.device())).double_value(&[]));
-        let mean = sum(&x.sum_dim_intlist(dims.as_slice(), true, Kind::Float)) / n;
+        // The global row count rides in the same reduction as the sums (one collective, no
+        // host round trip): `[Σ x per channel..., local count]`.
+        let local = Tensor::full([1], (x.numel() as i64 / c) as f64, (Kind::Float, x.device()));
+        let sums = sum(&Tensor::cat(&[x.sum_dim_intlist(dims.as_slice(), false, Kind::Float), local], 0));
+        let n = sums.narrow(0, c, 1).detach();
+        let mean = (sums.narrow(0, 0, c) / &n).view(shape.as_slice());
         let centered = x - &mean;
-        let var = sum(&centered.square().sum_dim_intlist(dims.as_slice(), true, Kind::Float)) / n;
+        let var = sum(&centered.square().sum_dim_intlist(dims.as_slice(), true, Kind::Float)) / &n;
         let y = centered * (&var + self.eps).rsqrt() * self.weight.view(shape.as_slice())
             + self.bias.view(shape.as_slice());
         tch::no_grad(|| {
@@ -388,8 +391,9 @@ impl BatchNorm {
             let mean = mean.detach().view([c]);
             let var = var.detach().view([c]);
             let var = match self.style {
-                BnStyle::Torch if n > 1.0 => var * (n / (n - 1.0)),
-                _ => var,
+                // Unbiased with the global count (n = 1 keeps the biased value).
+                BnStyle::Torch => var * (&n / (&n - 1.0)).where_self(&n.gt(1.0), &n.ones_like()),
+                BnStyle::Keras => var,
             };
             let mut rm = self.running_mean.shallow_clone();
             let mut rv = self.running_var.shallow_clone();
