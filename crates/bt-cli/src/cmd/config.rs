@@ -6,7 +6,7 @@ use std::path::PathBuf;
 /// Where a config comes from: a preset, a file over it, and `--set` overrides over both.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ConfigArgs {
-    /// Preset name (configs/NAME.toml): keras-seed, cifar-resnet18, demo.
+    /// Preset name (crates/bt-config/configs/NAME.toml): keras-seed, cifar-resnet18, demo.
     #[arg(long, default_value = "keras-seed")]
     pub preset: String,
     /// A TOML file merged over the preset.

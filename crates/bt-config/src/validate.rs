@@ -1,0 +1,148 @@
+//! [`Config::validate`]: range checks, one error per key.
+use crate::{parse_device, Config, ConfigError, Result};
+
+impl Config {
+    /// Checks every range constraint; the error names the key, the value and what is allowed.
+    pub fn validate(&self) -> Result<()> {
+        fn range(key: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
+            if !(v.is_finite() && v >= lo && v <= hi) {
+                return Err(ConfigError::OutOfRange {
+                    key: key.into(),
+                    value: v.to_string(),
+                    allowed: format!("a number in [{lo}, {hi}]"),
+                });
+            }
+            Ok(())
+        }
+        fn positive(key: &str, v: f64) -> Result<()> {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(ConfigError::OutOfRange {
+                    key: key.into(),
+                    value: v.to_string(),
+                    allowed: "a finite number > 0".into(),
+                });
+            }
+            Ok(())
+        }
+        fn nonneg(key: &str, v: f64) -> Result<()> {
+            range(key, v, 0.0, f64::MAX)
+        }
+        fn at_least(key: &str, v: usize, lo: usize) -> Result<()> {
+            if v < lo {
+                return Err(ConfigError::OutOfRange {
+                    key: key.into(),
+                    value: v.to_string(),
+                    allowed: format!("an integer >= {lo}"),
+                });
+            }
+            Ok(())
+        }
+        fn ordered(key: &str, v: [f64; 2], lo: f64, hi: f64) -> Result<()> {
+            range(&format!("{key}[0]"), v[0], lo, hi)?;
+            range(&format!("{key}[1]"), v[1], lo, hi)?;
+            if v[0] > v[1] {
+                return Err(ConfigError::OutOfRange {
+                    key: key.into(),
+                    value: format!("[{}, {}]", v[0], v[1]),
+                    allowed: "[lo, hi] with lo <= hi".into(),
+                });
+            }
+            Ok(())
+        }
+
+        let d = &self.data;
+        at_least("data.batch_size", d.batch_size, 1)?;
+        at_least("data.queue_capacity", d.queue_capacity, 1)?;
+        at_least("data.synthetic_train", d.synthetic_train, 1)?;
+        at_least("data.synthetic_test", d.synthetic_test, 1)?;
+
+        for (name, v) in [("augment.view_a", &self.augment.view_a), ("augment.view_b", &self.augment.view_b)] {
+            for (k, p) in [
+                ("flip_prob", v.flip_prob),
+                ("jitter_prob", v.jitter_prob),
+                ("blur_prob", v.blur_prob),
+                ("grayscale_prob", v.grayscale_prob),
+                ("solarize_prob", v.solarize_prob),
+            ] {
+                range(&format!("{name}.{k}"), p, 0.0, 1.0)?;
+            }
+            if v.crop_min_side == 0 || v.crop_min_side >= v.crop_max_side || v.crop_max_side > 33 {
+                return Err(ConfigError::OutOfRange {
+                    key: format!("{name}.crop_min_side"),
+                    value: format!("{}..{}", v.crop_min_side, v.crop_max_side),
+                    allowed: "1 <= crop_min_side < crop_max_side <= 33 (max exclusive)".into(),
+                });
+            }
+            ordered(&format!("{name}.crop_scale"), v.crop_scale, 1e-6, 1.0)?;
+            ordered(&format!("{name}.crop_ratio"), v.crop_ratio, 1e-3, 1e3)?;
+            range(&format!("{name}.brightness"), v.brightness, 0.0, 1.0)?;
+            range(&format!("{name}.contrast"), v.contrast, 0.0, 1.0)?;
+            range(&format!("{name}.saturation"), v.saturation, 0.0, 1.0)?;
+            range(&format!("{name}.hue"), v.hue, 0.0, 0.5)?;
+            ordered(&format!("{name}.blur_sigma"), v.blur_sigma, 0.0, 100.0)?;
+        }
+
+        let m = &self.model;
+        if !(1..=1024).contains(&m.width) {
+            return Err(ConfigError::OutOfRange {
+                key: "model.width".into(),
+                value: m.width.to_string(),
+                allowed: "an integer in [1, 1024]".into(),
+            });
+        }
+        if m.projector.iter().any(|&w| w < 1) {
+            return Err(ConfigError::OutOfRange {
+                key: "model.projector".into(),
+                value: format!("{:?}", m.projector),
+                allowed: "a list of layer widths, each >= 1 (may be empty: no projector)".into(),
+            });
+        }
+
+        nonneg("loss.lambda", self.loss.lambda)?;
+        positive("loss.scale", self.loss.scale)?;
+
+        let o = &self.optim;
+        positive("optim.lr", o.lr)?;
+        nonneg("optim.lr_bias", o.lr_bias)?;
+        range("optim.beta1", o.beta1, 0.0, 0.999_999)?;
+        range("optim.beta2", o.beta2, 0.0, 0.999_999_999)?;
+        positive("optim.eps", o.eps)?;
+        nonneg("optim.weight_decay", o.weight_decay)?;
+        range("optim.momentum", o.momentum, 0.0, 0.999_999)?;
+        positive("optim.eta", o.eta)?;
+
+        nonneg("schedule.warmup_epochs", self.schedule.warmup_epochs)?;
+        range("schedule.final_lr_fraction", self.schedule.final_lr_fraction, 0.0, 1.0)?;
+
+        let r = &self.run;
+        at_least("run.epochs", r.epochs, 1)?;
+        at_least("run.checkpoint_every", r.checkpoint_every, 1)?;
+        at_least("run.keep_checkpoints", r.keep_checkpoints, 1)?;
+        at_least("run.log_every", r.log_every, 1)?;
+        if r.spike_factor != 0.0 && !(r.spike_factor.is_finite() && r.spike_factor > 1.0) {
+            return Err(ConfigError::OutOfRange {
+                key: "run.spike_factor".into(),
+                value: r.spike_factor.to_string(),
+                allowed: "0 (off) or a finite number > 1".into(),
+            });
+        }
+        at_least("run.spike_window", r.spike_window, 1)?;
+        at_least("run.spike_patience", r.spike_patience, 1)?;
+        if parse_device(&r.device).is_none() {
+            return Err(ConfigError::BadValue {
+                key: "run.device".into(),
+                value: format!("{:?}", r.device),
+                reason: "expected auto, cpu, cuda or cuda:N".into(),
+            });
+        }
+
+        let e = &self.eval;
+        at_least("eval.linear_epochs", e.linear_epochs, 1)?;
+        at_least("eval.linear_batch_size", e.linear_batch_size, 1)?;
+        nonneg("eval.linear_l2", e.linear_l2)?;
+        range("eval.val_fraction", e.val_fraction, 0.0, 0.9)?;
+        at_least("eval.knn_k", e.knn_k, 1)?;
+        positive("eval.knn_temperature", e.knn_temperature)?;
+        Ok(())
+    }
+}
