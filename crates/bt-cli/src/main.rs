@@ -1,23 +1,13 @@
-//! `bt-cli`: the barlow-twins-rs command line. Only this crate knows clap; each subcommand lives
-//! in its own module under `cmd/` and calls into the library crates.
+//! `bt-cli`: the barlow-twins-rs command line. A shell over the library crates: it parses
+//! arguments, installs the signal handlers, tunes the allocator, prints; every capability lives
+//! in a library crate (`bt-train` for the loop, evaluation and run folders).
 use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
 
-mod checkpoint;
-mod ckpt_store;
 mod cmd;
-mod device;
-mod dist;
-mod eval;
-mod guard;
-mod metrics;
-mod plot;
+mod observer;
 mod progress;
-mod report;
-mod runfolder;
-mod setup;
 mod signals;
-mod tensors;
-mod train;
 
 /// Barlow Twins self-supervised pretraining in Rust, on libtorch (CPU or CUDA).
 #[derive(Parser)]
@@ -64,6 +54,7 @@ enum Cmd {
 /// gives it back: freed activations are reused by the next step, as a caching allocator would.
 /// Cost: some fragmentation, peak RSS +5% (keras-seed, batch 512, real CIFAR-10, 3 steps:
 /// 6.43 GB vs 6.11 GB, with 1.54M vs 2.56M page faults). `BT_MALLOC=default` skips this.
+/// A process-wide choice, so it lives in the binary, never in a library.
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var("BT_MALLOC").as_deref() != Ok("default") {
@@ -75,6 +66,11 @@ fn tune_malloc() {
     }
 }
 
+/// Colour in log lines only on a terminal, and never with `NO_COLOR` set (no-color.org).
+fn use_ansi() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn main() -> std::process::ExitCode {
     tune_malloc();
     tracing_subscriber::fmt()
@@ -82,6 +78,7 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(use_ansi())
         .with_writer(progress::LogWriter)
         .init();
     let cli = Cli::parse();

@@ -66,6 +66,9 @@ pub struct RunConfig {
     /// GPU without a GPU-specific config. `false`: honor `precision`/`channels_last` exactly (e.g.
     /// an f32 CUDA run). No effect on CPU.
     pub fast_cuda: bool,
+    /// Also write TensorBoard event files (`events.out.tfevents.*`) into the run folder: loss,
+    /// its two terms, lr, pairs/s, data wait and the kNN monitor (`tensorboard --logdir runs/`).
+    pub tensorboard: bool,
 }
 
 /// What the trainer does with a non-finite loss or gradient (`run.on_nonfinite`).
@@ -99,6 +102,7 @@ impl Default for RunConfig {
             spike_patience: 3,
             bn_batch: 0,
             fast_cuda: true,
+            tensorboard: false,
         }
     }
 }

@@ -127,6 +127,15 @@ impl Config {
             });
         }
         at_least("run.spike_window", r.spike_window, 1)?;
+        // Ghost batch norm: every chunk must have the same size, and batch norm needs more than
+        // one row per chunk (a remainder chunk of one row fails, or normalizes to zero).
+        if r.bn_batch != 0 && (r.bn_batch < 2 || self.data.batch_size % r.bn_batch != 0) {
+            return Err(ConfigError::OutOfRange {
+                key: "run.bn_batch".into(),
+                value: r.bn_batch.to_string(),
+                allowed: format!("0 (the whole batch) or a divisor >= 2 of data.batch_size = {}", self.data.batch_size),
+            });
+        }
         at_least("run.spike_patience", r.spike_patience, 1)?;
         if parse_device(&r.device).is_none() {
             return Err(ConfigError::BadValue {

@@ -11,7 +11,7 @@ pub enum BenchCmd {
     /// One optimizer step: grouped vs per-tensor.
     Optim(super::optim::BenchArgs),
     /// Forward + backward of both views and the loss.
-    Step(super::model::BenchStepArgs),
+    Step(super::step::BenchStepArgs),
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
@@ -19,6 +19,6 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Data(a) => super::data::bench(a),
         BenchCmd::Loss(a) => super::loss::bench(a),
         BenchCmd::Optim(a) => super::optim::bench(a),
-        BenchCmd::Step(a) => super::model::bench_step(a),
+        BenchCmd::Step(a) => super::step::bench_step(a),
     }
 }

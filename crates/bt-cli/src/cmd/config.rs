@@ -42,3 +42,26 @@ pub fn run(a: Args) -> Result<()> {
     print!("{}", a.cfg.load()?.to_toml());
     Ok(())
 }
+
+/// `--data DIR | --synthetic`: overrides the config's `data.dataset` / `data.dir`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct DataArgs {
+    /// CIFAR-10 binary folder (default: the config's data.dir, `data/cifar-10-batches-bin`).
+    #[arg(long, conflicts_with = "synthetic")]
+    pub data: Option<PathBuf>,
+    /// Use the embedded synthetic dataset (no download needed).
+    #[arg(long)]
+    pub synthetic: bool,
+}
+
+impl DataArgs {
+    /// Applies the flags to a config.
+    pub fn apply(&self, cfg: &mut Config) {
+        if self.synthetic {
+            cfg.data.dataset = bt_config::DatasetKind::Synthetic;
+        } else if let Some(d) = &self.data {
+            cfg.data.dataset = bt_config::DatasetKind::Cifar10;
+            cfg.data.dir = d.clone();
+        }
+    }
+}

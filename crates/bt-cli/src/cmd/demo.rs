@@ -2,12 +2,11 @@
 //! CIFAR-10 when `data/cifar-10-batches-bin` exists), then puts the linear-probe and kNN
 //! accuracy of the pretrained encoder next to those of the same architecture at its random
 //! initialization (the very weights pretraining started from).
-use super::eval::encoder_evals;
-use crate::runfolder::{atomic_write, RunFolder};
-use crate::setup;
+use crate::observer::CliObserver;
 use anyhow::Result;
+use bt_train::{setup, RunFolder};
 use bt_config::{ConfigBuilder, DatasetKind};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -63,30 +62,10 @@ pub fn run(a: Args) -> Result<()> {
     }
     println!("demo: {} epochs of the `demo` preset on {} ({device:?})", cfg.run.epochs, data.description);
     let run = RunFolder::create(&a.out)?;
-    super::pretrain::clear_run(&run)?;
-    let o = crate::train::pretrain(&cfg, data.train.clone(), data.test.clone(), device, &run, None)?;
-
-    let mut rows = Vec::new();
-    for (weights, model) in [("pretrained", Some(&o.model)), ("random", None)] {
-        let random;
-        let m = match model {
-            Some(m) => m,
-            None => {
-                random = setup::build_model(&cfg, device)?;
-                &random.1
-            }
-        };
-        let t = Instant::now();
-        let (mut lin, mut knn) = encoder_evals(&cfg, m, &data, device)?;
-        tracing::info!("{weights}: evaluated in {:.1}s", t.elapsed().as_secs_f64());
-        let prefix = if weights == "random" { "random_" } else { "" };
-        for (v, name) in [(&mut lin, "linear_standard"), (&mut knn, "knn")] {
-            v["weights"] = json!(weights);
-            atomic_write(&run.eval(&format!("{prefix}{name}")), serde_json::to_string_pretty(v)?.as_bytes())?;
-        }
-        rows.push((weights, lin, knn));
-    }
-    crate::report::write(&run)?;
+    let t = Instant::now();
+    let bt_train::demo::DemoResult { outcome: o, rows } = bt_train::demo::run(&cfg, &data, device, &run, CliObserver::default())?;
+    tracing::info!("pretrained and evaluated in {:.1}s", t.elapsed().as_secs_f64());
+    bt_train::report::write(&run)?;
     let acc = |v: &Value| v["test_top1"].as_f64().unwrap_or(f64::NAN);
     println!();
     println!("{:<22} {:>18} {:>14}", "test top-1", "linear (standard)", format!("kNN (k={})", cfg.eval.knn_k));

@@ -1,16 +1,14 @@
 //! `bt-cli eval linear|knn`: evaluate a run folder or a checkpoint.
-use super::config::ConfigArgs;
-use crate::checkpoint::{load_weights, WeightsKind};
-use crate::eval::{knn, linear};
-use crate::runfolder::{atomic_write, RunFolder};
-use crate::setup::{self, Data, DataArgs, FeatureKind};
+use super::config::{ConfigArgs, DataArgs};
 use anyhow::{bail, Context, Result};
 use bt_config::{Config, ConfigBuilder, LinearProtocol};
 use bt_model::BarlowTwins;
+use bt_train::checkpoint::{load_weights, WeightsKind};
+use bt_train::eval::{knn_eval, linear_eval, save_result};
+use bt_train::{setup, RunFolder};
 use clap::Subcommand;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 use tch::{nn, Device};
 
 /// Evaluations of a pretrained encoder.
@@ -144,77 +142,12 @@ impl Source {
     }
 }
 
-/// Linear probe of `model`; the JSON result (also what is written to `eval_linear_<p>.json`).
-pub fn linear_eval(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device, protocol: LinearProtocol) -> Result<Value> {
-    let t = Instant::now();
-    // The notebook probes the whole twin network (projector output); standard practice the encoder.
-    let fk = match protocol {
-        LinearProtocol::KerasSeed => FeatureKind::Projector,
-        LinearProtocol::Standard => FeatureKind::Encoder,
-    };
-    let (tx, ty) = setup::features(model, &data.train, fk, 256, false, device)?;
-    let (vx, vy) = setup::features(model, &data.test, fk, 256, false, device)?;
-    let t_feat = t.elapsed().as_secs_f64();
-    let mut v = match protocol {
-        LinearProtocol::KerasSeed => linear::keras_seed(&tx, &ty, &vx, &vy, &cfg.eval, cfg.run.seed)?,
-        LinearProtocol::Standard => linear::standard(&tx, &ty, &vx, &vy, &cfg.eval, cfg.run.seed)?,
-    };
-    v["eval"] = json!("linear");
-    v["features"] = json!(format!("{fk:?}").to_lowercase());
-    v["features_s"] = json!(t_feat);
-    v["wall_s"] = json!(t.elapsed().as_secs_f64());
-    Ok(v)
-}
-
-/// kNN evaluation of the encoder features.
-pub fn knn_eval(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) -> Result<Value> {
-    let t = Instant::now();
-    let (tx, ty) = setup::features(model, &data.train, FeatureKind::Encoder, 256, false, device)?;
-    let (vx, vy) = setup::features(model, &data.test, FeatureKind::Encoder, 256, false, device)?;
-    let acc = knn::accuracy(&tx, &ty, &vx, &vy, cfg.eval.knn_k, cfg.eval.knn_temperature, linear::CLASSES);
-    Ok(json!({
-        "eval": "knn", "test_top1": acc, "k": cfg.eval.knn_k, "temperature": cfg.eval.knn_temperature,
-        "similarity": "cosine", "features": "encoder", "feature_dim": tx.size()[1],
-        "n_train": tx.size()[0], "n_test": vx.size()[0], "wall_s": t.elapsed().as_secs_f64(),
-    }))
-}
-
-/// Linear (standard) and kNN results from one pass of encoder features (what the demo runs for
-/// each of its two encoders).
-pub fn encoder_evals(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) -> Result<(Value, Value)> {
-    let t = Instant::now();
-    let (tx, ty) = setup::features(model, &data.train, FeatureKind::Encoder, 256, false, device)?;
-    let (vx, vy) = setup::features(model, &data.test, FeatureKind::Encoder, 256, false, device)?;
-    let t_feat = t.elapsed().as_secs_f64();
-    let mut lin = linear::standard(&tx, &ty, &vx, &vy, &cfg.eval, cfg.run.seed)?;
-    lin["eval"] = json!("linear");
-    lin["features"] = json!("encoder");
-    lin["features_s"] = json!(t_feat);
-    let acc = knn::accuracy(&tx, &ty, &vx, &vy, cfg.eval.knn_k, cfg.eval.knn_temperature, linear::CLASSES);
-    let knn = json!({
-        "eval": "knn", "test_top1": acc, "k": cfg.eval.knn_k, "temperature": cfg.eval.knn_temperature,
-        "similarity": "cosine", "features": "encoder", "feature_dim": tx.size()[1],
-        "n_train": tx.size()[0], "n_test": vx.size()[0],
-    });
-    Ok((lin, knn))
-}
-
 /// Writes a result next to the run (or the checkpoint) and prints the one-line summary.
 fn finish(l: &Loaded, name: &str, mut v: Value, summary: String) -> Result<()> {
     v["weights"] = json!("pretrained");
     v["checkpoint"] = json!(l.weights.display().to_string());
     v["checkpoint_kind"] = json!(format!("{:?}", l.kind));
-    let path = match &l.run {
-        Some(r) => r.eval(name),
-        None => {
-            let stem = l.weights.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
-            l.weights.with_file_name(format!("{stem}.eval_{name}.json"))
-        }
-    };
-    atomic_write(&path, serde_json::to_string_pretty(&v)?.as_bytes())?;
-    if let Some(r) = &l.run {
-        crate::report::write(r)?;
-    }
+    let path = save_result(l.run.as_ref(), &l.weights, name, &v)?;
     println!("{summary} -> {}", path.display());
     Ok(())
 }

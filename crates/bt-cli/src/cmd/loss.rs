@@ -1,6 +1,6 @@
 //! `bt-cli bench loss`: reference (D x D) vs fused (Gram) Barlow Twins loss, same inputs.
 use super::config::ConfigArgs;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use bt_config::LossImpl;
 use bt_loss::{barlow_twins_loss, LossOptions};
 use std::time::Instant;
@@ -23,15 +23,6 @@ pub struct BenchArgs {
     /// Normalization, lambda and scale come from the config's `[loss]`.
     #[command(flatten)]
     pub cfg: ConfigArgs,
-}
-
-fn device(s: &str) -> Result<Device> {
-    Ok(match bt_config::parse_device(s) {
-        Some(bt_config::DeviceSpec::Cpu) => Device::Cpu,
-        Some(bt_config::DeviceSpec::Cuda(i)) => Device::Cuda(i),
-        Some(bt_config::DeviceSpec::Auto) => Device::cuda_if_available(),
-        None => bail!("--device {s}: expected cpu, cuda, cuda:N or auto"),
-    })
 }
 
 fn sync(d: Device) {
@@ -58,7 +49,7 @@ fn time(d: Device, iters: usize, mut f: impl FnMut()) -> f64 {
 
 pub fn bench(a: BenchArgs) -> Result<()> {
     let cfg = a.cfg.load()?;
-    let dev = device(&a.device)?;
+    let dev = bt_train::setup::device(&a.device)?;
     tch::manual_seed(0);
     let base = Tensor::randn([a.n, a.d], (Kind::Float, dev));
     let za = (&base * 2.0 + 0.5).set_requires_grad(true);

@@ -12,3 +12,4 @@ pub mod model;
 pub mod optim;
 pub mod pretrain;
 pub mod selftest;
+pub mod step;

@@ -16,7 +16,7 @@
 //! `BT_FAULT_NONFINITE=loss@K` makes the invariance term (and so the loss) NaN at step K
 //! (1-based), `grad@K` puts +inf into the gradient of the first trainable parameter (by name) at
 //! step K. Never set it in real runs.
-use anyhow::{bail, Result};
+use crate::error::{Error, Result};
 use bt_config::{NonFinitePolicy, RunConfig};
 use std::collections::VecDeque;
 use tch::{Kind, Tensor};
@@ -148,10 +148,10 @@ impl Guard {
         if !bad.is_empty() {
             let what = format!("step {step} (epoch {epoch}): {}", bad.join("; "));
             return match self.policy {
-                NonFinitePolicy::Stop => bail!(
+                NonFinitePolicy::Stop => Err(Error::Diverged(format!(
                     "non-finite value at {what}. Stopping; no checkpoint of this state was written, so the last \
                      good checkpoint stays (lower optim.lr, or set run.on_nonfinite=skip to skip such steps)"
-                ),
+                ))),
                 NonFinitePolicy::Skip => Ok((loss, Verdict::Skip(what))),
             };
         }
@@ -170,13 +170,13 @@ impl Guard {
             if loss > self.spike_factor * median {
                 self.strikes += 1;
                 if self.strikes >= self.spike_patience {
-                    bail!(
+                    return Err(Error::Diverged(format!(
                         "loss spike at step {step}: loss {loss:.4} > {} x {median:.4} (median of the last {} steps) for {} \
                          consecutive step(s); stopping, the last good checkpoint stays (run.spike_factor = 0 turns the detector off)",
                         self.spike_factor,
                         self.spike_window,
                         self.strikes
-                    );
+                    )));
                 }
                 // A spike does not enter the window, so it cannot raise its own baseline.
                 return Ok(());

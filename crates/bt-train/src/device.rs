@@ -25,7 +25,7 @@
 //! cuDNN benchmark is switched on (drop-remainder batches have fixed shapes). TF32 is switched on
 //! only for f32 runs: with bf16 the only f32 matrix products left are the loss's, and the fused
 //! loss's `Σc² − Σdiag²` cancels badly with TF32's 10-bit mantissa.
-use anyhow::Result;
+use crate::error::{refuse, Result};
 use bt_config::{Config, Precision};
 use std::collections::VecDeque;
 use tch::{Device, Kind, Tensor};
@@ -49,12 +49,12 @@ impl StepSettings {
     /// thread) or never finishes (two threads) in NHWC; PyTorch itself does the same
     /// (`OMP_NUM_THREADS=1 python bench/step_torch.py --arch CifarResnet18 --width 4
     /// --channels-last`). Widths 8, 16, 32 and 64 run.
-    pub fn for_run(cfg: &Config, device: Device) -> anyhow::Result<Self> {
+    pub fn for_run(cfg: &Config, device: Device) -> Result<Self> {
         if device.is_cuda() && cfg.run.fast_cuda {
             return Ok(Self { precision: Precision::Bf16, channels_last: true });
         }
         if !device.is_cuda() && cfg.run.channels_last && cfg.model.width < 8 {
-            anyhow::bail!(
+            refuse!(
                 "run.channels_last = true with model.width = {} on CPU: libtorch 2.11's NHWC weight-gradient \
                  kernel crashes or hangs for so few channels (an upstream oneDNN bug, PyTorch does the same); \
                  use model.width >= 8 or run.channels_last = false",

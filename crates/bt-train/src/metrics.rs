@@ -4,7 +4,7 @@
 //! Every line has `"kind"`: `step` (every `run.log_every` steps), `epoch`, `knn` (the optional
 //! monitor) or `run` (start/end markers). Times are seconds; `data_wait_s` is the time the
 //! trainer spent blocked on the pipeline's channel, the figure the <5% data-wait budget is about.
-use anyhow::{Context, Result};
+use crate::error::{Error, Result};
 use serde_json::Value;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -24,7 +24,7 @@ impl MetricsWriter {
             .create(true)
             .append(true)
             .open(path)
-            .with_context(|| format!("opening {}", path.display()))?;
+            .map_err(|e| Error::io("opening", path, e))?;
         Ok(Self { file, path: path.into() })
     }
 
@@ -32,13 +32,13 @@ impl MetricsWriter {
     pub fn write(&mut self, record: &Value) -> Result<()> {
         let mut line = serde_json::to_string(record)?;
         line.push('\n');
-        self.file.write_all(line.as_bytes()).with_context(|| format!("writing {}", self.path.display()))
+        self.file.write_all(line.as_bytes()).map_err(|e| Error::io("writing", &self.path, e))
     }
 }
 
 /// Every record in a metrics file (lines that do not parse, e.g. a torn last line, are skipped).
 pub fn read_all(path: &Path) -> Result<Vec<Value>> {
-    let f = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let f = File::open(path).map_err(|e| Error::io("reading", path, e))?;
     Ok(BufReader::new(f)
         .lines()
         .map_while(|l| l.ok())

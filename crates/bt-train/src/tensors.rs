@@ -1,7 +1,12 @@
 //! Tensor files: safetensors with metadata (the `safetensors` crate directly, because tch's
 //! writer has no metadata), and NumPy `.npy` (format 1.0) written by hand: a short header and
 //! the raw little-endian data, readable by `numpy.load` and `torch.from_numpy`.
-use anyhow::{bail, Context, Result};
+use crate::error::{Error, Result};
+
+fn unsupported(what: String) -> Error {
+    Error::Torch(tch::TchError::Kind(what))
+}
+use crate::error::ResultExt;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,7 +22,7 @@ fn dtype(kind: Kind) -> Result<Dtype> {
         Kind::BFloat16 => Dtype::BF16,
         Kind::Half => Dtype::F16,
         Kind::Bool => Dtype::BOOL,
-        k => bail!("tensor kind {k:?} cannot be stored"),
+        k => return Err(unsupported(format!("tensor kind {k:?} cannot be stored"))),
     })
 }
 
@@ -31,7 +36,7 @@ fn kind(d: Dtype) -> Result<Kind> {
         Dtype::BF16 => Kind::BFloat16,
         Dtype::F16 => Kind::Half,
         Dtype::BOOL => Kind::Bool,
-        d => bail!("safetensors dtype {d:?} is not supported"),
+        d => return Err(unsupported(format!("safetensors dtype {d:?} is not supported"))),
     })
 }
 
@@ -55,19 +60,22 @@ pub fn safetensors_bytes(tensors: &[(String, Tensor)], metadata: HashMap<String,
         .collect::<Result<_>>()?;
     let views = raw
         .iter()
-        .map(|(n, d, s, b)| Ok((n.as_str(), TensorView::new(*d, s.clone(), b)?)))
+        .map(|(n, d, s, b)| {
+            let v = TensorView::new(*d, s.clone(), b).map_err(|e| unsupported(format!("tensor `{n}`: {e:?}")))?;
+            Ok((n.as_str(), v))
+        })
         .collect::<Result<Vec<_>>>()?;
     let meta = if metadata.is_empty() { None } else { Some(metadata) };
-    Ok(safetensors::tensor::serialize(views, &meta)?)
+    safetensors::tensor::serialize(views, &meta).map_err(|e| unsupported(format!("serializing safetensors: {e:?}")))
 }
 
 /// Reads every tensor (on CPU) and the metadata of a safetensors file.
 pub fn read_safetensors(path: &Path) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
     let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {e:?}", path.display()))?;
+        .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file: {e:?}")))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| anyhow::anyhow!("{}: bad safetensors header: {e:?}", path.display()))?;
+        .map_err(|e| Error::checkpoint(path, format!("bad safetensors header: {e:?}")))?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
         let size: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
@@ -84,7 +92,7 @@ pub fn npy_bytes(t: &Tensor) -> Result<Vec<u8>> {
         Kind::Double => "<f8",
         Kind::Int64 => "<i8",
         Kind::Int => "<i4",
-        k => bail!("cannot write {k:?} as .npy"),
+        k => return Err(unsupported(format!("cannot write {k:?} as .npy"))),
     };
     let shape = t.size();
     let shape_s = match shape.len() {
@@ -106,17 +114,17 @@ pub fn npy_bytes(t: &Tensor) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Parses a `.npy` 1.0 header: `(descr, shape, data offset)`. For tests and `bt-cli` checks.
-#[cfg_attr(not(test), allow(dead_code))]
-pub fn npy_header(bytes: &[u8]) -> Result<(String, Vec<usize>, usize)> {
+/// Parses a `.npy` 1.0 header: `(descr, shape, data offset)`.
+#[cfg(test)]
+pub(crate) fn npy_header(bytes: &[u8]) -> std::result::Result<(String, Vec<usize>, usize), String> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        bail!("not a .npy file");
+        return Err("not a .npy file".into());
     }
     let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let h = std::str::from_utf8(&bytes[10..10 + hlen])?;
-    let descr = h.split("'descr': '").nth(1).and_then(|s| s.split('\'').next()).context("no descr")?;
-    let shape = h.split("'shape': (").nth(1).and_then(|s| s.split(')').next()).context("no shape")?;
-    let shape = shape.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse()).collect::<Result<_, _>>()?;
+    let h = std::str::from_utf8(&bytes[10..10 + hlen]).map_err(|e| e.to_string())?;
+    let descr = h.split("'descr': '").nth(1).and_then(|s| s.split('\'').next()).ok_or("no descr")?;
+    let shape = h.split("'shape': (").nth(1).and_then(|s| s.split(')').next()).ok_or("no shape")?;
+    let shape = shape.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().map_err(|_| s.to_string())).collect::<std::result::Result<_, _>>()?;
     Ok((descr.to_string(), shape, 10 + hlen))
 }
 

@@ -1,13 +1,13 @@
 //! Training checkpoints: one safetensors file holding the model (PyTorch state-dict names,
 //! `encoder.*` / `projector.*`), the optimizer state (`optimizer/<key>`), and the run position
-//! and config hash in the metadata; written with [`atomic_write`](crate::runfolder::atomic_write).
+//! and config hash in the metadata; sealed with a payload CRC and written atomically
+//! ([`store::write_atomic`](crate::store::write_atomic)).
 //!
 //! Why one file: a checkpoint is consistent by construction (model and optimizer from the same
 //! step), and the atomic rename makes "the file exists" mean "the checkpoint is whole".
-use crate::ckpt_store;
-use crate::runfolder::atomic_write;
+use crate::error::{Error, Result};
+use crate::store::{self as ckpt_store, Position};
 use crate::tensors::{read_safetensors, safetensors_bytes};
-use anyhow::{bail, Context, Result};
 use bt_model::BarlowTwins;
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,19 +16,6 @@ use tch::Tensor;
 /// Metadata value of `format`.
 pub const FORMAT: &str = "bt-train-checkpoint/1";
 const OPT: &str = "optimizer/";
-
-/// Where a run stands. The training loop is a function of (config, `Position`, weights,
-/// optimizer state); everything random derives from `run.seed` and these coordinates, so a
-/// run restarted from a checkpoint continues with the same batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Position {
-    /// Finished epochs.
-    pub epochs_done: usize,
-    /// Batches already consumed in epoch `epochs_done` (0 at an epoch boundary).
-    pub batch_in_epoch: usize,
-    /// Optimizer steps taken (the schedule's step index).
-    pub step: usize,
-}
 
 /// Writes a checkpoint atomically.
 pub fn save(
@@ -57,7 +44,6 @@ pub fn save(
     let mut bytes = safetensors_bytes(&tensors, meta)?;
     ckpt_store::seal(&mut bytes)?;
     ckpt_store::write_atomic(path, &bytes)?;
-    tracing::info!("checkpoint {} written (step {})", path.display(), pos.step);
     Ok(())
 }
 
@@ -79,15 +65,9 @@ pub fn load(path: &Path) -> Result<Loaded> {
     ckpt_store::verify_file(path)?;
     let (tensors, meta) = read_safetensors(path)?;
     if meta.get("format").map(String::as_str) != Some(FORMAT) {
-        bail!("{} is not a training checkpoint (metadata format != {FORMAT})", path.display());
+        return Err(Error::checkpoint(path, format!("not a training checkpoint (metadata format != {FORMAT})")));
     }
-    let num = |k: &str| -> Result<usize> {
-        meta.get(k)
-            .with_context(|| format!("{}: metadata `{k}` missing", path.display()))?
-            .parse()
-            .with_context(|| format!("{}: metadata `{k}` is not a number", path.display()))
-    };
-    let position = Position { epochs_done: num("epochs_done")?, batch_in_epoch: num("batch_in_epoch")?, step: num("step")? };
+    let position = ckpt_store::position_of(path, &meta)?;
     let (optimizer, model): (Vec<_>, Vec<_>) = tensors.into_iter().partition(|(k, _)| k.starts_with(OPT));
     let optimizer = optimizer.into_iter().map(|(k, t)| (k[OPT.len()..].to_string(), t)).collect();
     Ok(Loaded { model, optimizer, position, config_hash: meta.get("config_hash").cloned().unwrap_or_default() })
@@ -101,31 +81,33 @@ pub fn copy_into_model(model: &BarlowTwins, tensors: &[(String, Tensor)], origin
     for v in model.variables() {
         let t = by_name
             .get(v.name.as_str())
-            .with_context(|| format!("{}: model variable `{}` missing", origin.display(), v.name))?;
+            .ok_or_else(|| Error::checkpoint(origin, format!("model variable `{}` missing", v.name)))?;
         if t.size() != v.tensor.size() || t.kind() != v.tensor.kind() {
-            bail!(
-                "{}: `{}` is {:?} {:?}, the model expects {:?} {:?} (built from a different config?)",
-                origin.display(),
+            return Err(Error::checkpoint(
+                origin,
+                format!(
+                "`{}` is {:?} {:?}, the model expects {:?} {:?} (built from a different config?)",
                 v.name,
                 t.size(),
                 t.kind(),
                 v.tensor.size(),
                 v.tensor.kind()
-            );
+                ),
+            ));
         }
         pairs.push((v, *t));
     }
     if by_name.len() != pairs.len() {
         let known: std::collections::HashSet<&str> = model.variables().iter().map(|v| v.name.as_str()).collect();
         let extra: Vec<&&str> = by_name.keys().filter(|k| !known.contains(**k)).take(4).collect();
-        bail!("{}: tensors the model does not have: {extra:?}", origin.display());
+        return Err(Error::checkpoint(origin, format!("tensors the model does not have: {extra:?}")));
     }
     tch::no_grad(|| {
         for (v, t) in pairs {
-            v.tensor.shallow_clone().copy_(t);
+            v.tensor.shallow_clone().f_copy_(t)?;
         }
-    });
-    Ok(())
+        Ok(())
+    })
 }
 
 /// What [`load_weights`] found.
@@ -142,7 +124,7 @@ pub enum WeightsKind {
 /// Loads model weights from a training checkpoint, a full model file or an encoder file.
 pub fn load_weights(model: &BarlowTwins, path: &Path) -> Result<WeightsKind> {
     if !path.is_file() {
-        bail!("checkpoint {} does not exist", path.display());
+        return Err(Error::checkpoint(path, "does not exist"));
     }
     if ckpt_store::sort_key(path).is_some() {
         ckpt_store::verify_file(path)?;
@@ -157,15 +139,4 @@ pub fn load_weights(model: &BarlowTwins, path: &Path) -> Result<WeightsKind> {
         bt_model::CheckpointKind::Full => WeightsKind::Full,
         bt_model::CheckpointKind::EncoderOnly => WeightsKind::EncoderOnly,
     })
-}
-
-/// Writes a file through `write(tmp)` then renames it into place (for writers that only take a
-/// path, like `BarlowTwins::save_full`).
-pub fn atomic_via(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    write(&tmp)?;
-    let bytes = std::fs::read(&tmp).with_context(|| format!("reading back {}", tmp.display()))?;
-    let _ = std::fs::remove_file(&tmp);
-    atomic_write(path, &bytes)
 }

@@ -1,4 +1,4 @@
-//! Crash safety of the checkpoint folder: sealed files, names that order by position, finding
+//! Crash safety of the checkpoint folder, and where a run stands ([`Position`]): sealed files, names that order by position, finding
 //! the newest *valid* checkpoint, and what a resume must put back (the metrics file).
 //!
 //! # Why a checksum on top of the atomic rename
@@ -22,9 +22,7 @@
 //! - `BT_FAULT_CHECKPOINT_SLOW=MS`: the checkpoint is written in 32 chunks with an MS ms pause
 //!   after each, and `bt-fault: checkpoint write started <file>` is printed to stderr first, so
 //!   a test can SIGKILL the process in the middle of a write.
-use crate::checkpoint::Position;
-use crate::runfolder::fnv1a_hex;
-use anyhow::{bail, Context, Result};
+use crate::error::{Error, Result};
 use bt_config::Config;
 use std::collections::HashMap;
 use std::fs::File;
@@ -36,11 +34,36 @@ pub const CRC_KEY: &str = "payload_crc32";
 /// What [`CRC_KEY`] holds until [`seal`] patches it; same width as the real value.
 pub const CRC_PLACEHOLDER: &str = "00000000";
 
+/// Where a run stands. The training loop is a function of (config, `Position`, weights,
+/// optimizer state); everything random derives from `run.seed` and these coordinates, so a
+/// run restarted from a checkpoint continues with the same batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    /// Finished epochs.
+    pub epochs_done: usize,
+    /// Batches already consumed in epoch `epochs_done` (0 at an epoch boundary).
+    pub batch_in_epoch: usize,
+    /// Optimizer steps taken (the schedule's step index).
+    pub step: usize,
+}
+
+/// 64-bit FNV-1a of a string, as 16 hex digits: identifies a config in checkpoints (not a
+/// security hash; it only has to change when the config does).
+pub fn fnv1a_hex(s: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+
 /// `cfg` with the keys that do not change the training trajectory reset to their defaults:
 /// they may differ between a run and its resumption (`run.max_steps` is how a run is stopped
 /// early on purpose): `data.workers`, `data.queue_capacity`, `run.device`,
 /// `run.checkpoint_every[_steps]`, `run.keep_checkpoints`, `run.knn_every`, `run.log_every`,
-/// `run.max_steps`, `run.on_nonfinite`, `run.spike_*` and `[eval]`.
+/// `run.max_steps`, `run.on_nonfinite`, `run.spike_*`, `run.tensorboard` and `[eval]`.
 fn without_volatile(cfg: &Config) -> Config {
     let d = Config::default();
     let mut c = cfg.clone();
@@ -52,6 +75,7 @@ fn without_volatile(cfg: &Config) -> Config {
     c.run.keep_checkpoints = d.run.keep_checkpoints;
     c.run.knn_every = d.run.knn_every;
     c.run.log_every = d.run.log_every;
+    c.run.tensorboard = d.run.tensorboard;
     c.run.max_steps = d.run.max_steps;
     c.run.on_nonfinite = d.run.on_nonfinite;
     c.run.spike_factor = d.run.spike_factor;
@@ -133,47 +157,49 @@ pub fn list(dir: &Path) -> Vec<PathBuf> {
 /// Patches the CRC-32 of the payload (everything after the header) into a serialized
 /// safetensors image whose metadata holds [`CRC_KEY`] = [`CRC_PLACEHOLDER`].
 pub fn seal(bytes: &mut [u8]) -> Result<()> {
-    let (hlen, header) = header_of(bytes).context("sealing a checkpoint")?;
+    let bad = |why: String| Error::checkpoint("<being written>", format!("cannot seal: {why}"));
+    let (hlen, header) = header_of(bytes).map_err(bad)?;
     let needle = format!("\"{CRC_KEY}\":\"{CRC_PLACEHOLDER}\"");
-    let at = header.find(&needle).context("sealing a checkpoint: no checksum placeholder in its header")?;
+    let at = header.find(&needle).ok_or_else(|| bad("no checksum placeholder in its header".into()))?;
     let crc = crc32fast::hash(&bytes[8 + hlen..]);
     let start = 8 + at + needle.len() - 1 - CRC_PLACEHOLDER.len();
     bytes[start..start + 8].copy_from_slice(format!("{crc:08x}").as_bytes());
     Ok(())
 }
 
-fn header_of(bytes: &[u8]) -> Result<(usize, &str)> {
+fn header_of(bytes: &[u8]) -> std::result::Result<(usize, &str), String> {
     if bytes.len() < 8 {
-        bail!("{} bytes: shorter than a safetensors header length", bytes.len());
+        return Err(format!("{} bytes: shorter than a safetensors header length", bytes.len()));
     }
     let hlen = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
     if hlen > bytes.len() - 8 {
-        bail!("truncated: header claims {hlen} bytes, the file has {} after the length", bytes.len() - 8);
+        return Err(format!("truncated: header claims {hlen} bytes, the file has {} after the length", bytes.len() - 8));
     }
-    Ok((hlen, std::str::from_utf8(&bytes[8..8 + hlen]).context("header is not UTF-8")?))
+    let header = std::str::from_utf8(&bytes[8..8 + hlen]).map_err(|_| "header is not UTF-8".to_string())?;
+    Ok((hlen, header))
 }
 
 /// Checks that `bytes` (the content of `path`) is a whole, unmodified checkpoint: a parseable
 /// header, every tensor inside the file, and the payload CRC equal to the one recorded.
 pub fn verify_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    let bad = |why: String| anyhow::anyhow!("checkpoint {} is corrupt or truncated: {why}", path.display());
-    let (hlen, _) = header_of(bytes).map_err(|e| bad(format!("{e:#}")))?;
+    let bad = |why: String| Error::checkpoint(path, format!("corrupt or truncated: {why}"));
+    let (hlen, _) = header_of(bytes).map_err(bad)?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("bad header ({e:?})")))?;
     safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("bad layout ({e:?})")))?;
     let meta = meta.metadata().clone().unwrap_or_default();
     let Some(want) = meta.get(CRC_KEY) else {
-        bail!(bad(format!("no `{CRC_KEY}` in its metadata (written by an older version?)")));
+        return Err(bad(format!("no `{CRC_KEY}` in its metadata (written by an older version?)")));
     };
     let got = format!("{:08x}", crc32fast::hash(&bytes[8 + hlen..]));
     if &got != want {
-        bail!(bad(format!("payload CRC-32 is {got}, the header records {want}")));
+        return Err(bad(format!("payload CRC-32 is {got}, the header records {want}")));
     }
     Ok(())
 }
 
 /// [`verify_bytes`] of a file.
 pub fn verify_file(path: &Path) -> Result<()> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io("reading checkpoint", path, e))?;
     verify_bytes(path, &bytes)
 }
 
@@ -183,7 +209,7 @@ pub fn latest_valid(dir: &Path) -> (Option<PathBuf>, Vec<(PathBuf, String)>) {
     for p in list(dir).into_iter().rev() {
         match verify_file(&p) {
             Ok(()) => return (Some(p), rejected),
-            Err(e) => rejected.push((p, format!("{e:#}"))),
+            Err(e) => rejected.push((p, e.to_string())),
         }
     }
     (None, rejected)
@@ -224,67 +250,21 @@ pub fn rollback_metrics(path: &Path, step: usize) -> Result<usize> {
         }
     }
     if dropped > 0 {
-        crate::runfolder::atomic_write(path, kept.as_bytes())?;
+        crate::atomic::atomic_write(path, kept.as_bytes())?;
     }
     Ok(dropped)
-}
-
-/// Why a run stopped before its last epoch (with a checkpoint written).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    /// SIGINT/SIGTERM: the process exits 130/143.
-    Signal(crate::signals::Interrupted),
-    /// `run.max_steps` reached: a normal exit.
-    MaxSteps(usize),
-}
-
-/// The run stopped early at `step`; `checkpoint` holds that position. Carried as an error out
-/// of `train::pretrain` so every layer unwinds normally (the pipeline's threads stop, files
-/// close); `cmd::pretrain` turns it into the message and the exit status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stop {
-    /// Why.
-    pub reason: StopReason,
-    /// The checkpoint written at the stop.
-    pub checkpoint: PathBuf,
-    /// Optimizer steps done.
-    pub step: usize,
-}
-
-impl std::fmt::Display for Stop {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.reason {
-            StopReason::Signal(i) => write!(f, "{i} after step {}", self.step)?,
-            StopReason::MaxSteps(n) => write!(f, "stopped at step {} (run.max_steps = {n})", self.step)?,
-        }
-        write!(f, "; checkpoint {} holds this position", self.checkpoint.display())
-    }
-}
-
-impl std::error::Error for Stop {}
-
-/// Whether the run must stop now (after the step that brought it to `pos`).
-///
-/// In a data-parallel run every rank must call this at the same points (it is a collective):
-/// a signal that reached only some ranks, or reached them at different steps, stops all of
-/// them at this step with the same checkpoint position (see `dist::agreed_signal`).
-pub fn stop_reason(cfg: &Config, pos: Position) -> Result<Option<StopReason>> {
-    if let Some(i) = crate::dist::agreed_signal(crate::signals::requested())? {
-        return Ok(Some(StopReason::Signal(i)));
-    }
-    Ok((cfg.run.max_steps > 0 && pos.step >= cfg.run.max_steps).then_some(StopReason::MaxSteps(cfg.run.max_steps)))
 }
 
 /// The metadata of a safetensors file, reading only its header.
 pub fn read_meta(path: &Path) -> Result<HashMap<String, String>> {
     use std::io::Read;
-    let bad = |why: String| anyhow::anyhow!("checkpoint {} is corrupt or truncated: {why}", path.display());
-    let mut f = File::open(path).with_context(|| format!("opening checkpoint {}", path.display()))?;
+    let bad = |why: String| Error::checkpoint(path, format!("corrupt or truncated: {why}"));
+    let mut f = File::open(path).map_err(|e| Error::io("opening checkpoint", path, e))?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len).map_err(|e| bad(format!("no header length ({e})")))?;
     let hlen = u64::from_le_bytes(len);
     if hlen > 100 << 20 {
-        bail!(bad(format!("header length {hlen} is implausible")));
+        return Err(bad(format!("header length {hlen} is implausible")));
     }
     let mut header = vec![0u8; hlen as usize];
     f.read_exact(&mut header).map_err(|e| bad(format!("header cut short ({e})")))?;
@@ -298,10 +278,8 @@ pub fn read_meta(path: &Path) -> Result<HashMap<String, String>> {
 /// The position recorded in a checkpoint's metadata.
 pub fn position_of(path: &Path, meta: &HashMap<String, String>) -> Result<Position> {
     let num = |k: &str| -> Result<usize> {
-        meta.get(k)
-            .with_context(|| format!("{}: metadata `{k}` missing", path.display()))?
-            .parse()
-            .with_context(|| format!("{}: metadata `{k}` is not a number", path.display()))
+        let v = meta.get(k).ok_or_else(|| Error::checkpoint(path, format!("metadata `{k}` missing")))?;
+        v.parse().map_err(|_| Error::checkpoint(path, format!("metadata `{k}` = {v:?} is not a number")))
     };
     Ok(Position { epochs_done: num("epochs_done")?, batch_in_epoch: num("batch_in_epoch")?, step: num("step")? })
 }
@@ -328,7 +306,7 @@ fn fault() -> Fault {
 /// folder, fsync, rename, fsync of the folder), with the test-only fault hooks of the module
 /// doc. On error the temporary file is removed and the previous checkpoint is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    crate::runfolder::atomic_write_with(path, "checkpoint ", |f| {
+    crate::atomic::atomic_write_with(path, "writing checkpoint", |f| {
         match fault() {
             Fault::None => f.write_all(bytes)?,
             Fault::FailAfter(n) => {
@@ -424,7 +402,7 @@ mod tests {
         let p = d.path().join("epoch-0001.safetensors");
         write_atomic(&p, b"old").unwrap();
         std::env::set_var("BT_FAULT_CHECKPOINT_WRITE", "after_bytes:2");
-        let e = format!("{:#}", write_atomic(&p, b"new contents").unwrap_err());
+        let e = write_atomic(&p, b"new contents").unwrap_err().to_string();
         std::env::remove_var("BT_FAULT_CHECKPOINT_WRITE");
         assert!(e.contains("epoch-0001.safetensors") && e.contains("injected"), "{e}");
         assert_eq!(std::fs::read(&p).unwrap(), b"old");
@@ -445,6 +423,13 @@ mod tests {
         let diff = config_diff(&a.to_toml(), &b);
         assert_eq!(diff.len(), 2, "{diff:?}");
         assert!(diff[0].starts_with("optim.lr: 0.001 -> 0.5") && diff[1].starts_with("run.seed: 1024 -> 1"), "{diff:?}");
+    }
+
+    #[test]
+    fn fnv_matches_published_vectors() {
+        // Test vectors from the FNV reference (draft-eastlake-fnv): "" and "a".
+        assert_eq!(fnv1a_hex(""), "cbf29ce484222325");
+        assert_eq!(fnv1a_hex("a"), "af63dc4c8601ec8c");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! Why not `plotters`: its bitmap backend still wants a TrueType font (fontconfig / a system
 //! font) for any text, and a run on a bare container must still get a readable `loss.png`.
 //! A 5x7 font covers what a training curve needs (digits, `.`, `-`, `E`, capital letters).
-use anyhow::{Context, Result};
+use crate::error::{Error, Result};
 use image::{Rgb, RgbImage};
 use std::path::Path;
 
@@ -111,11 +111,16 @@ impl Chart {
 
     /// Renders and writes a PNG atomically (readers never see a half-written image).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let img = self.render();
-        let mut buf = std::io::Cursor::new(Vec::new());
-        img.write_to(&mut buf, image::ImageFormat::Png).context("encoding PNG")?;
-        crate::runfolder::atomic_write(path, buf.get_ref())
+        crate::atomic::atomic_write(path, &png_bytes(&self.render(), path)?)
     }
+}
+
+/// An image encoded as PNG in memory (`path`: for the error message), to be written with
+/// [`atomic_write`](crate::atomic::atomic_write).
+pub fn png_bytes(img: &RgbImage, path: &Path) -> Result<Vec<u8>> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut buf, image::ImageFormat::Png).map_err(|e| Error::io("encoding PNG for", path, std::io::Error::other(e)))?;
+    Ok(buf.into_inner())
 }
 
 fn bounds(it: impl Iterator<Item = f64>) -> (f64, f64) {

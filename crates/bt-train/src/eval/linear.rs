@@ -12,7 +12,7 @@
 //!   on a validation split carved from train (`eval.val_fraction`), then the classifier is
 //!   retrained on all of train with the chosen pair and evaluated once on test.
 use crate::eval::top1;
-use anyhow::Result;
+use crate::error::Result;
 use bt_config::{EvalConfig, OptimConfig};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -20,8 +20,6 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use tch::{nn, nn::OptimizerConfig, Kind, Tensor};
 
-/// CIFAR-10 / synthetic: 10 classes.
-pub const CLASSES: i64 = 10;
 
 /// `tf.data.Dataset.shuffle(buffer)` order semantics over `0..n`: fill a buffer with the first
 /// `buffer` elements; then repeatedly emit a uniformly chosen slot and refill it with the next
@@ -54,6 +52,7 @@ pub fn keras_seed(
     train_y: &Tensor,
     test_x: &Tensor,
     test_y: &Tensor,
+    classes: i64,
     cfg: &EvalConfig,
     seed: u64,
 ) -> Result<Value> {
@@ -62,9 +61,9 @@ pub fn keras_seed(
     let b = cfg.linear_batch_size;
     tch::manual_seed(seed as i64);
     // Keras Dense: glorot-uniform kernel (F x 10), zero bias.
-    let limit = (6.0 / (f + CLASSES) as f64).sqrt();
-    let kernel = Tensor::empty([f, CLASSES], (Kind::Float, dev)).uniform_(-limit, limit).set_requires_grad(true);
-    let bias = Tensor::zeros([CLASSES], (Kind::Float, dev)).set_requires_grad(true);
+    let limit = (6.0 / (f + classes) as f64).sqrt();
+    let kernel = Tensor::empty([f, classes], (Kind::Float, dev)).uniform_(-limit, limit).set_requires_grad(true);
+    let bias = Tensor::zeros([classes], (Kind::Float, dev)).set_requires_grad(true);
     let mut opt = bt_optim::build(
         &OptimConfig::default(), // tfa.optimizers.LAMB() defaults: lr 1e-3, b1 .9, b2 .999, eps 1e-6
         vec![("dense.kernel".into(), kernel.shallow_clone()), ("dense.bias".into(), bias.shallow_clone())],
@@ -138,10 +137,10 @@ fn standardize(train: &Tensor, others: &[&Tensor]) -> (Tensor, Vec<Tensor>) {
 }
 
 /// Trains a linear layer with SGD (momentum 0.9) and a per-step cosine schedule from `lr` to 0.
-fn train_sgd(tr: &Split, epochs: usize, batch: usize, lr: f64, wd: f64, seed: u64) -> Result<nn::Linear> {
+fn train_sgd(tr: &Split, classes: i64, epochs: usize, batch: usize, lr: f64, wd: f64, seed: u64) -> Result<nn::Linear> {
     tch::manual_seed(seed as i64);
     let vs = nn::VarStore::new(tr.x.device());
-    let lin = nn::linear(vs.root(), tr.x.size()[1], CLASSES, Default::default());
+    let lin = nn::linear(vs.root(), tr.x.size()[1], classes, Default::default());
     let mut opt = nn::Sgd { momentum: 0.9, dampening: 0.0, wd, nesterov: false }.build(&vs, lr)?;
     let n = tr.x.size()[0] as usize;
     let steps_per_epoch = n.div_ceil(batch);
@@ -175,6 +174,7 @@ pub fn standard(
     train_y: &Tensor,
     test_x: &Tensor,
     test_y: &Tensor,
+    classes: i64,
     cfg: &EvalConfig,
     seed: u64,
 ) -> Result<Value> {
@@ -194,7 +194,7 @@ pub fn standard(
         let (vx, vy) = (&rest[0], train_y.index_select(0, &val_ix));
         for &lr in &GRID_LR {
             for &wd in &GRID_WD {
-                let lin = train_sgd(&fit, epochs, batch, lr, wd, seed)?;
+                let lin = train_sgd(&fit, classes, epochs, batch, lr, wd, seed)?;
                 let acc = tch::no_grad(|| top1(&vx.apply(&lin), &vy));
                 tracing::debug!("standard probe grid lr {lr} wd {wd}: val top-1 {acc:.4}");
                 grid.push(json!({"lr": lr, "weight_decay": wd, "val_top1": acc}));
@@ -205,7 +205,7 @@ pub fn standard(
         }
     }
     let (fx, rest) = standardize(train_x, &[test_x]);
-    let lin = train_sgd(&Split { x: fx, y: train_y.shallow_clone() }, epochs, batch, best_lr, best_wd, seed)?;
+    let lin = train_sgd(&Split { x: fx, y: train_y.shallow_clone() }, classes, epochs, batch, best_lr, best_wd, seed)?;
     let test_acc = tch::no_grad(|| top1(&rest[0].apply(&lin), test_y));
     let train_acc = tch::no_grad(|| top1(&standardize(train_x, &[]).0.apply(&lin), train_y));
     Ok(json!({
@@ -230,6 +230,8 @@ pub fn standard(
 mod tests {
     use super::*;
     use tch::Device;
+
+    const CLASSES: i64 = 10;
 
     fn blobs(n: i64, f: i64, seed: i64, spread: f64) -> (Tensor, Tensor) {
         tch::manual_seed(seed);
@@ -259,18 +261,18 @@ mod tests {
         let (x, tx) = (all_x.narrow(0, 0, 1200), all_x.narrow(0, 1200, 400));
         let (y, ty) = (all_y.narrow(0, 0, 1200), all_y.narrow(0, 1200, 400));
         let cfg = EvalConfig { linear_epochs: 10, linear_batch_size: 128, ..Default::default() };
-        let s = standard(&x, &y, &tx, &ty, &cfg, 3).unwrap();
+        let s = standard(&x, &y, &tx, &ty, CLASSES, &cfg, 3).unwrap();
         assert!(s["test_top1"].as_f64().unwrap() > 0.95, "{s}");
         assert_eq!(s["grid"].as_array().unwrap().len(), GRID_LR.len() * GRID_WD.len());
         // LAMB at lr 1e-3 moves each weight tensor by ~0.1% of its norm per step: it needs
         // about a thousand steps (the notebook: 97 x 35 = 3395).
         let kcfg = EvalConfig { linear_epochs: 30, linear_batch_size: 32, ..Default::default() };
-        let k = keras_seed(&x, &y, &tx, &ty, &kcfg, 3).unwrap();
+        let k = keras_seed(&x, &y, &tx, &ty, CLASSES, &kcfg, 3).unwrap();
         assert!(k["test_top1"].as_f64().unwrap() > 0.8, "{k}");
         assert_eq!(k["history"].as_array().unwrap().len(), 30);
         // Labels unrelated to the features: chance level.
         let noise_y = Tensor::randint(CLASSES, [400], (Kind::Int64, Device::Cpu));
-        let s = standard(&x, &y, &tx, &noise_y, &cfg, 3).unwrap();
+        let s = standard(&x, &y, &tx, &noise_y, CLASSES, &cfg, 3).unwrap();
         assert!(s["test_top1"].as_f64().unwrap() < 0.25, "{s}");
     }
 }

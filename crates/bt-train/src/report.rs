@@ -2,8 +2,9 @@
 //! (config, metrics, eval results) after pretraining and after every evaluation, so it is
 //! always a function of what the folder holds.
 use crate::metrics;
-use crate::runfolder::{atomic_write, RunFolder};
-use anyhow::Result;
+use crate::atomic::atomic_write;
+use crate::runfolder::RunFolder;
+use crate::error::Result;
 use serde_json::Value;
 use std::fmt::Write as _;
 

@@ -20,10 +20,13 @@
 //! with `run.bn_batch = B/2` the single process computes exactly what the two ranks compute.
 //!
 //! Only rank 0 writes the run folder (config, metrics, plots, checkpoints, model).
-use anyhow::{Context, Result};
-use crate::signals::Interrupted;
+//!
+//! A [`Dist`] is a value the caller creates ([`Dist::from_env`]) and hands to the trainer
+//! ([`Trainer::with_dist`](crate::Trainer::with_dist)); the library keeps no global membership.
+use crate::control::Interrupted;
+use crate::error::{Result, ResultExt};
 use bt_dist::{Backend, DistEnv, LossReducer, ProcessGroup};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tch::{Device, Tensor};
 
@@ -49,7 +52,10 @@ impl Dist {
     pub fn from_env(device: Device) -> Result<Option<Self>> {
         let world: usize = match std::env::var("WORLD_SIZE") {
             Err(_) => return Ok(None),
-            Ok(v) => v.trim().parse().with_context(|| format!("WORLD_SIZE={v} is not an integer"))?,
+            Ok(v) => match v.trim().parse() {
+                Ok(n) => n,
+                Err(_) => crate::error::refuse!("WORLD_SIZE={v} is not an integer"),
+            },
         };
         if world <= 1 {
             return Ok(None);
@@ -118,94 +124,58 @@ pub fn local_device(device: Device) -> Device {
     }
 }
 
-static CURRENT: OnceLock<Dist> = OnceLock::new();
-
-/// Joins the data-parallel run of the environment, once per process (see [`Dist::from_env`]);
-/// later calls return the same membership. `None`: a single-process run.
-pub fn init(device: Device) -> Result<Option<&'static Dist>> {
-    if let Some(d) = CURRENT.get() {
-        return Ok(Some(d));
+impl Dist {
+    /// `(rank, world)`.
+    pub fn rank_world(&self) -> (usize, usize) {
+        (self.rank(), self.world())
     }
-    match Dist::from_env(device)? {
-        Some(d) => Ok(Some(CURRENT.get_or_init(|| d))),
-        None => Ok(None),
+
+    /// The pipeline restricted to this rank's rows of every global batch.
+    pub fn shard(&self, pipe: bt_data::TwinPipeline) -> Result<bt_data::TwinPipeline> {
+        Ok(if self.world() > 1 { pipe.with_shard(self.rank(), self.world())? } else { pipe })
     }
-}
 
-/// The membership [`init`] established, if any.
-pub fn current() -> Option<&'static Dist> {
-    CURRENT.get()
-}
+    /// `model.projector_sync_bn`: the projector's batch norm takes its statistics over the
+    /// global batch (an all-reduce with sum backward, as the loss reducer's).
+    pub fn sync_projector_bn(&self, model: &mut bt_model::BarlowTwins, cfg: &bt_config::ModelConfig) {
+        if cfg.projector_sync_bn {
+            let pg = self.pg.clone();
+            model.set_projector_sync(Some(Box::new(move |x: &Tensor| {
+                // The loss reducer fails the same way: a lost peer is a panic the trainer reports.
+                bt_dist::all_reduce_sum_autograd(&pg, x).unwrap_or_else(|e| panic!("{e}"))
+            })));
+        }
+    }
 
-/// Whether this process writes the run folder: rank 0, or the only process.
-pub fn is_main() -> bool {
-    current().is_none_or(|d| d.rank() == 0)
-}
-
-/// `(rank, world)`, `(0, 1)` for a single process.
-pub fn rank_world() -> (usize, usize) {
-    current().map_or((0, 1), |d| (d.rank(), d.world()))
-}
-
-/// The pipeline restricted to this rank's rows of every global batch.
-pub fn shard(pipe: bt_data::TwinPipeline) -> Result<bt_data::TwinPipeline> {
-    let (r, w) = rank_world();
-    Ok(if w > 1 { pipe.with_shard(r, w)? } else { pipe })
-}
-
-/// `model.projector_sync_bn` in a data-parallel run: the projector's batch norm takes its
-/// statistics over the global batch (an all-reduce with sum backward, as the loss reducer's).
-pub fn sync_projector_bn(model: &mut bt_model::BarlowTwins, cfg: &bt_config::ModelConfig) {
-    if let (true, Some(d)) = (cfg.projector_sync_bn, current()) {
-        let pg = d.pg.clone();
-        model.set_projector_sync(Some(Box::new(move |x: &Tensor| {
-            // The loss reducer fails the same way: a lost peer is a panic the trainer reports.
-            bt_dist::all_reduce_sum_autograd(&pg, x).unwrap_or_else(|e| panic!("{e}"))
-        })));
+    /// Agrees across ranks on a stop request: a stop requested on one rank, or seen by the
+    /// ranks at different steps, must stop all of them at the same step, or the others would
+    /// wait in the next collective for a rank that is gone. Returns this rank's own request if
+    /// it has one, else the one another rank saw (`from_peer`), else `None`. One tiny
+    /// all-reduce; every rank must call it at the same points.
+    pub fn agreed_stop(&self, local: Option<Interrupted>) -> Result<Option<Interrupted>> {
+        let seen = |signo| local.is_some_and(|i| i.signo == signo) as i32 as f32;
+        let other = local.is_some_and(|i| i.signo != SIGINT && i.signo != SIGTERM) as i32 as f32;
+        let flags = Tensor::from_slice(&[seen(SIGINT), seen(SIGTERM) + other]).to_device(self.pg.device());
+        let total = tch::no_grad(|| self.pg.all_reduce(&flags)).context("agreeing on a stop across ranks")?;
+        let total = Vec::<f32>::try_from(total.to_device(Device::Cpu))?;
+        Ok(match local {
+            Some(i) => Some(i),
+            None if total[1] > 0.0 => Some(Interrupted { signo: SIGTERM, from_peer: true }),
+            None if total[0] > 0.0 => Some(Interrupted { signo: SIGINT, from_peer: true }),
+            None => None,
+        })
     }
 }
 
-/// Agrees across ranks on a stop request: a signal delivered to one rank, or seen by the ranks
-/// at different steps, must stop all of them at the same step, or the others would wait in the
-/// next collective for a rank that is gone. Returns this rank's own signal if it has one, else
-/// the signal another rank saw (`from_peer`), else `None`. One tiny all-reduce; a single
-/// process returns `local`.
-pub fn agreed_signal(local: Option<Interrupted>) -> Result<Option<Interrupted>> {
-    let Some(d) = current() else { return Ok(local) };
-    let seen = |signo| local.is_some_and(|i| i.signo == signo) as i32 as f32;
-    let flags = Tensor::from_slice(&[seen(libc::SIGINT), seen(libc::SIGTERM)]).to_device(d.pg.device());
-    let total = tch::no_grad(|| d.pg.all_reduce(&flags)).context("agreeing on a stop across ranks")?;
-    let total = Vec::<f32>::try_from(total.to_device(Device::Cpu))?;
-    Ok(match local {
-        Some(i) => Some(i),
-        None if total[1] > 0.0 => Some(Interrupted { signo: libc::SIGTERM, from_peer: true }),
-        None if total[0] > 0.0 => Some(Interrupted { signo: libc::SIGINT, from_peer: true }),
-        None => None,
-    })
-}
+const SIGINT: i32 = 2;
+const SIGTERM: i32 = 15;
 
 /// The loss options of `cfg`, with the cross-replica reducer in a data-parallel run.
-pub fn loss_options(cfg: &bt_config::LossConfig) -> bt_loss::LossOptions {
+pub fn loss_options(cfg: &bt_config::LossConfig, dist: Option<&Dist>) -> bt_loss::LossOptions {
     let o = bt_loss::LossOptions::from_config(cfg);
-    match current() {
+    match dist {
         Some(d) => o.with_reducer(d.reducer()),
         None => o,
-    }
-}
-
-/// After `backward`: the full-batch gradient on every rank (a no-op for a single process).
-pub fn average_grads(params: &[Tensor]) -> Result<()> {
-    match current() {
-        Some(d) => d.average_grads(params),
-        None => Ok(()),
-    }
-}
-
-/// Once the model holds its starting weights: every rank takes rank 0's (no-op single-process).
-pub fn broadcast_model(model: &bt_model::BarlowTwins) -> Result<()> {
-    match current() {
-        Some(d) => d.broadcast_model(model),
-        None => Ok(()),
     }
 }
 

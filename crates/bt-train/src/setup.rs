@@ -1,47 +1,25 @@
-//! What every command needs before it can work: the device, the data (with a message that says
-//! how to get it), the model, and frozen features of a dataset.
-use anyhow::{bail, Context, Result};
+//! What every run needs before it can work: the device, the data (with a message that says how
+//! to get it), the model at its seeded initialization, and frozen features of a dataset.
+use crate::error::{refuse, Result, ResultExt};
 use bt_config::{parse_device, Config, DatasetKind, DeviceSpec};
 use bt_data::Dataset;
 use bt_model::BarlowTwins;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use tch::{nn, Device, Kind, Tensor};
 
-/// `--data DIR | --synthetic`: overrides the config's `data.dataset` / `data.dir`.
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct DataArgs {
-    /// CIFAR-10 binary folder (default: the config's data.dir, `data/cifar-10-batches-bin`).
-    #[arg(long, conflicts_with = "synthetic")]
-    pub data: Option<PathBuf>,
-    /// Use the embedded synthetic dataset (no download needed).
-    #[arg(long)]
-    pub synthetic: bool,
-}
-
-impl DataArgs {
-    /// Applies the flags to a config.
-    pub fn apply(&self, cfg: &mut Config) {
-        if self.synthetic {
-            cfg.data.dataset = DatasetKind::Synthetic;
-        } else if let Some(d) = &self.data {
-            cfg.data.dataset = DatasetKind::Cifar10;
-            cfg.data.dir = d.clone();
-        }
-    }
-}
-
 /// A torch device from `auto|cpu|cuda|cuda:N`; asking for CUDA without it is an error.
 pub fn device(s: &str) -> Result<Device> {
-    Ok(match parse_device(s).with_context(|| format!("bad device `{s}`: expected auto, cpu, cuda or cuda:N"))? {
+    let Some(spec) = parse_device(s) else { refuse!("bad device `{s}`: expected auto, cpu, cuda or cuda:N") };
+    Ok(match spec {
         DeviceSpec::Auto => Device::cuda_if_available(),
         DeviceSpec::Cpu => Device::Cpu,
         DeviceSpec::Cuda(i) => {
             if !tch::Cuda::is_available() {
-                bail!("device `{s}`: CUDA is not available on this machine/libtorch (use --device cpu)");
+                refuse!("device `{s}`: CUDA is not available on this machine/libtorch (use --device cpu, or run.device = \"cpu\")");
             }
             if i >= tch::Cuda::device_count() as usize {
-                bail!("device `{s}`: only {} CUDA device(s)", tch::Cuda::device_count());
+                refuse!("device `{s}`: only {} CUDA device(s)", tch::Cuda::device_count());
             }
             Device::Cuda(i)
         }
@@ -65,15 +43,15 @@ fn cifar_missing(dir: &Path) -> bool {
 /// Loads the dataset the config names. A missing CIFAR-10 folder says how to get it.
 pub fn load_data(cfg: &Config) -> Result<Data> {
     if cfg.data.dataset == DatasetKind::Cifar10 && cifar_missing(&cfg.data.dir) {
-        bail!(
+        refuse!(
             "CIFAR-10 not found in {} (no data_batch_1.bin there).\n  \
              Download it with `cargo xtask fetch-cifar` (163 MB, into data/cifar-10-batches-bin),\n  \
              pass --data DIR if it is elsewhere, or use --synthetic for the embedded synthetic dataset.",
             cfg.data.dir.display()
         );
     }
-    let (train, test, _) = bt_data::load_from_config(cfg)
-        .with_context(|| format!("loading the {:?} dataset", cfg.data.dataset))?;
+    let (train, test, _) =
+        bt_data::load_from_config(cfg).with_context(|| format!("loading the {:?} dataset", cfg.data.dataset))?;
     let description = match cfg.data.dataset {
         DatasetKind::Cifar10 => format!("CIFAR-10 from {} ({} train, {} test)", cfg.data.dir.display(), train.len(), test.len()),
         DatasetKind::Synthetic => format!("synthetic shapes ({} train, {} test, seed {})", train.len(), test.len(), cfg.run.seed),
@@ -98,7 +76,7 @@ pub fn build_model(cfg: &Config, device: Device) -> Result<(nn::VarStore, Barlow
 }
 
 /// Which frozen output to extract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FeatureKind {
     /// Encoder output (`N x F`, 512 for ResNet-18/34 at width 64).
     Encoder,
@@ -131,7 +109,7 @@ pub fn features(
         }
     });
     if fs.is_empty() {
-        bail!("no full batch of {batch} in a split of {} images", ds.len());
+        refuse!("no full batch of {batch} in a split of {} images", ds.len());
     }
     Ok((Tensor::cat(&fs, 0), Tensor::cat(&ls, 0)))
 }

@@ -1,0 +1,70 @@
+//! Embedding writers: frozen features and labels of a split as NumPy `.npy` (embeddings in
+//! `X.npy`, labels in `X.labels.npy`) or one `.safetensors` file (tensors `embeddings` and
+//! `labels`, metadata from the caller). Both are written atomically.
+use crate::atomic::atomic_write;
+use crate::error::{refuse, Error, Result};
+use crate::tensors::{npy_bytes, safetensors_bytes};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+/// Output format, from the file name's extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `X.npy` + `X.labels.npy`.
+    Npy,
+    /// `X.safetensors`.
+    Safetensors,
+}
+
+impl Format {
+    /// The format of `path` (`.npy` or `.safetensors`); anything else is an error naming it.
+    pub fn of(path: &Path) -> Result<Self> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("npy") => Ok(Self::Npy),
+            Some("safetensors") => Ok(Self::Safetensors),
+            _ => refuse!("{}: the file name must end in .npy or .safetensors", path.display()),
+        }
+    }
+}
+
+/// Writes `embeddings` (`N x F` f32) and `labels` (`N` int64) to `out`; returns the files
+/// written (for `.npy`: the embeddings and the labels file). Creates `out`'s folder.
+pub fn write(out: &Path, embeddings: &Tensor, labels: &Tensor, metadata: HashMap<String, String>) -> Result<Vec<PathBuf>> {
+    let format = Format::of(out)?;
+    if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
+    }
+    Ok(match format {
+        Format::Npy => {
+            let lp = out.with_extension("labels.npy");
+            atomic_write(out, &npy_bytes(embeddings)?)?;
+            atomic_write(&lp, &npy_bytes(labels)?)?;
+            vec![out.to_path_buf(), lp]
+        }
+        Format::Safetensors => {
+            let t = [("embeddings".to_string(), embeddings.shallow_clone()), ("labels".to_string(), labels.shallow_clone())];
+            atomic_write(out, &safetensors_bytes(&t, metadata)?)?;
+            vec![out.to_path_buf()]
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_pair_and_bad_extension() {
+        let d = tempfile::tempdir().unwrap();
+        let x = Tensor::from_slice(&[1f32, 2., 3., 4.]).view([2, 2]);
+        let y = Tensor::from_slice(&[0i64, 1]);
+        let files = write(&d.path().join("sub/e.npy"), &x, &y, HashMap::new()).unwrap();
+        assert_eq!(files.len(), 2);
+        assert!(files[1].ends_with("sub/e.labels.npy") && files[1].is_file());
+        let (descr, shape, _) = crate::tensors::npy_header(&std::fs::read(&files[0]).unwrap()).unwrap();
+        assert_eq!((descr.as_str(), shape), ("<f4", vec![2, 2]));
+        let e = write(&d.path().join("e.csv"), &x, &y, HashMap::new()).unwrap_err().to_string();
+        assert!(e.contains("e.csv") && e.contains(".npy"), "{e}");
+    }
+}
