@@ -56,7 +56,10 @@ impl Config {
         at_least("data.synthetic_train", d.synthetic_train, 1)?;
         at_least("data.synthetic_test", d.synthetic_test, 1)?;
 
-        for (name, v) in [("augment.view_a", &self.augment.view_a), ("augment.view_b", &self.augment.view_b)] {
+        for (name, v) in [
+            ("augment.view_a", &self.augment.view_a),
+            ("augment.view_b", &self.augment.view_b),
+        ] {
             for (k, p) in [
                 ("flip_prob", v.flip_prob),
                 ("jitter_prob", v.jitter_prob),
@@ -112,7 +115,12 @@ impl Config {
         positive("optim.eta", o.eta)?;
 
         nonneg("schedule.warmup_epochs", self.schedule.warmup_epochs)?;
-        range("schedule.final_lr_fraction", self.schedule.final_lr_fraction, 0.0, 1.0)?;
+        range(
+            "schedule.final_lr_fraction",
+            self.schedule.final_lr_fraction,
+            0.0,
+            1.0,
+        )?;
 
         let r = &self.run;
         at_least("run.epochs", r.epochs, 1)?;

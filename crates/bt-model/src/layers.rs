@@ -378,12 +378,25 @@ impl BatchNorm {
         shape[1] = c;
         // The global row count rides in the same reduction as the sums (one collective, no
         // host round trip): `[Σ x per channel..., local count]`.
-        let local = Tensor::full([1], (x.numel() as i64 / c) as f64, (Kind::Float, x.device()));
-        let sums = sum(&Tensor::cat(&[x.sum_dim_intlist(dims.as_slice(), false, Kind::Float), local], 0));
+        let local = Tensor::full(
+            [1],
+            (x.numel() as i64 / c) as f64,
+            (Kind::Float, x.device()),
+        );
+        let sums = sum(&Tensor::cat(
+            &[
+                x.sum_dim_intlist(dims.as_slice(), false, Kind::Float),
+                local,
+            ],
+            0,
+        ));
         let n = sums.narrow(0, c, 1).detach();
         let mean = (sums.narrow(0, 0, c) / &n).view(shape.as_slice());
         let centered = x - &mean;
-        let var = sum(&centered.square().sum_dim_intlist(dims.as_slice(), true, Kind::Float)) / &n;
+        let var = sum(&centered
+            .square()
+            .sum_dim_intlist(dims.as_slice(), true, Kind::Float))
+            / &n;
         let y = centered * (&var + self.eps).rsqrt() * self.weight.view(shape.as_slice())
             + self.bias.view(shape.as_slice());
         tch::no_grad(|| {
