@@ -245,6 +245,62 @@ mod tests {
     }
 
     #[test]
+    fn imagenet_resnets_parse_with_torchvision_names() {
+        for (name, arch) in [
+            ("resnet18", Arch::Resnet18),
+            ("resnet34", Arch::Resnet34),
+            ("resnet50", Arch::Resnet50),
+        ] {
+            let mut b = ConfigBuilder::new();
+            b.set(&format!("model.arch={name}")).unwrap();
+            assert_eq!(b.build().unwrap().model.arch, arch);
+        }
+        let e = ConfigBuilder::new()
+            .set("model.arch=resnet_50")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.arch") && e.contains("resnet50"), "{e}");
+    }
+
+    #[test]
+    fn sync_bn_defaults_off_and_is_checked() {
+        assert_eq!(Config::default().model.sync_bn_scope(), SyncBn::Off);
+        let build = |sets: &[&str]| {
+            let mut b = ConfigBuilder::new();
+            for s in sets {
+                b.set(s).unwrap();
+            }
+            b.build()
+        };
+        let c = build(&["model.sync_bn=all"]).unwrap();
+        assert_eq!(c.model.sync_bn_scope(), SyncBn::All);
+        // The older key still means "projector".
+        let c = build(&["model.projector_sync_bn=true"]).unwrap();
+        assert_eq!(c.model.sync_bn_scope(), SyncBn::Projector);
+        let e = build(&["model.projector_sync_bn=true", "model.sync_bn=all"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.sync_bn") && e.contains("projector_sync_bn"),
+            "{e}"
+        );
+        let e = build(&["model.sync_bn=all", "run.bn_batch=64"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.sync_bn") && e.contains("bn_batch = 64"),
+            "{e}"
+        );
+        // Projector-only sync leaves the encoder per rank, which ghost BN reproduces.
+        build(&["model.sync_bn=projector", "run.bn_batch=64"]).unwrap();
+        let e = ConfigBuilder::new()
+            .set("model.sync_bn=encoder")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.sync_bn") && e.contains("all"), "{e}");
+    }
+
+    #[test]
     fn unknown_preset_lists_available() {
         let e = Config::preset("nope").unwrap_err().to_string();
         assert!(e.contains("keras-seed") && e.contains("nope"), "{e}");

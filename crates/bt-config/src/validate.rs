@@ -1,5 +1,5 @@
 //! [`Config::validate`]: range checks, one error per key.
-use crate::{parse_device, Config, ConfigError, Result};
+use crate::{parse_device, Config, ConfigError, Result, SyncBn};
 
 impl Config {
     /// Checks every range constraint; the error names the key, the value and what is allowed.
@@ -98,6 +98,26 @@ impl Config {
                 key: "model.projector".into(),
                 value: format!("{:?}", m.projector),
                 allowed: "a list of layer widths, each >= 1 (may be empty: no projector)".into(),
+            });
+        }
+        if m.projector_sync_bn && m.sync_bn != SyncBn::Off {
+            return Err(ConfigError::BadValue {
+                key: "model.sync_bn".into(),
+                value: format!("{:?} with model.projector_sync_bn = true", m.sync_bn),
+                reason:
+                    "set one of the two keys (projector_sync_bn = true is sync_bn = \"projector\")"
+                        .into(),
+            });
+        }
+        if m.sync_bn_scope() == SyncBn::All && self.run.bn_batch > 0 {
+            // run.bn_batch makes one process normalize like per-rank BN; synchronizing every BN
+            // asks for global statistics: the two cannot both hold.
+            return Err(ConfigError::BadValue {
+                key: "model.sync_bn".into(),
+                value: format!("\"all\" with run.bn_batch = {}", self.run.bn_batch),
+                reason:
+                    "ghost batch norm (run.bn_batch > 0) contradicts synchronizing every batch norm"
+                        .into(),
             });
         }
 
