@@ -7,8 +7,10 @@ Run by `bt-cli bench step --compare-python PYTHON` (same libtorch version: the p
         --batch 32 --steps 10 --warmup 3 --threads 2
 
 The model mirrors bt-model op for op: the Keras ResNet-34 (explicit asymmetric TF `same` pads,
-biases, BN eps 1e-3 with the Keras moving-variance update via native_batch_norm) or the CIFAR
-ResNets (torchvision blocks, PyTorch BN), and the projector; the loss mirrors bt_loss
+biases, BN eps 1e-3 with the Keras moving-variance update via native_batch_norm), the CIFAR
+ResNets (torchvision blocks, PyTorch BN), or torchvision's own ImageNet ResNets (`--arch Resnet50`
+or `resnet50`, `fc` = identity, what bt-model's `resnet18|34|50` reproduce; e.g. with
+`--image-size 224`), and the projector; the loss mirrors bt_loss
 (reference or fused, as the Rust side resolved it). One step = zero grads (in place, as tch's
 zero_grad), forward both views in training mode, loss, backward. Prints one JSON line with the
 median step time, or with --interleave answers one step per stdin line (bt-cli alternates its own
@@ -154,6 +156,37 @@ class CifarResnet(nn.Module):
         return F.adaptive_avg_pool2d(self.blocks(y), 1).flatten(1)
 
 
+class ImagenetResnet(nn.Module):
+    """torchvision's resnet18/34/50 without `fc` (bt-model's `resnet18|34|50`)."""
+
+    def __init__(self, depth, width):
+        super().__init__()
+        import torchvision
+
+        if width != 64:
+            # torchvision's planes are fixed at 64..512 (`width_per_group` only widens the
+            # bottleneck's inner convs): a narrower bt-model has no torchvision twin.
+            raise SystemExit(f"--width {width}: the torchvision peer exists only at width 64")
+        self.net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+        self.net.fc = nn.Identity()
+        self.features = 2048 if depth == 50 else 512
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def encoder(arch, width):
+    """bt-model's `Arch` (Debug name as bt-cli passes it, or the config's kebab-case name)."""
+    name = arch.replace("-", "").lower()
+    if name == "kerasresnet34":
+        return KerasResnet34(width)
+    if name.startswith("cifarresnet"):
+        return CifarResnet(int(name[len("cifarresnet"):]), width)
+    if name in ("resnet18", "resnet34", "resnet50"):
+        return ImagenetResnet(int(name[len("resnet"):]), width)
+    raise SystemExit(f"unknown --arch {arch}")
+
+
 def projector(fin, widths, bn, bias, keras):
     layers = []
     for i, w in enumerate(widths):
@@ -244,6 +277,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="KerasResnet34")
     ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--image-size", type=int, default=32,
+                    help="input side in pixels (32: CIFAR; 224: the ImageNet ResNets' usual size)")
     ap.add_argument("--projector", default="5000,5000,5000")
     ap.add_argument("--projector-bn", default="true")
     ap.add_argument("--projector-bias", default="true")
@@ -271,15 +306,14 @@ def main():
         torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
     torch.manual_seed(0)
-    keras = a.arch == "KerasResnet34"
-    enc = KerasResnet34(a.width) if keras else CifarResnet({"CifarResnet18": 18, "CifarResnet34": 34,
-                                                            "CifarResnet50": 50}[a.arch], a.width)
+    keras = a.arch.replace("-", "").lower() == "kerasresnet34"
+    enc = encoder(a.arch, a.width)
     widths = [int(w) for w in a.projector.split(",")]
     model = nn.Sequential(enc, projector(enc.features, widths, a.projector_bn == "true",
                                          a.projector_bias == "true", keras)).to(dev).train()
     params = [p for p in model.parameters()]
-    xa = torch.rand(a.batch, 3, 32, 32, device=dev)
-    xb = torch.rand(a.batch, 3, 32, 32, device=dev)
+    xa = torch.rand(a.batch, 3, a.image_size, a.image_size, device=dev)
+    xb = torch.rand(a.batch, 3, a.image_size, a.image_size, device=dev)
     if a.channels_last:
         model = model.to(memory_format=torch.channels_last)
         xa, xb = (x.contiguous(memory_format=torch.channels_last) for x in (xa, xb))

@@ -4,13 +4,14 @@ Called by crates/bt-model/tests/torchvision_load.rs with the interpreter in $BT_
 (`cargo xtask test` sets it to .venv/bin/python: torch, torchvision, timm, safetensors):
 
     python scripts/check_torchvision_load.py --before ENC.safetensors --after ENC2.safetensors \
-        --io IO.safetensors
+        --io IO.safetensors [--arch resnet50 --stem imagenet]
 
-- ENC: a cifar-resnet18 encoder saved by `BarlowTwins::save_encoder`;
+- ENC: an encoder saved by `BarlowTwins::save_encoder` (`cifar-resnet18` by default; with
+  `--arch resnetNN --stem imagenet`, bt-model's `resnetNN`, torchvision's own stem);
 - IO: inputs `x`, bt-model's inference features `h_eval`, and training-mode features `h_train`;
 - ENC2: the encoder after that training-mode forward (BN running statistics updated once).
 
-Loads ENC into torchvision's and timm's resnet18 (CIFAR stem) with strict=True through the
+Loads ENC into torchvision's and timm's ARCH (CIFAR or ImageNet stem) with strict=True through the
 docs' own code, compares features in eval mode, then one train-mode forward (features and the
 updated BN buffers against ENC2). Prints one JSON line; exits 1 if anything is off by more than
 1e-5 (relative to max(1, max |reference|)).
@@ -30,8 +31,9 @@ TOL = 1e-5
 
 def docs_snippet():
     text = open(os.path.join(ROOT, "docs", "CHECKPOINTS.md")).read()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert blocks, "no python block in docs/CHECKPOINTS.md"
+    # The block that defines the loaders (the docs also show short usage examples).
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "def load_encoder_torchvision" in b]
+    assert len(blocks) == 1, "docs/CHECKPOINTS.md: expected one python block defining the loaders"
     ns = {}
     exec(compile(blocks[0], "docs/CHECKPOINTS.md", "exec"), ns)
     return ns
@@ -46,15 +48,17 @@ def main():
     ap.add_argument("--before", required=True)
     ap.add_argument("--after", required=True)
     ap.add_argument("--io", required=True)
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--stem", default="cifar", choices=["cifar", "imagenet"])
     a = ap.parse_args()
     torch.set_num_threads(1)
     ns = docs_snippet()
     io = load_file(a.io)
     after = load_file(a.after)
-    report = {}
+    report = {"arch": a.arch, "stem": a.stem}
     ok = True
     for lib in ["torchvision", "timm"]:
-        model = ns[f"load_encoder_{lib}"](a.before)
+        model = ns[f"load_encoder_{lib}"](a.before, arch=a.arch, stem=a.stem)
         with torch.no_grad():
             e_eval = err(model(io["x"]), io["h_eval"])
             model.train()

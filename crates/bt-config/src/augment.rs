@@ -170,4 +170,3 @@ impl Default for AugmentConfig {
         Self::keras_seed()
     }
 }
-

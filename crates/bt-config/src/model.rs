@@ -13,6 +13,26 @@ pub enum Arch {
     CifarResnet34,
     /// CIFAR-stem ResNet-50 (bottleneck blocks).
     CifarResnet50,
+    /// torchvision's ImageNet ResNet-18: 7x7/2 stem + 3x3/2 max-pool (any input size, e.g. 224).
+    Resnet18,
+    /// torchvision's ImageNet ResNet-34.
+    Resnet34,
+    /// torchvision's ImageNet ResNet-50 (bottleneck v1.5): the official Barlow Twins encoder.
+    Resnet50,
+}
+
+/// Which batch norms take their statistics over every replica's rows in a data-parallel run
+/// (PyTorch's `SyncBatchNorm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncBn {
+    /// Per-rank statistics everywhere.
+    #[default]
+    Off,
+    /// The projector's batch norms only.
+    Projector,
+    /// Every batch norm, encoder included (the official recipe converts the whole model).
+    All,
 }
 
 /// Encoder and projector (`[model]`).
@@ -29,12 +49,27 @@ pub struct ModelConfig {
     pub projector_bn: bool,
     /// Bias in the projector's linear layers (Keras default true; official: false).
     pub projector_bias: bool,
-    /// Zero-init the last BN of each residual block (CIFAR ResNets).
+    /// Zero-init the last BN of each residual block (torchvision ResNets, CIFAR or ImageNet stem).
     pub zero_init_residual: bool,
     /// Data-parallel runs: the projector's batch norm takes its statistics over the global
     /// batch (PyTorch's `SyncBatchNorm`) instead of each rank's rows. The encoder's stays per
-    /// rank. No effect in a single process.
+    /// rank. No effect in a single process. Kept for existing configs: `true` is
+    /// `sync_bn = "projector"`; see [`ModelConfig::sync_bn_scope`].
     pub projector_sync_bn: bool,
+    /// Data-parallel runs: which batch norms are synchronized across ranks (`off`, `projector`,
+    /// `all`). No effect in a single process.
+    pub sync_bn: SyncBn,
+}
+
+impl ModelConfig {
+    /// The batch norms to synchronize: `sync_bn`, or `Projector` when only the older
+    /// `projector_sync_bn = true` is set (validation rejects setting both).
+    pub fn sync_bn_scope(&self) -> SyncBn {
+        match (self.sync_bn, self.projector_sync_bn) {
+            (SyncBn::Off, true) => SyncBn::Projector,
+            (s, _) => s,
+        }
+    }
 }
 
 impl Default for ModelConfig {
@@ -47,7 +82,7 @@ impl Default for ModelConfig {
             projector_bias: true,
             zero_init_residual: false,
             projector_sync_bn: false,
+            sync_bn: SyncBn::Off,
         }
     }
 }
-

@@ -1,5 +1,5 @@
 //! [`Config::validate`]: range checks, one error per key.
-use crate::{parse_device, Config, ConfigError, Result};
+use crate::{parse_device, Config, ConfigError, Result, SyncBn};
 
 impl Config {
     /// Checks every range constraint; the error names the key, the value and what is allowed.
@@ -56,7 +56,10 @@ impl Config {
         at_least("data.synthetic_train", d.synthetic_train, 1)?;
         at_least("data.synthetic_test", d.synthetic_test, 1)?;
 
-        for (name, v) in [("augment.view_a", &self.augment.view_a), ("augment.view_b", &self.augment.view_b)] {
+        for (name, v) in [
+            ("augment.view_a", &self.augment.view_a),
+            ("augment.view_b", &self.augment.view_b),
+        ] {
             for (k, p) in [
                 ("flip_prob", v.flip_prob),
                 ("jitter_prob", v.jitter_prob),
@@ -97,6 +100,26 @@ impl Config {
                 allowed: "a list of layer widths, each >= 1 (may be empty: no projector)".into(),
             });
         }
+        if m.projector_sync_bn && m.sync_bn != SyncBn::Off {
+            return Err(ConfigError::BadValue {
+                key: "model.sync_bn".into(),
+                value: format!("{:?} with model.projector_sync_bn = true", m.sync_bn),
+                reason:
+                    "set one of the two keys (projector_sync_bn = true is sync_bn = \"projector\")"
+                        .into(),
+            });
+        }
+        if m.sync_bn_scope() == SyncBn::All && self.run.bn_batch > 0 {
+            // run.bn_batch makes one process normalize like per-rank BN; synchronizing every BN
+            // asks for global statistics: the two cannot both hold.
+            return Err(ConfigError::BadValue {
+                key: "model.sync_bn".into(),
+                value: format!("\"all\" with run.bn_batch = {}", self.run.bn_batch),
+                reason:
+                    "ghost batch norm (run.bn_batch > 0) contradicts synchronizing every batch norm"
+                        .into(),
+            });
+        }
 
         nonneg("loss.lambda", self.loss.lambda)?;
         positive("loss.scale", self.loss.scale)?;
@@ -112,7 +135,12 @@ impl Config {
         positive("optim.eta", o.eta)?;
 
         nonneg("schedule.warmup_epochs", self.schedule.warmup_epochs)?;
-        range("schedule.final_lr_fraction", self.schedule.final_lr_fraction, 0.0, 1.0)?;
+        range(
+            "schedule.final_lr_fraction",
+            self.schedule.final_lr_fraction,
+            0.0,
+            1.0,
+        )?;
 
         let r = &self.run;
         at_least("run.epochs", r.epochs, 1)?;

@@ -53,8 +53,8 @@ pub(crate) struct Ctx<'a> {
     pub bf16: bool,
     pub trace: Option<&'a RefCell<Vec<LayerRow>>>,
     /// Cross-replica sum for synchronized batch norm (training mode only): batch statistics
-    /// over every replica's rows. Set for the projector when `model.projector_sync_bn` and the
-    /// run is data-parallel; `None` is plain per-process batch norm.
+    /// over every replica's rows. Set per part of the model (`BarlowTwins::set_sync_bn`);
+    /// `None` is plain per-process batch norm.
     pub sync: Option<&'a dyn Fn(&Tensor) -> Tensor>,
 }
 
@@ -378,12 +378,24 @@ impl BatchNorm {
         shape[1] = c;
         // The global row count rides in the same reduction as the sums (one collective, no
         // host round trip): `[Σ x per channel..., local count]`.
-        let local = Tensor::full([1], (x.numel() as i64 / c) as f64, (Kind::Float, x.device()));
-        let sums = sum(&Tensor::cat(&[x.sum_dim_intlist(dims.as_slice(), false, Kind::Float), local], 0));
+        // Statistics accumulate in f32 (f64 for f64 inputs, so a test can check exactness).
+        let acc = if x.kind() == Kind::Double {
+            Kind::Double
+        } else {
+            Kind::Float
+        };
+        let local = Tensor::full([1], (x.numel() as i64 / c) as f64, (acc, x.device()));
+        let sums = sum(&Tensor::cat(
+            &[x.sum_dim_intlist(dims.as_slice(), false, acc), local],
+            0,
+        ));
         let n = sums.narrow(0, c, 1).detach();
         let mean = (sums.narrow(0, 0, c) / &n).view(shape.as_slice());
         let centered = x - &mean;
-        let var = sum(&centered.square().sum_dim_intlist(dims.as_slice(), true, Kind::Float)) / &n;
+        let var = sum(&centered
+            .square()
+            .sum_dim_intlist(dims.as_slice(), true, acc))
+            / &n;
         let y = centered * (&var + self.eps).rsqrt() * self.weight.view(shape.as_slice())
             + self.bias.view(shape.as_slice());
         tch::no_grad(|| {

@@ -1,7 +1,7 @@
 //! Barlow Twins encoders and projectors on libtorch (CPU or CUDA), with PyTorch-compatible
 //! safetensors checkpoints.
 //!
-//! Two encoder families, picked by [`bt_config::Arch`]:
+//! Three encoder families, picked by [`bt_config::Arch`]:
 //!
 //! - **`keras-resnet34`**, the seed notebook's model reproduced exactly, Keras semantics
 //!   included: `ZeroPadding2D(3)` -> 7x7/2 `same` conv -> BN -> ReLU -> 3x3/2 `same` max-pool ->
@@ -12,6 +12,14 @@
 //!   trainable + 15,232 non-trainable; with the 5000x3 projector 73,886,392 + 35,232.
 //! - **`cifar-resnet{18,34,50}`**: torchvision's ResNets with the CIFAR stem (3x3/1 conv, no
 //!   max-pool), PyTorch BN defaults, optional `zero_init_residual`, base width `model.width`.
+//! - **`resnet{18,34,50}`**: torchvision's ImageNet ResNets exactly (the official Barlow Twins
+//!   encoder is `resnet50` at 224 px): 7x7/2 conv (pad 3, no bias) -> BN -> ReLU -> 3x3/2
+//!   max-pool (pad 1) -> `BasicBlock`/`Bottleneck` stages (stride on the 3x3 conv, "v1.5";
+//!   downsample = 1x1 conv + BN) -> adaptive average pool -> flatten, for any input size; no
+//!   `fc`, so 512 / 2048 features. Kaiming-normal fan-out convs, BN gamma 1 / beta 0,
+//!   `model.zero_init_residual` zeroes each block's last BN gamma. Same code as the CIFAR
+//!   ResNets, only the stem differs. Parameter counts (ResNet-50: 23,508,032), eval and train
+//!   forwards and the 224 px multiply-adds (4.09 G) are tested against torchvision.
 //!
 //! The projector ([`bt_config::ModelConfig::projector`]) is `Linear -> [BN] -> ReLU` per hidden
 //! layer and a final `Linear`, indexed like an `nn.Sequential`.
@@ -20,8 +28,9 @@
 //! Every tensor is created under the name PyTorch would give it (`encoder.layer1.0.bn1.running_var`,
 //! `projector.0.weight`), including the BN bookkeeping PyTorch has and Keras does not
 //! (`num_batches_tracked`, int64). A checkpoint is therefore just the list of
-//! [`BarlowTwins::variables`] written as safetensors, and [`BarlowTwins::save_encoder`] of a CIFAR
-//! ResNet is a state dict that torchvision's and timm's `resnet18` load with `strict=True` (see
+//! [`BarlowTwins::variables`] written as safetensors, and [`BarlowTwins::save_encoder`] of a
+//! torchvision ResNet is a state dict that torchvision's and timm's `resnet18` (CIFAR stem) or
+//! `resnet50` (as they are, `fc` removed) load with `strict=True` (see
 //! `docs/CHECKPOINTS.md`). The alternative (Keras-like names plus a translation table at
 //! export) would put a second naming scheme, and its bugs, between the trainer and every
 //! PyTorch tool.
@@ -33,6 +42,13 @@
 //! - Keras updates `moving_variance` with the *biased* batch variance, PyTorch `running_var`
 //!   with the unbiased one. The `keras-resnet34` model (encoder and projector BNs) follows Keras;
 //!   the CIFAR ResNets follow PyTorch. Tested against Keras itself (`tests/keras_reference.rs`).
+//!
+//! # Synchronized batch norm without collectives
+//! [`BarlowTwins::set_sync_bn`] makes the projector's or every batch norm (PyTorch's
+//! `SyncBatchNorm`, [`bt_config::SyncBn`]) normalize over all replicas' rows. This crate knows no
+//! process group: the caller passes the cross-replica sum as a closure (bt-cli wraps
+//! `bt_dist::all_reduce_sum_autograd`), so the same code is tested in one process with a closure
+//! that exchanges tensors between two threads (`tests/sync_bn.rs`).
 //!
 //! # Speed hooks
 //! Inputs may be channels-last (`x.permute([0,2,3,1]).contiguous().permute([0,3,1,2])`); every
@@ -51,10 +67,10 @@ mod checkpoint;
 mod layers;
 mod resnet;
 
-use bt_config::{Arch, ModelConfig, Precision};
+use bt_config::{Arch, ModelConfig, Precision, SyncBn};
 use layers::{glorot, BatchNorm, Ctx, Init, Linear, Scope};
 pub use layers::{tf_same_pad, LayerRow, NamedVar, Role};
-use resnet::{CifarResnet, KerasResnet34};
+use resnet::{KerasResnet34, Stem, TorchResnet};
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -120,12 +136,16 @@ fn preview(keys: &[String]) -> String {
     format!("[{}]", s.join(", "))
 }
 
+/// The cross-replica sum of synchronized batch norm ([`BarlowTwins::set_sync_bn`]): returns
+/// `Σ_replicas x` and, in the backward pass, adds the incoming gradients across replicas.
+pub type CrossReplicaSum = Box<dyn Fn(&Tensor) -> Tensor>;
+
 /// Result alias of this crate.
 pub type Result<T> = std::result::Result<T, ModelError>;
 
 enum Encoder {
     Keras(KerasResnet34),
-    Cifar(CifarResnet),
+    Torch(TorchResnet),
 }
 
 enum ProjLayer {
@@ -179,7 +199,8 @@ pub struct BarlowTwins {
     embed_dim: i64,
     bf16: bool,
     cfg: ModelConfig,
-    projector_sync: Option<Box<dyn Fn(&Tensor) -> Tensor>>,
+    sync_scope: SyncBn,
+    sync_sum: Option<CrossReplicaSum>,
 }
 
 impl std::fmt::Debug for BarlowTwins {
@@ -226,15 +247,23 @@ impl BarlowTwins {
                 let f = e.features();
                 (Encoder::Keras(e), f)
             }
-            Arch::CifarResnet18 | Arch::CifarResnet34 | Arch::CifarResnet50 => {
-                let depth = match cfg.arch {
-                    Arch::CifarResnet18 => 18,
-                    Arch::CifarResnet34 => 34,
-                    _ => 50,
+            Arch::CifarResnet18
+            | Arch::CifarResnet34
+            | Arch::CifarResnet50
+            | Arch::Resnet18
+            | Arch::Resnet34
+            | Arch::Resnet50 => {
+                let (stem, depth) = match cfg.arch {
+                    Arch::CifarResnet18 => (Stem::Cifar, 18),
+                    Arch::CifarResnet34 => (Stem::Cifar, 34),
+                    Arch::CifarResnet50 => (Stem::Cifar, 50),
+                    Arch::Resnet18 => (Stem::ImageNet, 18),
+                    Arch::Resnet34 => (Stem::ImageNet, 34),
+                    _ => (Stem::ImageNet, 50),
                 };
-                let e = CifarResnet::new(&enc, depth, cfg.width, cfg.zero_init_residual);
+                let e = TorchResnet::new(&enc, stem, depth, cfg.width, cfg.zero_init_residual);
                 let f = e.features();
-                (Encoder::Cifar(e), f)
+                (Encoder::Torch(e), f)
             }
         };
         let proj = root.sub("projector");
@@ -280,7 +309,8 @@ impl BarlowTwins {
             embed_dim: c_in,
             bf16: false,
             cfg: cfg.clone(),
-            projector_sync: None,
+            sync_scope: SyncBn::Off,
+            sync_sum: None,
         })
     }
 
@@ -305,19 +335,51 @@ impl BarlowTwins {
         self.bf16 = p == Precision::Bf16;
     }
 
-    /// Synchronized batch norm for the projector (PyTorch's `SyncBatchNorm`): with `Some(sum)`,
-    /// training-mode projector batch norm takes its statistics over every replica's rows.
-    /// `sum(x)` must return `Σ_replicas x` and, in the backward pass, add the incoming gradients
-    /// across replicas (`bt_dist::all_reduce_sum_autograd` does both). `None` (the default):
-    /// per-process statistics. The encoder's batch norm is never synchronized.
-    pub fn set_projector_sync(&mut self, sum: Option<Box<dyn Fn(&Tensor) -> Tensor>>) {
-        self.projector_sync = sum;
+    /// Synchronized batch norm (PyTorch's `SyncBatchNorm`): training-mode batch norms in
+    /// `scope` (the projector's, or every one, encoder included) take their statistics over
+    /// every replica's rows. `sum(x)` must return `Σ_replicas x` and, in the backward pass, add
+    /// the incoming gradients across replicas (`bt_dist::all_reduce_sum_autograd` does both);
+    /// every replica must run the same forwards, since each synced BN calls `sum` twice (the
+    /// per-channel sums with the row count, then the squared deviations). `SyncBn::Off` or
+    /// `None` (the default): per-process statistics.
+    pub fn set_sync_bn(&mut self, scope: SyncBn, sum: Option<CrossReplicaSum>) {
+        self.sync_scope = scope;
+        self.sync_sum = sum;
+    }
+
+    /// [`set_sync_bn`](Self::set_sync_bn) with `SyncBn::Projector` (the encoder's batch norm
+    /// stays per process).
+    pub fn set_projector_sync(&mut self, sum: Option<CrossReplicaSum>) {
+        self.set_sync_bn(SyncBn::Projector, sum);
+    }
+
+    /// Which batch norms are synchronized now (`Off` when no cross-replica sum is set).
+    pub fn sync_bn(&self) -> SyncBn {
+        match self.sync_sum {
+            Some(_) => self.sync_scope,
+            None => SyncBn::Off,
+        }
+    }
+
+    /// The cross-replica sum for the encoder's (`encoder`) or the projector's batch norms.
+    fn sync_for(&self, encoder: bool) -> Option<&dyn Fn(&Tensor) -> Tensor> {
+        let sum = self.sync_sum.as_deref()?;
+        match (self.sync_scope, encoder) {
+            (SyncBn::All, _) | (SyncBn::Projector, false) => Some(sum),
+            _ => None,
+        }
     }
 
     fn encode_ctx(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        let ctx = &Ctx {
+            train: ctx.train,
+            bf16: ctx.bf16,
+            trace: ctx.trace,
+            sync: self.sync_for(true),
+        };
         match &self.encoder {
             Encoder::Keras(e) => e.forward(x, ctx),
-            Encoder::Cifar(e) => e.forward(x, ctx),
+            Encoder::Torch(e) => e.forward(x, ctx),
         }
     }
 
@@ -326,7 +388,7 @@ impl BarlowTwins {
             train: ctx.train,
             bf16: ctx.bf16,
             trace: ctx.trace,
-            sync: self.projector_sync.as_deref(),
+            sync: self.sync_for(false),
         };
         let mut z = h.shallow_clone();
         for l in &self.projector {

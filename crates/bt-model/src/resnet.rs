@@ -1,7 +1,8 @@
-//! The encoders: the seed notebook's Keras ResNet-34 and torchvision-style CIFAR ResNets.
+//! The encoders: the seed notebook's Keras ResNet-34 and torchvision's ResNets (CIFAR or
+//! ImageNet stem).
 //!
-//! Both name their variables like torchvision's `ResNet` (`conv1`, `bn1`, `layer{1..4}.{j}.conv1`,
-//! `...downsample.0`), so a CIFAR ResNet checkpoint is a torchvision state dict.
+//! All name their variables like torchvision's `ResNet` (`conv1`, `bn1`, `layer{1..4}.{j}.conv1`,
+//! `...downsample.0`), so a torchvision-style checkpoint is a torchvision state dict.
 use crate::layers::{
     glorot, tf_avg_pool_same, tf_max_pool, BatchNorm, Conv2d, Ctx, Init, Padding, Scope,
 };
@@ -258,8 +259,19 @@ impl TorchBlock {
     }
 }
 
-/// A CIFAR ResNet: torchvision's ResNet with a 3x3/1 stem and no max-pool.
-pub(crate) struct CifarResnet {
+/// The stem of a torchvision ResNet: what runs before `layer1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stem {
+    /// CIFAR: 3x3/1 conv (pad 1), BN, ReLU, no max-pool (32x32 inputs keep a 4x4 map at layer4).
+    Cifar,
+    /// torchvision's own: 7x7/2 conv (pad 3), BN, ReLU, 3x3/2 max-pool (pad 1): /4 before layer1.
+    ImageNet,
+}
+
+/// torchvision's `ResNet` without `fc`: `conv1`, `bn1`, (`maxpool`), `layer1..4`, adaptive
+/// average pool + flatten, with the CIFAR or the ImageNet [`Stem`].
+pub(crate) struct TorchResnet {
+    stem: Stem,
     conv1: Conv2d,
     bn1: BatchNorm,
     stages: Vec<Vec<TorchBlock>>,
@@ -267,24 +279,34 @@ pub(crate) struct CifarResnet {
     name: String,
 }
 
-impl CifarResnet {
-    /// `depth`: 18, 34 or 50.
-    pub(crate) fn new(s: &Scope, depth: u32, width: i64, zero_init_residual: bool) -> Self {
+impl TorchResnet {
+    /// `depth`: 18, 34 or 50; `width`: planes of `layer1` (64 in torchvision).
+    pub(crate) fn new(
+        s: &Scope,
+        stem: Stem,
+        depth: u32,
+        width: i64,
+        zero_init_residual: bool,
+    ) -> Self {
         let (blocks, bottleneck) = match depth {
             18 => ([2, 2, 2, 2], false),
             34 => ([3, 4, 6, 3], false),
             50 => ([3, 4, 6, 3], true),
             _ => unreachable!("depth checked by the caller"),
         };
+        let (k, stride) = match stem {
+            Stem::Cifar => (3, 1),
+            Stem::ImageNet => (7, 2),
+        };
         let conv1 = Conv2d::new(
             &s.sub("conv1"),
             3,
             width,
-            3,
-            1,
-            Padding::Symmetric(1),
+            k,
+            stride,
+            Padding::Symmetric(k / 2),
             false,
-            kaiming_out(width, 3),
+            kaiming_out(width, k),
         );
         let bn1 = BatchNorm::torch(&s.sub("bn1"), width);
         let mut c_in = width;
@@ -310,6 +332,7 @@ impl CifarResnet {
             stages.push(v);
         }
         Self {
+            stem,
             conv1,
             bn1,
             stages,
@@ -324,6 +347,17 @@ impl CifarResnet {
 
     pub(crate) fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         let mut y = self.bn1.forward(&self.conv1.forward(x, ctx), ctx).relu_();
+        if self.stem == Stem::ImageNet {
+            // Padding cells are -inf for max_pool2d, so they never win (nn.MaxPool2d(3, 2, 1)).
+            y = y.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+            ctx.record(
+                &format!("{}.maxpool", self.name),
+                "MaxPool2d 3x3/2 pad 1".into(),
+                &y,
+                0,
+                0,
+            );
+        }
         for stage in &self.stages {
             for b in stage {
                 y = b.forward(&y, ctx);

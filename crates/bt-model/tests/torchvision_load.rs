@@ -1,15 +1,17 @@
 //! A cifar-resnet18 encoder checkpoint loads into torchvision's (and timm's) resnet18 with the
-//! CIFAR stem, `strict=True`, and gives the same features (eval and train mode) and the same BN
-//! buffer updates, to 1e-5. Runs `scripts/check_torchvision_load.py`, which executes the snippet
-//! of docs/CHECKPOINTS.md, with the Python named by `BT_PYTHON`.
+//! CIFAR stem, and a resnet50 one into their plain resnet50 (`fc` removed), `strict=True`, and
+//! gives the same features (eval and train mode) and the same BN buffer updates, to 1e-5. Runs
+//! `scripts/check_torchvision_load.py`, which executes the snippet of docs/CHECKPOINTS.md, with
+//! the Python named by `BT_PYTHON`.
 use bt_config::{Arch, ModelConfig};
 use bt_model::BarlowTwins;
 use std::path::Path;
 use std::process::Command;
 use tch::{nn, Device, Kind, Tensor};
 
-#[test]
-fn cifar_resnet18_encoder_loads_into_torchvision_and_timm() {
+/// Saves the encoder of `arch` (width 64) before and after one train-mode forward of an
+/// `4 x 3 x side x side` input and runs the Python check with `--arch py_arch --stem stem`.
+fn check(arch: Arch, py_arch: &str, stem: &str, side: i64) {
     let python = std::env::var("BT_PYTHON").unwrap_or_else(|_| {
         panic!(
             "BT_PYTHON is not set. This test runs scripts/check_torchvision_load.py with the \
@@ -18,10 +20,14 @@ fn cifar_resnet18_encoder_loads_into_torchvision_and_timm() {
         )
     });
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // The script runs torch with one thread: so do we, so that reductions (BN statistics over
+    // a few rows, ill-conditioned in train mode) add in the same order. With 2 threads here the
+    // resnet50 train-mode features differ by ~3e-5 relative; with 1 they are bit-identical.
+    tch::set_num_threads(1);
     tch::manual_seed(11);
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = ModelConfig {
-        arch: Arch::CifarResnet18,
+        arch,
         projector: vec![32, 32],
         ..ModelConfig::default()
     };
@@ -30,7 +36,7 @@ fn cifar_resnet18_encoder_loads_into_torchvision_and_timm() {
     // Non-trivial BN statistics, so eval-mode features exercise running_mean/var.
     tch::no_grad(|| {
         for _ in 0..3 {
-            let _ = m.encode(&Tensor::rand([8, 3, 32, 32], opts), true);
+            let _ = m.encode(&Tensor::rand([8, 3, side, side], opts), true);
         }
     });
     let dir = tempfile::tempdir().unwrap();
@@ -40,7 +46,7 @@ fn cifar_resnet18_encoder_loads_into_torchvision_and_timm() {
         dir.path().join("io.safetensors"),
     );
     m.save_encoder(&before).unwrap();
-    let x = Tensor::rand([4, 3, 32, 32], opts);
+    let x = Tensor::rand([4, 3, side, side], opts);
     let h_eval = tch::no_grad(|| m.encode(&x, false));
     let h_train = tch::no_grad(|| m.encode(&x, true));
     m.save_encoder(&after).unwrap();
@@ -58,6 +64,7 @@ fn cifar_resnet18_encoder_loads_into_torchvision_and_timm() {
         .arg(&after)
         .arg("--io")
         .arg(&io)
+        .args(["--arch", py_arch, "--stem", stem])
         .output()
         .unwrap_or_else(|e| panic!("cannot run BT_PYTHON={python}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -70,4 +77,15 @@ fn cifar_resnet18_encoder_loads_into_torchvision_and_timm() {
         serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
     assert_eq!(report["ok"], true, "{report}");
     eprintln!("{report}");
+}
+
+#[test]
+fn cifar_resnet18_encoder_loads_into_torchvision_and_timm() {
+    check(Arch::CifarResnet18, "resnet18", "cifar", 32);
+}
+
+#[test]
+fn resnet50_encoder_loads_into_torchvision_and_timm_resnet50() {
+    // 64 px keeps a 2x2 map at layer4 (train-mode BN needs more than one value per channel).
+    check(Arch::Resnet50, "resnet50", "imagenet", 64);
 }
