@@ -24,8 +24,8 @@ mod builder;
 mod data;
 mod error;
 mod eval;
-mod model;
 mod loss;
+mod model;
 mod optim;
 mod run;
 mod validate;
@@ -46,7 +46,10 @@ use std::path::Path;
 /// The presets shipped in this crate's `configs/`, embedded at compile time: `(name, TOML text)`.
 pub const PRESETS: &[(&str, &str)] = &[
     ("keras-seed", include_str!("../configs/keras-seed.toml")),
-    ("cifar-resnet18", include_str!("../configs/cifar-resnet18.toml")),
+    (
+        "cifar-resnet18",
+        include_str!("../configs/cifar-resnet18.toml"),
+    ),
     ("demo", include_str!("../configs/demo.toml")),
 ];
 
@@ -108,7 +111,11 @@ mod tests {
             let cfg = Config::preset(name).unwrap_or_else(|e| panic!("{name}: {e}"));
             cfg.validate().unwrap();
             // The printed config reloads to the same value: a run folder reproduces the run.
-            assert_eq!(Config::from_toml_str(&cfg.to_toml()).unwrap(), cfg, "{name}");
+            assert_eq!(
+                Config::from_toml_str(&cfg.to_toml()).unwrap(),
+                cfg,
+                "{name}"
+            );
         }
     }
 
@@ -137,9 +144,15 @@ mod tests {
     fn wrong_type_is_named() {
         let mut b = ConfigBuilder::new();
         let e = b.set("optim.lr=abc").unwrap_err().to_string();
-        assert!(e.contains("optim.lr") && e.contains("abc") && e.contains("number"), "{e}");
+        assert!(
+            e.contains("optim.lr") && e.contains("abc") && e.contains("number"),
+            "{e}"
+        );
         let e = b.set("model.arch=resnet9000").unwrap_err().to_string();
-        assert!(e.contains("model.arch") && e.contains("cifar-resnet18"), "{e}");
+        assert!(
+            e.contains("model.arch") && e.contains("cifar-resnet18"),
+            "{e}"
+        );
         let e = b.set("data.batch_size=-3").unwrap_err().to_string();
         assert!(e.contains("data.batch_size"), "{e}");
     }
@@ -150,7 +163,10 @@ mod tests {
             ("data.batch_size=0", "data.batch_size"),
             ("optim.lr=-0.1", "optim.lr"),
             ("loss.lambda=-1", "loss.lambda"),
-            ("augment.view_b.solarize_prob=1.5", "augment.view_b.solarize_prob"),
+            (
+                "augment.view_b.solarize_prob=1.5",
+                "augment.view_b.solarize_prob",
+            ),
             ("run.device=gpu", "run.device"),
         ] {
             let mut b = ConfigBuilder::new();
@@ -164,7 +180,10 @@ mod tests {
     fn overrides_apply_with_coercion() {
         let mut b = ConfigBuilder::new();
         b.preset("keras-seed").unwrap();
-        b.set("optim.lr=2").unwrap().set("model.projector=[64, 32]").unwrap();
+        b.set("optim.lr=2")
+            .unwrap()
+            .set("model.projector=[64, 32]")
+            .unwrap();
         b.set("model.arch=cifar-resnet18").unwrap();
         let c = b.build().unwrap();
         assert_eq!(c.optim.lr, 2.0);
@@ -175,24 +194,49 @@ mod tests {
     #[test]
     fn malformed_file_names_the_file() {
         let mut b = ConfigBuilder::new();
-        let e = b.merge_str("[optim\nlr=1", Path::new("my.toml")).unwrap_err().to_string();
+        let e = b
+            .merge_str("[optim\nlr=1", Path::new("my.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("my.toml"), "{e}");
-        let e = b.merge_str("[optim]\nlrr = 1.0", Path::new("my.toml")).unwrap_err().to_string();
+        let e = b
+            .merge_str("[optim]\nlrr = 1.0", Path::new("my.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("optim.lrr"), "{e}");
     }
 
     #[test]
     fn reliability_keys_default_off_and_are_checked() {
         let c = Config::default();
-        assert_eq!((c.run.max_steps, c.run.checkpoint_every_steps, c.run.spike_factor), (0, 0, 0.0));
+        assert_eq!(
+            (
+                c.run.max_steps,
+                c.run.checkpoint_every_steps,
+                c.run.spike_factor
+            ),
+            (0, 0, 0.0)
+        );
         assert_eq!(c.run.on_nonfinite, NonFinitePolicy::Stop);
         let mut b = ConfigBuilder::new();
-        b.set("run.on_nonfinite=skip").unwrap().set("run.spike_factor=4").unwrap();
+        b.set("run.on_nonfinite=skip")
+            .unwrap()
+            .set("run.spike_factor=4")
+            .unwrap();
         let c = b.build().unwrap();
-        assert_eq!((c.run.on_nonfinite, c.run.spike_factor), (NonFinitePolicy::Skip, 4.0));
-        let e = ConfigBuilder::new().set("run.on_nonfinite=ignore").unwrap_err().to_string();
+        assert_eq!(
+            (c.run.on_nonfinite, c.run.spike_factor),
+            (NonFinitePolicy::Skip, 4.0)
+        );
+        let e = ConfigBuilder::new()
+            .set("run.on_nonfinite=ignore")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("run.on_nonfinite") && e.contains("skip"), "{e}");
-        for (set, key) in [("run.spike_factor=0.5", "run.spike_factor"), ("run.spike_window=0", "run.spike_window")] {
+        for (set, key) in [
+            ("run.spike_factor=0.5", "run.spike_factor"),
+            ("run.spike_window=0", "run.spike_window"),
+        ] {
             let mut b = ConfigBuilder::new();
             b.set(set).unwrap();
             let e = b.build().unwrap_err().to_string();

@@ -43,22 +43,38 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod cifar;
+pub mod decode;
 pub mod error;
+pub mod eval;
+pub mod folder;
 pub mod ops;
+pub mod pil;
 pub mod pipeline;
 pub mod policy;
 pub mod preview;
 pub mod rng;
+pub mod source;
+pub mod stl10;
 pub mod synthetic;
 
-pub use cifar::{write_cifar_binary, Cifar10, Dataset, EvalBatch, SizeCheck, IMAGE_BYTES, IMAGE_SIDE, NUM_CLASSES};
+pub use cifar::{
+    write_cifar_binary, Cifar10, Dataset, EvalBatch, SizeCheck, IMAGE_BYTES, IMAGE_SIDE,
+    NUM_CLASSES,
+};
 pub use error::{DataError, Result};
+pub use folder::{FolderOptions, ImageFolder};
 pub use pipeline::{EpochIter, TwinBatch, TwinPipeline};
 pub use policy::{apply, blur_sigma_once, JitterParams, TwinPolicy, ViewParams, ViewPolicy};
-pub use preview::{preview_grid, save_png};
+pub use preview::{preview_grid, preview_grid_sized, save_png};
+pub use source::{Image, ImageSource, IntoSource, LoadHint, MemoryImages};
+pub use stl10::load_stl10;
 
-/// Loads the dataset a config asks for: `(train, test, class names)`.
+use std::sync::Arc;
+
+/// Loads the dataset a config asks for: `(train, test, class names)`. CIFAR-10 and synthetic
+/// only (fixed 32x32 [`Dataset`]s); [`load_sources`] covers every `data.dataset`.
 pub fn load_from_config(cfg: &bt_config::Config) -> Result<(Dataset, Dataset, Vec<String>)> {
     match cfg.data.dataset {
         bt_config::DatasetKind::Cifar10 => {
@@ -66,9 +82,144 @@ pub fn load_from_config(cfg: &bt_config::Config) -> Result<(Dataset, Dataset, Ve
             Ok((c.train, c.test, c.class_names))
         }
         bt_config::DatasetKind::Synthetic => Ok((
-            synthetic::generate(cfg.data.synthetic_train, cfg.run.seed, synthetic::Split::Train),
-            synthetic::generate(cfg.data.synthetic_test, cfg.run.seed, synthetic::Split::Test),
-            synthetic::CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
+            synthetic::generate(
+                cfg.data.synthetic_train,
+                cfg.run.seed,
+                synthetic::Split::Train,
+            ),
+            synthetic::generate(
+                cfg.data.synthetic_test,
+                cfg.run.seed,
+                synthetic::Split::Test,
+            ),
+            synthetic::CLASS_NAMES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         )),
+        other => Err(DataError::BadConfig {
+            key: "data.dataset".into(),
+            reason: format!("{other:?} is not a fixed 32x32 dataset: use bt_data::load_sources"),
+        }),
+    }
+}
+
+/// The pretraining and evaluation sources of a config.
+pub struct Sources {
+    /// Pretraining images.
+    pub train: Arc<dyn ImageSource>,
+    /// Labeled evaluation images, when the dataset has them.
+    pub test: Option<Arc<dyn ImageSource>>,
+    /// Class names in label order, when known.
+    pub class_names: Option<Vec<String>>,
+    /// One line for logs.
+    pub description: String,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources")
+            .field("description", &self.description)
+            .finish()
+    }
+}
+
+/// Opens what `cfg.data` names, for any `data.dataset`. Image folders are header-scanned here
+/// (see [`folder`]), so a bad file or folder fails before the first step.
+pub fn load_sources(cfg: &bt_config::Config) -> Result<Sources> {
+    use bt_config::DatasetKind;
+    let d = &cfg.data;
+    match d.dataset {
+        DatasetKind::Cifar10 | DatasetKind::Synthetic => {
+            let (train, test, names) = load_from_config(cfg)?;
+            let description = format!(
+                "{:?} ({} train, {} test)",
+                d.dataset,
+                train.len(),
+                test.len()
+            );
+            Ok(Sources {
+                train: Arc::new(train),
+                test: Some(Arc::new(test)),
+                class_names: Some(names),
+                description,
+            })
+        }
+        DatasetKind::Stl10 => {
+            let (train, test, names) = load_stl10(&d.dir, d.stl10_split)?;
+            let description = format!(
+                "STL-10 from {} ({:?}: {} train, {} test)",
+                d.dir.display(),
+                d.stl10_split,
+                train.len(),
+                test.len()
+            );
+            Ok(Sources {
+                train: Arc::new(train),
+                test: Some(Arc::new(test)),
+                class_names: Some(names),
+                description,
+            })
+        }
+        DatasetKind::ImageFolder => {
+            // A cached image keeps the side at which the smallest crop still has image_size px.
+            let min_scale = cfg.augment.view_a.crop_scale[0]
+                .min(cfg.augment.view_b.crop_scale[0])
+                .max(1e-6);
+            let reduced_ok =
+                TwinPolicy::from_config(&cfg.augment, cfg.run.seed)?.allows_reduced_decode();
+            let cache_min_side = if reduced_ok && d.jpeg_draft {
+                (d.image_size as f64 / min_scale.sqrt()).ceil() as usize
+            } else {
+                0
+            };
+            let opts = FolderOptions {
+                key: "data.dir".into(),
+                file_list: (!d.file_list.as_os_str().is_empty()).then(|| d.file_list.clone()),
+                require_labels: false,
+                skip_bad: d.skip_bad_images,
+                cache: d.cache == bt_config::CacheMode::Decoded,
+                cache_min_side,
+                image_size: d.image_size,
+            };
+            let train = ImageFolder::open(&d.dir, &opts)?;
+            let test = if d.test_dir.as_os_str().is_empty() {
+                None
+            } else {
+                let o = FolderOptions {
+                    key: "data.test_dir".into(),
+                    file_list: None,
+                    require_labels: true,
+                    cache: false,
+                    ..opts.clone()
+                };
+                Some(ImageFolder::open(&d.test_dir, &o)?)
+            };
+            let description = format!(
+                "image folder {} ({} images{}, {} unreadable skipped){}",
+                train.root().display(),
+                train.len(),
+                train
+                    .num_classes()
+                    .map_or(String::new(), |k| format!(", {k} classes")),
+                train.bad_images(),
+                test.as_ref().map_or(String::new(), |t| format!(
+                    "; evaluation {} ({} images, {} classes)",
+                    t.root().display(),
+                    t.len(),
+                    t.num_classes().unwrap_or(0)
+                )),
+            );
+            let class_names = test
+                .as_ref()
+                .and_then(|t| t.class_names())
+                .or_else(|| train.class_names());
+            Ok(Sources {
+                train: Arc::new(train),
+                test: test.map(|t| Arc::new(t) as Arc<dyn ImageSource>),
+                class_names,
+                description,
+            })
+        }
     }
 }
