@@ -174,37 +174,88 @@ pub fn resize(
     );
     let ch = coeffs(region.width, bx[0], bx[2], out_w, filter);
     let cv = coeffs(region.height, bx[1], bx[3], out_h, filter);
-    // Only the rows the vertical pass reads are resampled horizontally (Pillow's ybox).
-    let y_first = cv.bounds.first().map_or(0, |b| b.0);
-    let y_last = cv.bounds.last().map_or(0, |b| b.0 + b.1);
-    let rows = y_last.saturating_sub(y_first);
-    let mut tmp = vec![0u8; rows * out_w];
-    for c in 0..3 {
-        let plane = &src[c * src_w * src_h..(c + 1) * src_w * src_h];
-        for r in 0..rows {
-            let srow = &plane[(region.top + y_first + r) * src_w + region.left..][..region.width];
-            let trow = &mut tmp[r * out_w..(r + 1) * out_w];
-            for (xx, t) in trow.iter_mut().enumerate() {
-                let (xmin, n) = ch.bounds[xx];
-                let k = &ch.k[xx * ch.ksize..xx * ch.ksize + n];
-                let mut ss = 1i32 << (PRECISION_BITS - 1);
-                for (&p, &kk) in srow[xmin..xmin + n].iter().zip(k) {
-                    ss += p as i32 * kk;
-                }
-                *t = clip8(ss);
+    let (rw, rh) = (region.width as i64, region.height as i64);
+    // Pillow >= 11 runs the vertical pass first when the height shrinks by more than twice
+    // what the width does (`ImagingResampleInner`); the order changes the u8 intermediate.
+    let vertical_first = rh - out_h as i64 > 0 && rh - out_h as i64 > (rw - out_w as i64) * 2;
+    let hpass = |row: &[u8], out_row: &mut [u8]| {
+        for (xx, t) in out_row.iter_mut().enumerate() {
+            let (xmin, n) = ch.bounds[xx];
+            let k = &ch.k[xx * ch.ksize..xx * ch.ksize + n];
+            let mut ss = 1i32 << (PRECISION_BITS - 1);
+            for (&p, &kk) in row[xmin..xmin + n].iter().zip(k) {
+                ss += p as i32 * kk;
+            }
+            *t = clip8(ss);
+        }
+    };
+    // Vertical pass of output row `yy`: input row `r` is `plane` row `r + y0` (`y0` may be
+    // negative: the horizontal-first intermediate starts at row `y_first`).
+    let vpass = |plane: &[u8],
+                 stride: usize,
+                 x0: usize,
+                 y0: isize,
+                 width: usize,
+                 yy: usize,
+                 out_row: &mut [u8]| {
+        let (ymin, n) = cv.bounds[yy];
+        let k = &cv.k[yy * cv.ksize..yy * cv.ksize + n];
+        for (xx, o) in out_row.iter_mut().enumerate().take(width) {
+            let mut ss = 1i32 << (PRECISION_BITS - 1);
+            for (y, &kk) in k.iter().enumerate() {
+                let r = ((ymin + y) as isize + y0) as usize;
+                ss += plane[r * stride + x0 + xx] as i32 * kk;
+            }
+            *o = clip8(ss);
+        }
+    };
+    let mirror = |row: &mut [u8]| {
+        if flip {
+            row.reverse();
+        }
+    };
+    if vertical_first {
+        let mut tmp = vec![0u8; region.width * out_h];
+        for c in 0..3 {
+            let plane = &src[c * src_w * src_h..(c + 1) * src_w * src_h];
+            for (yy, trow) in tmp.chunks_exact_mut(region.width).enumerate() {
+                vpass(
+                    plane,
+                    src_w,
+                    region.left,
+                    region.top as isize,
+                    region.width,
+                    yy,
+                    trow,
+                );
+            }
+            let oplane = &mut out[c * out_w * out_h..(c + 1) * out_w * out_h];
+            for (trow, orow) in tmp
+                .chunks_exact(region.width)
+                .zip(oplane.chunks_exact_mut(out_w))
+            {
+                hpass(trow, orow);
+                mirror(orow);
             }
         }
-        let oplane = &mut out[c * out_w * out_h..(c + 1) * out_w * out_h];
-        for (yy, orow) in oplane.chunks_exact_mut(out_w).enumerate() {
-            let (ymin, n) = cv.bounds[yy];
-            let k = &cv.k[yy * cv.ksize..yy * cv.ksize + n];
-            for xx in 0..out_w {
-                let mut ss = 1i32 << (PRECISION_BITS - 1);
-                for (y, &kk) in k.iter().enumerate() {
-                    ss += tmp[(ymin - y_first + y) * out_w + xx] as i32 * kk;
-                }
-                let ox = if flip { out_w - 1 - xx } else { xx };
-                orow[ox] = clip8(ss);
+    } else {
+        // Only the rows the vertical pass reads are resampled horizontally (Pillow's ybox).
+        let y_first = cv.bounds.first().map_or(0, |b| b.0);
+        let y_last = cv.bounds.last().map_or(0, |b| b.0 + b.1);
+        let rows = y_last.saturating_sub(y_first);
+        let mut tmp = vec![0u8; rows * out_w];
+        for c in 0..3 {
+            let plane = &src[c * src_w * src_h..(c + 1) * src_w * src_h];
+            for (r, trow) in tmp.chunks_exact_mut(out_w).enumerate() {
+                let srow =
+                    &plane[(region.top + y_first + r) * src_w + region.left..][..region.width];
+                hpass(srow, trow);
+            }
+            let oplane = &mut out[c * out_w * out_h..(c + 1) * out_w * out_h];
+            for (yy, orow) in oplane.chunks_exact_mut(out_w).enumerate() {
+                // `tmp` row 0 is region row `y_first`.
+                vpass(&tmp, out_w, 0, -(y_first as isize), out_w, yy, orow);
+                mirror(orow);
             }
         }
     }
