@@ -274,6 +274,8 @@ pub fn box_radius(sigma: f32, passes: u32) -> f32 {
 }
 
 /// `ImagingLineBoxBlur8`: one line, extended box of fractional radius, into `out`.
+// The loops mirror the C source index for index, which is what makes them auditable.
+#[allow(clippy::needless_range_loop)]
 fn box_line(inp: &[u8], out: &mut [u8], radius: usize, ww: u32, fw: u32) {
     let n = inp.len();
     let lastx = n - 1;

@@ -207,7 +207,7 @@ impl TwinPipeline {
                 reason: format!("shard rank {rank} of world size {world}: need rank < world"),
             });
         }
-        if self.batch_size % world != 0 || self.batch_size < world {
+        if !self.batch_size.is_multiple_of(world) || self.batch_size < world {
             return Err(DataError::BadConfig {
                 key: "data.batch_size".into(),
                 reason: format!(
