@@ -25,13 +25,37 @@ pub enum JitterStyle {
     Torchvision,
 }
 
+/// How a crop is resized to the view size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Interpolation {
+    /// `tf.image.resize` bilinear (half-pixel centers, no antialias), in f32: the seed's.
+    TfBilinear,
+    /// Pillow `resize(BILINEAR)` (antialiased, u8 fixed point), as torchvision on PIL images.
+    PilBilinear,
+    /// Pillow `resize(BICUBIC)`: the official Barlow Twins ImageNet recipe.
+    PilBicubic,
+}
+
+/// Which Gaussian blur a view applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlurKind {
+    /// tfa `gaussian_filter2d` 3x3, reflect padding (the seed's), applied before grayscale.
+    Tfa3x3,
+    /// Pillow `ImageFilter.GaussianBlur(sigma)` (extended box blur on u8), applied after
+    /// grayscale as in the official recipe.
+    Pil,
+}
+
 /// One view's augmentation policy (`[augment.view_a]`, `[augment.view_b]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ViewConfig {
     /// Crop style.
     pub crop: CropKind,
-    /// `keras-square`: smallest crop side (inclusive).
+    /// `keras-square`: smallest crop side in source pixels (inclusive; sides are clamped to the
+    /// source's shorter side, so at 32x32 this is the seed's crop).
     pub crop_min_side: u32,
     /// `keras-square`: crop side upper bound (exclusive, as `tf.random.uniform` with ints).
     pub crop_max_side: u32,
@@ -72,6 +96,10 @@ pub struct ViewConfig {
     pub solarize_noop_quirk: bool,
     /// Clip to [0,1] at the end (the seed's `clip_by_value`).
     pub clip: bool,
+    /// How the crop is resized to `data.image_size`.
+    pub interpolation: Interpolation,
+    /// Which Gaussian blur (and its place in the op order).
+    pub blur_kind: BlurKind,
 }
 
 impl ViewConfig {
@@ -98,6 +126,8 @@ impl ViewConfig {
             solarize_prob: 0.2,
             solarize_noop_quirk: true,
             clip: true,
+            interpolation: Interpolation::TfBilinear,
+            blur_kind: BlurKind::Tfa3x3,
         }
     }
 
@@ -124,6 +154,39 @@ impl ViewConfig {
             solarize_prob,
             solarize_noop_quirk: false,
             clip: true,
+            interpolation: Interpolation::TfBilinear,
+            blur_kind: BlurKind::Tfa3x3,
+        }
+    }
+
+    /// The official Barlow Twins ImageNet view (facebookresearch/barlowtwins `main.py`):
+    /// `RandomResizedCrop(bicubic)`, flip 0.5, jitter 0.4/0.4/0.2/0.1 with p 0.8, grayscale 0.2,
+    /// PIL Gaussian blur sigma U(0.1, 2.0) with `blur_prob` (1.0 / 0.1), solarize
+    /// `solarize_prob` (0.0 / 0.2).
+    pub fn imagenet_official(blur_prob: f64, solarize_prob: f64) -> Self {
+        Self {
+            crop: CropKind::RandomResized,
+            crop_min_side: 24,
+            crop_max_side: 32,
+            crop_scale: [0.08, 1.0],
+            crop_ratio: [0.75, 4.0 / 3.0],
+            flip_prob: 0.5,
+            flip_double_coin: false,
+            jitter_prob: 0.8,
+            jitter_style: JitterStyle::Torchvision,
+            brightness: 0.4,
+            contrast: 0.4,
+            saturation: 0.2,
+            hue: 0.1,
+            blur_prob,
+            blur_sigma: [0.1, 2.0],
+            blur_sigma_once: false,
+            grayscale_prob: 0.2,
+            solarize_prob,
+            solarize_noop_quirk: false,
+            clip: true,
+            interpolation: Interpolation::PilBicubic,
+            blur_kind: BlurKind::Pil,
         }
     }
 }
@@ -161,6 +224,14 @@ impl AugmentConfig {
             policy: "cifar-asymmetric".into(),
             view_a: ViewConfig::cifar_asymmetric(0.0),
             view_b: ViewConfig::cifar_asymmetric(0.2),
+        }
+    }
+    /// The official Barlow Twins ImageNet policy (blur 1.0 / 0.1, solarize 0.0 / 0.2).
+    pub fn imagenet_official() -> Self {
+        Self {
+            policy: "imagenet-official".into(),
+            view_a: ViewConfig::imagenet_official(1.0, 0.0),
+            view_b: ViewConfig::imagenet_official(0.1, 0.2),
         }
     }
 }

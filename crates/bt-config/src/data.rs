@@ -10,15 +10,44 @@ pub enum DatasetKind {
     Cifar10,
     /// The embedded procedural dataset (no files needed).
     Synthetic,
+    /// A folder of JPEG/PNG/WebP images at any resolution (`data.dir`, optional
+    /// `data.test_dir`, `data.file_list`): torchvision `ImageFolder` layout or unlabeled.
+    ImageFolder,
+    /// STL-10 in the official binary layout (`train_X.bin`, ... in `data.dir`), 96x96.
+    Stl10,
+}
+
+/// Which STL-10 images feed pretraining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stl10Split {
+    /// The 5,000 labeled training images.
+    Train,
+    /// The 100,000 unlabeled images.
+    Unlabeled,
+    /// Both (solo-learn's choice): 105,000 images.
+    #[serde(rename = "train+unlabeled")]
+    TrainUnlabeled,
+}
+
+/// What an image folder keeps in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheMode {
+    /// Decode every image every time it is drawn (bounded memory).
+    None,
+    /// Decode each image once (at the smallest size the crops still allow) and keep it.
+    Decoded,
 }
 
 /// Dataset and batching (`[data]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// `cifar10` or `synthetic`.
+    /// `cifar10`, `synthetic`, `image-folder` or `stl10`.
     pub dataset: DatasetKind,
-    /// Folder with `data_batch_1..5.bin`, `test_batch.bin`, `batches.meta.txt`.
+    /// `cifar10`: folder with `data_batch_1..5.bin`, `test_batch.bin`, `batches.meta.txt`;
+    /// `stl10`: folder with `train_X.bin`, ...; `image-folder`: the pretraining images.
     pub dir: PathBuf,
     /// Images per view per step. The seed: 512.
     pub batch_size: usize,
@@ -32,6 +61,46 @@ pub struct DataConfig {
     pub synthetic_train: usize,
     /// Synthetic dataset: number of test images.
     pub synthetic_test: usize,
+    /// Side of the square views fed to the model (crops are resized to it). CIFAR: 32.
+    pub image_size: usize,
+    /// `image-folder`: the evaluation split (torchvision `ImageFolder` layout, >= 2 classes);
+    /// empty = none.
+    pub test_dir: PathBuf,
+    /// `image-folder`: a text file of image paths (one per line, relative to the file's own
+    /// folder) used instead of walking `data.dir`; empty = walk.
+    pub file_list: PathBuf,
+    /// `image-folder`: `none` or `decoded` (keep decoded images in memory).
+    pub cache: CacheMode,
+    /// `image-folder`: skip (and count) unreadable images instead of failing.
+    pub skip_bad_images: bool,
+    /// `image-folder`: decode JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain when both
+    /// views' crops still have at least `image_size` pixels per side (PIL's `draft`).
+    pub jpeg_draft: bool,
+    /// `stl10`: `train`, `unlabeled` or `train+unlabeled` for pretraining.
+    pub stl10_split: Stl10Split,
+    /// Per-channel mean subtracted from the views; empty = the dataset's default (none for
+    /// `cifar10`/`synthetic`, ImageNet's `[0.485, 0.456, 0.406]` otherwise).
+    pub mean: Vec<f64>,
+    /// Per-channel std the views are divided by; empty = the dataset's default (none for
+    /// `cifar10`/`synthetic`, ImageNet's `[0.229, 0.224, 0.225]` otherwise).
+    pub std: Vec<f64>,
+}
+
+impl DataConfig {
+    /// The `(mean, std)` the views are normalized with, `None` for no normalization: the
+    /// configured values, else the dataset's default.
+    pub fn normalization(&self) -> Option<([f64; 3], [f64; 3])> {
+        let imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+        let pick = |v: &[f64], d: [f64; 3]| if v.len() == 3 { [v[0], v[1], v[2]] } else { d };
+        match (self.mean.is_empty() && self.std.is_empty(), self.dataset) {
+            (true, DatasetKind::Cifar10 | DatasetKind::Synthetic) => None,
+            (true, _) => Some(imagenet),
+            (false, DatasetKind::Cifar10 | DatasetKind::Synthetic) => {
+                Some((pick(&self.mean, [0.0; 3]), pick(&self.std, [1.0; 3])))
+            }
+            (false, _) => Some((pick(&self.mean, imagenet.0), pick(&self.std, imagenet.1))),
+        }
+    }
 }
 
 impl Default for DataConfig {
@@ -45,6 +114,15 @@ impl Default for DataConfig {
             queue_capacity: 4,
             synthetic_train: 10_000,
             synthetic_test: 2_000,
+            image_size: 32,
+            test_dir: PathBuf::new(),
+            file_list: PathBuf::new(),
+            cache: CacheMode::None,
+            skip_bad_images: false,
+            jpeg_draft: true,
+            stl10_split: Stl10Split::TrainUnlabeled,
+            mean: Vec::new(),
+            std: Vec::new(),
         }
     }
 }

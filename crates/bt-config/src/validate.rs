@@ -55,6 +55,35 @@ impl Config {
         at_least("data.queue_capacity", d.queue_capacity, 1)?;
         at_least("data.synthetic_train", d.synthetic_train, 1)?;
         at_least("data.synthetic_test", d.synthetic_test, 1)?;
+        if !(2..=4096).contains(&d.image_size) {
+            return Err(ConfigError::OutOfRange {
+                key: "data.image_size".into(),
+                value: d.image_size.to_string(),
+                allowed: "an integer in [2, 4096]".into(),
+            });
+        }
+        for (key, v, lo) in [
+            ("data.mean", &d.mean, f64::MIN),
+            ("data.std", &d.std, f64::MIN_POSITIVE),
+        ] {
+            if !(v.is_empty() || v.len() == 3) || v.iter().any(|x| !(x.is_finite() && *x >= lo)) {
+                return Err(ConfigError::OutOfRange {
+                    key: key.into(),
+                    value: format!("{v:?}"),
+                    allowed: "[] (the dataset's default) or 3 finite numbers (std > 0)".into(),
+                });
+            }
+        }
+        if d.dataset == crate::DatasetKind::ImageFolder
+            && d.dir.as_os_str().is_empty()
+            && d.file_list.as_os_str().is_empty()
+        {
+            return Err(ConfigError::OutOfRange {
+                key: "data.dir".into(),
+                value: "\"\"".into(),
+                allowed: "a folder of images (or set data.file_list)".into(),
+            });
+        }
 
         for (name, v) in [
             ("augment.view_a", &self.augment.view_a),
@@ -69,11 +98,13 @@ impl Config {
             ] {
                 range(&format!("{name}.{k}"), p, 0.0, 1.0)?;
             }
-            if v.crop_min_side == 0 || v.crop_min_side >= v.crop_max_side || v.crop_max_side > 33 {
+            // Sides are in source pixels and clamped to the image, so only the order matters;
+            // at 32x32 a max above 33 behaves as 33.
+            if v.crop_min_side == 0 || v.crop_min_side >= v.crop_max_side {
                 return Err(ConfigError::OutOfRange {
                     key: format!("{name}.crop_min_side"),
                     value: format!("{}..{}", v.crop_min_side, v.crop_max_side),
-                    allowed: "1 <= crop_min_side < crop_max_side <= 33 (max exclusive)".into(),
+                    allowed: "1 <= crop_min_side < crop_max_side (max exclusive)".into(),
                 });
             }
             ordered(&format!("{name}.crop_scale"), v.crop_scale, 1e-6, 1.0)?;

@@ -16,7 +16,10 @@ fn main() -> bt_data::Result<()> {
             Cifar10::load_with(&dir, SizeCheck::Records)?.train
         }
     };
-    let data = bt_config::DataConfig { batch_size: 256, ..Default::default() };
+    let data = bt_config::DataConfig {
+        batch_size: 256,
+        ..Default::default()
+    };
     let augment = bt_config::AugmentConfig::keras_seed();
     let pipe = TwinPipeline::new(Arc::new(ds), &data, &augment, 1024)?;
     let t = std::time::Instant::now();
@@ -24,9 +27,18 @@ fn main() -> bt_data::Result<()> {
     for batch in pipe.epoch(0, 0) {
         let b = batch?;
         let mean = b.view_a.iter().sum::<f32>() / b.view_a.len() as f32;
-        println!("batch {:3}: {} pairs, view A mean {mean:.3}, first labels {:?}", b.batch_index, b.batch_size, &b.labels[..4]);
+        println!(
+            "batch {:3}: {} pairs, view A mean {mean:.3}, first labels {:?}",
+            b.batch_index,
+            b.batch_size,
+            &b.labels[..4]
+        );
         pairs += b.batch_size;
     }
-    println!("{pairs} pairs in {:.2}s with {} threads", t.elapsed().as_secs_f64(), pipe.threads());
+    println!(
+        "{pairs} pairs in {:.2}s with {} threads",
+        t.elapsed().as_secs_f64(),
+        pipe.threads()
+    );
     Ok(())
 }

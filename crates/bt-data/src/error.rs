@@ -80,6 +80,25 @@ pub enum DataError {
         /// The first batch that was not delivered.
         batch: usize,
     },
+    /// An image file that cannot be read: not an image, an unsupported format, truncated, or
+    /// failing to decode.
+    #[error("unreadable image {}: {reason} (set data.skip_bad_images = true to skip such files)", path.display())]
+    BadImage {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A dataset folder or list that yields no usable images, or not the images a key needs.
+    #[error("`{key}` = {}: {reason}", path.display())]
+    BadFolder {
+        /// The config key naming the folder or file.
+        key: String,
+        /// The folder or file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// Writing a preview image failed.
     #[error("cannot write image {}: {message}", path.display())]
     ImageWrite {

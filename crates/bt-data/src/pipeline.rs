@@ -20,10 +20,10 @@
 //! - **Panics.** A panic in a worker is caught around the batch and sent as
 //!   [`DataError::WorkerPanic`]; if the producer dies anyway, the consumer sees
 //!   [`DataError::Disconnected`] for the batch it was waiting for. It never hangs.
-use crate::cifar::{Dataset, IMAGE_BYTES};
 use crate::error::{DataError, Result};
-use crate::policy::{apply, TwinPolicy};
+use crate::policy::{max_reduction, TwinPolicy};
 use crate::rng::{stream, SampleRng};
+use crate::source::{ImageSource, IntoSource, LoadHint};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use rayon::prelude::*;
 use std::panic::AssertUnwindSafe;
@@ -34,15 +34,15 @@ use std::thread::JoinHandle;
 /// One step's worth of twin views.
 ///
 /// # Shapes
-/// `view_a`, `view_b`: `batch_size x 3 x 32 x 32` f32, contiguous NCHW; `labels`, `indices`:
-/// `batch_size`.
+/// `view_a`, `view_b`: `batch_size x 3 x image_size x image_size` f32, contiguous NCHW
+/// ([`TwinBatch::shape`]); `labels`, `indices`: `batch_size`.
 #[derive(Debug)]
 pub struct TwinBatch {
     /// First views, NCHW f32 (clipped to `[0, 1]` when the policy clips).
     pub view_a: Vec<f32>,
     /// Second views, same images in the same order.
     pub view_b: Vec<f32>,
-    /// Class labels (unused by pretraining; kept for monitors).
+    /// Class labels (unused by pretraining; kept for monitors); `-1` for unlabeled images.
     pub labels: Vec<i64>,
     /// Dataset indices of the images.
     pub indices: Vec<i64>,
@@ -53,20 +53,33 @@ pub struct TwinBatch {
     /// Images in this batch (the last may be smaller without `drop_remainder`); with a shard,
     /// this rank's rows of the global batch.
     pub batch_size: usize,
+    /// Side of the square views (`data.image_size`).
+    pub image_size: usize,
     recycle: Option<Sender<Vec<f32>>>,
 }
 
 impl TwinBatch {
+    /// `[batch_size, 3, image_size, image_size]` of each view.
+    pub fn shape(&self) -> [usize; 4] {
+        [self.batch_size, 3, self.image_size, self.image_size]
+    }
+
     /// Takes the two view buffers out (they are then not recycled).
     pub fn into_views(mut self) -> (Vec<f32>, Vec<f32>) {
-        (std::mem::take(&mut self.view_a), std::mem::take(&mut self.view_b))
+        (
+            std::mem::take(&mut self.view_a),
+            std::mem::take(&mut self.view_b),
+        )
     }
 }
 
 impl Drop for TwinBatch {
     fn drop(&mut self) {
         if let Some(tx) = &self.recycle {
-            for v in [std::mem::take(&mut self.view_a), std::mem::take(&mut self.view_b)] {
+            for v in [
+                std::mem::take(&mut self.view_a),
+                std::mem::take(&mut self.view_b),
+            ] {
                 if !v.is_empty() {
                     let _ = tx.try_send(v);
                 }
@@ -75,9 +88,12 @@ impl Drop for TwinBatch {
     }
 }
 
-/// The twin-view pipeline over a dataset; see the module doc.
+/// Per-channel `(mean, std)` in f32, applied as torchvision's `Normalize`: `(x - m) / s`.
+type Norm = ([f32; 3], [f32; 3]);
+
+/// The twin-view pipeline over an image source; see the module doc.
 pub struct TwinPipeline {
-    dataset: Arc<Dataset>,
+    source: Arc<dyn ImageSource>,
     policy: Arc<TwinPolicy>,
     seed: u64,
     batch_size: usize,
@@ -88,12 +104,16 @@ pub struct TwinPipeline {
     free: (Sender<Vec<f32>>, Receiver<Vec<f32>>),
     fail_at: Option<usize>,
     shard: (usize, usize),
+    image_size: usize,
+    norm: Option<Norm>,
+    draft: bool,
 }
 
 impl std::fmt::Debug for TwinPipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TwinPipeline")
-            .field("len", &self.dataset.len())
+            .field("len", &self.source.len())
+            .field("image_size", &self.image_size)
             .field("seed", &self.seed)
             .field("batch_size", &self.batch_size)
             .field("threads", &self.threads)
@@ -103,36 +123,58 @@ impl std::fmt::Debug for TwinPipeline {
 }
 
 impl TwinPipeline {
-    /// A pipeline with `data.workers` threads (0 = all cores), `data.batch_size`,
-    /// `data.drop_remainder`, `data.queue_capacity`, the `augment` policies and the run `seed`.
+    /// A pipeline over `source` (an `Arc<Dataset>`, `Arc<ImageFolder>`, ... or
+    /// `Arc<dyn ImageSource>`) with `data.workers` threads (0 = all cores), `data.batch_size`,
+    /// `data.drop_remainder`, `data.queue_capacity`, `data.image_size`, the normalization of
+    /// [`bt_config::DataConfig::normalization`], the `augment` policies and the run `seed`.
     pub fn new(
-        dataset: Arc<Dataset>,
+        source: impl IntoSource,
         data: &bt_config::DataConfig,
         augment: &bt_config::AugmentConfig,
         seed: u64,
     ) -> Result<Self> {
         let policy = TwinPolicy::from_config(augment, seed)?;
-        Self::with_policy(dataset, policy, data, seed)
+        Self::with_policy(source, policy, data, seed)
     }
 
     /// As [`TwinPipeline::new`] with an explicit policy.
     pub fn with_policy(
-        dataset: Arc<Dataset>,
+        source: impl IntoSource,
         policy: TwinPolicy,
         data: &bt_config::DataConfig,
         seed: u64,
     ) -> Result<Self> {
         if data.batch_size == 0 {
-            return Err(DataError::BadConfig { key: "data.batch_size".into(), reason: "must be > 0".into() });
+            return Err(DataError::BadConfig {
+                key: "data.batch_size".into(),
+                reason: "must be > 0".into(),
+            });
         }
-        let threads = if data.workers == 0 { rayon::current_num_threads() } else { data.workers };
+        let threads = if data.workers == 0 {
+            rayon::current_num_threads()
+        } else {
+            data.workers
+        };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("bt-data-{i}"))
             .build()
-            .map_err(|e| DataError::BadConfig { key: "data.workers".into(), reason: e.to_string() })?;
+            .map_err(|e| DataError::BadConfig {
+                key: "data.workers".into(),
+                reason: e.to_string(),
+            })?;
+        if !(2..=4096).contains(&data.image_size) {
+            return Err(DataError::BadConfig {
+                key: "data.image_size".into(),
+                reason: format!("{} is outside [2, 4096]", data.image_size),
+            });
+        }
+        let norm = data
+            .normalization()
+            .map(|(m, s)| (m.map(|v| v as f32), s.map(|v| v as f32)));
+        let draft = data.jpeg_draft && policy.allows_reduced_decode();
         Ok(Self {
-            dataset,
+            source: source.into_source(),
             policy: Arc::new(policy),
             seed,
             batch_size: data.batch_size,
@@ -143,6 +185,9 @@ impl TwinPipeline {
             free: bounded(2 * data.queue_capacity + 4),
             fail_at: None,
             shard: (0, 1),
+            image_size: data.image_size,
+            norm,
+            draft,
         })
     }
 
@@ -162,7 +207,7 @@ impl TwinPipeline {
                 reason: format!("shard rank {rank} of world size {world}: need rank < world"),
             });
         }
-        if self.batch_size % world != 0 || self.batch_size < world {
+        if !self.batch_size.is_multiple_of(world) || self.batch_size < world {
             return Err(DataError::BadConfig {
                 key: "data.batch_size".into(),
                 reason: format!(
@@ -190,14 +235,24 @@ impl TwinPipeline {
         &self.policy
     }
 
-    /// The dataset.
-    pub fn dataset(&self) -> &Arc<Dataset> {
-        &self.dataset
+    /// The image source.
+    pub fn source(&self) -> &Arc<dyn ImageSource> {
+        &self.source
+    }
+
+    /// Side of the square views.
+    pub fn image_size(&self) -> usize {
+        self.image_size
+    }
+
+    /// Unreadable images the source skipped or replaced so far (for the trainer's metrics).
+    pub fn bad_images(&self) -> usize {
+        self.source.bad_images()
     }
 
     /// Batches per epoch (`floor(N / B)` with `drop_remainder`, else `ceil`).
     pub fn batches_per_epoch(&self) -> usize {
-        let n = self.dataset.len();
+        let n = self.source.len();
         if self.drop_remainder {
             n / self.batch_size
         } else {
@@ -207,11 +262,12 @@ impl TwinPipeline {
 
     /// The shuffled order of dataset indices in `epoch`.
     pub fn epoch_order(&self, epoch: u64) -> Vec<u32> {
-        SampleRng::new(self.seed, epoch, 0, stream::SHUFFLE).permutation(self.dataset.len())
+        SampleRng::new(self.seed, epoch, 0, stream::SHUFFLE).permutation(self.source.len())
     }
 
-    /// Test hook: make the worker that handles dataset index `index` panic.
-    #[doc(hidden)]
+    /// Test hook (cargo feature `test-hooks`, never in a normal build): make the worker that
+    /// handles dataset index `index` panic.
+    #[cfg(feature = "test-hooks")]
     pub fn inject_panic_at_index(&mut self, index: Option<usize>) {
         self.fail_at = index;
     }
@@ -223,7 +279,7 @@ impl TwinPipeline {
         let (tx, rx) = bounded::<Result<TwinBatch>>(self.queue_capacity);
         let produced = Arc::new(AtomicUsize::new(0));
         let worker = Producer {
-            dataset: self.dataset.clone(),
+            source: self.source.clone(),
             policy: self.policy.clone(),
             pool: self.pool.clone(),
             seed: self.seed,
@@ -233,21 +289,31 @@ impl TwinPipeline {
             fail_at: self.fail_at,
             produced: produced.clone(),
             shard: self.shard,
+            image_size: self.image_size,
+            norm: self.norm,
+            draft: self.draft,
         };
         let order = self.epoch_order(epoch);
         let handle = std::thread::Builder::new()
             .name("bt-data-producer".into())
             .spawn(move || worker.run(epoch, order, start, nb, tx))
             .expect("spawn the pipeline producer thread");
-        EpochIter { rx: Some(rx), handle: Some(handle), next: start, end: nb, produced, done: false }
+        EpochIter {
+            rx: Some(rx),
+            handle: Some(handle),
+            next: start,
+            end: nb,
+            produced,
+            done: false,
+        }
     }
 
     /// Builds one batch synchronously on the calling thread (through the pool), bypassing the
     /// channel: for tests and benchmarks of the augmentation itself.
-    pub fn make_batch(&self, epoch: u64, batch_index: usize) -> TwinBatch {
+    pub fn make_batch(&self, epoch: u64, batch_index: usize) -> Result<TwinBatch> {
         let order = self.epoch_order(epoch);
         let p = Producer {
-            dataset: self.dataset.clone(),
+            source: self.source.clone(),
             policy: self.policy.clone(),
             pool: self.pool.clone(),
             seed: self.seed,
@@ -257,13 +323,16 @@ impl TwinPipeline {
             fail_at: self.fail_at,
             produced: Arc::new(AtomicUsize::new(0)),
             shard: self.shard,
+            image_size: self.image_size,
+            norm: self.norm,
+            draft: self.draft,
         };
         p.fill(epoch, &order, batch_index)
     }
 }
 
 struct Producer {
-    dataset: Arc<Dataset>,
+    source: Arc<dyn ImageSource>,
     policy: Arc<TwinPolicy>,
     pool: Arc<rayon::ThreadPool>,
     seed: u64,
@@ -273,6 +342,19 @@ struct Producer {
     fail_at: Option<usize>,
     produced: Arc<AtomicUsize>,
     shard: (usize, usize),
+    image_size: usize,
+    norm: Option<Norm>,
+    draft: bool,
+}
+
+/// torchvision `Normalize` on one CHW view: `(x - mean[c]) / std[c]` in f32.
+fn normalize(view: &mut [f32], (mean, std): Norm) {
+    let hw = view.len() / 3;
+    for (c, plane) in view.chunks_exact_mut(hw).enumerate() {
+        for v in plane.iter_mut() {
+            *v = (*v - mean[c]) / std[c];
+        }
+    }
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -293,7 +375,42 @@ impl Producer {
         v
     }
 
-    fn fill(&self, epoch: u64, order: &[u32], b: usize) -> TwinBatch {
+    /// Both views of dataset image `i` into `a` and `b`: native size first (crops are sampled
+    /// on it), then one decode, reduced when both crops allow it.
+    fn views(&self, epoch: u64, i: usize, a: &mut [f32], b: &mut [f32]) -> Result<()> {
+        let src = &*self.source;
+        let (early, native) = match src.dims(i) {
+            Some(d) => (None, d),
+            None => {
+                let im = src.load(i, LoadHint::FULL)?;
+                let d = (im.width, im.height);
+                (Some(im), d)
+            }
+        };
+        let (pa, pb) = self
+            .policy
+            .sample_pair_for(self.seed, epoch, i as u64, native.1, native.0);
+        let img = match early {
+            Some(im) => im,
+            None => {
+                let k = if self.draft {
+                    max_reduction(&[pa.crop, pb.crop], self.image_size)
+                } else {
+                    1
+                };
+                src.load(i, LoadHint { max_reduction: k })?
+            }
+        };
+        self.policy.a.render(&img, native, &pa, a, self.image_size);
+        self.policy.b.render(&img, native, &pb, b, self.image_size);
+        if let Some(n) = self.norm {
+            normalize(a, n);
+            normalize(b, n);
+        }
+        Ok(())
+    }
+
+    fn fill(&self, epoch: u64, order: &[u32], b: usize) -> Result<TwinBatch> {
         let lo = b * self.batch_size;
         let hi = (lo + self.batch_size).min(order.len());
         // This rank's contiguous slice of the global batch (all of it when unsharded).
@@ -301,49 +418,68 @@ impl Producer {
         let global = hi - lo;
         let idx = &order[lo + r * global / w..lo + (r + 1) * global / w];
         let n = idx.len();
-        let mut view_a = self.buffer(n * IMAGE_BYTES);
-        let mut view_b = self.buffer(n * IMAGE_BYTES);
-        let (ds, policy, seed, fail_at) = (&*self.dataset, &*self.policy, self.seed, self.fail_at);
+        let per = 3 * self.image_size * self.image_size;
+        let mut view_a = self.buffer(n * per);
+        let mut view_b = self.buffer(n * per);
+        let fail_at = self.fail_at;
+        // Small views: a few per task amortize rayon's overhead; large ones (decode + resize,
+        // milliseconds each) balance better one by one. Neither changes the output.
+        let min_len = if per <= 3 * 64 * 64 { 4 } else { 1 };
         self.pool.install(|| {
             view_a
-                .par_chunks_mut(IMAGE_BYTES)
-                .zip(view_b.par_chunks_mut(IMAGE_BYTES))
+                .par_chunks_mut(per)
+                .zip(view_b.par_chunks_mut(per))
                 .zip(idx.par_iter())
-                .with_min_len(4)
-                .for_each(|((a, bv), &i)| {
+                .with_min_len(min_len)
+                .try_for_each(|((a, bv), &i)| {
                     let i = i as usize;
                     if fail_at == Some(i) {
                         panic!("injected failure at dataset index {i}");
                     }
-                    let (pa, pb) = policy.sample_pair(seed, epoch, i as u64);
-                    let img = ds.image(i);
-                    apply(img, &pa, a);
-                    apply(img, &pb, bv);
-                });
-        });
-        TwinBatch {
+                    self.views(epoch, i, a, bv)
+                })
+        })?;
+        Ok(TwinBatch {
             view_a,
             view_b,
-            labels: idx.iter().map(|&i| ds.label(i as usize) as i64).collect(),
+            labels: idx
+                .iter()
+                .map(|&i| self.source.label(i as usize).map_or(-1, |l| l as i64))
+                .collect(),
             indices: idx.iter().map(|&i| i as i64).collect(),
             epoch,
             batch_index: b,
             batch_size: n,
+            image_size: self.image_size,
             recycle: Some(self.free_tx.clone()),
-        }
+        })
     }
 
-    fn run(self, epoch: u64, order: Vec<u32>, start: usize, end: usize, tx: Sender<Result<TwinBatch>>) {
+    fn run(
+        self,
+        epoch: u64,
+        order: Vec<u32>,
+        start: usize,
+        end: usize,
+        tx: Sender<Result<TwinBatch>>,
+    ) {
         for b in start..end {
             match std::panic::catch_unwind(AssertUnwindSafe(|| self.fill(epoch, &order, b))) {
-                Ok(batch) => {
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                Ok(Ok(batch)) => {
                     self.produced.fetch_add(1, Ordering::SeqCst);
                     if tx.send(Ok(batch)).is_err() {
                         return; // consumer gone: normal shutdown
                     }
                 }
                 Err(p) => {
-                    let _ = tx.send(Err(DataError::WorkerPanic { batch: b, message: panic_message(&*p) }));
+                    let _ = tx.send(Err(DataError::WorkerPanic {
+                        batch: b,
+                        message: panic_message(&*p),
+                    }));
                     return;
                 }
             }

@@ -1,0 +1,209 @@
+//! Image files to [`Image`]s: format sniffing, a cheap header scan, full or DCT-reduced
+//! decoding, EXIF orientation and conversion of every colour type to 8-bit RGB.
+//!
+//! - **Formats.** JPEG, PNG and WebP, recognized by their magic bytes (not the extension).
+//! - **Colour.** Grayscale is replicated, palettes are expanded, 16-bit samples are rounded to
+//!   8 bits, alpha is dropped (as PIL's `convert("RGB")`: no compositing), CMYK/YCCK JPEGs are
+//!   converted by the decoder.
+//! - **Orientation.** The EXIF orientation tag is applied, so `(width, height)` and the pixels
+//!   are those a viewer shows (PIL's `ImageOps.exif_transpose`; torchvision's `ImageFolder`
+//!   does *not* do this, so rotated phone photos differ from torchvision there).
+//! - **Reduced JPEG decoding** ([`decode`] with `max_reduction > 1`): `jpeg-decoder`'s
+//!   `Decoder::scale` runs the inverse DCT at 1/2, 1/4 or 1/8 size (like libjpeg-turbo's
+//!   scaled decoding behind PIL's `Image.draft`), skipping most of the IDCT and colour
+//!   conversion work. Full-size decoding uses the `image` crate (zune-jpeg); see the crate doc
+//!   for the measurements behind this split.
+use crate::error::{DataError, Result};
+use crate::source::Image;
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat};
+use std::io::Cursor;
+use std::path::Path;
+
+/// A file format this crate decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// JPEG (JFIF/EXIF).
+    Jpeg,
+    /// PNG.
+    Png,
+    /// WebP (lossy or lossless).
+    Webp,
+}
+
+impl Format {
+    fn image_format(self) -> ImageFormat {
+        match self {
+            Format::Jpeg => ImageFormat::Jpeg,
+            Format::Png => ImageFormat::Png,
+            Format::Webp => ImageFormat::WebP,
+        }
+    }
+}
+
+/// The format of a file from its first bytes.
+pub fn sniff(bytes: &[u8]) -> Option<Format> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(Format::Jpeg)
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(Format::Png)
+    } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        Some(Format::Webp)
+    } else {
+        None
+    }
+}
+
+/// What the header scan learns about a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Displayed width (after the EXIF orientation).
+    pub width: usize,
+    /// Displayed height (after the EXIF orientation).
+    pub height: usize,
+    /// The format.
+    pub format: Format,
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> DataError {
+    DataError::BadImage {
+        path: path.into(),
+        reason: reason.into(),
+    }
+}
+
+/// `true` when the file's end is where its format says it ends: a JPEG's EOI marker
+/// (`FF D9`, trailing padding of up to 64 bytes tolerated), a PNG's `IEND` chunk, a WebP's
+/// RIFF length. This catches truncated downloads without decoding any pixel.
+fn complete(bytes: &[u8], format: Format) -> bool {
+    match format {
+        Format::Jpeg => {
+            let tail = &bytes[bytes.len().saturating_sub(66)..];
+            tail.windows(2).any(|w| w == [0xFF, 0xD9])
+        }
+        Format::Png => bytes.len() >= 12 && &bytes[bytes.len() - 8..bytes.len() - 4] == b"IEND",
+        Format::Webp => {
+            let riff = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+            riff + 8 <= bytes.len()
+        }
+    }
+}
+
+fn swaps_sides(o: Orientation) -> bool {
+    matches!(
+        o,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    )
+}
+
+/// Reads `path` and checks it without decoding pixels: a supported format, a complete file,
+/// a parsable header with non-zero dimensions.
+///
+/// # Errors
+/// [`DataError::BadImage`] naming the file and what is wrong; [`DataError::Io`] when it
+/// cannot be read at all.
+pub fn scan_header(path: &Path) -> Result<Header> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::Io {
+        path: path.into(),
+        source: e,
+    })?;
+    scan_bytes(&bytes).map_err(|reason| bad(path, reason))
+}
+
+fn scan_bytes(bytes: &[u8]) -> std::result::Result<Header, String> {
+    let format = sniff(bytes).ok_or_else(|| {
+        let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        format!(
+            "not a JPEG, PNG or WebP file (first bytes {})",
+            head.join(" ")
+        )
+    })?;
+    if !complete(bytes, format) {
+        return Err(format!(
+            "truncated {format:?} file ({} bytes, its end marker is missing)",
+            bytes.len()
+        ));
+    }
+    let mut dec = image::ImageReader::with_format(Cursor::new(bytes), format.image_format())
+        .into_decoder()
+        .map_err(|e| format!("bad {format:?} header: {e}"))?;
+    let (w, h) = dec.dimensions();
+    if w == 0 || h == 0 {
+        return Err(format!("{format:?} header says {w}x{h}"));
+    }
+    let o = dec.orientation().unwrap_or(Orientation::NoTransforms);
+    let (w, h) = if swaps_sides(o) { (h, w) } else { (w, h) };
+    Ok(Header {
+        width: w as usize,
+        height: h as usize,
+        format,
+    })
+}
+
+/// Decodes `path` (see [`decode`]).
+pub fn decode_file(path: &Path, max_reduction: u32) -> Result<Image> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::Io {
+        path: path.into(),
+        source: e,
+    })?;
+    decode(&bytes, max_reduction).map_err(|reason| bad(path, reason))
+}
+
+/// Decodes an encoded image to 8-bit RGB CHW with its EXIF orientation applied. A JPEG may
+/// come back reduced by `k <= max_reduction` (`k` in 2, 4, 8; sides `ceil(native / k)`);
+/// other formats always come back at full size. The error is the decoder's message.
+pub fn decode(bytes: &[u8], max_reduction: u32) -> std::result::Result<Image, String> {
+    let format = sniff(bytes).ok_or("not a JPEG, PNG or WebP file")?;
+    if format == Format::Jpeg && max_reduction >= 2 {
+        if let Some(img) = decode_jpeg_reduced(bytes, max_reduction) {
+            return Ok(img);
+        }
+    }
+    let mut dec = image::ImageReader::with_format(Cursor::new(bytes), format.image_format())
+        .into_decoder()
+        .map_err(|e| e.to_string())?;
+    let o = dec.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(dec).map_err(|e| e.to_string())?;
+    img.apply_orientation(o);
+    let rgb = img.into_rgb8();
+    Image::from_hwc(rgb.width() as usize, rgb.height() as usize, rgb.as_raw())
+        .map_err(|e| e.to_string())
+}
+
+/// The DCT-reduced path; `None` (fall back to the full decoder) for CMYK, 16-bit or any
+/// error, so a reduced decode never fails where the full one would succeed.
+fn decode_jpeg_reduced(bytes: &[u8], max_reduction: u32) -> Option<Image> {
+    let k = [8u32, 4, 2].into_iter().find(|&k| k <= max_reduction)?;
+    let mut d = jpeg_decoder::Decoder::new(bytes);
+    d.read_info().ok()?;
+    let info = d.info()?;
+    if !matches!(
+        info.pixel_format,
+        jpeg_decoder::PixelFormat::RGB24 | jpeg_decoder::PixelFormat::L8
+    ) {
+        return None;
+    }
+    let (w, h) = (info.width as u32, info.height as u32);
+    d.scale(w.div_ceil(k) as u16, h.div_ceil(k) as u16).ok()?;
+    let px = d.decode().ok()?;
+    let info = d.info()?;
+    let (w, h) = (info.width as u32, info.height as u32);
+    let rgb: Vec<u8> = match info.pixel_format {
+        jpeg_decoder::PixelFormat::L8 => px.iter().flat_map(|&v| [v, v, v]).collect(),
+        _ => px,
+    };
+    let o = d
+        .exif_data()
+        .and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms);
+    if o == Orientation::NoTransforms {
+        return Image::from_hwc(w as usize, h as usize, &rgb).ok();
+    }
+    let mut img = DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, rgb)?);
+    img.apply_orientation(o);
+    let rgb = img.into_rgb8();
+    Image::from_hwc(rgb.width() as usize, rgb.height() as usize, rgb.as_raw()).ok()
+}
