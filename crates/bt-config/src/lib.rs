@@ -51,6 +51,8 @@ pub const PRESETS: &[(&str, &str)] = &[
         include_str!("../configs/cifar-resnet18.toml"),
     ),
     ("demo", include_str!("../configs/demo.toml")),
+    ("imagenet-resnet50", include_str!("../configs/imagenet-resnet50.toml")),
+    ("imagenet100-resnet18", include_str!("../configs/imagenet100-resnet18.toml")),
 ];
 
 /// Names of the shipped presets.

@@ -24,7 +24,7 @@ pub struct DemoResult {
 /// Pretrains `cfg` on `data` into `run` (cleared first), then evaluates both encoders.
 pub fn run(cfg: &Config, data: &Data, device: Device, run: &RunFolder, observer: impl Observer) -> Result<DemoResult> {
     crate::start::clear_run(run)?;
-    let outcome = Trainer::new(cfg.clone(), device).with_observer(observer).pretrain(data.train.clone(), data.test.clone(), run, None)?;
+    let outcome = Trainer::new(cfg.clone(), device).with_observer(observer).pretrain(data, run, None)?;
     let mut rows = Vec::new();
     let random = build_model(cfg, device)?;
     for (weights, model) in [("pretrained", &outcome.model), ("random", &random.1)] {

@@ -105,9 +105,11 @@ impl Uploader {
         Ok(Self { device, channels_last, stream, pending: VecDeque::new(), wait_ms: 0.0, measured: 0 })
     }
 
-    /// Starts uploading `views` (each `n x 3 x 32 x 32` f32, NCHW) and returns at once on CUDA.
-    pub fn upload(&mut self, views: &[&[f32]], n: usize) -> Result<Staged> {
-        let host: Vec<Tensor> = views.iter().map(|v| Tensor::from_slice(v).view([n as i64, 3, 32, 32])).collect();
+    /// Starts uploading `views` (each `n x 3 x side x side` f32, NCHW) and returns at once on
+    /// CUDA.
+    pub fn upload(&mut self, views: &[&[f32]], n: usize, side: usize) -> Result<Staged> {
+        let shape = [n as i64, 3, side as i64, side as i64];
+        let host: Vec<Tensor> = views.iter().map(|v| Tensor::f_from_slice(v)?.f_view(shape)).collect::<std::result::Result<_, _>>()?;
         let Some(stream) = self.stream else {
             let tensors = host
                 .into_iter()

@@ -135,15 +135,20 @@ impl Dist {
         Ok(if self.world() > 1 { pipe.with_shard(self.rank(), self.world())? } else { pipe })
     }
 
-    /// `model.projector_sync_bn`: the projector's batch norm takes its statistics over the
-    /// global batch (an all-reduce with sum backward, as the loss reducer's).
-    pub fn sync_projector_bn(&self, model: &mut bt_model::BarlowTwins, cfg: &bt_config::ModelConfig) {
-        if cfg.projector_sync_bn {
+    /// `model.sync_bn` (or the older `model.projector_sync_bn`): the projector's, or every,
+    /// batch norm takes its statistics over the global batch (an all-reduce with sum backward,
+    /// as the loss reducer's), as `nn.SyncBatchNorm` does.
+    pub fn sync_bn(&self, model: &mut bt_model::BarlowTwins, cfg: &bt_config::ModelConfig) {
+        let scope = cfg.sync_bn_scope();
+        if scope != bt_config::SyncBn::Off {
             let pg = self.pg.clone();
-            model.set_projector_sync(Some(Box::new(move |x: &Tensor| {
-                // The loss reducer fails the same way: a lost peer is a panic the trainer reports.
-                bt_dist::all_reduce_sum_autograd(&pg, x).unwrap_or_else(|e| panic!("{e}"))
-            })));
+            model.set_sync_bn(
+                scope,
+                Some(Box::new(move |x: &Tensor| {
+                    // The loss reducer fails the same way: a lost peer is a panic the trainer reports.
+                    bt_dist::all_reduce_sum_autograd(&pg, x).unwrap_or_else(|e| panic!("{e}"))
+                })),
+            );
         }
     }
 
@@ -190,15 +195,16 @@ fn timeout() -> Duration {
 /// # Shapes
 /// `N x 3 x H x W` in, `N x D` out.
 ///
-/// With `model.projector_sync_bn` only the encoder is grouped: the projector normalizes over
-/// the whole batch, as synchronized batch norm does across ranks.
+/// With the projector's batch norm synchronized (`model.sync_bn = "projector"`) only the encoder
+/// is grouped: the projector normalizes over the whole batch, as synchronized batch norm does
+/// across ranks. (`"all"` and `run.bn_batch` exclude each other: validation refuses both.)
 pub fn forward_grouped(model: &bt_model::BarlowTwins, x: &Tensor, bn_batch: usize) -> Tensor {
     let n = x.size()[0];
     if bn_batch == 0 || bn_batch as i64 >= n {
         return model.forward(x, true);
     }
     let chunks = x.split(bn_batch as i64, 0);
-    if model.config().projector_sync_bn {
+    if model.config().sync_bn_scope() == bt_config::SyncBn::Projector {
         let h: Vec<Tensor> = chunks.iter().map(|c| model.encode(c, true)).collect();
         return model.project(&Tensor::cat(&h, 0), true);
     }

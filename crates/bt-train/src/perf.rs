@@ -5,10 +5,10 @@ use bt_model::BarlowTwins;
 /// layer table: a conv or linear layer does one multiply-add per weight per output position
 /// (`weights x H_out x W_out`), 2 FLOPs each. Biases, batch norm, activations, pools and the
 /// loss are left out (standard MFU accounting; see docs/GPU.md).
-pub fn forward_flops_per_image(model: &BarlowTwins, cfg: &bt_config::ModelConfig) -> f64 {
+pub fn forward_flops_per_image(model: &BarlowTwins, cfg: &bt_config::ModelConfig, side: i64) -> f64 {
     let keras = cfg.arch == bt_config::Arch::KerasResnet34;
     model
-        .layer_table(32, 32)
+        .layer_table(side, side)
         .iter()
         .map(|r| {
             let out = &r.output_shape;
@@ -26,10 +26,10 @@ pub fn forward_flops_per_image(model: &BarlowTwins, cfg: &bt_config::ModelConfig
         .sum()
 }
 
-/// Model FLOPs of one train step on `batch` pairs: forward of both views, backward = 2x forward
-/// (input and weight gradients).
-pub fn train_step_flops(model: &BarlowTwins, cfg: &bt_config::ModelConfig, batch: i64) -> f64 {
-    3.0 * 2.0 * batch as f64 * forward_flops_per_image(model, cfg)
+/// Model FLOPs of one train step on `batch` pairs of `side x side` images: forward of both
+/// views, backward = 2x forward (input and weight gradients).
+pub fn train_step_flops(model: &BarlowTwins, cfg: &bt_config::ModelConfig, batch: i64, side: i64) -> f64 {
+    3.0 * 2.0 * batch as f64 * forward_flops_per_image(model, cfg, side)
 }
 
 /// The measured bf16 dense matrix-product peak of the H200 the GPU check runs on
@@ -57,10 +57,10 @@ mod tests {
             };
             let vs = nn::VarStore::new(Device::Cpu);
             let model = BarlowTwins::try_new(&vs.root(), &cfg).unwrap();
-            let ours = forward_flops_per_image(&model, &cfg);
+            let ours = forward_flops_per_image(&model, &cfg, 32);
             let torch = c["forward_flops_per_image"].as_f64().unwrap();
             assert_eq!(ours, torch, "{c}");
-            assert_eq!(train_step_flops(&model, &cfg, 10), 60.0 * torch);
+            assert_eq!(train_step_flops(&model, &cfg, 10, 32), 60.0 * torch);
         }
     }
 }

@@ -58,8 +58,13 @@ pub fn write(run: &RunFolder) -> Result<()> {
         let data = match c.data.dataset {
             bt_config::DatasetKind::Cifar10 => format!("CIFAR-10 ({})", c.data.dir.display()),
             bt_config::DatasetKind::Synthetic => format!("synthetic shapes ({} train / {} test)", c.data.synthetic_train, c.data.synthetic_test),
+            bt_config::DatasetKind::Stl10 => format!("STL-10 {:?} ({})", c.data.stl10_split, c.data.dir.display()),
+            bt_config::DatasetKind::ImageFolder => {
+                let test = if c.data.test_dir.as_os_str().is_empty() { String::new() } else { format!(", evaluation {}", c.data.test_dir.display()) };
+                format!("image folder {}{test}", c.data.dir.display())
+            }
         };
-        let _ = writeln!(s, "- data: {data}, augmentation policy `{}`", c.augment.policy);
+        let _ = writeln!(s, "- data: {data}, {} px crops, augmentation policy `{}`", c.data.image_size, c.augment.policy);
         let _ = writeln!(
             s,
             "- model: `{:?}` width {}, projector {:?}",

@@ -125,7 +125,7 @@ fn upload_check(r: &mut Report, dev: Device) -> Result<()> {
     let mut ok = true;
     let mut last = Vec::new();
     // Several in flight at once, as in the trainer (next batch staged while the current runs).
-    let staged: Vec<_> = (0..3).map(|_| up.upload(&[&a, &b], n)).collect::<Result<_>>()?;
+    let staged: Vec<_> = (0..3).map(|_| up.upload(&[&a, &b], n, 32)).collect::<Result<_>>()?;
     for s in staged {
         let ts = s.ready(&mut up)?;
         ok &= ts.iter().all(|t| t.device() == dev && bt_shim::is_channels_last(t));
@@ -161,7 +161,7 @@ fn train(cfg: &Config, dev: Device, settings: StepSettings, steps: usize) -> Res
         let _ = s;
         let xb = (&xa * 0.7 + Tensor::rand([n as i64, 3, 32, 32], (Kind::Float, Device::Cpu)) * 0.3).contiguous();
         let (va, vb): (Vec<f32>, Vec<f32>) = (Vec::try_from(xa.reshape([-1]))?, Vec::try_from(xb.reshape([-1]))?);
-        let ts = up.upload(&[&va, &vb], n)?.ready(&mut up)?;
+        let ts = up.upload(&[&va, &vb], n, 32)?.ready(&mut up)?;
         let out = bt_loss::barlow_twins_loss(&model.forward(&ts[0], true), &model.forward(&ts[1], true), &opts)?;
         opt.zero_grad();
         out.loss.backward();

@@ -1,8 +1,8 @@
 //! What every run needs before it can work: the device, the data (with a message that says how
 //! to get it), the model at its seeded initialization, and frozen features of a dataset.
 use crate::error::{refuse, Result, ResultExt};
-use bt_config::{parse_device, Config, DatasetKind, DeviceSpec};
-use bt_data::Dataset;
+use bt_config::{parse_device, Config, DataConfig, DatasetKind, DeviceSpec};
+use bt_data::{Dataset, ImageSource, IntoSource};
 use bt_model::BarlowTwins;
 use std::path::Path;
 use std::sync::Arc;
@@ -26,21 +26,43 @@ pub fn device(s: &str) -> Result<Device> {
     })
 }
 
-/// Train and test splits of the configured dataset.
+/// The data of a run: the images pretraining reads, and the labeled evaluation images the kNN
+/// monitor and the probes use. This is the seam for a user's own data: `train` and `test` are
+/// any [`ImageSource`] (the built-in readers, `bt_data::MemoryImages`, or the user's type).
+#[derive(Clone)]
 pub struct Data {
-    /// Training split.
-    pub train: Arc<Dataset>,
-    /// Test split.
-    pub test: Arc<Dataset>,
+    /// Pretraining images (labels, when present, are used only by evaluation).
+    pub train: Arc<dyn ImageSource>,
+    /// Labeled evaluation images (`None`: no kNN monitor, no probe).
+    pub test: Option<Arc<dyn ImageSource>>,
     /// What was loaded, for logs and reports.
     pub description: String,
+}
+
+impl Data {
+    /// `train` and `test` sources with a description.
+    pub fn new(train: impl IntoSource, test: Option<Arc<dyn ImageSource>>, description: impl Into<String>) -> Self {
+        Self { train: train.into_source(), test, description: description.into() }
+    }
+
+    /// The evaluation split, or an error saying the data has none.
+    pub fn test(&self) -> Result<&Arc<dyn ImageSource>> {
+        match &self.test {
+            Some(t) => Ok(t),
+            None => refuse!(
+                "{}: no labeled evaluation split (image folders: set data.test_dir to a folder with one subfolder per class)",
+                self.description
+            ),
+        }
+    }
 }
 
 fn cifar_missing(dir: &Path) -> bool {
     !dir.join("data_batch_1.bin").is_file()
 }
 
-/// Loads the dataset the config names. A missing CIFAR-10 folder says how to get it.
+/// Opens the dataset the config names (any `data.dataset`; image folders are header-scanned
+/// here, so a broken file fails before a step). A missing CIFAR-10 folder says how to get it.
 pub fn load_data(cfg: &Config) -> Result<Data> {
     if cfg.data.dataset == DatasetKind::Cifar10 && cifar_missing(&cfg.data.dir) {
         refuse!(
@@ -50,13 +72,12 @@ pub fn load_data(cfg: &Config) -> Result<Data> {
             cfg.data.dir.display()
         );
     }
-    let (train, test, _) =
-        bt_data::load_from_config(cfg).with_context(|| format!("loading the {:?} dataset", cfg.data.dataset))?;
+    let s = bt_data::load_sources(cfg).with_context(|| format!("loading the {:?} dataset", cfg.data.dataset))?;
     let description = match cfg.data.dataset {
-        DatasetKind::Cifar10 => format!("CIFAR-10 from {} ({} train, {} test)", cfg.data.dir.display(), train.len(), test.len()),
-        DatasetKind::Synthetic => format!("synthetic shapes ({} train, {} test, seed {})", train.len(), test.len(), cfg.run.seed),
+        DatasetKind::Synthetic => format!("synthetic shapes ({} train, {} test, seed {})", s.train.len(), s.test.as_ref().map_or(0, |t| t.len()), cfg.run.seed),
+        _ => s.description,
     };
-    Ok(Data { train: Arc::new(train), test: Arc::new(test), description })
+    Ok(Data { train: s.train, test: s.test, description })
 }
 
 /// The first `n` images of a dataset (the demo caps CIFAR-10 to stay within its time budget).
@@ -84,11 +105,14 @@ pub enum FeatureKind {
     Projector,
 }
 
-/// Frozen features (inference mode: BN uses its running statistics) of un-augmented images, in
-/// dataset order, on the CPU as f32: `(N x F features, N labels)`.
+/// Frozen features (inference mode: BN uses its running statistics) of un-augmented images
+/// (the evaluation transform of `data`: resize + center crop to `data.image_size`, see
+/// `bt_data::eval`), in source order, on the CPU as f32: `(N x F features, N labels)`; labels
+/// are `-1` for unlabeled images.
 pub fn features(
     model: &BarlowTwins,
-    ds: &Dataset,
+    source: &Arc<dyn ImageSource>,
+    data: &DataConfig,
     kind: FeatureKind,
     batch: usize,
     drop_remainder: bool,
@@ -96,20 +120,38 @@ pub fn features(
 ) -> Result<(Tensor, Tensor)> {
     let mut fs = Vec::new();
     let mut ls = Vec::new();
-    tch::no_grad(|| {
-        for b in ds.eval_batches(batch, drop_remainder) {
-            let n = b.len() as i64;
-            let x = Tensor::from_slice(&b.images).view([n, 3, 32, 32]).to_device(device);
+    for b in bt_data::eval::eval_batches(source.clone(), data, batch, drop_remainder) {
+        let b = b?;
+        let s = b.image_size as i64;
+        let n = b.len() as i64;
+        tch::no_grad(|| -> Result<()> {
+            let x = Tensor::f_from_slice(&b.images)?.f_view([n, 3, s, s])?.f_to_device(device)?;
             let f = match kind {
                 FeatureKind::Encoder => model.encode(&x, false),
                 FeatureKind::Projector => model.forward(&x, false),
             };
-            fs.push(f.to_kind(Kind::Float).to_device(Device::Cpu));
-            ls.push(Tensor::from_slice(&b.labels));
-        }
-    });
-    if fs.is_empty() {
-        refuse!("no full batch of {batch} in a split of {} images", ds.len());
+            fs.push(f.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?);
+            ls.push(Tensor::f_from_slice(&b.labels)?);
+            Ok(())
+        })?;
     }
-    Ok((Tensor::cat(&fs, 0), Tensor::cat(&ls, 0)))
+    if fs.is_empty() {
+        refuse!("no full batch of {batch} in a split of {} images", source.len());
+    }
+    Ok((Tensor::f_cat(&fs, 0)?, Tensor::f_cat(&ls, 0)?))
+}
+
+/// [`features`] of a labeled split: an unlabeled image is an error naming it.
+pub fn labeled_features(
+    model: &BarlowTwins,
+    source: &Arc<dyn ImageSource>,
+    data: &DataConfig,
+    kind: FeatureKind,
+    device: Device,
+) -> Result<(Tensor, Tensor)> {
+    let (x, y) = features(model, source, data, kind, 256, false, device)?;
+    if let Some(i) = Vec::<i64>::try_from(&y)?.iter().position(|&l| l < 0) {
+        refuse!("{} has no label: evaluation needs a labeled split (one subfolder per class)", source.describe(i));
+    }
+    Ok((x, y))
 }

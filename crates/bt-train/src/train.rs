@@ -29,7 +29,8 @@ use crate::plot::{Chart, Series};
 use crate::runfolder::RunFolder;
 use crate::store::{self, Position};
 use bt_config::Config;
-use bt_data::{Dataset, TwinBatch, TwinPipeline};
+use crate::setup::Data;
+use bt_data::{TwinBatch, TwinPipeline};
 use bt_model::BarlowTwins;
 use serde_json::json;
 use std::path::Path;
@@ -65,7 +66,7 @@ pub struct Outcome {
 /// let cfg = bt_config::Config::preset("demo")?;
 /// let data = bt_train::setup::load_data(&cfg)?;
 /// let run = RunFolder::create("runs/demo")?;
-/// let out = Trainer::new(cfg, tch::Device::Cpu).pretrain(data.train, data.test, &run, None)?;
+/// let out = Trainer::new(cfg, tch::Device::Cpu).pretrain(&data, &run, None)?;
 /// println!("final loss {:.3}", out.final_loss);
 /// # Ok(()) }
 /// ```
@@ -91,7 +92,7 @@ fn fetch(it: &mut bt_data::EpochIter, up: &mut crate::device::Uploader) -> Resul
     let Some(b) = next else { return Ok(None) };
     let b = b.context("data pipeline")?;
     let n = b.batch_size;
-    let staged = up.upload(&[&b.view_a, &b.view_b], n)?;
+    let staged = up.upload(&[&b.view_a, &b.view_b], n, b.image_size)?;
     // The uploader copied the views (CPU: `from_slice`; CUDA: into pinned memory), so the batch
     // buffers can go back to the pipeline now.
     drop(b);
@@ -133,10 +134,12 @@ impl<'o> Trainer<'o> {
     }
 
 
-    /// Pretrains on `train` (the kNN monitor evaluates on `test`) into `run`, from the training
-    /// checkpoint `resume` when given (its config hash should match; a mismatch is reported as a
-    /// warning: [`start::decide`](crate::start::decide) refuses it earlier unless asked not to).
-    pub fn pretrain(&mut self, train: Arc<Dataset>, test: Arc<Dataset>, run: &RunFolder, resume: Option<&Path>) -> Result<Outcome> {
+    /// Pretrains on `data.train` (the kNN monitor evaluates on `data.test`) into `run`, from the
+    /// training checkpoint `resume` when given (its config hash should match; a mismatch is
+    /// reported as a warning: [`start::decide`](crate::start::decide) refuses it earlier unless
+    /// asked not to).
+    pub fn pretrain(&mut self, data: &Data, run: &RunFolder, resume: Option<&Path>) -> Result<Outcome> {
+        let train = data.train.clone();
         let cfg = self.cfg.clone();
         let device = self.device;
         let cfg_text = cfg.to_toml();
@@ -162,6 +165,10 @@ impl<'o> Trainer<'o> {
             );
         }
         let total_steps = spe * cfg.run.epochs;
+        if cfg.run.knn_every > 0 && main {
+            // The monitor needs labels on both splits: refuse now, not after the first epoch.
+            data.test()?;
+        }
 
         let (vs, mut model) = crate::setup::build_model(&cfg, device)?;
         // CUDA: bf16 + channels-last unless run.fast_cuda = false; cuDNN benchmark (device.rs).
@@ -195,7 +202,7 @@ impl<'o> Trainer<'o> {
         // Every rank starts from rank 0's weights.
         if let Some(d) = &self.dist {
             d.broadcast_model(&model)?;
-            d.sync_projector_bn(&mut model, &cfg.model);
+            d.sync_bn(&mut model, &cfg.model);
         }
         let params = model.trainable_variables();
         // Only rank 0 writes the run folder; the other ranks' records go nowhere.
@@ -215,7 +222,7 @@ impl<'o> Trainer<'o> {
             "config_hash": cfg_hash, "start_step": pos.step,
         }))?;
         if pos.step == 0 && main {
-            let grid = bt_data::preview_grid(&train, pipe.policy(), 8, cfg.run.seed);
+            let grid = bt_data::preview_grid_sized(&*train, pipe.policy(), 8, cfg.run.seed, cfg.data.image_size)?;
             crate::atomic::atomic_write(&run.augment_png(), &crate::plot::png_bytes(&grid, &run.augment_png())?)?;
         }
         let summary = format!(
@@ -375,7 +382,7 @@ impl<'o> Trainer<'o> {
                 pairs_per_s: ep_pairs as f64 / ep_s,
                 data_wait_pct: 100.0 * ep_wait / ep_s,
                 epoch_s: ep_s,
-                skipped_images: 0,
+                skipped_images: pipe.bad_images(),
             };
             mw.write(&json!({
                 "kind": "epoch", "epoch": em.epoch, "steps": ep_steps, "step": em.step, "loss": l,
@@ -401,7 +408,7 @@ impl<'o> Trainer<'o> {
             // After a stop request, stop without the (possibly long) kNN monitor.
             if main && cfg.run.knn_every > 0 && pos.epochs_done % cfg.run.knn_every == 0 && token.requested().is_none() {
                 let t = Instant::now();
-                let acc = knn_monitor(&cfg, &model, &train, &test, device)?;
+                let acc = knn_monitor(&cfg, &model, data, device)?;
                 let seconds = t.elapsed().as_secs_f64();
                 mw.write(&json!({"kind": "knn", "epoch": pos.epochs_done, "step": pos.step, "top1": acc, "k": cfg.eval.knn_k, "temperature": cfg.eval.knn_temperature}))?;
                 obs.emit(&Event::Evaluated { name: "knn", epoch: pos.epochs_done, step: pos.step, top1: acc, seconds });
@@ -464,10 +471,10 @@ impl ObserverPair<'_, '_> {
 }
 
 /// kNN top-1 of the encoder features (test vs train, un-augmented).
-pub fn knn_monitor(cfg: &Config, model: &BarlowTwins, train: &Dataset, test: &Dataset, device: Device) -> Result<f64> {
-    use crate::setup::{features, FeatureKind};
-    let (tf, tl) = features(model, train, FeatureKind::Encoder, 256, false, device)?;
-    let (vf, vl) = features(model, test, FeatureKind::Encoder, 256, false, device)?;
+pub fn knn_monitor(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) -> Result<f64> {
+    use crate::setup::{labeled_features, FeatureKind};
+    let (tf, tl) = labeled_features(model, &data.train, &cfg.data, FeatureKind::Encoder, device)?;
+    let (vf, vl) = labeled_features(model, data.test()?, &cfg.data, FeatureKind::Encoder, device)?;
     let classes = crate::eval::num_classes(&tl, &vl);
     Ok(knn::accuracy(&tf, &tl, &vf, &vl, cfg.eval.knn_k, cfg.eval.knn_temperature, classes))
 }

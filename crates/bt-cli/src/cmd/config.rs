@@ -43,25 +43,54 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// `--data DIR | --synthetic`: overrides the config's `data.dataset` / `data.dir`.
+/// `--data DIR [--test-data DIR] | --synthetic`: overrides the config's `data.dataset`,
+/// `data.dir` and `data.test_dir`.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct DataArgs {
-    /// CIFAR-10 binary folder (default: the config's data.dir, `data/cifar-10-batches-bin`).
+    /// The images: a CIFAR-10 binary folder (`data_batch_1.bin`), an STL-10 binary folder
+    /// (`train_X.bin`/`unlabeled_X.bin`), or a folder of images (one subfolder per class, or
+    /// any tree of JPEG/PNG/WebP files). The kind is detected unless the config names an image
+    /// folder or STL-10 already.
     #[arg(long, conflicts_with = "synthetic")]
     pub data: Option<PathBuf>,
+    /// Labeled evaluation images of an image-folder dataset (one subfolder per class):
+    /// `data.test_dir`.
+    #[arg(long, requires = "data")]
+    pub test_data: Option<PathBuf>,
     /// Use the embedded synthetic dataset (no download needed).
     #[arg(long)]
     pub synthetic: bool,
 }
 
+/// The kind of dataset a folder holds, from its files.
+pub fn detect_dataset(dir: &std::path::Path) -> bt_config::DatasetKind {
+    use bt_config::DatasetKind;
+    if dir.join("data_batch_1.bin").is_file() || dir.join("batches.meta.txt").is_file() {
+        DatasetKind::Cifar10
+    } else if ["train_X.bin", "unlabeled_X.bin", "test_X.bin"].iter().any(|f| dir.join(f).is_file()) {
+        DatasetKind::Stl10
+    } else if dir.is_dir() && !dir.read_dir().is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".bin")))) {
+        DatasetKind::ImageFolder
+    } else {
+        // A missing folder or an unknown binary layout: the CIFAR-10 reader's error says what it expected.
+        DatasetKind::Cifar10
+    }
+}
+
 impl DataArgs {
     /// Applies the flags to a config.
     pub fn apply(&self, cfg: &mut Config) {
+        use bt_config::DatasetKind;
         if self.synthetic {
-            cfg.data.dataset = bt_config::DatasetKind::Synthetic;
+            cfg.data.dataset = DatasetKind::Synthetic;
         } else if let Some(d) = &self.data {
-            cfg.data.dataset = bt_config::DatasetKind::Cifar10;
+            if !matches!(cfg.data.dataset, DatasetKind::ImageFolder | DatasetKind::Stl10) {
+                cfg.data.dataset = detect_dataset(d);
+            }
             cfg.data.dir = d.clone();
+        }
+        if let Some(t) = &self.test_data {
+            cfg.data.test_dir = t.clone();
         }
     }
 }

@@ -52,14 +52,17 @@ pub fn run(a: Args) -> Result<()> {
     }
     let cfg = b.build()?;
     let device = setup::device(&cfg.run.device)?;
-    let mut data = setup::load_data(&cfg)?;
-    if cfg.data.dataset == DatasetKind::Cifar10 {
+    let data = if cfg.data.dataset == DatasetKind::Cifar10 {
         // The demo's time budget (< 10 min on 2 cores) fixes its image count: the first
         // synthetic_train / synthetic_test images of each CIFAR-10 split.
-        data.train = Arc::new(setup::head(&data.train, cfg.data.synthetic_train)?);
-        data.test = Arc::new(setup::head(&data.test, cfg.data.synthetic_test)?);
-        data.description = format!("CIFAR-10 subset ({} train, {} test) from {CIFAR_DIR}", data.train.len(), data.test.len());
-    }
+        let (train, test, _) = bt_data::load_from_config(&cfg)?;
+        let train = setup::head(&train, cfg.data.synthetic_train)?;
+        let test: Arc<dyn bt_data::ImageSource> = Arc::new(setup::head(&test, cfg.data.synthetic_test)?);
+        let what = format!("CIFAR-10 subset ({} train, {} test) from {CIFAR_DIR}", train.len(), test.len());
+        setup::Data::new(Arc::new(train), Some(test), what)
+    } else {
+        setup::load_data(&cfg)?
+    };
     println!("demo: {} epochs of the `demo` preset on {} ({device:?})", cfg.run.epochs, data.description);
     let run = RunFolder::create(&a.out)?;
     let t = Instant::now();

@@ -30,7 +30,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "encoder")]
     pub features: Features,
     /// Output: `X.npy` (embeddings; labels go to `X.labels.npy`) or `X.safetensors`
-    /// (tensors `embeddings` and `labels`).
+    /// (tensors `embeddings` and `labels`); the images of the rows, in order, go to
+    /// `X.files.txt` (file paths for image folders).
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -42,20 +43,23 @@ pub fn run(a: Args) -> Result<()> {
     let data = setup::load_data(&l.cfg)?;
     let ds = match a.split {
         Split::Train => &data.train,
-        Split::Test => &data.test,
+        Split::Test => data.test()?,
     };
     let kind = match a.features {
         Features::Encoder => FeatureKind::Encoder,
         Features::Projector => FeatureKind::Projector,
     };
-    let (x, y) = setup::features(&l.model, ds, kind, 256, false, l.device)?;
+    let (x, y) = setup::features(&l.model, ds, &l.cfg.data, kind, 256, false, l.device)?;
+    // Row i is image i of the source: its file (or record) names the row.
+    let names: Vec<String> = (0..ds.len()).map(|i| ds.describe(i)).collect();
     let meta = HashMap::from([
         ("split".to_string(), format!("{:?}", a.split).to_lowercase()),
         ("features".to_string(), format!("{:?}", a.features).to_lowercase()),
         ("checkpoint".to_string(), l.weights.display().to_string()),
     ]);
-    let files = bt_train::embed::write(&a.out, &x, &y, meta)?;
-    let labels = files.get(1).map(|p| format!(" (labels: {})", p.display())).unwrap_or_default();
+    let files = bt_train::embed::write(&a.out, &x, &y, &names, meta)?;
+    let others: Vec<String> = files[1..].iter().map(|p| p.display().to_string()).collect();
+    let labels = format!(" (also {})", others.join(", "));
     println!(
         "wrote {} x {} {:?} embeddings of the {:?} split to {}{labels}",
         x.size()[0],

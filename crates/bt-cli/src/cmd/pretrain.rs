@@ -77,7 +77,7 @@ pub fn run(a: Args) -> Result<()> {
         .with_observer(CliObserver::default())
         .with_stop_token(token)
         .with_dist(dist)
-        .pretrain(data.train, data.test, &run, resume.as_deref())?;
+        .pretrain(&data, &run, resume.as_deref())?;
     if let Some(stop) = &o.stop {
         return finish_early(stop);
     }

@@ -17,6 +17,9 @@ pub struct BenchStepArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Side of the square inputs (default: the config's data.image_size).
+    #[arg(long)]
+    pub image_size: Option<i64>,
     /// Images per view (default: the config's data.batch_size).
     #[arg(long)]
     pub batch: Option<i64>,
@@ -88,6 +91,7 @@ pub fn bench_step(a: BenchStepArgs) -> Result<()> {
     }
     let threads = tch::get_num_threads();
     let batch = a.batch.unwrap_or(cfg.data.batch_size as i64);
+    let side = a.image_size.unwrap_or(cfg.data.image_size as i64);
     if batch < 2 {
         bail!("--batch must be at least 2 (batch norm and the loss need two rows)");
     }
@@ -106,7 +110,7 @@ pub fn bench_step(a: BenchStepArgs) -> Result<()> {
         OptimMode::On => true,
         OptimMode::Off => false,
     };
-    let flops = train_step_flops(&model, &cfg.model, batch);
+    let flops = train_step_flops(&model, &cfg.model, batch, side);
     let loss_impl = bt_loss::resolve_impl(cfg.loss.implementation, batch, model.embed_dim());
     let opts = bt_loss::LossOptions::from_config(&cfg.loss).with_implementation(loss_impl);
     let params = model.trainable_variables();
@@ -119,10 +123,10 @@ pub fn bench_step(a: BenchStepArgs) -> Result<()> {
     // Inputs go through the trainer's uploader every step (CUDA: pinned host memory, side-stream
     // copy of the next batch while this one computes, GPU wait measured with events).
     let host: Vec<Vec<f32>> = (0..2)
-        .map(|_| Vec::<f32>::try_from(Tensor::rand([batch * 3 * 32 * 32], (Kind::Float, Device::Cpu))))
+        .map(|_| Vec::<f32>::try_from(Tensor::rand([batch * 3 * side * side], (Kind::Float, Device::Cpu))))
         .collect::<std::result::Result<_, _>>()?;
     let up = std::cell::RefCell::new(bt_train::device::Uploader::new(dev, settings.channels_last)?);
-    let next = std::cell::RefCell::new(Some(up.borrow_mut().upload(&[&host[0], &host[1]], batch as usize)?));
+    let next = std::cell::RefCell::new(Some(up.borrow_mut().upload(&[&host[0], &host[1]], batch as usize, side as usize)?));
     println!(
         "bench step: {:?} width {} projector {:?}, batch {batch} per view, device {dev:?}, {threads} threads, \
          loss {loss_impl:?}, precision {:?}, channels_last {}",
@@ -148,7 +152,7 @@ pub fn bench_step(a: BenchStepArgs) -> Result<()> {
             o.borrow_mut().step(&lr)?;
         }
         // The next batch's copy overlaps this step's queued kernels.
-        *next.borrow_mut() = Some(up.borrow_mut().upload(&[&host[0], &host[1]], batch as usize)?);
+        *next.borrow_mut() = Some(up.borrow_mut().upload(&[&host[0], &host[1]], batch as usize, side as usize)?);
         sync(dev);
         Ok(t.elapsed().as_secs_f64())
     };
@@ -161,7 +165,7 @@ pub fn bench_step(a: BenchStepArgs) -> Result<()> {
                 ..settings
             };
             println!("python peer layout: {}", if peer.channels_last { "channels-last" } else { "NCHW (contiguous)" });
-            Some(PythonPeer::start(py, &cfg, loss_impl, batch, a.warmup, threads, dev, peer, with_optim)?)
+            Some(PythonPeer::start(py, &cfg, loss_impl, batch, side, a.warmup, threads, dev, peer, with_optim)?)
         }
         None => None,
     };
@@ -251,6 +255,7 @@ impl PythonPeer {
         cfg: &bt_config::Config,
         loss_impl: LossImpl,
         batch: i64,
+        side: i64,
         warmup: usize,
         threads: i32,
         dev: Device,
@@ -303,6 +308,7 @@ impl PythonPeer {
                 },
             ])
             .args(["--batch", &batch.to_string()])
+            .args(["--image-size", &side.to_string()])
             .args(["--warmup", &warmup.to_string()])
             .args(["--threads", &threads.to_string()])
             .args(["--device", &device])

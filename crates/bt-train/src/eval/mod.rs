@@ -6,7 +6,7 @@
 pub mod knn;
 pub mod linear;
 
-pub use crate::setup::{features, FeatureKind};
+pub use crate::setup::{features, labeled_features, FeatureKind};
 
 use crate::atomic::atomic_write;
 use crate::error::Result;
@@ -42,8 +42,8 @@ pub fn linear_eval(cfg: &Config, model: &BarlowTwins, data: &Data, device: Devic
         LinearProtocol::KerasSeed => FeatureKind::Projector,
         LinearProtocol::Standard => FeatureKind::Encoder,
     };
-    let (tx, ty) = features(model, &data.train, fk, 256, false, device)?;
-    let (vx, vy) = features(model, &data.test, fk, 256, false, device)?;
+    let (tx, ty) = labeled_features(model, &data.train, &cfg.data, fk, device)?;
+    let (vx, vy) = labeled_features(model, data.test()?, &cfg.data, fk, device)?;
     let classes = num_classes(&ty, &vy);
     let t_feat = t.elapsed().as_secs_f64();
     let mut v = match protocol {
@@ -69,8 +69,8 @@ fn knn_value(cfg: &Config, tx: &Tensor, ty: &Tensor, vx: &Tensor, vy: &Tensor) -
 /// kNN evaluation of the encoder features.
 pub fn knn_eval(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) -> Result<Value> {
     let t = Instant::now();
-    let (tx, ty) = features(model, &data.train, FeatureKind::Encoder, 256, false, device)?;
-    let (vx, vy) = features(model, &data.test, FeatureKind::Encoder, 256, false, device)?;
+    let (tx, ty) = labeled_features(model, &data.train, &cfg.data, FeatureKind::Encoder, device)?;
+    let (vx, vy) = labeled_features(model, data.test()?, &cfg.data, FeatureKind::Encoder, device)?;
     let mut v = knn_value(cfg, &tx, &ty, &vx, &vy);
     v["wall_s"] = json!(t.elapsed().as_secs_f64());
     Ok(v)
@@ -80,8 +80,8 @@ pub fn knn_eval(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) 
 /// each of its two encoders).
 pub fn encoder_evals(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) -> Result<(Value, Value)> {
     let t = Instant::now();
-    let (tx, ty) = features(model, &data.train, FeatureKind::Encoder, 256, false, device)?;
-    let (vx, vy) = features(model, &data.test, FeatureKind::Encoder, 256, false, device)?;
+    let (tx, ty) = labeled_features(model, &data.train, &cfg.data, FeatureKind::Encoder, device)?;
+    let (vx, vy) = labeled_features(model, data.test()?, &cfg.data, FeatureKind::Encoder, device)?;
     let t_feat = t.elapsed().as_secs_f64();
     let mut lin = linear::standard(&tx, &ty, &vx, &vy, num_classes(&ty, &vy), &cfg.eval, cfg.run.seed)?;
     lin["eval"] = json!("linear");
