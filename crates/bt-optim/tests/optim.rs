@@ -141,14 +141,19 @@ fn lars_case(case: &str) -> (LarsParams, LrPair) {
 #[test]
 fn lars_matches_official_and_solo_learn_classes_over_20_steps() {
     let f = load("optim_ref.safetensors");
+    // 2e-6 (about 16 f32 ulps at |w| ≈ 1.2): solo-learn's trust ratio divides by f32 norms whose
+    // summation order depends on the CPU's vector width (AVX-512 machines drift to 1.07e-6 by
+    // step 15 against the NumPy trajectory); a formula error moves a step by about lr · update,
+    // orders of magnitude more.
+    let tol = 2e-6;
     for case in ["lars_official", "lars_solo_clip", "lars_solo"] {
         let (p, lr) = lars_case(case);
         let m = Model::new(&f);
         let mut opt = Lars::new(m.named(), p.clone()).unwrap();
-        check_trajectory(&f, case, &m, &mut opt, lr, 1e-6);
+        check_trajectory(&f, case, &m, &mut opt, lr, tol);
         let m = Model::new(&f);
         let mut opt = LarsPerTensor::new(m.named(), p).unwrap();
-        check_trajectory(&f, case, &m, &mut opt, lr, 1e-6);
+        check_trajectory(&f, case, &m, &mut opt, lr, tol);
     }
 }
 
