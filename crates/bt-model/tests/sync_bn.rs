@@ -43,7 +43,11 @@ fn one_replica_equals_native(arch: Arch) {
     let x = Tensor::rand([12, 3, 32, 32], (Kind::Float, Device::Cpu));
     let za = plain.forward(&x, true);
     let zb = synced.forward(&x, true);
-    assert!(max_rel(&zb, &za) < 1e-5, "{arch:?}: outputs differ by {}", max_rel(&zb, &za));
+    assert!(
+        max_rel(&zb, &za) < 1e-5,
+        "{arch:?}: outputs differ by {}",
+        max_rel(&zb, &za)
+    );
     // A loss that mixes rows, so the batch-statistics terms of the gradient matter.
     let w = Tensor::rand([12, 8], (Kind::Float, Device::Cpu));
     (&za * &w).sum(Kind::Float).square().backward();
@@ -61,18 +65,30 @@ fn one_replica_equals_native(arch: Arch) {
         assert_eq!(a.name, b.name);
         match a.role {
             Role::Trainable => {
-                let d = (b.tensor.grad() - a.tensor.grad()).abs().max().double_value(&[]) / scale;
+                let d = (b.tensor.grad() - a.tensor.grad())
+                    .abs()
+                    .max()
+                    .double_value(&[])
+                    / scale;
                 assert!(d < 1e-4, "{arch:?}: gradient of {} differs by {d}", a.name);
             }
             Role::Buffer => {
                 let d = max_rel(&b.tensor, &a.tensor);
                 assert!(d < 1e-5, "{arch:?}: {} differs by {d}", a.name);
             }
-            Role::Counter => assert_eq!(a.tensor.int64_value(&[]), b.tensor.int64_value(&[]), "{}", a.name),
+            Role::Counter => assert_eq!(
+                a.tensor.int64_value(&[]),
+                b.tensor.int64_value(&[]),
+                "{}",
+                a.name
+            ),
         }
         checked += a.name.starts_with("projector.") as usize;
     }
-    assert!(checked >= 8, "the projector's BN variables were compared ({checked})");
+    assert!(
+        checked >= 8,
+        "the projector's BN variables were compared ({checked})"
+    );
 }
 
 #[test]
@@ -95,15 +111,30 @@ fn the_running_variance_uses_the_global_count() {
     let x = Tensor::rand([n, 3, 32, 32], (Kind::Float, Device::Cpu));
     let za = tch::no_grad(|| plain.forward(&x, true));
     let zb = tch::no_grad(|| synced.forward(&x, true));
-    assert!(max_rel(&zb, &za) < 1e-5, "outputs differ by {}", max_rel(&zb, &za));
+    assert!(
+        max_rel(&zb, &za) < 1e-5,
+        "outputs differ by {}",
+        max_rel(&zb, &za)
+    );
     let get = |m: &BarlowTwins, name: &str| {
-        m.variables().iter().find(|v| v.name == name).unwrap_or_else(|| panic!("{name}")).tensor.shallow_clone()
+        m.variables()
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("{name}"))
+            .tensor
+            .shallow_clone()
     };
-    let (rv_a, rv_b) = (get(&plain, "projector.1.running_var"), get(&synced, "projector.1.running_var"));
+    let (rv_a, rv_b) = (
+        get(&plain, "projector.1.running_var"),
+        get(&synced, "projector.1.running_var"),
+    );
     // running_var = 0.9 * 1 + 0.1 * var_unbiased; undo the momentum and compare the batch terms.
     let (va, vb) = ((rv_a - 0.9) / 0.1, (rv_b - 0.9) / 0.1);
     let nf = n as f64;
     let expect = va * ((nf - 1.0) / nf) * (2.0 * nf / (2.0 * nf - 1.0));
-    assert!(max_rel(&vb, &expect) < 1e-4, "running_var: {}", max_rel(&vb, &expect));
+    assert!(
+        max_rel(&vb, &expect) < 1e-4,
+        "running_var: {}",
+        max_rel(&vb, &expect)
+    );
 }
-
