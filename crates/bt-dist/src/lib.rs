@@ -34,8 +34,9 @@
 //!
 //! So: [`LossReducer`] in the loss, [`ProcessGroup::all_reduce_mean_`] on the gradients.
 //! `tests/multiprocess.rs` proves it: two Gloo processes with batch B train to the same
-//! parameters as one process with batch 2B, to 1e-5, for both loss implementations, and the
-//! identity-backward reducer fails the same comparison.
+//! parameters as one process with batch 2B, to 1e-5, for both loss implementations, and an
+//! identity-backward reducer (defined in that test, not part of this API: it is the bug) fails
+//! the same comparison.
 //!
 //! # Failure
 //! Every collective and the rendezvous use the group's timeout. A failed collective runs a
@@ -56,9 +57,7 @@ mod error;
 mod ffi;
 mod group;
 
-pub use autograd::{
-    all_gather_autograd, all_reduce_sum_autograd, all_reduce_sum_identity_grad, LossReducer,
-};
+pub use autograd::{all_gather_autograd, all_reduce_sum_autograd, LossReducer};
 pub use env::DistEnv;
 pub use error::{DistError, Lost, Result};
 pub use group::{

@@ -26,10 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bt_config::{LossConfig, LossImpl, LossNorm};
-use bt_dist::{
-    all_gather_autograd, all_reduce_sum_autograd, all_reduce_sum_identity_grad, LossReducer,
-    ProcessGroup,
-};
+use bt_dist::{all_gather_autograd, all_reduce_sum_autograd, LossReducer, ProcessGroup};
 use bt_loss::{barlow_twins_loss, CrossReplicaReduce, LossOptions};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
@@ -367,6 +364,18 @@ fn collectives() {
 
     pg.barrier().unwrap();
     println!("collectives ok on rank {}", pg.rank());
+}
+
+/// `Σ_r x_r` whose gradient with respect to `x` is the identity: `x + (Σ_r x_r − x).detach()`.
+///
+/// What a plain `torch.distributed.all_reduce` inside a loss amounts to (the official Barlow
+/// Twins code and lightly reduce `c` this way). With the loss's global batch normalization it
+/// gives wrong gradients (the global mean and std enter every rank's rows, which are reduced
+/// again), and DDP's averaging adds a `1/W` (lightly's bug). The negative control of the
+/// exactness test; deliberately not in bt-dist's API.
+fn all_reduce_sum_identity_grad(pg: &ProcessGroup, x: &Tensor) -> bt_dist::Result<Tensor> {
+    let reduced = pg.all_reduce(x)?;
+    Ok(x + (reduced - x).detach())
 }
 
 /// A plain all-reduce inside the loss: identity backward (the negative control).
