@@ -28,7 +28,13 @@
 //! (`crates/bt-loss/examples/loss_demo.rs`).
 #![deny(missing_docs)]
 
-use bt_config::{LossConfig, LossImpl, LossNorm};
+/// The config types [`LossOptions`] holds and is built from, re-exported so that calling the
+/// loss needs no direct `bt-config` dependency.
+pub use bt_config::{LossConfig, LossImpl, LossNorm};
+/// tch, re-exported: the loss takes and returns [`tch::Tensor`]s, and a caller must use the same
+/// tch version.
+pub use tch;
+
 use std::sync::Arc;
 use tch::{Kind, Tensor};
 
@@ -228,7 +234,10 @@ fn loss_f32(z_a: &Tensor, z_b: &Tensor, opts: &LossOptions) -> Result<LossOutput
         Some(r) => r
             .all_reduce_sum(&Tensor::from(n_local as f64))
             .f_double_value(&[])
-            .map_err(|source| LossError::Torch { op: "all_reduce(count)", source })?
+            .map_err(|source| LossError::Torch {
+                op: "all_reduce(count)",
+                source,
+            })?
             .round() as i64,
         None => n_local,
     };
@@ -268,12 +277,20 @@ fn loss_f32(z_a: &Tensor, z_b: &Tensor, opts: &LossOptions) -> Result<LossOutput
             let inv = (c.diagonal(0, 0, 1) - 1.0).square().sum(kind);
             // The official code's off_diagonal: drop the last element, view as (D-1) x (D+1),
             // and every row then starts with a diagonal element.
-            let off = c.flatten(0, 1).narrow(0, 0, d * d - 1).view([d - 1, d + 1]).narrow(1, 1, d);
+            let off = c
+                .flatten(0, 1)
+                .narrow(0, 0, d * d - 1)
+                .view([d - 1, d + 1])
+                .narrow(1, 1, d);
             (inv, off.square().sum(kind))
         }
     };
     let loss = (&invariance + &redundancy * opts.lambda) * opts.scale;
-    Ok(LossOutput { loss, invariance, redundancy })
+    Ok(LossOutput {
+        loss,
+        invariance,
+        redundancy,
+    })
 }
 
 #[cfg(test)]
@@ -284,7 +301,10 @@ mod tests {
     fn auto_picks_fused_only_when_d_exceeds_2n() {
         assert_eq!(resolve_impl(LossImpl::Auto, 512, 5000), LossImpl::Fused);
         assert_eq!(resolve_impl(LossImpl::Auto, 512, 1024), LossImpl::Reference);
-        assert_eq!(resolve_impl(LossImpl::Reference, 8, 5000), LossImpl::Reference);
+        assert_eq!(
+            resolve_impl(LossImpl::Reference, 8, 5000),
+            LossImpl::Reference
+        );
         assert_eq!(resolve_impl(LossImpl::Fused, 512, 8), LossImpl::Fused);
     }
 
@@ -292,7 +312,9 @@ mod tests {
     fn shape_mismatch_is_an_error() {
         let a = Tensor::zeros([4, 3], (Kind::Float, tch::Device::Cpu));
         let b = Tensor::zeros([4, 2], (Kind::Float, tch::Device::Cpu));
-        let e = barlow_twins_loss(&a, &b, &LossOptions::default()).unwrap_err().to_string();
+        let e = barlow_twins_loss(&a, &b, &LossOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("[4, 3]") && e.contains("[4, 2]"), "{e}");
         let one = Tensor::zeros([1, 3], (Kind::Float, tch::Device::Cpu));
         assert!(matches!(
