@@ -54,9 +54,9 @@ pub fn all_gather_autograd(pg: &ProcessGroup, x: &Tensor) -> Result<Tensor> {
 /// gradient is correct when parameter gradients are **averaged** across ranks
 /// ([`ProcessGroup::all_reduce_mean_`]).
 ///
-/// The trait's methods cannot return errors; a failed collective panics with the
-/// [`crate::DistError`] message (which names the lost rank). A data-parallel trainer cannot
-/// continue after a lost rank anyway.
+/// A failed collective is returned as the [`crate::DistError`] (which names the lost rank), and
+/// `bt_loss::barlow_twins_loss` returns it as `LossError::Reduce`; the error's `source()` is the
+/// `DistError` (downcast it to inspect [`crate::Lost`]).
 #[derive(Debug, Clone)]
 pub struct LossReducer {
     pg: Arc<ProcessGroup>,
@@ -79,11 +79,11 @@ impl bt_loss::CrossReplicaReduce for LossReducer {
         self.pg.world_size()
     }
 
-    fn all_reduce_sum(&self, x: &Tensor) -> Tensor {
-        all_reduce_sum_autograd(&self.pg, x).unwrap_or_else(|e| panic!("{e}"))
+    fn all_reduce_sum(&self, x: &Tensor) -> std::result::Result<Tensor, bt_loss::ReduceError> {
+        Ok(all_reduce_sum_autograd(&self.pg, x)?)
     }
 
-    fn all_gather(&self, x: &Tensor) -> Tensor {
-        all_gather_autograd(&self.pg, x).unwrap_or_else(|e| panic!("{e}"))
+    fn all_gather(&self, x: &Tensor) -> std::result::Result<Tensor, bt_loss::ReduceError> {
+        Ok(all_gather_autograd(&self.pg, x)?)
     }
 }

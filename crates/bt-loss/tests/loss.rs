@@ -1,7 +1,9 @@
 //! bt-loss against independent references (scripts/fixtures/loss_ref.py: PyTorch f64 from the
 //! definitions, and lightly's BarlowTwinsLoss), fused vs reference, low precision, and the
 //! data-parallel split.
-use bt_loss::{barlow_twins_loss, CrossReplicaReduce, LossImpl, LossNorm, LossOptions};
+use bt_loss::{
+    barlow_twins_loss, CrossReplicaReduce, LossError, LossImpl, LossNorm, LossOptions, ReduceError,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Barrier, Mutex};
 use tch::{Device, Kind, Tensor};
@@ -300,14 +302,15 @@ impl CrossReplicaReduce for Rank {
     fn world_size(&self) -> usize {
         self.shared.world
     }
-    fn all_reduce_sum(&self, x: &Tensor) -> Tensor {
+    fn all_reduce_sum(&self, x: &Tensor) -> Result<Tensor, ReduceError> {
         let all = self.exchange(x);
-        all.iter()
+        Ok(all
+            .iter()
             .skip(1)
-            .fold(all[0].shallow_clone(), |acc, t| acc + t)
+            .fold(all[0].shallow_clone(), |acc, t| acc + t))
     }
-    fn all_gather(&self, x: &Tensor) -> Tensor {
-        Tensor::cat(&self.exchange(x), 0)
+    fn all_gather(&self, x: &Tensor) -> Result<Tensor, ReduceError> {
+        Ok(Tensor::cat(&self.exchange(x), 0))
     }
 }
 
@@ -396,11 +399,11 @@ fn identity_backward_reduce_gives_a_wrong_gradient() {
         fn world_size(&self) -> usize {
             self.0.world_size()
         }
-        fn all_reduce_sum(&self, x: &Tensor) -> Tensor {
-            let s = self.0.all_reduce_sum(&x.detach());
-            x + (s - x.detach())
+        fn all_reduce_sum(&self, x: &Tensor) -> Result<Tensor, ReduceError> {
+            let s = self.0.all_reduce_sum(&x.detach())?;
+            Ok(x + (s - x.detach()))
         }
-        fn all_gather(&self, x: &Tensor) -> Tensor {
+        fn all_gather(&self, x: &Tensor) -> Result<Tensor, ReduceError> {
             self.0.all_gather(x)
         }
     }
@@ -443,5 +446,77 @@ fn identity_backward_reduce_gives_a_wrong_gradient() {
     // Neither the full-batch gradient nor any multiple of it.
     for w in [1.0, 2.0, 0.5] {
         assert!(rel_max(&(&g[0] / w), &full.3) > 1e-3, "scale {w}");
+    }
+}
+
+/// A one-replica "collective" that fails after `ok` successful all-reduces, or returns gathered
+/// rows with a wrong width.
+struct Faulty {
+    ok: std::sync::atomic::AtomicUsize,
+    bad_gather: bool,
+}
+
+impl CrossReplicaReduce for Faulty {
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&self, x: &Tensor) -> Result<Tensor, ReduceError> {
+        let left = self.ok.load(std::sync::atomic::Ordering::SeqCst);
+        if left == 0 {
+            return Err("rank 1 lost (heartbeat stopped)".into());
+        }
+        self.ok.store(left - 1, std::sync::atomic::Ordering::SeqCst);
+        Ok(x.shallow_clone())
+    }
+    fn all_gather(&self, x: &Tensor) -> Result<Tensor, ReduceError> {
+        Ok(if self.bad_gather {
+            x.narrow(1, 0, x.size()[1] - 1)
+        } else {
+            x.shallow_clone()
+        })
+    }
+}
+
+/// Errors are values: a failed collective anywhere in the loss (first, or mid-way after the
+/// moments), and a libtorch shape error inside it, come back as `Err` naming what failed; no
+/// panic.
+#[test]
+fn failed_collectives_and_libtorch_errors_are_errors() {
+    tch::manual_seed(8);
+    let za = Tensor::randn([6, 20], (Kind::Float, Device::Cpu));
+    let zb = Tensor::randn([6, 20], (Kind::Float, Device::Cpu));
+    let with = |ok: usize, bad_gather: bool, imp: LossImpl| {
+        let r = Faulty {
+            ok: ok.into(),
+            bad_gather,
+        };
+        let opts = LossOptions::default()
+            .with_implementation(imp)
+            .with_reducer(Arc::new(r));
+        barlow_twins_loss(&za, &zb, &opts)
+    };
+    // Enough successful all-reduces for a whole loss: the count, 2 per view, then 1 (reference)
+    // or 2 (fused).
+    assert!(with(6, false, LossImpl::Reference).is_ok());
+    assert!(with(7, false, LossImpl::Fused).is_ok());
+    for (ok, want) in [
+        (0, "all_reduce_sum(row count)"),
+        (1, "all_reduce_sum(column sums)"),
+        (5, "all_reduce_sum(c)"),
+    ] {
+        match with(ok, false, LossImpl::Reference) {
+            Err(LossError::Reduce { op, source }) => {
+                assert_eq!(op, want);
+                assert!(source.to_string().contains("rank 1 lost"), "{source}");
+            }
+            other => panic!("after {ok} all-reduces: {other:?}"),
+        }
+    }
+    match with(7, true, LossImpl::Fused) {
+        Err(e @ LossError::Torch { op: "gram(a)", .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("gram(a)") && msg.contains("19"), "{msg}");
+        }
+        other => panic!("a 6x19 gather against 6x20 rows: {other:?}"),
     }
 }
