@@ -43,7 +43,9 @@
 //! post-mortem over per-rank heartbeat counters in the store (see
 //! [`ProcessGroup::explain_failure`]), so the error says `lost rank(s): 1` rather than only
 //! Gloo's socket address. NCCL failures are caught by ProcessGroupNCCL's watchdog, which tears
-//! the process down after the timeout (not tested here: no GPU on the build machine).
+//! the process down after the timeout (not tested here: no GPU on the build machine). Inside the
+//! loss, [`LossReducer`] returns the [`DistError`] and `bt_loss::barlow_twins_loss` returns it
+//! as `LossError::Reduce` (its `source()`), never a panic.
 //!
 //! Build requirement: the gloo headers (`apt-get install -y libgloo-dev`); see `build.rs`.
 //!

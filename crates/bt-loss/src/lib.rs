@@ -24,6 +24,11 @@
 //! whole batch. See [`CrossReplicaReduce`] for exactly what is reduced and why the gradient stays
 //! correct.
 //!
+//! # Errors, not panics
+//! Every libtorch op is a fallible `f_` call and every collective returns a `Result`, so a shape
+//! error, an out-of-memory or a lost replica is a [`LossError`] naming what failed. [`tch`] and
+//! the config types are re-exported: calling the loss needs no other dependency.
+//!
 //! Example: `cargo run --release -p bt-loss --example loss_demo`
 //! (`crates/bt-loss/examples/loss_demo.rs`).
 #![deny(missing_docs)]

@@ -21,6 +21,10 @@
 //! temporary). A step costs a fixed ~15 ops whatever the number of tensors. The per-tensor
 //! loops in [`reference`] are kept as the test oracle and the benchmark's peer.
 //!
+//! Construction, [`Optimizer::step`] and [`Optimizer::load_state`] use libtorch's fallible `f_`
+//! ops and check each gradient against its parameter, so a failure is an [`OptimError`], never a
+//! panic.
+//!
 //! State (moments, step count) is exported per parameter name ([`Optimizer::state`]), so a
 //! checkpoint does not depend on the flat layout, and grouped and per-tensor optimizers load
 //! each other's state.
