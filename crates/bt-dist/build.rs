@@ -15,11 +15,17 @@
 //! directory (e.g. an unpacked CCCL wheel).
 use std::path::{Path, PathBuf};
 
-include!("../../build-support/libtorch.rs");
+use bt_build::{
+    cuda_include_candidates, libtorch_cc, libtorch_dirs, libtorch_has_cuda, link_libtorch,
+};
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc");
-    for var in ["BT_DIST_GLOO_INCLUDE", "BT_DIST_NO_NCCL", "BT_DIST_CUDA_EXTRA_INCLUDE"] {
+    for var in [
+        "BT_DIST_GLOO_INCLUDE",
+        "BT_DIST_NO_NCCL",
+        "BT_DIST_CUDA_EXTRA_INCLUDE",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo::rustc-check-cfg=cfg(bt_dist_nccl)");

@@ -8,7 +8,9 @@
 //! `BT_SHIM_NO_CUDA=1` forces the stubs; `BT_SHIM_CUDA_INCLUDE=<dir>` names the headers.
 use std::path::{Path, PathBuf};
 
-include!("../../build-support/libtorch.rs");
+use bt_build::{
+    cuda_include_candidates, libtorch_cc, libtorch_dirs, libtorch_has_cuda, link_libtorch,
+};
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc");

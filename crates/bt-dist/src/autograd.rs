@@ -49,32 +49,14 @@ pub fn all_gather_autograd(pg: &ProcessGroup, x: &Tensor) -> Result<Tensor> {
     pg.tensor_op("all_gather_autograd", x, ffi::bt_dist_allgather_autograd)
 }
 
-/// `Σ_r x_r` whose gradient with respect to `x` is the identity: `x + (Σ_r x_r − x).detach()`.
-///
-/// This is what a plain `torch.distributed.all_reduce` inside a loss amounts to (the official
-/// Barlow Twins code and lightly reduce `c` this way). It is correct only when the loss reaches
-/// `x_r` through nothing but sums of per-rank terms that do not themselves depend on other ranks'
-/// reduced values, **and** the parameter gradients are then summed (not averaged) across ranks.
-/// The Barlow Twins loss with global batch normalization breaks the first condition (the global
-/// mean and std enter every rank's normalized rows, which are reduced again), so it gives wrong
-/// gradients there; DDP's averaging on top adds a `1/W` factor (lightly's bug). Kept as the
-/// negative control of the exactness test and for single-stage sums.
-///
-/// # Errors
-/// As [`ProcessGroup::all_reduce`].
-pub fn all_reduce_sum_identity_grad(pg: &ProcessGroup, x: &Tensor) -> Result<Tensor> {
-    let reduced = pg.all_reduce(x)?;
-    Ok(x + (reduced - x).detach())
-}
-
 /// The process group as the Barlow Twins loss's [`bt_loss::CrossReplicaReduce`]: with it,
 /// `bt_loss::barlow_twins_loss` computes the loss of the global batch on every rank and its
 /// gradient is correct when parameter gradients are **averaged** across ranks
 /// ([`ProcessGroup::all_reduce_mean_`]).
 ///
-/// The trait's methods cannot return errors; a failed collective panics with the
-/// [`crate::DistError`] message (which names the lost rank). A data-parallel trainer cannot
-/// continue after a lost rank anyway.
+/// A failed collective is returned as the [`crate::DistError`] (which names the lost rank), and
+/// `bt_loss::barlow_twins_loss` returns it as `LossError::Reduce`; the error's `source()` is the
+/// `DistError` (downcast it to inspect [`crate::Lost`]).
 #[derive(Debug, Clone)]
 pub struct LossReducer {
     pg: Arc<ProcessGroup>,
@@ -97,11 +79,11 @@ impl bt_loss::CrossReplicaReduce for LossReducer {
         self.pg.world_size()
     }
 
-    fn all_reduce_sum(&self, x: &Tensor) -> Tensor {
-        all_reduce_sum_autograd(&self.pg, x).unwrap_or_else(|e| panic!("{e}"))
+    fn all_reduce_sum(&self, x: &Tensor) -> std::result::Result<Tensor, bt_loss::ReduceError> {
+        Ok(all_reduce_sum_autograd(&self.pg, x)?)
     }
 
-    fn all_gather(&self, x: &Tensor) -> Tensor {
-        all_gather_autograd(&self.pg, x).unwrap_or_else(|e| panic!("{e}"))
+    fn all_gather(&self, x: &Tensor) -> std::result::Result<Tensor, bt_loss::ReduceError> {
+        Ok(all_gather_autograd(&self.pg, x)?)
     }
 }

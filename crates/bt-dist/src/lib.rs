@@ -34,15 +34,18 @@
 //!
 //! So: [`LossReducer`] in the loss, [`ProcessGroup::all_reduce_mean_`] on the gradients.
 //! `tests/multiprocess.rs` proves it: two Gloo processes with batch B train to the same
-//! parameters as one process with batch 2B, to 1e-5, for both loss implementations, and the
-//! identity-backward reducer fails the same comparison.
+//! parameters as one process with batch 2B, to 1e-5, for both loss implementations, and an
+//! identity-backward reducer (defined in that test, not part of this API: it is the bug) fails
+//! the same comparison.
 //!
 //! # Failure
 //! Every collective and the rendezvous use the group's timeout. A failed collective runs a
 //! post-mortem over per-rank heartbeat counters in the store (see
 //! [`ProcessGroup::explain_failure`]), so the error says `lost rank(s): 1` rather than only
 //! Gloo's socket address. NCCL failures are caught by ProcessGroupNCCL's watchdog, which tears
-//! the process down after the timeout (not tested here: no GPU on the build machine).
+//! the process down after the timeout (not tested here: no GPU on the build machine). Inside the
+//! loss, [`LossReducer`] returns the [`DistError`] and `bt_loss::barlow_twins_loss` returns it
+//! as `LossError::Reduce` (its `source()`), never a panic.
 //!
 //! Build requirement: the gloo headers (`apt-get install -y libgloo-dev`); see `build.rs`.
 //!
@@ -56,9 +59,7 @@ mod error;
 mod ffi;
 mod group;
 
-pub use autograd::{
-    all_gather_autograd, all_reduce_sum_autograd, all_reduce_sum_identity_grad, LossReducer,
-};
+pub use autograd::{all_gather_autograd, all_reduce_sum_autograd, LossReducer};
 pub use env::DistEnv;
 pub use error::{DistError, Lost, Result};
 pub use group::{

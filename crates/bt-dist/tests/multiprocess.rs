@@ -26,11 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bt_config::{LossConfig, LossImpl, LossNorm};
-use bt_dist::{
-    all_gather_autograd, all_reduce_sum_autograd, all_reduce_sum_identity_grad, LossReducer,
-    ProcessGroup,
-};
-use bt_loss::{barlow_twins_loss, CrossReplicaReduce, LossOptions};
+use bt_dist::{all_gather_autograd, all_reduce_sum_autograd, LossReducer, ProcessGroup};
+use bt_loss::{barlow_twins_loss, CrossReplicaReduce, LossOptions, ReduceError};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
@@ -173,8 +170,9 @@ fn kill_one_rank(victim: usize) -> String {
     fail_one_rank("kill", victim)
 }
 
-/// Runs `scenario` (`kill`: both ranks loop over all-reduces; `stall`: rank 1 stops calling
-/// collectives after a few steps but stays alive), SIGKILLs `victim` once both ranks are
+/// Runs `scenario` (`kill`: both ranks loop over all-reduces; `kill-loss`: over the Barlow Twins
+/// loss with [`LossReducer`]; `stall`: rank 1 stops calling collectives after a few steps but
+/// stays alive), SIGKILLs `victim` once both ranks are
 /// running (for `stall`, after the survivor has failed), and returns the survivor's stderr.
 fn fail_one_rank(scenario: &str, victim: usize) -> String {
     let dir = tempfile::tempdir().unwrap();
@@ -191,7 +189,7 @@ fn fail_one_rank(scenario: &str, victim: usize) -> String {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    if scenario == "kill" {
+    if scenario.starts_with("kill") {
         workers[victim].child.kill().unwrap();
         workers[victim].child.wait().unwrap();
     }
@@ -226,6 +224,18 @@ fn killing_rank_0_the_store_host_makes_rank_1_exit_naming_it() {
     assert!(err.contains("lost rank(s): 0"), "{err}");
 }
 
+/// A lost peer inside the loss is an error (`LossError::Reduce` carrying the `DistError`),
+/// not a panic: the survivor gets it from `barlow_twins_loss` and exits cleanly.
+#[test]
+fn killing_a_rank_during_the_loss_is_an_error_of_the_loss_naming_it() {
+    let err = fail_one_rank("kill-loss", 1);
+    assert!(err.contains("loss error: cross-replica all_"), "{err}");
+    assert!(err.contains("on rank 0 of 2 failed"), "{err}");
+    assert!(err.contains("lost rank(s): 1"), "{err}");
+    assert!(err.contains("source is a DistError"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn a_stalled_rank_makes_the_other_time_out_instead_of_hanging() {
     let err = fail_one_rank("stall", 1);
@@ -247,6 +257,7 @@ fn worker() {
         "collectives" => collectives(),
         "exact" => exact(),
         "kill" => kill(false),
+        "kill-loss" => kill_loss(),
         "stall" => kill(true),
         other => panic!("unknown scenario {other}"),
     }
@@ -369,6 +380,18 @@ fn collectives() {
     println!("collectives ok on rank {}", pg.rank());
 }
 
+/// `Σ_r x_r` whose gradient with respect to `x` is the identity: `x + (Σ_r x_r − x).detach()`.
+///
+/// What a plain `torch.distributed.all_reduce` inside a loss amounts to (the official Barlow
+/// Twins code and lightly reduce `c` this way). With the loss's global batch normalization it
+/// gives wrong gradients (the global mean and std enter every rank's rows, which are reduced
+/// again), and DDP's averaging adds a `1/W` (lightly's bug). The negative control of the
+/// exactness test; deliberately not in bt-dist's API.
+fn all_reduce_sum_identity_grad(pg: &ProcessGroup, x: &Tensor) -> Result<Tensor, ReduceError> {
+    let reduced = pg.all_reduce(x)?;
+    Ok(x + (reduced - x).detach())
+}
+
 /// A plain all-reduce inside the loss: identity backward (the negative control).
 struct IdentityGradReducer(Arc<ProcessGroup>);
 
@@ -376,23 +399,23 @@ impl CrossReplicaReduce for IdentityGradReducer {
     fn world_size(&self) -> usize {
         self.0.world_size()
     }
-    fn all_reduce_sum(&self, x: &Tensor) -> Tensor {
-        all_reduce_sum_identity_grad(&self.0, x).unwrap()
+    fn all_reduce_sum(&self, x: &Tensor) -> Result<Tensor, ReduceError> {
+        all_reduce_sum_identity_grad(&self.0, x)
     }
-    fn all_gather(&self, x: &Tensor) -> Tensor {
+    fn all_gather(&self, x: &Tensor) -> Result<Tensor, ReduceError> {
         // Other ranks' rows are constants; the gradient reaches only this rank's own rows.
-        let all = self.0.all_gather(x).unwrap();
+        let all = self.0.all_gather(x)?;
         let n = x.size()[0];
         let off = self.0.rank() as i64 * n;
         let rest = all.size()[0] - off - n;
-        Tensor::cat(
+        Ok(Tensor::cat(
             &[
                 all.narrow(0, 0, off),
                 x.shallow_clone(),
                 all.narrow(0, off + n, rest),
             ],
             0,
-        )
+        ))
     }
 }
 
@@ -548,6 +571,34 @@ fn kill(stall_rank_1: bool) {
             // Stuck (a deadlock, a slow disk): alive, heartbeat running, no collectives. The
             // parent kills this process after rank 0 has given up.
             std::thread::sleep(Duration::from_secs(600));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Both ranks compute the loss with [`LossReducer`] until it fails; the error is printed with
+/// its source chain and the process exits with 3.
+fn kill_loss() {
+    let pg = Arc::new(group());
+    let dir = PathBuf::from(std::env::var(OUT_DIR).unwrap());
+    let opts = LossOptions::default().with_reducer(Arc::new(LossReducer::new(pg.clone())));
+    let z = Tensor::randn([8, 16], (Kind::Float, Device::Cpu));
+    for step in 0u64.. {
+        match barlow_twins_loss(&z, &(&z * 0.5), &opts) {
+            Ok(_) => {}
+            Err(e) => {
+                let dist = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<bt_dist::DistError>())
+                    .is_some();
+                eprintln!("loss error: {e}");
+                if dist {
+                    eprintln!("(its source is a DistError)");
+                }
+                std::process::exit(3);
+            }
+        }
+        if step == 3 {
+            File::create(dir.join(format!("ready{}", pg.rank()))).unwrap();
         }
         std::thread::sleep(Duration::from_millis(20));
     }

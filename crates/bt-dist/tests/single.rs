@@ -75,6 +75,11 @@ fn rendezvous_with_nobody_listening_fails_within_the_timeout() {
 #[test]
 fn nccl_without_a_gpu_is_an_init_error() {
     if tch::Cuda::is_available() {
+        // Cannot be provoked with a GPU present; `nccl_world_of_one_all_reduces_on_the_gpu`
+        // covers NCCL there.
+        eprintln!(
+            "skipped: this machine has CUDA, so NCCL initialization cannot fail for lack of it"
+        );
         return;
     }
     assert_eq!(Backend::auto(), Backend::Gloo);
@@ -98,4 +103,34 @@ fn nccl_without_a_gpu_is_an_init_error() {
         "{err}"
     );
     println!("built_with_nccl={}: {err}", bt_dist::built_with_nccl());
+}
+
+/// NCCL on a GPU machine: a world of one initializes and all-reduces a CUDA tensor (bucketed and
+/// autograd paths). Run with `--ignored` on the GPU machine; without CUDA or without NCCL compiled
+/// in (see build.rs) it fails, naming which.
+#[test]
+#[ignore = "needs CUDA"]
+fn nccl_world_of_one_all_reduces_on_the_gpu() {
+    assert!(tch::Cuda::is_available(), "no CUDA device");
+    assert!(
+        bt_dist::built_with_nccl(),
+        "bt-dist was built without NCCL (see the cargo warnings of its build script)"
+    );
+    let pg = ProcessGroup::new(
+        0,
+        1,
+        "127.0.0.1",
+        free_port(),
+        Backend::Nccl,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(pg.device(), Device::Cuda(0));
+    let x = Tensor::arange(10, (Kind::Float, Device::Cuda(0)));
+    let mut ts = vec![x.copy()];
+    pg.all_reduce_mean_(&mut ts).unwrap();
+    assert_eq!(ts[0].to_device(Device::Cpu), x.to_device(Device::Cpu));
+    let y = bt_dist::all_reduce_sum_autograd(&pg, &x).unwrap();
+    assert_eq!(y.to_device(Device::Cpu), x.to_device(Device::Cpu));
+    pg.barrier().unwrap();
 }

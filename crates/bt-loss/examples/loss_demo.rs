@@ -6,9 +6,10 @@
 //! Expected: both implementations print the same loss (to ~1e-6 relative); the second view
 //! being a noisy copy of the first, the invariance term is small and the loss falls after the
 //! step.
-use bt_config::{LossConfig, LossImpl, LossNorm};
-use bt_loss::{barlow_twins_loss, resolve_impl, LossOptions};
-use tch::{Device, Kind, Tensor};
+// Everything comes through bt-loss (its re-exports of tch and the config types): a project using
+// the loss needs no other dependency.
+use bt_loss::tch::{self, Device, Kind, Tensor};
+use bt_loss::{barlow_twins_loss, resolve_impl, LossConfig, LossImpl, LossNorm, LossOptions};
 
 fn main() -> Result<(), bt_loss::LossError> {
     tch::manual_seed(0);
@@ -17,9 +18,16 @@ fn main() -> Result<(), bt_loss::LossError> {
     let za = (&z + Tensor::randn([n, d], (Kind::Float, Device::Cpu)) * 0.3).set_requires_grad(true);
     let zb = &z + Tensor::randn([n, d], (Kind::Float, Device::Cpu)) * 0.3;
     // The official recipe's loss section: BN normalization, lambda 0.0051.
-    let cfg = LossConfig { lambda: 0.0051, normalization: LossNorm::Batchnorm, ..LossConfig::default() };
+    let cfg = LossConfig {
+        lambda: 0.0051,
+        normalization: LossNorm::Batchnorm,
+        ..LossConfig::default()
+    };
     let opts = LossOptions::from_config(&cfg);
-    println!("N={n} D={d}: auto selects {:?}", resolve_impl(opts.implementation, n, d));
+    println!(
+        "N={n} D={d}: auto selects {:?}",
+        resolve_impl(opts.implementation, n, d)
+    );
     for imp in [LossImpl::Reference, LossImpl::Fused] {
         let out = barlow_twins_loss(&za, &zb, &opts.clone().with_implementation(imp))?;
         println!(
@@ -34,6 +42,9 @@ fn main() -> Result<(), bt_loss::LossError> {
     out.loss.backward();
     let za2 = tch::no_grad(|| &za - za.grad() * 10.0);
     let after = barlow_twins_loss(&za2, &zb, &opts)?;
-    println!("after one gradient step on z_a: {:.6}", after.loss.double_value(&[]));
+    println!(
+        "after one gradient step on z_a: {:.6}",
+        after.loss.double_value(&[])
+    );
     Ok(())
 }

@@ -24,11 +24,22 @@
 //! whole batch. See [`CrossReplicaReduce`] for exactly what is reduced and why the gradient stays
 //! correct.
 //!
+//! # Errors, not panics
+//! Every libtorch op is a fallible `f_` call and every collective returns a `Result`, so a shape
+//! error, an out-of-memory or a lost replica is a [`LossError`] naming what failed. [`tch`] and
+//! the config types are re-exported: calling the loss needs no other dependency.
+//!
 //! Example: `cargo run --release -p bt-loss --example loss_demo`
 //! (`crates/bt-loss/examples/loss_demo.rs`).
 #![deny(missing_docs)]
 
-use bt_config::{LossConfig, LossImpl, LossNorm};
+/// The config types [`LossOptions`] holds and is built from, re-exported so that calling the
+/// loss needs no direct `bt-config` dependency.
+pub use bt_config::{LossConfig, LossImpl, LossNorm};
+/// tch, re-exported: the loss takes and returns [`tch::Tensor`]s, and a caller must use the same
+/// tch version.
+pub use tch;
+
 use std::sync::Arc;
 use tch::{Kind, Tensor};
 
@@ -49,7 +60,7 @@ pub enum LossError {
         /// Global batch size.
         n: i64,
     },
-    /// An error from libtorch.
+    /// An error from libtorch (out of memory, a device mismatch, ...).
     #[error("libtorch error in {op}: {source}")]
     Torch {
         /// The operation.
@@ -57,7 +68,19 @@ pub enum LossError {
         /// The underlying error.
         source: tch::TchError,
     },
+    /// The [`CrossReplicaReduce`] collective failed (a lost peer, a timeout).
+    #[error("cross-replica {op} failed: {source}")]
+    Reduce {
+        /// `all_reduce_sum` or `all_gather`, and what was being reduced.
+        op: &'static str,
+        /// The reducer's error (e.g. a `bt_dist::DistError` naming the lost rank).
+        source: ReduceError,
+    },
 }
+
+/// The error a [`CrossReplicaReduce`] returns: any error type of the implementation (bt-loss
+/// does not know the collective library).
+pub type ReduceError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Result alias of this crate.
 pub type Result<T> = std::result::Result<T, LossError>;
@@ -96,13 +119,18 @@ pub const BATCHNORM_EPS: f64 = 1e-5;
 ///
 /// Implementations must be called collectively: every replica calls the same methods in the same
 /// order (the loss does).
+///
+/// # Errors
+/// A failed collective returns its error, and [`barlow_twins_loss`] returns it as
+/// [`LossError::Reduce`]; a data-parallel trainer then stops (the other replicas fail at the
+/// same collective, or time out).
 pub trait CrossReplicaReduce: Send + Sync {
     /// Number of replicas `W`.
     fn world_size(&self) -> usize;
     /// Sum of `x` over replicas (same shape), with the gradient contract above.
-    fn all_reduce_sum(&self, x: &Tensor) -> Tensor;
+    fn all_reduce_sum(&self, x: &Tensor) -> std::result::Result<Tensor, ReduceError>;
     /// Rows of every replica concatenated in rank order (`N_r x D` in, `N x D` out).
-    fn all_gather(&self, x: &Tensor) -> Tensor;
+    fn all_gather(&self, x: &Tensor) -> std::result::Result<Tensor, ReduceError>;
 }
 
 /// How [`barlow_twins_loss`] runs; built from [`LossConfig`] by [`LossOptions::from_config`].
@@ -191,7 +219,9 @@ pub fn resolve_impl(implementation: LossImpl, n: i64, d: i64) -> LossImpl {
 /// computation runs in f32 (f64 stays f64). Output: three scalars.
 ///
 /// # Errors
-/// Shape mismatch, fewer than 2 rows in the global batch, or a libtorch failure.
+/// Shape mismatch ([`LossError::Shape`], naming both shapes), fewer than 2 rows in the global
+/// batch, a libtorch failure ([`LossError::Torch`]: every op is a fallible `f_` call, so out of
+/// memory is an error, not a panic), or a failed collective ([`LossError::Reduce`]).
 pub fn barlow_twins_loss(z_a: &Tensor, z_b: &Tensor, opts: &LossOptions) -> Result<LossOutput> {
     let (sa, sb) = (z_a.size(), z_b.size());
     if sa.len() != 2 || sa != sb {
@@ -214,66 +244,113 @@ fn torch<T>(op: &'static str, r: std::result::Result<T, tch::TchError>) -> Resul
     r.map_err(|source| LossError::Torch { op, source })
 }
 
+/// [`torch`] for a chain of fallible ops (`?` inside the closure).
+fn chain<T>(
+    op: &'static str,
+    f: impl FnOnce() -> std::result::Result<T, tch::TchError>,
+) -> Result<T> {
+    torch(op, f())
+}
+
 fn loss_f32(z_a: &Tensor, z_b: &Tensor, opts: &LossOptions) -> Result<LossOutput> {
     let kind = compute_kind(z_a);
     let z_a = torch("to_kind", z_a.f_to_kind(kind))?;
     let z_b = torch("to_kind", z_b.f_to_kind(kind))?;
     let reducer = opts.reducer.as_deref();
-    let sum = |x: Tensor| match reducer {
-        Some(r) => r.all_reduce_sum(&x),
-        None => x,
+    let sum = |op: &'static str, x: Tensor| -> Result<Tensor> {
+        match reducer {
+            Some(r) => r
+                .all_reduce_sum(&x)
+                .map_err(|source| LossError::Reduce { op, source }),
+            None => Ok(x),
+        }
     };
     let (n_local, d) = (z_a.size()[0], z_a.size()[1]);
     let n = match reducer {
-        Some(r) => r
-            .all_reduce_sum(&Tensor::from(n_local as f64))
-            .f_double_value(&[])
-            .map_err(|source| LossError::Torch { op: "all_reduce(count)", source })?
-            .round() as i64,
+        Some(_) => {
+            let n = sum("all_reduce_sum(row count)", Tensor::from(n_local as f64))?;
+            torch("count", n.f_double_value(&[]))?.round() as i64
+        }
         None => n_local,
     };
     if n < 2 {
         return Err(LossError::TooSmall { n });
     }
     let nf = n as f64;
-    let normalize = |z: &Tensor| -> Tensor {
-        let mean = sum(z.sum_dim_intlist(0, false, kind)) / nf;
-        let centered = z - &mean;
-        let var = sum(centered.square().sum_dim_intlist(0, false, kind)) / nf;
+    let normalize = |z: &Tensor| -> Result<Tensor> {
+        let col_sum = torch("sum(columns)", z.f_sum_dim_intlist(0, false, kind))?;
+        let col_sum = sum("all_reduce_sum(column sums)", col_sum)?;
+        let mean = torch("mean", col_sum.f_div_scalar(nf))?;
+        let centered = torch("center", z.f_sub(&mean))?;
+        let sq = torch("square", centered.f_square())?;
+        let sq_sum = torch("sum(squares)", sq.f_sum_dim_intlist(0, false, kind))?;
+        let var = sum("all_reduce_sum(centered squares)", sq_sum)?;
+        let var = torch("variance", var.f_div_scalar(nf))?;
         let std = match opts.normalization {
-            LossNorm::KerasSeed => var.sqrt(),
-            LossNorm::Batchnorm => (var + BATCHNORM_EPS).sqrt(),
+            LossNorm::KerasSeed => torch("sqrt", var.f_sqrt())?,
+            LossNorm::Batchnorm => chain("sqrt", || var.f_add_scalar(BATCHNORM_EPS)?.f_sqrt())?,
         };
-        centered / std
+        torch("normalize", centered.f_div(&std))
     };
-    let (a, b) = (normalize(&z_a), normalize(&z_b));
+    let (a, b) = (normalize(&z_a)?, normalize(&z_b)?);
     let (invariance, redundancy) = match resolve_impl(opts.implementation, n, d) {
         LossImpl::Fused => {
             // c_ii = Σ_n a_ni b_ni / N: the diagonal without the D x D matrix.
-            let diag = sum((&a * &b).sum_dim_intlist(0, false, kind)) / nf;
-            let (a_all, b_all) = match reducer {
-                Some(r) => (r.all_gather(&a), r.all_gather(&b)),
-                None => (a.shallow_clone(), b.shallow_clone()),
+            let ab = chain("a*b", || a.f_mul(&b)?.f_sum_dim_intlist(0, false, kind))?;
+            let ab = sum("all_reduce_sum(diagonal)", ab)?;
+            let diag = torch("diag", ab.f_div_scalar(nf))?;
+            let gather = |op: &'static str, x: &Tensor| -> Result<Tensor> {
+                match reducer {
+                    Some(r) => r
+                        .all_gather(x)
+                        .map_err(|source| LossError::Reduce { op, source }),
+                    None => Ok(x.shallow_clone()),
+                }
             };
+            let a_all = gather("all_gather(view a)", &a)?;
+            let b_all = gather("all_gather(view b)", &b)?;
             // Σ_ij c_ij² = Σ_nm (A Aᵀ)_nm (B Bᵀ)_nm / N², this replica's rows n only.
-            let ga = a.matmul(&a_all.tr());
-            let gb = b.matmul(&b_all.tr());
-            let total = sum((ga * gb).sum(kind)) / (nf * nf);
-            let diag_sq = diag.square().sum(kind);
-            let inv = (diag - 1.0).square().sum(kind);
-            (inv, total - diag_sq)
+            let ga = chain("gram(a)", || a.f_matmul(&a_all.f_tr()?))?;
+            let gb = chain("gram(b)", || b.f_matmul(&b_all.f_tr()?))?;
+            let gg = chain("gram product", || ga.f_mul(&gb)?.f_sum(kind))?;
+            let total = sum("all_reduce_sum(gram product)", gg)?;
+            let total = torch("total", total.f_div_scalar(nf * nf))?;
+            let diag_sq = chain("diag²", || diag.f_square()?.f_sum(kind))?;
+            let inv = chain("invariance", || {
+                diag.f_sub_scalar(1.0)?.f_square()?.f_sum(kind)
+            })?;
+            (inv, torch("redundancy", total.f_sub(&diag_sq))?)
         }
         _ => {
-            let c = sum(a.tr().matmul(&b)) / nf;
-            let inv = (c.diagonal(0, 0, 1) - 1.0).square().sum(kind);
+            let c = chain("cross-correlation", || a.f_tr()?.f_matmul(&b))?;
+            let c = sum("all_reduce_sum(c)", c)?;
+            let c = torch("c / N", c.f_div_scalar(nf))?;
+            let inv = chain("invariance", || {
+                c.f_diagonal(0, 0, 1)?
+                    .f_sub_scalar(1.0)?
+                    .f_square()?
+                    .f_sum(kind)
+            })?;
             // The official code's off_diagonal: drop the last element, view as (D-1) x (D+1),
             // and every row then starts with a diagonal element.
-            let off = c.flatten(0, 1).narrow(0, 0, d * d - 1).view([d - 1, d + 1]).narrow(1, 1, d);
-            (inv, off.square().sum(kind))
+            let off = chain("off-diagonal", || {
+                c.f_flatten(0, 1)?
+                    .f_narrow(0, 0, d * d - 1)?
+                    .f_view([d - 1, d + 1])?
+                    .f_narrow(1, 1, d)
+            })?;
+            (inv, chain("redundancy", || off.f_square()?.f_sum(kind))?)
         }
     };
-    let loss = (&invariance + &redundancy * opts.lambda) * opts.scale;
-    Ok(LossOutput { loss, invariance, redundancy })
+    let weighted = torch("λ·redundancy", redundancy.f_mul_scalar(opts.lambda))?;
+    let loss = chain("loss", || {
+        invariance.f_add(&weighted)?.f_mul_scalar(opts.scale)
+    })?;
+    Ok(LossOutput {
+        loss,
+        invariance,
+        redundancy,
+    })
 }
 
 #[cfg(test)]
@@ -284,7 +361,10 @@ mod tests {
     fn auto_picks_fused_only_when_d_exceeds_2n() {
         assert_eq!(resolve_impl(LossImpl::Auto, 512, 5000), LossImpl::Fused);
         assert_eq!(resolve_impl(LossImpl::Auto, 512, 1024), LossImpl::Reference);
-        assert_eq!(resolve_impl(LossImpl::Reference, 8, 5000), LossImpl::Reference);
+        assert_eq!(
+            resolve_impl(LossImpl::Reference, 8, 5000),
+            LossImpl::Reference
+        );
         assert_eq!(resolve_impl(LossImpl::Fused, 512, 8), LossImpl::Fused);
     }
 
@@ -292,7 +372,9 @@ mod tests {
     fn shape_mismatch_is_an_error() {
         let a = Tensor::zeros([4, 3], (Kind::Float, tch::Device::Cpu));
         let b = Tensor::zeros([4, 2], (Kind::Float, tch::Device::Cpu));
-        let e = barlow_twins_loss(&a, &b, &LossOptions::default()).unwrap_err().to_string();
+        let e = barlow_twins_loss(&a, &b, &LossOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("[4, 3]") && e.contains("[4, 2]"), "{e}");
         let one = Tensor::zeros([1, 3], (Kind::Float, tch::Device::Cpu));
         assert!(matches!(

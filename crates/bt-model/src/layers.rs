@@ -59,6 +59,16 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// A forward without tracing or synchronized batch norm.
+    pub(crate) fn plain(train: bool, bf16: bool) -> Self {
+        Ctx {
+            train,
+            bf16,
+            trace: None,
+            sync: None,
+        }
+    }
+
     pub(crate) fn record(&self, name: &str, kind: String, out: &Tensor, tr: i64, nt: i64) {
         if let Some(t) = self.trace {
             t.borrow_mut().push(LayerRow {
@@ -72,12 +82,24 @@ impl Ctx<'_> {
     }
 }
 
+/// What building a model records: its variables, and the first libtorch error (an allocation
+/// that failed: out of memory, an unusable device).
+///
+/// Layer constructors return their layer, not a `Result`, so that the encoders read like
+/// torchvision's; a failed allocation is recorded here instead, later variables are not
+/// allocated at all, and the model's `try_new` turns it into an error.
+#[derive(Default)]
+pub(crate) struct Registry {
+    pub(crate) vars: Vec<NamedVar>,
+    pub(crate) error: Option<(String, tch::TchError)>,
+}
+
 /// A `nn::Path` that also records each variable's relative name and role.
 #[derive(Clone)]
 pub(crate) struct Scope<'a> {
     path: nn::Path<'a>,
     rel: String,
-    reg: Rc<RefCell<Vec<NamedVar>>>,
+    reg: Rc<RefCell<Registry>>,
 }
 
 fn join(a: &str, b: &str) -> String {
@@ -89,7 +111,7 @@ fn join(a: &str, b: &str) -> String {
 }
 
 impl<'a> Scope<'a> {
-    pub(crate) fn root(path: &nn::Path<'a>, reg: Rc<RefCell<Vec<NamedVar>>>) -> Self {
+    pub(crate) fn root(path: &nn::Path<'a>, reg: Rc<RefCell<Registry>>) -> Self {
         Self {
             path: path.clone(),
             rel: String::new(),
@@ -107,10 +129,33 @@ impl<'a> Scope<'a> {
     pub(crate) fn name(&self) -> &str {
         &self.rel
     }
-    fn add(&self, name: &str, t: Tensor, role: Role) -> Tensor {
+    /// Registers `made` under `name`, or records its error: after the first error nothing more
+    /// is allocated or added to the `VarStore`, and an empty CPU tensor stands in (layer
+    /// constructors only keep it; the model is never returned).
+    fn add(
+        &self,
+        name: &str,
+        made: impl FnOnce() -> Result<Tensor, tch::TchError>,
+        role: Role,
+    ) -> Tensor {
+        let full = join(&self.rel, name);
+        let mut reg = self.reg.borrow_mut();
+        let made = match reg.error {
+            Some(_) => None,
+            None => match tch::no_grad(made) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    reg.error = Some((full.clone(), e));
+                    None
+                }
+            },
+        };
+        let Some(t) = made else {
+            return Tensor::zeros([0], (Kind::Float, tch::Device::Cpu));
+        };
         let t = self.path.add(name, t, role == Role::Trainable);
-        self.reg.borrow_mut().push(NamedVar {
-            name: join(&self.rel, name),
+        reg.vars.push(NamedVar {
+            name: full,
             tensor: t.shallow_clone(),
             role,
         });
@@ -118,13 +163,13 @@ impl<'a> Scope<'a> {
     }
     fn float(&self, name: &str, dims: &[i64], init: Init, role: Role) -> Tensor {
         let opts = (Kind::Float, self.path.device());
-        let t = tch::no_grad(|| match init {
-            Init::Zeros => Tensor::zeros(dims, opts),
-            Init::Ones => Tensor::ones(dims, opts),
-            Init::Uniform(bound) => Tensor::empty(dims, opts).uniform_(-bound, bound),
-            Init::Normal(std) => Tensor::randn(dims, opts) * std,
-        });
-        self.add(name, t, role)
+        let made = || match init {
+            Init::Zeros => Tensor::f_zeros(dims, opts),
+            Init::Ones => Tensor::f_ones(dims, opts),
+            Init::Uniform(bound) => Tensor::f_empty(dims, opts)?.f_uniform_(-bound, bound),
+            Init::Normal(std) => Tensor::f_randn(dims, opts)?.f_mul_scalar(std),
+        };
+        self.add(name, made, role)
     }
 }
 
@@ -291,7 +336,8 @@ impl BatchNorm {
         let bias = s.float("bias", &[c], Init::Zeros, Role::Trainable);
         let running_mean = s.float("running_mean", &[c], Init::Zeros, Role::Buffer);
         let running_var = s.float("running_var", &[c], Init::Ones, Role::Buffer);
-        let nbt = Tensor::zeros([], (Kind::Int64, running_var.device()));
+        let opts = (Kind::Int64, s.path.device());
+        let nbt = || Tensor::f_zeros([], opts);
         let num_batches_tracked = s.add("num_batches_tracked", nbt, Role::Counter);
         Self {
             name: s.name().to_string(),

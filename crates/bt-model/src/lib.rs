@@ -24,6 +24,15 @@
 //! The projector ([`bt_config::ModelConfig::projector`]) is `Linear -> [BN] -> ReLU` per hidden
 //! layer and a final `Linear`, indexed like an `nn.Sequential`.
 //!
+//! # Public surface
+//! [`BarlowTwins`] (encoder + projector) and [`Encoder`] (the backbone alone, e.g. for a
+//! downstream task) both implement tch's [`nn::ModuleT`] and save/load safetensors checkpoints;
+//! their layers (convolutions, batch norms, the name registry) are private, so the only contract
+//! is the state-dict names. [`tch`] and the config types ([`ModelConfig`], [`Arch`],
+//! [`Precision`]) are re-exported: a user needs no other dependency to build and run a model.
+//! Construction and checkpoint I/O return [`ModelError`] for everything libtorch reports (an
+//! allocation that fails is [`ModelError::Torch`] naming the variable), never a panic.
+//!
 //! # Key design choice: PyTorch state-dict names are the model's identity
 //! Every tensor is created under the name PyTorch would give it (`encoder.layer1.0.bn1.running_var`,
 //! `projector.0.weight`), including the BN bookkeeping PyTorch has and Keras does not
@@ -64,19 +73,25 @@
 #![deny(missing_docs)]
 
 mod checkpoint;
+mod encoder;
 mod layers;
 mod resnet;
 
-use bt_config::{Arch, ModelConfig, Precision, SyncBn};
-use layers::{glorot, BatchNorm, Ctx, Init, Linear, Scope};
+/// The config types the constructors and [`BarlowTwins::set_precision`] take, so that a user
+/// needs no direct `bt-config` dependency.
+pub use bt_config::{Arch, ModelConfig, Precision, SyncBn};
+use layers::{glorot, BatchNorm, Ctx, Init, Linear, Registry, Scope};
 pub use layers::{tf_same_pad, LayerRow, NamedVar, Role};
-use resnet::{KerasResnet34, Stem, TorchResnet};
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
 use tch::{nn, Tensor};
 
 pub use checkpoint::CheckpointKind;
+pub use encoder::Encoder;
+/// tch, re-exported so that users of this crate name `nn::Path`, `Tensor` and `Device` from the
+/// same tch version as the model.
+pub use tch;
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +141,16 @@ pub enum ModelError {
         /// File shape and dtype.
         found: String,
     },
+    /// libtorch failed (out of memory, an unavailable device, ...) on a variable.
+    #[error("libtorch error {op} `{name}`: {source}")]
+    Torch {
+        /// What was being done (`allocating`, `copying for saving`, `loading`).
+        op: &'static str,
+        /// State-dict name of the variable.
+        name: String,
+        /// libtorch's error.
+        source: tch::TchError,
+    },
 }
 
 fn preview(keys: &[String]) -> String {
@@ -138,15 +163,10 @@ fn preview(keys: &[String]) -> String {
 
 /// The cross-replica sum of synchronized batch norm ([`BarlowTwins::set_sync_bn`]): returns
 /// `Σ_replicas x` and, in the backward pass, adds the incoming gradients across replicas.
-pub type CrossReplicaSum = Box<dyn Fn(&Tensor) -> Tensor>;
+pub type CrossReplicaSum = Box<dyn Fn(&Tensor) -> Tensor + Send>;
 
 /// Result alias of this crate.
 pub type Result<T> = std::result::Result<T, ModelError>;
-
-enum Encoder {
-    Keras(KerasResnet34),
-    Torch(TorchResnet),
-}
 
 enum ProjLayer {
     Linear(Linear),
@@ -188,6 +208,9 @@ impl ParamCounts {
 /// ResNet-50), [`forward`](Self::forward) `N x D` embeddings (D = [`embed_dim`](Self::embed_dim),
 /// the last projector width).
 ///
+/// Implements [`nn::ModuleT`]: `forward_t(x, train)` is [`forward`](Self::forward), the
+/// projector applied to the [`Encoder`]'s features.
+///
 /// # Panics
 /// Training-mode forwards panic (libtorch error) on a batch of one: batch norm needs more than
 /// one value per channel.
@@ -195,7 +218,6 @@ pub struct BarlowTwins {
     encoder: Encoder,
     projector: Vec<ProjLayer>,
     vars: Vec<NamedVar>,
-    feature_dim: i64,
     embed_dim: i64,
     bf16: bool,
     cfg: ModelConfig,
@@ -203,11 +225,15 @@ pub struct BarlowTwins {
     sync_sum: Option<CrossReplicaSum>,
 }
 
+/// The closure [`BarlowTwins::set_projector_sync`] takes (a [`CrossReplicaSum`]; `Send`, so
+/// that the model is a [`nn::ModuleT`]).
+pub type ProjectorSync = CrossReplicaSum;
+
 impl std::fmt::Debug for BarlowTwins {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BarlowTwins")
             .field("arch", &self.cfg.arch)
-            .field("feature_dim", &self.feature_dim)
+            .field("feature_dim", &self.encoder.feature_dim())
             .field("embed_dim", &self.embed_dim)
             .field("variables", &self.vars.len())
             .finish()
@@ -223,49 +249,22 @@ impl BarlowTwins {
         Self::try_new(vs, cfg).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Builds the model, or says which config key is unusable.
+    /// Builds the model, or says which config key is unusable or which variable libtorch could
+    /// not allocate ([`ModelError::Torch`]: out of memory, an unavailable device). After an
+    /// allocation error `vs` may hold some of the model's variables.
     pub fn try_new(vs: &nn::Path, cfg: &ModelConfig) -> Result<BarlowTwins> {
-        if cfg.width <= 0 {
-            return Err(ModelError::Config {
-                key: "model.width",
-                reason: format!("{} is not positive", cfg.width),
-            });
-        }
+        encoder::check_width(cfg)?;
         if cfg.projector.is_empty() || cfg.projector.iter().any(|&w| w <= 0) {
             return Err(ModelError::Config {
                 key: "model.projector",
                 reason: format!("{:?}: need at least one positive width", cfg.projector),
             });
         }
-        let reg = Rc::new(RefCell::new(Vec::new()));
+        let reg = Rc::new(RefCell::new(Registry::default()));
         let root = Scope::root(vs, reg.clone());
-        let enc = root.sub("encoder");
         let keras = cfg.arch == Arch::KerasResnet34;
-        let (encoder, feature_dim) = match cfg.arch {
-            Arch::KerasResnet34 => {
-                let e = KerasResnet34::new(&enc, cfg.width);
-                let f = e.features();
-                (Encoder::Keras(e), f)
-            }
-            Arch::CifarResnet18
-            | Arch::CifarResnet34
-            | Arch::CifarResnet50
-            | Arch::Resnet18
-            | Arch::Resnet34
-            | Arch::Resnet50 => {
-                let (stem, depth) = match cfg.arch {
-                    Arch::CifarResnet18 => (Stem::Cifar, 18),
-                    Arch::CifarResnet34 => (Stem::Cifar, 34),
-                    Arch::CifarResnet50 => (Stem::Cifar, 50),
-                    Arch::Resnet18 => (Stem::ImageNet, 18),
-                    Arch::Resnet34 => (Stem::ImageNet, 34),
-                    _ => (Stem::ImageNet, 50),
-                };
-                let e = TorchResnet::new(&enc, stem, depth, cfg.width, cfg.zero_init_residual);
-                let f = e.features();
-                (Encoder::Torch(e), f)
-            }
-        };
+        let mut encoder = Encoder::build(&root.sub("encoder"), cfg);
+        let feature_dim = encoder.feature_dim();
         let proj = root.sub("projector");
         let mut projector = Vec::new();
         let mut c_in = feature_dim;
@@ -299,13 +298,23 @@ impl BarlowTwins {
                 projector.push(ProjLayer::Relu);
             }
         }
+        encoder::take_error(&reg)?;
         // The scopes still hold the registry; take its contents rather than unwrapping the Rc.
-        let vars = std::mem::take(&mut *reg.borrow_mut());
+        let vars = std::mem::take(&mut reg.borrow_mut().vars);
+        encoder.vars = vars
+            .iter()
+            .filter_map(|v| {
+                Some(NamedVar {
+                    name: v.name.strip_prefix(checkpoint::ENC)?.to_string(),
+                    tensor: v.tensor.shallow_clone(),
+                    role: v.role,
+                })
+            })
+            .collect();
         Ok(BarlowTwins {
             encoder,
             projector,
             vars,
-            feature_dim,
             embed_dim: c_in,
             bf16: false,
             cfg: cfg.clone(),
@@ -321,7 +330,13 @@ impl BarlowTwins {
 
     /// Encoder output width F.
     pub fn feature_dim(&self) -> i64 {
-        self.feature_dim
+        self.encoder.feature_dim()
+    }
+
+    /// The encoder (its [`variables`](Encoder::variables) are named without the `encoder.`
+    /// prefix and share storage with this model's).
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
     }
 
     /// Embedding width D (the last projector layer).
@@ -333,6 +348,7 @@ impl BarlowTwins {
     /// come back as f32, batch norm stays f32), on CPU and CUDA alike. `F32`: full precision.
     pub fn set_precision(&mut self, p: Precision) {
         self.bf16 = p == Precision::Bf16;
+        self.encoder.set_precision(p);
     }
 
     /// Synchronized batch norm (PyTorch's `SyncBatchNorm`): training-mode batch norms in
@@ -377,10 +393,7 @@ impl BarlowTwins {
             trace: ctx.trace,
             sync: self.sync_for(true),
         };
-        match &self.encoder {
-            Encoder::Keras(e) => e.forward(x, ctx),
-            Encoder::Torch(e) => e.forward(x, ctx),
-        }
+        self.encoder.forward_ctx(x, ctx)
     }
 
     fn project_ctx(&self, h: &Tensor, ctx: &Ctx) -> Tensor {
@@ -404,15 +417,7 @@ impl BarlowTwins {
     /// Encoder features (`N x F`). `train`: batch norm uses batch statistics and updates its
     /// running statistics.
     pub fn encode(&self, x: &Tensor, train: bool) -> Tensor {
-        self.encode_ctx(
-            x,
-            &Ctx {
-                train,
-                bf16: self.bf16,
-                trace: None,
-                sync: None,
-            },
-        )
+        self.encode_ctx(x, &Ctx::plain(train, self.bf16))
     }
 
     /// Embeddings (`N x D`): encoder then projector.
@@ -422,12 +427,7 @@ impl BarlowTwins {
 
     /// Features and embeddings of one pass: `(N x F, N x D)`.
     pub fn forward_features(&self, x: &Tensor, train: bool) -> (Tensor, Tensor) {
-        let ctx = Ctx {
-            train,
-            bf16: self.bf16,
-            trace: None,
-            sync: None,
-        };
+        let ctx = Ctx::plain(train, self.bf16);
         let h = self.encode_ctx(x, &ctx);
         let z = self.project_ctx(&h, &ctx);
         (h, z)
@@ -435,15 +435,7 @@ impl BarlowTwins {
 
     /// Projector only (`N x F -> N x D`).
     pub fn project(&self, h: &Tensor, train: bool) -> Tensor {
-        self.project_ctx(
-            h,
-            &Ctx {
-                train,
-                bf16: self.bf16,
-                trace: None,
-                sync: None,
-            },
-        )
+        self.project_ctx(h, &Ctx::plain(train, self.bf16))
     }
 
     /// Every variable (parameters, BN buffers, counters) in creation order, under its
@@ -481,22 +473,36 @@ impl BarlowTwins {
     /// Per-layer rows (name, kind, output shape, parameters) traced by an inference-mode
     /// forward of one `3 x h x w` zero image (running statistics are not touched).
     pub fn layer_table(&self, h: i64, w: i64) -> Vec<LayerRow> {
-        let trace = RefCell::new(Vec::new());
-        let device = self
-            .vars
-            .first()
-            .map_or(tch::Device::Cpu, |v| v.tensor.device());
-        let x = Tensor::zeros([1, 3, h, w], (tch::Kind::Float, device));
-        let ctx = Ctx {
-            train: false,
-            bf16: false,
-            trace: Some(&trace),
-            sync: None,
-        };
-        tch::no_grad(|| {
-            let h = self.encode_ctx(&x, &ctx);
-            let _ = self.project_ctx(&h, &ctx);
-        });
-        trace.into_inner()
+        trace_layers(&self.vars, h, w, |x, ctx| {
+            let h = self.encode_ctx(x, ctx);
+            let _ = self.project_ctx(&h, ctx);
+        })
     }
+}
+
+impl nn::ModuleT for BarlowTwins {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.forward(xs, train)
+    }
+}
+
+/// The rows `run` records for one `3 x h x w` zero image on the device of `vars`, in inference
+/// mode (running statistics are not touched) and without gradients.
+fn trace_layers(
+    vars: &[NamedVar],
+    h: i64,
+    w: i64,
+    run: impl FnOnce(&Tensor, &Ctx),
+) -> Vec<LayerRow> {
+    let trace = RefCell::new(Vec::new());
+    let device = vars.first().map_or(tch::Device::Cpu, |v| v.tensor.device());
+    let x = Tensor::zeros([1, 3, h, w], (tch::Kind::Float, device));
+    let ctx = Ctx {
+        train: false,
+        bf16: false,
+        trace: Some(&trace),
+        sync: None,
+    };
+    tch::no_grad(|| run(&x, &ctx));
+    trace.into_inner()
 }

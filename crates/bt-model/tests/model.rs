@@ -2,7 +2,8 @@
 mod common;
 
 use bt_config::{Arch, ModelConfig, Precision};
-use bt_model::{tf_same_pad, BarlowTwins, CheckpointKind, ModelError, Role};
+use bt_model::{tf_same_pad, BarlowTwins, CheckpointKind, Encoder, ModelError, Role};
+use tch::nn::ModuleT;
 use tch::{nn, Device, Kind, Tensor};
 
 fn cfg(arch: Arch, width: i64, projector: Vec<i64>) -> ModelConfig {
@@ -380,4 +381,94 @@ fn bf16_stays_close_to_f32_and_runs_under_autocast() {
         z.square().sum(Kind::Float).backward();
         assert!(m.trainable_variables()[0].grad().defined());
     }
+}
+
+#[test]
+fn encoder_alone_has_torchvision_names_and_the_models_encoder_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(Arch::CifarResnet18, 8, vec![16, 16]);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = BarlowTwins::new(&vs.root(), &c);
+    let _ = model.forward(&rand_x(4), true); // running stats differ from a fresh encoder's
+    let vs_e = nn::VarStore::new(Device::Cpu);
+    let enc = Encoder::new(&vs_e.root(), &c);
+    // The same variables as the model's `encoder.*`, without the prefix, in the same order.
+    let want: Vec<String> = model
+        .variables()
+        .iter()
+        .filter_map(|v| v.name.strip_prefix("encoder.").map(str::to_string))
+        .collect();
+    let got: Vec<String> = enc.variables().iter().map(|v| v.name.clone()).collect();
+    assert_eq!(got, want);
+    let inner: Vec<&str> = model
+        .encoder()
+        .variables()
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(inner, want);
+    assert_eq!(vs_e.variables().len(), want.len());
+    assert_eq!(enc.feature_dim(), model.feature_dim());
+
+    // Weights from the model's encoder checkpoint and from its full checkpoint (projector
+    // tensors skipped): the encoder alone then computes the model's features, as a ModuleT.
+    let x = rand_x(3);
+    let h = tch::no_grad(|| model.encode(&x, false));
+    for (file, kind) in [
+        ("enc.safetensors", CheckpointKind::EncoderOnly),
+        ("full.safetensors", CheckpointKind::Full),
+    ] {
+        let path = dir.path().join(file);
+        if kind == CheckpointKind::Full {
+            model.save_full(&path).unwrap();
+        } else {
+            model.save_encoder(&path).unwrap();
+        }
+        let fresh = Encoder::new(&nn::VarStore::new(Device::Cpu).root(), &c);
+        assert_ne!(bits(&tch::no_grad(|| fresh.forward_t(&x, false))), bits(&h));
+        assert_eq!(fresh.load(&path).unwrap(), kind);
+        let m: &dyn ModuleT = &fresh;
+        assert_eq!(
+            bits(&tch::no_grad(|| m.forward_t(&x, false))),
+            bits(&h),
+            "{file}"
+        );
+    }
+    // An encoder file saved by the encoder alone loads into the model.
+    let path = dir.path().join("alone.safetensors");
+    enc.save(&path).unwrap();
+    let vs2 = nn::VarStore::new(Device::Cpu);
+    let model2 = BarlowTwins::new(&vs2.root(), &c);
+    assert_eq!(model2.load(&path).unwrap(), CheckpointKind::EncoderOnly);
+    let (a, b) = tch::no_grad(|| (enc.forward(&x, false), model2.encode(&x, false)));
+    assert_eq!(bits(&a), bits(&b));
+}
+
+#[test]
+fn barlow_twins_forward_t_is_the_projector_of_the_encoder() {
+    let c = cfg(Arch::CifarResnet18, 8, vec![16, 12]);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = BarlowTwins::new(&vs.root(), &c);
+    let x = rand_x(3);
+    let m: &dyn ModuleT = &model;
+    let z = tch::no_grad(|| m.forward_t(&x, false));
+    assert_eq!(z.size(), vec![3, 12]);
+    let by_parts = tch::no_grad(|| model.project(&model.encoder().forward(&x, false), false));
+    assert_eq!(bits(&z), bits(&by_parts));
+}
+
+#[test]
+fn an_allocation_libtorch_refuses_is_an_error_naming_the_variable() {
+    // No machine has a 64th CUDA device: every allocation there fails inside libtorch.
+    let c = cfg(Arch::CifarResnet18, 8, vec![16]);
+    let vs = nn::VarStore::new(Device::Cuda(63));
+    match BarlowTwins::try_new(&vs.root(), &c) {
+        Err(ModelError::Torch { op, name, .. }) => {
+            assert_eq!((op, name.as_str()), ("allocating", "encoder.conv1.weight"))
+        }
+        other => panic!("expected a libtorch error, got {other:?}"),
+    }
+    let vs = nn::VarStore::new(Device::Cuda(63));
+    let e = Encoder::try_new(&vs.root(), &c).unwrap_err().to_string();
+    assert!(e.contains("`conv1.weight`"), "{e}");
 }

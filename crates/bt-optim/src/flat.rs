@@ -1,5 +1,5 @@
 //! Parameters as views into one chunk-padded flat buffer.
-use crate::{check_params, torch, OptimError, Result};
+use crate::{chain, check_params, checked_grad, torch, OptimError, Result};
 use tch::{Device, Kind, Tensor};
 
 /// Elements per chunk. Every parameter starts on a chunk boundary and is zero-padded to a whole
@@ -42,15 +42,25 @@ impl FlatParams {
             chunk_seg.extend(std::iter::repeat_n(i as i64, chunks as usize));
             total += chunks * CHUNK;
         }
-        let flat = Tensor::zeros([total], (Kind::Float, device));
+        let flat = torch(
+            "zeros(flat)",
+            Tensor::f_zeros([total], (Kind::Float, device)),
+        )?;
         let (mut names, mut views, mut shapes, mut numels) = (vec![], vec![], vec![], vec![]);
         tch::no_grad(|| -> Result<()> {
             for ((name, mut t), &off) in params.into_iter().zip(&offsets) {
                 let n = t.numel() as i64;
                 let shape = t.size();
                 let view = torch("narrow", flat.f_narrow(0, off, n))?;
-                torch("copy_", view.shallow_clone().f_copy_(&torch("reshape", t.f_reshape([-1]))?))?;
-                torch("set_data", t.f_set_data(&torch("view", view.f_view(shape.as_slice()))?))?;
+                torch(
+                    "copy_",
+                    view.shallow_clone()
+                        .f_copy_(&torch("reshape", t.f_reshape([-1]))?),
+                )?;
+                torch(
+                    "set_data",
+                    t.f_set_data(&torch("view", view.f_view(shape.as_slice()))?),
+                )?;
                 names.push(name);
                 views.push(t);
                 shapes.push(shape);
@@ -65,8 +75,14 @@ impl FlatParams {
             numels,
             offsets,
             flat,
-            chunk_seg: Tensor::from_slice(&chunk_seg).to_device(device),
-            zero_pad: Tensor::zeros([CHUNK], (Kind::Float, device)),
+            chunk_seg: torch(
+                "chunk index",
+                Tensor::from_slice(&chunk_seg).f_to_device(device),
+            )?,
+            zero_pad: torch(
+                "zeros(pad)",
+                Tensor::f_zeros([CHUNK], (Kind::Float, device)),
+            )?,
             device,
         })
     }
@@ -97,8 +113,8 @@ impl FlatParams {
     }
 
     /// A zero buffer with the layout of [`flat`](Self::flat).
-    pub fn zeros_like(&self) -> Tensor {
-        self.flat.zeros_like()
+    pub fn zeros_like(&self) -> Result<Tensor> {
+        torch("zeros_like(flat)", self.flat.f_zeros_like())
     }
 
     /// The device of the buffer.
@@ -106,65 +122,99 @@ impl FlatParams {
         self.device
     }
 
-    fn grad_parts(&self) -> Vec<Tensor> {
+    /// The gradients (checked against their parameters) and zero padding, in the flat layout.
+    fn grad_parts(&self) -> Result<Vec<Tensor>> {
         let mut parts = Vec::with_capacity(2 * self.params.len());
         for (i, p) in self.params.iter().enumerate() {
-            let g = p.grad();
             let n = self.numels[i];
-            parts.push(if g.defined() { g.detach().reshape([-1]) } else { self.zero_pad_of(n) });
+            parts.push(match checked_grad(&self.names[i], p)? {
+                Some(g) => torch("reshape(grad)", g.f_reshape([-1]))?,
+                None => torch(
+                    "zeros(grad)",
+                    Tensor::f_zeros([n], (Kind::Float, self.device)),
+                )?,
+            });
             let pad = (CHUNK - n % CHUNK) % CHUNK;
             if pad > 0 {
-                parts.push(self.zero_pad.narrow(0, 0, pad));
+                parts.push(torch("narrow(pad)", self.zero_pad.f_narrow(0, 0, pad))?);
             }
         }
-        parts
-    }
-
-    fn zero_pad_of(&self, n: i64) -> Tensor {
-        Tensor::zeros([n], (Kind::Float, self.device))
+        Ok(parts)
     }
 
     /// All gradients in the flat layout, with one `cat` (undefined gradients count as 0).
+    ///
+    /// # Errors
+    /// [`OptimError::Grad`] for a gradient that does not fit its parameter; libtorch errors.
     pub fn grads(&self) -> Result<Tensor> {
-        torch("cat(grads)", Tensor::f_cat(&self.grad_parts(), 0))
+        torch("cat(grads)", Tensor::f_cat(&self.grad_parts()?, 0))
     }
 
     /// [`grads`](Self::grads) into a preallocated flat-layout buffer (no allocation: on CPU a
     /// fresh 300 MB buffer per step costs more in page faults than the copy itself).
+    ///
+    /// # Errors
+    /// As [`grads`](Self::grads).
     pub fn grads_into(&self, out: &Tensor) -> Result<()> {
-        torch("cat_out(grads)", Tensor::f_cat_out(out, &self.grad_parts(), 0)).map(|_| ())
+        torch(
+            "cat_out(grads)",
+            Tensor::f_cat_out(out, &self.grad_parts()?, 0),
+        )
+        .map(|_| ())
     }
 
     /// Per-parameter sums of a flat-layout tensor (`[P]`, f64): f32 row sums of the
     /// `[chunks, CHUNK]` view, then an f64 `index_add` of the rows into their parameters.
-    pub fn segment_sums(&self, x: &Tensor) -> Tensor {
-        let rows = x.view([-1, CHUNK]).sum_dim_intlist(1, false, Kind::Float).to_kind(Kind::Double);
-        Tensor::zeros([self.params.len() as i64], (Kind::Double, self.device)).index_add(0, &self.chunk_seg, &rows)
+    pub fn segment_sums(&self, x: &Tensor) -> Result<Tensor> {
+        chain("segment sums", || {
+            let rows = x
+                .f_view([-1, CHUNK])?
+                .f_sum_dim_intlist(1, false, Kind::Float)?
+                .f_to_kind(Kind::Double)?;
+            Tensor::f_zeros([self.params.len() as i64], (Kind::Double, self.device))?.f_index_add(
+                0,
+                &self.chunk_seg,
+                &rows,
+            )
+        })
     }
 
     /// Per-parameter squared L2 norms of a flat-layout tensor (`[P]`, f64).
-    pub fn segment_sq_norms(&self, x: &Tensor) -> Tensor {
-        self.segment_sums(&x.square())
+    pub fn segment_sq_norms(&self, x: &Tensor) -> Result<Tensor> {
+        self.segment_sums(&torch("square", x.f_square())?)
     }
 
     /// A `[P]` segment vector broadcast to a `[chunks, 1]` f32 chunk column.
-    pub fn chunk_column(&self, per_segment: &Tensor) -> Tensor {
-        per_segment.to_kind(Kind::Float).index_select(0, &self.chunk_seg).unsqueeze(1)
+    pub fn chunk_column(&self, per_segment: &Tensor) -> Result<Tensor> {
+        chain("chunk column", || {
+            per_segment
+                .f_to_kind(Kind::Float)?
+                .f_index_select(0, &self.chunk_seg)?
+                .f_unsqueeze(1)
+        })
     }
 
     /// A `[P]` boolean mask from a per-parameter predicate on (name, shape).
-    pub fn segment_mask(&self, f: impl Fn(&str, &[i64]) -> bool) -> Tensor {
-        let v: Vec<bool> = self.names.iter().zip(&self.shapes).map(|(n, s)| f(n, s)).collect();
-        Tensor::from_slice(&v).to_device(self.device)
+    pub fn segment_mask(&self, f: impl Fn(&str, &[i64]) -> bool) -> Result<Tensor> {
+        let v: Vec<bool> = self
+            .names
+            .iter()
+            .zip(&self.shapes)
+            .map(|(n, s)| f(n, s))
+            .collect();
+        torch(
+            "segment mask",
+            Tensor::from_slice(&v).f_to_device(self.device),
+        )
     }
 
     /// Per-parameter views (original shapes) of a flat-layout tensor.
-    pub fn split(&self, x: &Tensor) -> Vec<Tensor> {
+    pub fn split(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         self.offsets
             .iter()
             .zip(&self.numels)
             .zip(&self.shapes)
-            .map(|((&o, &n), s)| x.narrow(0, o, n).view(s.as_slice()))
+            .map(|((&o, &n), s)| chain("split", || x.f_narrow(0, o, n)?.f_view(s.as_slice())))
             .collect()
     }
 
@@ -178,17 +228,32 @@ impl FlatParams {
     /// Writes named per-parameter tensors (`<prefix><name>`) from `state` into the flat-layout
     /// buffer `dst`.
     pub fn load_into(&self, dst: &Tensor, state: &[(String, Tensor)], prefix: &str) -> Result<()> {
-        for (view, (name, shape)) in self.split(dst).into_iter().zip(self.names.iter().zip(&self.shapes)) {
+        for (view, (name, shape)) in self
+            .split(dst)?
+            .into_iter()
+            .zip(self.names.iter().zip(&self.shapes))
+        {
             let key = format!("{prefix}{name}");
             let src = crate::state_entry(state, &key, shape)?;
-            tch::no_grad(|| view.shallow_clone().f_copy_(src))
-                .map_err(|e| OptimError::State { key, reason: e.to_string() })?;
+            tch::no_grad(|| view.shallow_clone().f_copy_(src)).map_err(|e| OptimError::State {
+                key,
+                reason: e.to_string(),
+            })?;
         }
         Ok(())
     }
 
     /// Named copies (`<prefix><name>`) of the per-parameter slices of `src`.
-    pub fn export(&self, src: &Tensor, prefix: &str) -> Vec<(String, Tensor)> {
-        self.names.iter().zip(self.split(src)).map(|(n, v)| (format!("{prefix}{n}"), v.copy())).collect()
+    pub fn export(&self, src: &Tensor, prefix: &str) -> Result<Vec<(String, Tensor)>> {
+        self.names
+            .iter()
+            .zip(self.split(src)?)
+            .map(|(n, v)| {
+                Ok((
+                    format!("{prefix}{n}"),
+                    torch("copy(state)", crate::f_copy(&v))?,
+                ))
+            })
+            .collect()
     }
 }

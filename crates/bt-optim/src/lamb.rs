@@ -1,6 +1,6 @@
 //! LAMB, grouped over a flat buffer.
 use crate::flat::FlatParams;
-use crate::{step_from_state, LrPair, Optimizer, ParamFilter, Result};
+use crate::{chain, step_from_state, torch, LrPair, Optimizer, ParamFilter, Result};
 use bt_config::OptimConfig;
 use tch::{Kind, Tensor};
 
@@ -38,7 +38,11 @@ impl Default for LambParams {
 impl LambParams {
     /// From `[optim]`: `exclude_bias_and_norm` excludes rank ≤ 1 from decay and adaptation.
     pub fn from_config(cfg: &OptimConfig) -> Self {
-        let filter = if cfg.exclude_bias_and_norm { ParamFilter::bias_and_norm() } else { ParamFilter::none() };
+        let filter = if cfg.exclude_bias_and_norm {
+            ParamFilter::bias_and_norm()
+        } else {
+            ParamFilter::none()
+        };
         Self {
             beta1: cfg.beta1,
             beta2: cfg.beta2,
@@ -50,7 +54,9 @@ impl LambParams {
     }
 
     pub(crate) fn adapt_filter(&self) -> &ParamFilter {
-        self.exclude_from_layer_adaptation.as_ref().unwrap_or(&self.exclude_from_weight_decay)
+        self.exclude_from_layer_adaptation
+            .as_ref()
+            .unwrap_or(&self.exclude_from_weight_decay)
     }
 }
 
@@ -86,18 +92,24 @@ impl Lamb {
     /// Takes the variables (they become views into a flat buffer).
     pub fn new(named_params: Vec<(String, Tensor)>, p: LambParams) -> Result<Self> {
         let flat = FlatParams::new(named_params)?;
-        let is_bias = flat.segment_mask(|_, s| s.len() <= 1);
-        let decay = (p.weight_decay != 0.0).then(|| {
-            let keep = flat.segment_mask(|n, s| !p.exclude_from_weight_decay.excludes(n, s));
-            flat.chunk_column(&(keep.to_kind(Kind::Double) * p.weight_decay))
-        });
-        let adapt = flat.segment_mask(|n, s| !p.adapt_filter().excludes(n, s));
+        let is_bias = flat.segment_mask(|_, s| s.len() <= 1)?;
+        let decay = match p.weight_decay != 0.0 {
+            true => {
+                let keep = flat.segment_mask(|n, s| !p.exclude_from_weight_decay.excludes(n, s))?;
+                let rate = chain("decay rates", || {
+                    keep.f_to_kind(Kind::Double)?.f_mul_scalar(p.weight_decay)
+                })?;
+                Some(flat.chunk_column(&rate)?)
+            }
+            false => None,
+        };
+        let adapt = flat.segment_mask(|n, s| !p.adapt_filter().excludes(n, s))?;
         Ok(Self {
-            m: flat.zeros_like(),
-            v: flat.zeros_like(),
-            g: flat.zeros_like(),
-            t: flat.zeros_like(),
-            u: flat.zeros_like(),
+            m: flat.zeros_like()?,
+            v: flat.zeros_like()?,
+            g: flat.zeros_like()?,
+            t: flat.zeros_like()?,
+            u: flat.zeros_like()?,
             step: 0,
             p,
             flat,
@@ -118,10 +130,16 @@ fn t_step(step: i64) -> f64 {
 }
 
 /// `[P]` f64 learning rate per parameter.
-pub(crate) fn lr_per_segment(is_bias: &Tensor, lr: &LrPair) -> Tensor {
-    let w = Tensor::from(lr.weights).to_kind(Kind::Double).to_device(is_bias.device());
-    let b = Tensor::from(lr.biases).to_kind(Kind::Double).to_device(is_bias.device());
-    b.where_self(is_bias, &w)
+pub(crate) fn lr_per_segment(is_bias: &Tensor, lr: &LrPair) -> Result<Tensor> {
+    chain("learning rates", || {
+        let w = Tensor::from(lr.weights)
+            .f_to_kind(Kind::Double)?
+            .f_to_device(is_bias.device())?;
+        let b = Tensor::from(lr.biases)
+            .f_to_kind(Kind::Double)?
+            .f_to_device(is_bias.device())?;
+        b.f_where_self(is_bias, &w)
+    })
 }
 
 impl Optimizer for Lamb {
@@ -132,30 +150,47 @@ impl Optimizer for Lamb {
         let (g, t, u) = (&self.g, &self.t, &self.u);
         self.flat.grads_into(g)?;
         // β m + (1−β) g as one lerp: m + (1−β)(g − m).
-        let _ = self.m.lerp_(g, 1.0 - b1);
-        let _ = g.square_out(t);
-        let _ = self.v.lerp_(t, 1.0 - b2);
+        let _ = chain("lamb moments", || {
+            let _ = self.m.f_lerp_(g, 1.0 - b1)?;
+            let _ = g.f_square_out(t)?;
+            self.v.f_lerp_(t, 1.0 - b2)
+        })?;
         // t = sqrt(v / (1 − β2ᵗ)) + ε;  u = m / t / (1 − β1ᵗ)
         let bc2 = Tensor::from((1.0 - b2.powf(t_step(self.step))) as f32);
-        let _ = self.v.div_out(t, &bc2);
-        let _ = t.shallow_clone().sqrt_();
-        let _ = t.shallow_clone().g_add_scalar_(self.p.eps);
-        let _ = self.m.div_out(u, t);
-        let _ = u.shallow_clone().g_div_scalar_(1.0 - b1.powf(t_step(self.step)));
+        let _ = chain("lamb update", || {
+            let _ = self.v.f_div_out(t, &bc2)?;
+            let _ = t.shallow_clone().f_sqrt_()?;
+            let _ = t.shallow_clone().f_add_scalar_(self.p.eps)?;
+            let _ = self.m.f_div_out(u, t)?;
+            u.shallow_clone()
+                .f_div_scalar_(1.0 - b1.powf(t_step(self.step)))
+        })?;
         let w = self.flat.flat();
-        let (w2, mut u2) = (w.view([-1, crate::flat::CHUNK]), u.view([-1, crate::flat::CHUNK]));
+        let (w2, mut u2) = chain("view", || {
+            Ok((
+                w.f_view([-1, crate::flat::CHUNK])?,
+                u.f_view([-1, crate::flat::CHUNK])?,
+            ))
+        })?;
         if let Some(decay) = &self.decay {
-            let _ = u2.addcmul_(&w2, decay);
+            let _ = torch("decay", u2.f_addcmul_(&w2, decay))?;
         }
-        let _ = w.square_out(t);
-        let wn = self.flat.segment_sums(t).sqrt();
-        let _ = u.square_out(t);
-        let un = self.flat.segment_sums(t).sqrt();
-        let ones = wn.ones_like();
-        let ok = self.adapt.logical_and(&wn.gt(0.0)).logical_and(&un.gt(0.0));
-        let ratio = (&wn / &un).where_self(&ok, &ones);
-        let coef = self.flat.chunk_column(&(ratio * lr_per_segment(&self.is_bias, lr) * -1.0));
-        let _ = w2.shallow_clone().addcmul_(&u2, &coef);
+        let _ = torch("square", w.f_square_out(t))?;
+        let wn = torch("sqrt", self.flat.segment_sums(t)?.f_sqrt())?;
+        let _ = torch("square", u.f_square_out(t))?;
+        let un = torch("sqrt", self.flat.segment_sums(t)?.f_sqrt())?;
+        let ratio = chain("trust ratio", || {
+            let ok = self
+                .adapt
+                .f_logical_and(&wn.f_gt(0.0)?)?
+                .f_logical_and(&un.f_gt(0.0)?)?;
+            wn.f_div(&un)?.f_where_self(&ok, &wn.f_ones_like()?)
+        })?;
+        let lr_seg = lr_per_segment(&self.is_bias, lr)?;
+        let coef = self.flat.chunk_column(&chain("coefficients", || {
+            ratio.f_mul(&lr_seg)?.f_mul_scalar(-1.0)
+        })?)?;
+        let _ = torch("apply", w2.shallow_clone().f_addcmul_(&u2, &coef))?;
         Ok(())
     }
 
@@ -167,11 +202,11 @@ impl Optimizer for Lamb {
         self.step
     }
 
-    fn state(&self) -> Vec<(String, Tensor)> {
+    fn try_state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut s = vec![("lamb.step".to_string(), Tensor::from_slice(&[self.step]))];
-        s.extend(self.flat.export(&self.m, "lamb.m."));
-        s.extend(self.flat.export(&self.v, "lamb.v."));
-        s
+        s.extend(self.flat.export(&self.m, "lamb.m.")?);
+        s.extend(self.flat.export(&self.v, "lamb.v.")?);
+        Ok(s)
     }
 
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {

@@ -1,7 +1,7 @@
 //! LARS (official Barlow Twins and solo-learn), grouped over a flat buffer.
 use crate::flat::{FlatParams, CHUNK};
 use crate::lamb::lr_per_segment;
-use crate::{step_from_state, LrPair, Optimizer, ParamFilter, Result};
+use crate::{chain, step_from_state, torch, LrPair, Optimizer, ParamFilter, Result};
 use bt_config::{LarsVariant, OptimConfig};
 use tch::{Kind, Tensor};
 
@@ -47,7 +47,11 @@ impl LarsParams {
             eta: cfg.eta,
             weight_decay: cfg.weight_decay,
             clip_lr: cfg.clip_lr,
-            exclude: if cfg.exclude_bias_and_norm { ParamFilter::bias_and_norm() } else { ParamFilter::none() },
+            exclude: if cfg.exclude_bias_and_norm {
+                ParamFilter::bias_and_norm()
+            } else {
+                ParamFilter::none()
+            },
         }
     }
 }
@@ -80,9 +84,18 @@ impl Lars {
     /// Takes the variables (they become views into a flat buffer).
     pub fn new(named_params: Vec<(String, Tensor)>, p: LarsParams) -> Result<Self> {
         let flat = FlatParams::new(named_params)?;
-        let is_bias = flat.segment_mask(|_, s| s.len() <= 1);
-        let adapt = flat.segment_mask(|n, s| !p.exclude.excludes(n, s));
-        Ok(Self { mu: flat.zeros_like(), g: flat.zeros_like(), t: flat.zeros_like(), step: 0, p, flat, is_bias, adapt })
+        let is_bias = flat.segment_mask(|_, s| s.len() <= 1)?;
+        let adapt = flat.segment_mask(|n, s| !p.exclude.excludes(n, s))?;
+        Ok(Self {
+            mu: flat.zeros_like()?,
+            g: flat.zeros_like()?,
+            t: flat.zeros_like()?,
+            step: 0,
+            p,
+            flat,
+            is_bias,
+            adapt,
+        })
     }
 
     /// The flat parameter layout.
@@ -98,44 +111,73 @@ impl Optimizer for Lars {
         let (g, t) = (&self.g, &self.t);
         self.flat.grads_into(g)?;
         let w = self.flat.flat();
-        let w2 = w.view([-1, CHUNK]);
-        let mut g2 = g.view([-1, CHUNK]);
-        let lr_seg = lr_per_segment(&self.is_bias, lr);
+        let (w2, mut g2) = chain("view", || {
+            Ok((w.f_view([-1, CHUNK])?, g.f_view([-1, CHUNK])?))
+        })?;
+        let lr_seg = lr_per_segment(&self.is_bias, lr)?;
         let wd = self.p.weight_decay;
-        let one = Tensor::from(1.0).to_kind(Kind::Double);
-        let _ = w.square_out(t);
-        let pn = self.flat.segment_sums(t).sqrt();
+        let one = torch("one", Tensor::from(1.0).f_to_kind(Kind::Double))?;
+        let _ = torch("square", w.f_square_out(t))?;
+        let pn = torch("sqrt", self.flat.segment_sums(t)?.f_sqrt())?;
         // After this match, g holds the direction d and `scale` its per-tensor multiplier.
         let scale = match self.p.variant {
             LarsVariant::Official => {
                 if wd != 0.0 {
-                    let _ = g2.addcmul_(&w2, &self.flat.chunk_column(&(self.adapt.to_kind(Kind::Double) * wd)));
+                    let rate = chain("decay rates", || {
+                        self.adapt.f_to_kind(Kind::Double)?.f_mul_scalar(wd)
+                    })?;
+                    let _ = torch("decay", g2.f_addcmul_(&w2, &self.flat.chunk_column(&rate)?))?;
                 }
-                let _ = g.square_out(t);
-                let dn = self.flat.segment_sums(t).sqrt();
-                let ok = self.adapt.logical_and(&pn.gt(0.0)).logical_and(&dn.gt(0.0));
-                (pn * self.p.eta / dn).where_self(&ok, &one)
+                let _ = torch("square", g.f_square_out(t))?;
+                let dn = torch("sqrt", self.flat.segment_sums(t)?.f_sqrt())?;
+                chain("trust ratio", || {
+                    let ok = self
+                        .adapt
+                        .f_logical_and(&pn.f_gt(0.0)?)?
+                        .f_logical_and(&dn.f_gt(0.0)?)?;
+                    pn.f_mul_scalar(self.p.eta)?
+                        .f_div(&dn)?
+                        .f_where_self(&ok, &one)
+                })?
             }
             LarsVariant::SoloLearn => {
-                let _ = g.square_out(t);
-                let gn = self.flat.segment_sums(t).sqrt();
-                let ok = self.adapt.logical_and(&pn.gt(0.0)).logical_and(&gn.gt(0.0));
-                let mut s = &pn * self.p.eta / (gn + &pn * wd + SOLO_LEARN_EPS);
+                let _ = torch("square", g.f_square_out(t))?;
+                let gn = torch("sqrt", self.flat.segment_sums(t)?.f_sqrt())?;
+                let ok = chain("mask", || {
+                    self.adapt
+                        .f_logical_and(&pn.f_gt(0.0)?)?
+                        .f_logical_and(&gn.f_gt(0.0)?)
+                })?;
+                let mut s = chain("trust ratio", || {
+                    let denom = gn
+                        .f_add(&pn.f_mul_scalar(wd)?)?
+                        .f_add_scalar(SOLO_LEARN_EPS)?;
+                    pn.f_mul_scalar(self.p.eta)?.f_div(&denom)
+                })?;
                 if self.p.clip_lr {
                     // min(s / lr, 1); lr = 0 (warmup start) gives inf -> 1, as in PyTorch.
-                    s = (s / &lr_seg).clamp_max(1.0);
+                    s = chain("clip", || s.f_div(&lr_seg)?.f_clamp_max(1.0))?;
                 }
                 if wd != 0.0 {
-                    let _ = g2.addcmul_(&w2, &self.flat.chunk_column(&(ok.to_kind(Kind::Double) * wd)));
+                    let rate = chain("decay rates", || {
+                        ok.f_to_kind(Kind::Double)?.f_mul_scalar(wd)
+                    })?;
+                    let _ = torch("decay", g2.f_addcmul_(&w2, &self.flat.chunk_column(&rate)?))?;
                 }
-                s.where_self(&ok, &one)
+                torch("where", s.f_where_self(&ok, &one))?
             }
         };
         let d = g2;
-        let mut mu2 = self.mu.view([-1, CHUNK]);
-        let _ = mu2.g_mul_scalar_(self.p.momentum);
-        let _ = mu2.addcmul_(&d, &self.flat.chunk_column(&scale));
-        let _ = w2.shallow_clone().addcmul_(&mu2, &self.flat.chunk_column(&(lr_seg * -1.0)));
+        let mut mu2 = torch("view", self.mu.f_view([-1, CHUNK]))?;
+        let _ = torch("momentum", mu2.f_mul_scalar_(self.p.momentum))?;
+        let _ = torch(
+            "momentum",
+            mu2.f_addcmul_(&d, &self.flat.chunk_column(&scale)?),
+        )?;
+        let coef = self
+            .flat
+            .chunk_column(&torch("-lr", lr_seg.f_mul_scalar(-1.0))?)?;
+        let _ = torch("apply", w2.shallow_clone().f_addcmul_(&mu2, &coef))?;
         Ok(())
     }
 
@@ -147,10 +189,10 @@ impl Optimizer for Lars {
         self.step
     }
 
-    fn state(&self) -> Vec<(String, Tensor)> {
+    fn try_state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut s = vec![("lars.step".to_string(), Tensor::from_slice(&[self.step]))];
-        s.extend(self.flat.export(&self.mu, "lars.mu."));
-        s
+        s.extend(self.flat.export(&self.mu, "lars.mu.")?);
+        Ok(s)
     }
 
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {

@@ -21,6 +21,10 @@
 //! temporary). A step costs a fixed ~15 ops whatever the number of tensors. The per-tensor
 //! loops in [`reference`] are kept as the test oracle and the benchmark's peer.
 //!
+//! Construction, [`Optimizer::step`] and [`Optimizer::load_state`] use libtorch's fallible `f_`
+//! ops and check each gradient against its parameter, so a failure is an [`OptimError`], never a
+//! panic.
+//!
 //! State (moments, step count) is exported per parameter name ([`Optimizer::state`]), so a
 //! checkpoint does not depend on the flat layout, and grouped and per-tensor optimizers load
 //! each other's state.
@@ -51,7 +55,9 @@ pub enum OptimError {
     #[error("no trainable parameters given to the optimizer")]
     NoParams,
     /// A parameter that is not f32, or on another device than the first one.
-    #[error("parameter `{name}` is {kind:?} on {device:?}; all parameters must be f32 on {expected:?}")]
+    #[error(
+        "parameter `{name}` is {kind:?} on {device:?}; all parameters must be f32 on {expected:?}"
+    )]
     ParamKind {
         /// Parameter name.
         name: String,
@@ -70,7 +76,19 @@ pub enum OptimError {
         /// What is wrong.
         reason: String,
     },
-    /// An error from libtorch.
+    /// A parameter's gradient that does not fit the parameter (another shape, kind or device:
+    /// set by hand, e.g. through `set_data` on `.grad()`); stepping with it would corrupt the
+    /// flat layout.
+    #[error("gradient of `{name}` is {found}, the parameter is {expected}")]
+    Grad {
+        /// Parameter name.
+        name: String,
+        /// The parameter's shape, kind and device.
+        expected: String,
+        /// The gradient's shape, kind and device.
+        found: String,
+    },
+    /// An error from libtorch (out of memory, a device mismatch, ...).
     #[error("libtorch error in {op}: {source}")]
     Torch {
         /// The operation.
@@ -96,7 +114,10 @@ pub struct LrPair {
 impl LrPair {
     /// The same rate for every parameter.
     pub fn same(lr: f64) -> Self {
-        Self { weights: lr, biases: lr }
+        Self {
+            weights: lr,
+            biases: lr,
+        }
     }
 }
 
@@ -118,28 +139,56 @@ impl ParamFilter {
     }
     /// The official `exclude_bias_and_norm`: rank ≤ 1.
     pub fn bias_and_norm() -> Self {
-        Self { name_patterns: vec![], rank_le_1: true }
+        Self {
+            name_patterns: vec![],
+            rank_le_1: true,
+        }
     }
     /// Excludes names containing any of `patterns`.
     pub fn names<S: Into<String>>(patterns: impl IntoIterator<Item = S>) -> Self {
-        Self { name_patterns: patterns.into_iter().map(Into::into).collect(), rank_le_1: false }
+        Self {
+            name_patterns: patterns.into_iter().map(Into::into).collect(),
+            rank_le_1: false,
+        }
     }
     /// Whether the parameter `name` of shape `shape` is excluded.
     pub fn excludes(&self, name: &str, shape: &[i64]) -> bool {
-        (self.rank_le_1 && shape.len() <= 1) || self.name_patterns.iter().any(|p| name.contains(p.as_str()))
+        (self.rank_le_1 && shape.len() <= 1)
+            || self.name_patterns.iter().any(|p| name.contains(p.as_str()))
     }
 }
 
 /// The interface the trainer uses.
+///
+/// Every libtorch op of [`step`](Self::step), [`load_state`](Self::load_state) and the
+/// constructors is a fallible `f_` call: an out-of-memory or a bad gradient is an
+/// [`OptimError`], not a panic. After a failed `step` the parameters and moments may be
+/// partly updated: reload a checkpoint rather than continue.
 pub trait Optimizer: Send {
     /// Applies one update from the parameters' current `.grad()` (undefined grads count as 0).
+    ///
+    /// # Errors
+    /// [`OptimError::Grad`] for a gradient whose shape or kind differs from its parameter's,
+    /// [`OptimError::Torch`] for a libtorch failure.
     fn step(&mut self, lr: &LrPair) -> Result<()>;
     /// Zeroes every parameter's gradient in place.
     fn zero_grad(&mut self);
     /// Steps taken so far.
     fn step_count(&self) -> i64;
-    /// Moments and step count, keyed `<prefix>.<what>.<param name>` and `<prefix>.step`.
-    fn state(&self) -> Vec<(String, Tensor)>;
+    /// Moments and step count, keyed `<prefix>.<what>.<param name>` and `<prefix>.step`
+    /// (copies).
+    ///
+    /// # Errors
+    /// [`OptimError::Torch`] when libtorch cannot allocate the copies.
+    fn try_state(&self) -> Result<Vec<(String, Tensor)>>;
+    /// [`try_state`](Self::try_state), for callers that treat running out of memory while
+    /// checkpointing as fatal.
+    ///
+    /// # Panics
+    /// Where `try_state` returns an error.
+    fn state(&self) -> Vec<(String, Tensor)> {
+        self.try_state().unwrap_or_else(|e| panic!("{e}"))
+    }
     /// Restores what [`state`](Self::state) returned (from this or the other implementation).
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()>;
 }
@@ -157,16 +206,29 @@ pub fn build(cfg: &OptimConfig, named_params: Vec<(String, Tensor)>) -> Result<B
 }
 
 /// The per-tensor reference optimizer a config asks for (benchmark peer, test oracle).
-pub fn build_per_tensor(cfg: &OptimConfig, named_params: Vec<(String, Tensor)>) -> Result<Box<dyn Optimizer>> {
+pub fn build_per_tensor(
+    cfg: &OptimConfig,
+    named_params: Vec<(String, Tensor)>,
+) -> Result<Box<dyn Optimizer>> {
     Ok(match cfg.name {
-        OptimKind::Lamb => Box::new(reference::LambPerTensor::new(named_params, LambParams::from_config(cfg))?),
-        OptimKind::Lars => Box::new(reference::LarsPerTensor::new(named_params, LarsParams::from_config(cfg))?),
+        OptimKind::Lamb => Box::new(reference::LambPerTensor::new(
+            named_params,
+            LambParams::from_config(cfg),
+        )?),
+        OptimKind::Lars => Box::new(reference::LarsPerTensor::new(
+            named_params,
+            LarsParams::from_config(cfg),
+        )?),
     })
 }
 
 /// The trainable variables of a `VarStore`, sorted by name (a stable flat layout).
 pub fn trainable_named(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    let mut v: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
@@ -175,25 +237,69 @@ pub(crate) fn torch<T>(op: &'static str, r: std::result::Result<T, tch::TchError
     r.map_err(|source| OptimError::Torch { op, source })
 }
 
+/// `t.copy()`, fallible.
+pub(crate) fn f_copy(t: &Tensor) -> std::result::Result<Tensor, tch::TchError> {
+    let mut r = t.f_zeros_like()?;
+    r.f_copy_(t)?;
+    Ok(r)
+}
+
+/// [`torch`] for a chain of fallible ops (`?` inside the closure).
+pub(crate) fn chain<T>(
+    op: &'static str,
+    f: impl FnOnce() -> std::result::Result<T, tch::TchError>,
+) -> Result<T> {
+    torch(op, f())
+}
+
+/// A parameter's gradient, `None` when undefined; an error when it does not fit the parameter.
+pub(crate) fn checked_grad(name: &str, p: &Tensor) -> Result<Option<Tensor>> {
+    let g = p.grad();
+    if !g.defined() {
+        return Ok(None);
+    }
+    if g.size() != p.size() || g.kind() != p.kind() || g.device() != p.device() {
+        let describe = |t: &Tensor| format!("{:?} {:?} on {:?}", t.size(), t.kind(), t.device());
+        return Err(OptimError::Grad {
+            name: name.to_string(),
+            expected: describe(p),
+            found: describe(&g),
+        });
+    }
+    Ok(Some(g.detach()))
+}
+
 /// Checks kinds/devices and returns the parameters' shapes.
 pub(crate) fn check_params(params: &[(String, Tensor)]) -> Result<tch::Device> {
     let first = params.first().ok_or(OptimError::NoParams)?;
     let expected = first.1.device();
     for (name, t) in params {
         if t.kind() != tch::Kind::Float || t.device() != expected {
-            return Err(OptimError::ParamKind { name: name.clone(), kind: t.kind(), device: t.device(), expected });
+            return Err(OptimError::ParamKind {
+                name: name.clone(),
+                kind: t.kind(),
+                device: t.device(),
+                expected,
+            });
         }
     }
     Ok(expected)
 }
 
 /// Finds `key` in a state list and checks its shape.
-pub(crate) fn state_entry<'a>(state: &'a [(String, Tensor)], key: &str, shape: &[i64]) -> Result<&'a Tensor> {
+pub(crate) fn state_entry<'a>(
+    state: &'a [(String, Tensor)],
+    key: &str,
+    shape: &[i64],
+) -> Result<&'a Tensor> {
     let t = state
         .iter()
         .find(|(k, _)| k == key)
         .map(|(_, t)| t)
-        .ok_or_else(|| OptimError::State { key: key.into(), reason: "missing".into() })?;
+        .ok_or_else(|| OptimError::State {
+            key: key.into(),
+            reason: "missing".into(),
+        })?;
     if t.size() != shape {
         return Err(OptimError::State {
             key: key.into(),

@@ -3,20 +3,28 @@
 //! [`Lamb`](crate::Lamb) and [`Lars`](crate::Lars), and the benchmark's peer. Same state keys,
 //! so the two load each other's state.
 use crate::lars::SOLO_LEARN_EPS;
-use crate::{check_params, state_entry, step_from_state, LambParams, LarsParams, LarsVariant, LrPair, Optimizer, Result};
+use crate::{
+    chain, check_params, checked_grad, f_copy, state_entry, step_from_state, torch, LambParams,
+    LarsParams, LarsVariant, LrPair, Optimizer, Result,
+};
 use tch::Tensor;
 
-fn grad_or_zeros(p: &Tensor) -> Tensor {
-    let g = p.grad();
-    if g.defined() {
-        g.detach()
-    } else {
-        p.zeros_like()
+fn grad_or_zeros(name: &str, p: &Tensor) -> Result<Tensor> {
+    match checked_grad(name, p)? {
+        Some(g) => Ok(g),
+        None => torch("zeros_like(grad)", p.f_zeros_like()),
     }
 }
 
-fn norm(t: &Tensor) -> f64 {
-    t.norm().double_value(&[])
+fn norm(t: &Tensor) -> Result<f64> {
+    chain("norm", || t.f_norm()?.f_double_value(&[]))
+}
+
+fn zeros(params: &[(String, Tensor)]) -> Result<Vec<Tensor>> {
+    params
+        .iter()
+        .map(|(_, t)| torch("zeros_like", t.f_zeros_like()))
+        .collect()
 }
 
 fn lr_of(shape: &[i64], lr: &LrPair) -> f64 {
@@ -41,9 +49,15 @@ impl LambPerTensor {
     /// Takes the variables (left where they are).
     pub fn new(params: Vec<(String, Tensor)>, p: LambParams) -> Result<Self> {
         check_params(&params)?;
-        let m = params.iter().map(|(_, t)| t.zeros_like()).collect();
-        let v = params.iter().map(|(_, t)| t.zeros_like()).collect();
-        Ok(Self { p, params, m, v, step: 0 })
+        let m = zeros(&params)?;
+        let v = zeros(&params)?;
+        Ok(Self {
+            p,
+            params,
+            m,
+            v,
+            step: 0,
+        })
     }
 }
 
@@ -54,27 +68,34 @@ impl Optimizer for LambPerTensor {
         let t = self.step as f64;
         let (b1, b2) = (self.p.beta1, self.p.beta2);
         for (i, (name, w)) in self.params.iter_mut().enumerate() {
-            let g = grad_or_zeros(w);
+            let g = grad_or_zeros(name, w)?;
             let shape = w.size();
+            let (m, v) = (&mut self.m[i], &mut self.v[i]);
             // In place (same arithmetic as m = m·β1 + g·(1−β1)): no fresh moment tensors per step.
-            let _ = self.m[i].g_mul_scalar_(b1);
-            let _ = self.m[i].g_add_(&(&g * (1.0 - b1)));
-            let _ = self.v[i].g_mul_scalar_(b2);
-            let _ = self.v[i].g_add_(&(g.square() * (1.0 - b2)));
-            let m_hat = &self.m[i] / (1.0 - b1.powf(t));
-            let v_hat = &self.v[i] / (1.0 - b2.powf(t));
-            let mut u = m_hat / (v_hat.sqrt() + self.p.eps);
-            if self.p.weight_decay != 0.0 && !self.p.exclude_from_weight_decay.excludes(name, &shape) {
-                u += &*w * self.p.weight_decay;
+            let mut u = chain("lamb update", || {
+                let _ = m.f_mul_scalar_(b1)?;
+                let _ = m.f_add_(&g.f_mul_scalar(1.0 - b1)?)?;
+                let _ = v.f_mul_scalar_(b2)?;
+                let _ = v.f_add_(&g.f_square()?.f_mul_scalar(1.0 - b2)?)?;
+                let m_hat = m.f_div_scalar(1.0 - b1.powf(t))?;
+                let v_hat = v.f_div_scalar(1.0 - b2.powf(t))?;
+                m_hat.f_div(&v_hat.f_sqrt()?.f_add_scalar(self.p.eps)?)
+            })?;
+            if self.p.weight_decay != 0.0
+                && !self.p.exclude_from_weight_decay.excludes(name, &shape)
+            {
+                u = chain("decay", || u.f_add(&w.f_mul_scalar(self.p.weight_decay)?))?;
             }
             let mut ratio = 1.0;
             if !self.p.adapt_filter().excludes(name, &shape) {
-                let (wn, un) = (norm(w), norm(&u));
+                let (wn, un) = (norm(w)?, norm(&u)?);
                 if wn > 0.0 && un > 0.0 {
                     ratio = wn / un;
                 }
             }
-            let _ = w.g_sub_(&(u * (ratio * lr_of(&shape, lr))));
+            let _ = chain("apply", || {
+                w.f_sub_(&u.f_mul_scalar(ratio * lr_of(&shape, lr))?)
+            })?;
         }
         Ok(())
     }
@@ -89,22 +110,34 @@ impl Optimizer for LambPerTensor {
         self.step
     }
 
-    fn state(&self) -> Vec<(String, Tensor)> {
+    fn try_state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut s = vec![("lamb.step".to_string(), Tensor::from_slice(&[self.step]))];
         for (i, (n, _)) in self.params.iter().enumerate() {
-            s.push((format!("lamb.m.{n}"), self.m[i].copy()));
+            s.push((
+                format!("lamb.m.{n}"),
+                torch("copy(state)", f_copy(&self.m[i]))?,
+            ));
         }
         for (i, (n, _)) in self.params.iter().enumerate() {
-            s.push((format!("lamb.v.{n}"), self.v[i].copy()));
+            s.push((
+                format!("lamb.v.{n}"),
+                torch("copy(state)", f_copy(&self.v[i]))?,
+            ));
         }
-        s
+        Ok(s)
     }
 
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
         let step = step_from_state(state, "lamb.step")?;
         for (i, (n, p)) in self.params.iter().enumerate() {
-            self.m[i] = state_entry(state, &format!("lamb.m.{n}"), &p.size())?.copy();
-            self.v[i] = state_entry(state, &format!("lamb.v.{n}"), &p.size())?.copy();
+            self.m[i] = torch(
+                "copy(state)",
+                f_copy(state_entry(state, &format!("lamb.m.{n}"), &p.size())?),
+            )?;
+            self.v[i] = torch(
+                "copy(state)",
+                f_copy(state_entry(state, &format!("lamb.v.{n}"), &p.size())?),
+            )?;
         }
         self.step = step;
         Ok(())
@@ -124,8 +157,13 @@ impl LarsPerTensor {
     /// Takes the variables (left where they are).
     pub fn new(params: Vec<(String, Tensor)>, p: LarsParams) -> Result<Self> {
         check_params(&params)?;
-        let mu = params.iter().map(|(_, t)| t.zeros_like()).collect();
-        Ok(Self { p, params, mu, step: 0 })
+        let mu = zeros(&params)?;
+        Ok(Self {
+            p,
+            params,
+            mu,
+            step: 0,
+        })
     }
 }
 
@@ -135,38 +173,42 @@ impl Optimizer for LarsPerTensor {
         self.step += 1;
         let wd = self.p.weight_decay;
         for (i, (name, w)) in self.params.iter_mut().enumerate() {
-            let g = grad_or_zeros(w);
+            let g = grad_or_zeros(name, w)?;
             let shape = w.size();
             let excluded = self.p.exclude.excludes(name, &shape);
             let lr_p = lr_of(&shape, lr);
+            let decayed = |g: &Tensor| chain("decay", || g.f_add(&w.f_mul_scalar(wd)?));
             let d = match self.p.variant {
                 LarsVariant::Official => {
-                    let d = if excluded { g } else { g + &*w * wd };
+                    let d = if excluded { g } else { decayed(&g)? };
                     let mut q = 1.0;
                     if !excluded {
-                        let (pn, dn) = (norm(w), norm(&d));
+                        let (pn, dn) = (norm(w)?, norm(&d)?);
                         if pn > 0.0 && dn > 0.0 {
                             q = self.p.eta * pn / dn;
                         }
                     }
-                    d * q
+                    torch("scale", d.f_mul_scalar(q))?
                 }
                 LarsVariant::SoloLearn => {
-                    let (pn, gn) = (norm(w), norm(&g));
+                    let (pn, gn) = (norm(w)?, norm(&g)?);
                     if !excluded && pn != 0.0 && gn != 0.0 {
                         let mut s = self.p.eta * pn / (gn + pn * wd + SOLO_LEARN_EPS);
                         if self.p.clip_lr {
                             s = (s / lr_p).min(1.0);
                         }
-                        (g + &*w * wd) * s
+                        torch("scale", decayed(&g)?.f_mul_scalar(s))?
                     } else {
                         g
                     }
                 }
             };
-            let _ = self.mu[i].g_mul_scalar_(self.p.momentum);
-            let _ = self.mu[i].g_add_(&d);
-            let _ = w.g_sub_(&(&self.mu[i] * lr_p));
+            let mu = &mut self.mu[i];
+            let _ = chain("momentum", || {
+                let _ = mu.f_mul_scalar_(self.p.momentum)?;
+                let _ = mu.f_add_(&d)?;
+                w.f_sub_(&mu.f_mul_scalar(lr_p)?)
+            })?;
         }
         Ok(())
     }
@@ -181,18 +223,24 @@ impl Optimizer for LarsPerTensor {
         self.step
     }
 
-    fn state(&self) -> Vec<(String, Tensor)> {
+    fn try_state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut s = vec![("lars.step".to_string(), Tensor::from_slice(&[self.step]))];
         for (i, (n, _)) in self.params.iter().enumerate() {
-            s.push((format!("lars.mu.{n}"), self.mu[i].copy()));
+            s.push((
+                format!("lars.mu.{n}"),
+                torch("copy(state)", f_copy(&self.mu[i]))?,
+            ));
         }
-        s
+        Ok(s)
     }
 
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
         let step = step_from_state(state, "lars.step")?;
         for (i, (n, p)) in self.params.iter().enumerate() {
-            self.mu[i] = state_entry(state, &format!("lars.mu.{n}"), &p.size())?.copy();
+            self.mu[i] = torch(
+                "copy(state)",
+                f_copy(state_entry(state, &format!("lars.mu.{n}"), &p.size())?),
+            )?;
         }
         self.step = step;
         Ok(())
