@@ -298,3 +298,38 @@ fn a_signal_to_one_rank_stops_both_at_the_same_step_with_a_checkpoint() {
     let ckpts: Vec<_> = std::fs::read_dir(out.join("checkpoints")).unwrap().filter_map(|e| e.ok()).collect();
     assert!(!ckpts.is_empty(), "rank 0 wrote the stop checkpoint:\n{all}");
 }
+
+#[test]
+fn full_sync_bn_two_ranks_equal_one_process_on_the_global_batch() {
+    // `model.sync_bn = "all"` (the official recipe's convert_sync_batchnorm): every batch norm,
+    // encoder included, normalizes over the global batch, so 2 ranks of B rows equal one process
+    // with the whole 2B batch: parameters and *all* running statistics.
+    let dir = tempfile::tempdir().unwrap();
+    let (single, dp, plain) = (dir.path().join("single"), dir.path().join("dp"), dir.path().join("plain"));
+    let sync = "model.sync_bn=\"all\"";
+    let run = |c: Command, what: &str| {
+        let o = output_with_deadline(c, Duration::from_secs(300));
+        assert!(o.status.success(), "{what}:\n{}", text(&o));
+    };
+    let mut c = bt_cli();
+    c.args(tiny(&single, 2 * B, "reference", 2)).args(["--set", sync]);
+    run(c, "single process, global batch 2B");
+    let mut c = bt_cli();
+    c.args(["launch", "--nproc", "2", "--"]).args(tiny(&dp, 2 * B, "reference", 2)).args(["--set", sync]);
+    run(c, "launch --nproc 2 with every BN synchronized");
+    let (d, name) = max_diff(&params(&single.join("model.safetensors")), &params(&dp.join("model.safetensors")));
+    eprintln!("full sync BN: max |single - 2 ranks| = {d:.3e} ({name})");
+    assert!(d < 1e-5, "parameters differ by {d:e} at {name}");
+    let stats = |p: &Path| tensors(&p.join("model.safetensors"), |n| n.contains("running_"));
+    let (sa, sb) = (stats(&single), stats(&dp));
+    assert!(sa.iter().any(|(n, _)| n.starts_with("encoder.")) && sa.iter().any(|(n, _)| n.starts_with("projector.")));
+    let (d, name) = max_diff(&sa, &sb);
+    eprintln!("full sync BN: running statistics max diff {d:.3e} ({name})");
+    assert!(d < 1e-5, "running statistics differ by {d:e} at {name}");
+    // Control: without SyncBN each rank normalizes its own B rows and the run ends elsewhere.
+    let mut c = bt_cli();
+    c.args(["launch", "--nproc", "2", "--"]).args(tiny(&plain, 2 * B, "reference", 2));
+    run(c, "launch --nproc 2 without SyncBN");
+    let (d, _) = max_diff(&params(&plain.join("model.safetensors")), &params(&single.join("model.safetensors")));
+    assert!(d > 1e-4, "control: per-rank BN should differ from one process on 2B, got {d:e}");
+}

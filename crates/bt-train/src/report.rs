@@ -115,6 +115,13 @@ pub fn write(run: &RunFolder) -> Result<()> {
             last["pairs_per_s"].as_f64().unwrap_or(0.0)
         );
     }
+    let skipped = epochs.last().and_then(|e| e["skipped_images"].as_u64()).unwrap_or(0);
+    if skipped > 0 {
+        let _ = writeln!(
+            s,
+            "{skipped} unreadable image(s) skipped (`data.skip_bad_images = true`); each was replaced by another image of the set.\n"
+        );
+    }
     let _ = writeln!(s, "## Curves\n\n![loss curve](loss.png)\n\nAugmented views (original | view A | view B):\n\n![augmentations](augment.png)\n");
     if !knn.is_empty() {
         let _ = writeln!(s, "kNN monitor: {}\n", knn.iter().map(|r| format!("epoch {}: {}", r["epoch"], pct(&r["top1"]))).collect::<Vec<_>>().join(", "));

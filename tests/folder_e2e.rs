@@ -1,0 +1,193 @@
+//! End-to-end: `bt-cli` on folders of real image files made by the test (PNG and JPEG, two
+//! classes, sizes that are not 32): pretrain, kNN evaluation, embeddings with their file list,
+//! the ImageNet presets at reduced settings, and the bad-input cases (broken files, empty
+//! folders, one-class evaluation folders, an image size larger than every image).
+use bt_e2e::{bt_cli, text};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+/// `n` images per class in `dir/<class>/`, alternating PNG and JPEG, `w x h` pixels: class 0
+/// horizontal stripes, class 1 vertical, colours and phases varying per image.
+fn write_folder(dir: &Path, classes: &[&str], n: usize, w: u32, h: u32) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for (c, name) in classes.iter().enumerate() {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        for i in 0..n {
+            let img = image::RgbImage::from_fn(w, h, |x, y| {
+                let t = if c == 0 { y } else { x } + i as u32;
+                let on = (t / 4) % 2 == 0;
+                let base = [(40 * i) as u8, (90 + 20 * c) as u8, (200 - 15 * i) as u8];
+                if on { image::Rgb(base) } else { image::Rgb([255 - base[0], 255 - base[1], 255 - base[2]]) }
+            });
+            let p = dir.join(name).join(format!("img{i:02}.{}", if i % 2 == 0 { "png" } else { "jpg" }));
+            img.save(&p).unwrap();
+            files.push(p);
+        }
+    }
+    files
+}
+
+/// A tiny ImageNet-stem ResNet-18 run over `data` at 32 px.
+fn small(data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut c = bt_cli();
+    c.args(["pretrain", "--preset", "imagenet100-resnet18", "--device", "cpu", "--data"]).arg(data);
+    c.args(["--set", "data.image_size=32", "--set", "model.width=4", "--set", "model.projector=[32, 32]"]);
+    c.args(["--set", "data.batch_size=8", "--set", "data.workers=2", "--set", "run.epochs=2"]);
+    c.args(extra).arg("--out").arg(out);
+    c.env("OMP_NUM_THREADS", "1").output().expect("spawn bt-cli")
+}
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn pretrain_evaluate_and_embed_an_image_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, val, run) = (tmp.path().join("train"), tmp.path().join("val"), tmp.path().join("run"));
+    let files = write_folder(&train, &["horizontal", "vertical"], 12, 48, 40);
+    write_folder(&val, &["horizontal", "vertical"], 6, 40, 56);
+    let o = small(&train, &run, &["--test-data", val.to_str().unwrap(), "--set", "run.knn_every=1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for f in ["config.toml", "model.safetensors", "encoder.safetensors", "augment.png", "loss.png", "report.md"] {
+        assert!(run.join(f).is_file(), "{f} missing:\n{}", text(&o));
+    }
+    let m = metrics(&run);
+    let epochs: Vec<_> = m.iter().filter(|r| r["kind"] == "epoch").collect();
+    assert_eq!(epochs.len(), 2, "{m:?}");
+    assert_eq!(epochs[1]["skipped_images"], 0);
+    let knn: Vec<_> = m.iter().filter(|r| r["kind"] == "knn").collect();
+    assert_eq!(knn.len(), 2, "the kNN monitor ran on the labeled val folder each epoch");
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(report.contains("image folder") && report.contains("32 px"), "{report}");
+
+    let o = bt_cli().args(["eval", "knn", "--run"]).arg(&run).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("eval_knn.json")).unwrap()).unwrap();
+    assert_eq!((v["n_train"].as_i64(), v["n_test"].as_i64()), (Some(24), Some(12)), "{v}");
+
+    // Embeddings of the (labeled) training folder: rows in source order, with their files.
+    let out = tmp.path().join("emb/train.npy");
+    let o = bt_cli().args(["embed", "--run"]).arg(&run).args(["--split", "train", "--out"]).arg(&out).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let listed: Vec<String> = std::fs::read_to_string(tmp.path().join("emb/train.files.txt")).unwrap().lines().map(String::from).collect();
+    assert_eq!(listed.len(), files.len());
+    let mut want: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    want.sort();
+    let mut got = listed.clone();
+    got.sort();
+    assert_eq!(got, want, "the file list names every image once");
+    let npy = std::fs::read(&out).unwrap();
+    let header = String::from_utf8_lossy(&npy[..128]).to_string();
+    assert!(header.contains(&format!("'shape': ({}, 32)", files.len())), "width 4: 32 features; {header}");
+    // The labels follow the rows: a file under `vertical/` has label 1.
+    let labels = std::fs::read(tmp.path().join("emb/train.labels.npy")).unwrap();
+    let off = labels.len() - 8 * files.len();
+    for (i, f) in listed.iter().enumerate() {
+        let l = i64::from_le_bytes(labels[off + 8 * i..off + 8 * i + 8].try_into().unwrap());
+        assert_eq!(l, if f.contains("/vertical/") { 1 } else { 0 }, "{f}");
+    }
+}
+
+#[test]
+fn embed_an_unlabeled_tree_writes_vectors_and_the_file_list() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (photos, run) = (tmp.path().join("photos"), tmp.path().join("run"));
+    // An unlabeled tree: files at two depths, no class folders.
+    write_folder(&photos.join("2024/trip"), &["a"], 5, 36, 36);
+    write_folder(&photos, &["b"], 5, 50, 34);
+    std::fs::rename(photos.join("b"), photos.join("2023")).unwrap();
+    let o = small(&photos, &run, &["--set", "run.epochs=1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = tmp.path().join("all.npy");
+    let o = bt_cli().args(["embed", "--run"]).arg(&run).args(["--split", "train", "--out"]).arg(&out).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let listed = std::fs::read_to_string(tmp.path().join("all.files.txt")).unwrap();
+    assert_eq!(listed.lines().count(), 10, "{listed}");
+    assert!(listed.lines().all(|l| l.starts_with(photos.to_str().unwrap()) && Path::new(l).is_file()), "{listed}");
+    // Unlabeled rows carry label -1; evaluation on them is refused with a clear message.
+    let o = bt_cli().args(["eval", "knn", "--run"]).arg(&run).output().unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("labeled evaluation split") || text(&o).contains("has no label"), "{}", text(&o));
+}
+
+#[test]
+fn broken_files_fail_naming_them_or_are_skipped_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = tmp.path().join("train");
+    write_folder(&train, &["x", "y"], 8, 40, 40);
+    std::fs::write(train.join("x/not-an-image.jpg"), b"this is a text file, not a JPEG").unwrap();
+    let good = std::fs::read(train.join("y/img00.png")).unwrap();
+    std::fs::write(train.join("y/truncated.png"), &good[..good.len() / 3]).unwrap();
+    let o = small(&train, &tmp.path().join("strict"), &[]);
+    assert!(!o.status.success(), "a broken file must stop the run before a step:\n{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("not-an-image.jpg") || t.contains("truncated.png"), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+    assert!(!tmp.path().join("strict/checkpoints").read_dir().is_ok_and(|mut d| d.next().is_some()));
+
+    let run = tmp.path().join("lenient");
+    let o = small(&train, &run, &["--set", "data.skip_bad_images=true", "--set", "run.epochs=1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let m = metrics(&run);
+    let ep = m.iter().find(|r| r["kind"] == "epoch").expect("an epoch record");
+    assert_eq!(ep["skipped_images"], 2, "{ep}");
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(report.contains("2 unreadable image(s) skipped"), "{report}");
+}
+
+#[test]
+fn folder_mistakes_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let check = |o: Output, needles: &[&str]| {
+        let t = text(&o);
+        assert!(!o.status.success(), "should fail:\n{t}");
+        assert!(!t.contains("panicked"), "{t}");
+        for n in needles {
+            assert!(t.contains(n), "message lacks `{n}`:\n{t}");
+        }
+    };
+    // An empty folder.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(empty.join("sub")).unwrap();
+    check(small(&empty, &tmp.path().join("r1"), &[]), &["empty"]);
+    // A labeled evaluation folder with a single class.
+    let train = tmp.path().join("train");
+    write_folder(&train, &["a", "b"], 8, 40, 40);
+    let one = tmp.path().join("one");
+    write_folder(&one, &["only"], 4, 40, 40);
+    check(small(&train, &tmp.path().join("r2"), &["--test-data", one.to_str().unwrap()]), &["data.test_dir", "at least 2 class"]);
+    // image_size larger than every image.
+    check(small(&train, &tmp.path().join("r3"), &["--set", "data.image_size=300"]), &["data.image_size"]);
+}
+
+#[test]
+fn the_official_resnet50_preset_runs_two_steps_on_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = tmp.path().join("train");
+    write_folder(&train, &["a", "b"], 8, 80, 72);
+    let run = tmp.path().join("r50");
+    let mut c = bt_cli();
+    c.args(["pretrain", "--preset", "imagenet-resnet50", "--device", "cpu", "--data"]).arg(&train);
+    c.args(["--set", "data.image_size=64", "--set", "data.batch_size=8", "--set", "run.max_steps=2"]);
+    c.arg("--out").arg(&run);
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("run.max_steps = 2"), "{}", text(&o));
+    let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    for k in ["arch = \"resnet50\"", "projector = [8192, 8192, 8192]", "sync_bn = \"all\"", "lambda = 0.0051"] {
+        assert!(cfg.contains(k), "{k} in\n{cfg}");
+    }
+    let ck: Vec<_> = std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().collect();
+    assert_eq!(ck.len(), 1, "the stop at step 2 wrote one checkpoint");
+
+    let o = bt_cli().args(["model-summary", "--preset", "imagenet-resnet50", "--size", "224"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(t.contains("23,508,032"), "the encoder's trainable parameters equal torchvision's resnet50:\n{t}");
+    assert!(t.contains("layer4.2.conv3") && t.contains("maxpool"), "{t}");
+}
