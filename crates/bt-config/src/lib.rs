@@ -108,6 +108,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bn_batch_must_divide_the_batch_into_chunks_of_two_or_more() {
+        for (bn, ok) in [(0usize, true), (16, true), (2, true), (1, false), (12, false)] {
+            let mut c = Config::preset("demo").unwrap();
+            c.data.batch_size = 64;
+            c.run.bn_batch = bn;
+            let r = c.validate();
+            assert_eq!(r.is_ok(), ok, "bn_batch {bn}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("run.bn_batch") && e.to_string().contains("64"), "{e}");
+            }
+        }
+    }
+
+    #[test]
     fn every_preset_loads_and_validates() {
         for name in preset_names() {
             let cfg = Config::preset(name).unwrap_or_else(|e| panic!("{name}: {e}"));

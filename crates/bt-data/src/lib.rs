@@ -135,6 +135,29 @@ pub fn load_from_config(cfg: &bt_config::Config) -> Result<(Dataset, Dataset, Ve
     }
 }
 
+/// The kind of dataset a folder holds, from its files: CIFAR-10's binary layout
+/// (`data_batch_1.bin` / `batches.meta.txt`), STL-10's (`train_X.bin`, `unlabeled_X.bin`,
+/// `test_X.bin`), or else a folder of image files. A missing folder, or one with other `.bin`
+/// files, is reported as CIFAR-10, whose reader then says what it expected to find.
+pub fn detect_kind(dir: &std::path::Path) -> bt_config::DatasetKind {
+    use bt_config::DatasetKind;
+    let has = |f: &str| dir.join(f).is_file();
+    if has("data_batch_1.bin") || has("batches.meta.txt") {
+        return DatasetKind::Cifar10;
+    }
+    if ["train_X.bin", "unlabeled_X.bin", "test_X.bin"].iter().any(|f| has(f)) {
+        return DatasetKind::Stl10;
+    }
+    let other_bin = std::fs::read_dir(dir)
+        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".bin")))
+        .unwrap_or(true);
+    if other_bin {
+        DatasetKind::Cifar10
+    } else {
+        DatasetKind::ImageFolder
+    }
+}
+
 /// The pretraining and evaluation sources of a config.
 pub struct Sources {
     /// Pretraining images.

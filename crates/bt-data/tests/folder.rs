@@ -363,3 +363,22 @@ fn decoded_cache_returns_the_same_pixels() {
     assert_eq!(cached.load(0, LoadHint::FULL).unwrap(), want);
     assert_eq!(cached.load(0, LoadHint::FULL).unwrap(), want);
 }
+
+#[test]
+fn detect_kind_tells_cifar_stl10_and_image_folders_apart() {
+    use bt_config::DatasetKind;
+    let d = tempfile::tempdir().unwrap();
+    let (cifar, stl, imgs, missing) = (d.path().join("c"), d.path().join("s"), d.path().join("i"), d.path().join("m"));
+    for p in [&cifar, &stl, &imgs] {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    std::fs::write(cifar.join("data_batch_1.bin"), b"x").unwrap();
+    std::fs::write(stl.join("unlabeled_X.bin"), b"x").unwrap();
+    std::fs::create_dir_all(imgs.join("cats")).unwrap();
+    std::fs::write(imgs.join("cats/a.jpg"), b"x").unwrap();
+    assert_eq!(bt_data::detect_kind(&cifar), DatasetKind::Cifar10);
+    assert_eq!(bt_data::detect_kind(&stl), DatasetKind::Stl10);
+    assert_eq!(bt_data::detect_kind(&imgs), DatasetKind::ImageFolder);
+    // Missing: CIFAR-10, whose reader's error says what it expected.
+    assert_eq!(bt_data::detect_kind(&missing), DatasetKind::Cifar10);
+}

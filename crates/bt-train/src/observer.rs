@@ -1,6 +1,6 @@
 //! Events, not printing: the trainer reports what happens through an [`Observer`] the caller
 //! passes, as PyTorch Lightning's callbacks and burn-train's renderers do. `bt-cli` implements
-//! one with its progress bar and log lines; [`TensorBoard`](crate::tensorboard::TensorBoard)
+//! one with its progress bar and log lines; the `tensorboard` module's `TensorBoard`
 //! is another (enabled by `run.tensorboard`); `()` ignores everything.
 use crate::control::StopReason;
 use crate::store::Position;

@@ -62,21 +62,6 @@ pub struct DataArgs {
     pub synthetic: bool,
 }
 
-/// The kind of dataset a folder holds, from its files.
-pub fn detect_dataset(dir: &std::path::Path) -> bt_config::DatasetKind {
-    use bt_config::DatasetKind;
-    if dir.join("data_batch_1.bin").is_file() || dir.join("batches.meta.txt").is_file() {
-        DatasetKind::Cifar10
-    } else if ["train_X.bin", "unlabeled_X.bin", "test_X.bin"].iter().any(|f| dir.join(f).is_file()) {
-        DatasetKind::Stl10
-    } else if dir.is_dir() && !dir.read_dir().is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".bin")))) {
-        DatasetKind::ImageFolder
-    } else {
-        // A missing folder or an unknown binary layout: the CIFAR-10 reader's error says what it expected.
-        DatasetKind::Cifar10
-    }
-}
-
 impl DataArgs {
     /// Applies the flags to a config.
     pub fn apply(&self, cfg: &mut Config) {
@@ -85,7 +70,7 @@ impl DataArgs {
             cfg.data.dataset = DatasetKind::Synthetic;
         } else if let Some(d) = &self.data {
             if !matches!(cfg.data.dataset, DatasetKind::ImageFolder | DatasetKind::Stl10) {
-                cfg.data.dataset = detect_dataset(d);
+                cfg.data.dataset = bt_data::detect_kind(d);
             }
             cfg.data.dir = d.clone();
         }
