@@ -91,38 +91,69 @@ fn damaged_or_foreign_cifar_folders_are_refused_naming_the_file() {
     fake_cifar(&base);
     // Control: the undamaged folder is accepted (one step).
     let ctl = tmp.path().join("control");
-    ok(&output(pretrain(&ctl, &["--data", base.to_str().unwrap(), "--set", "run.max_steps=1"])), "control run on the fake CIFAR");
+    ok(
+        &output(pretrain(&ctl, &["--data", base.to_str().unwrap(), "--set", "run.max_steps=1"])),
+        "control run on the fake CIFAR",
+    );
 
     let out = victim(tmp.path(), "victim");
     type Damage = fn(&Path);
     let cases: Vec<(&str, Damage, Vec<&str>)> = vec![
-        ("truncated", |d| {
-            let p = d.join("data_batch_3.bin");
-            let b = std::fs::read(&p).unwrap();
-            std::fs::write(&p, &b[..b.len() - 100]).unwrap();
-        }, vec!["data_batch_3.bin", "has 12192 bytes", "3073-byte record"]),
-        ("oversized", |d| {
-            let p = d.join("test_batch.bin");
-            let mut b = std::fs::read(&p).unwrap();
-            b.extend([0u8; 5]);
-            std::fs::write(&p, b).unwrap();
-        }, vec!["test_batch.bin", "has 12297 bytes"]),
-        ("label >= 10", |d| {
-            let p = d.join("data_batch_2.bin");
-            let mut b = std::fs::read(&p).unwrap();
-            b[RECORD] = 10;
-            std::fs::write(&p, b).unwrap();
-        }, vec!["data_batch_2.bin", "record 1", "label 10", "0..=9"]),
-        ("missing train file", |d| std::fs::remove_file(d.join("data_batch_4.bin")).unwrap(), vec!["data_batch_4.bin", "missing"]),
-        ("missing class names", |d| std::fs::remove_file(d.join("batches.meta.txt")).unwrap(), vec!["batches.meta.txt"]),
-        ("not CIFAR at all", |d| {
-            for e in std::fs::read_dir(d).unwrap().flatten() {
-                std::fs::remove_file(e.path()).unwrap();
-            }
-            std::fs::write(d.join("photo.png"), b"\x89PNG\r\n\x1a\n....").unwrap();
-            std::fs::write(d.join("notes.txt"), b"hello").unwrap();
-        }, vec!["data_batch_1.bin", "fetch-cifar"]),
-        ("a foreign file under a CIFAR name", |d| std::fs::write(d.join("data_batch_1.bin"), vec![0u8; 1000]).unwrap(), vec!["data_batch_1.bin", "has 1000 bytes"]),
+        (
+            "truncated",
+            |d| {
+                let p = d.join("data_batch_3.bin");
+                let b = std::fs::read(&p).unwrap();
+                std::fs::write(&p, &b[..b.len() - 100]).unwrap();
+            },
+            vec!["data_batch_3.bin", "has 12192 bytes", "3073-byte record"],
+        ),
+        (
+            "oversized",
+            |d| {
+                let p = d.join("test_batch.bin");
+                let mut b = std::fs::read(&p).unwrap();
+                b.extend([0u8; 5]);
+                std::fs::write(&p, b).unwrap();
+            },
+            vec!["test_batch.bin", "has 12297 bytes"],
+        ),
+        (
+            "label >= 10",
+            |d| {
+                let p = d.join("data_batch_2.bin");
+                let mut b = std::fs::read(&p).unwrap();
+                b[RECORD] = 10;
+                std::fs::write(&p, b).unwrap();
+            },
+            vec!["data_batch_2.bin", "record 1", "label 10", "0..=9"],
+        ),
+        (
+            "missing train file",
+            |d| std::fs::remove_file(d.join("data_batch_4.bin")).unwrap(),
+            vec!["data_batch_4.bin", "missing"],
+        ),
+        (
+            "missing class names",
+            |d| std::fs::remove_file(d.join("batches.meta.txt")).unwrap(),
+            vec!["batches.meta.txt"],
+        ),
+        (
+            "not CIFAR at all",
+            |d| {
+                for e in std::fs::read_dir(d).unwrap().flatten() {
+                    std::fs::remove_file(e.path()).unwrap();
+                }
+                std::fs::write(d.join("photo.png"), b"\x89PNG\r\n\x1a\n....").unwrap();
+                std::fs::write(d.join("notes.txt"), b"hello").unwrap();
+            },
+            vec!["data_batch_1.bin", "fetch-cifar"],
+        ),
+        (
+            "a foreign file under a CIFAR name",
+            |d| std::fs::write(d.join("data_batch_1.bin"), vec![0u8; 1000]).unwrap(),
+            vec!["data_batch_1.bin", "has 1000 bytes"],
+        ),
     ];
     for (i, (what, damage, needles)) in cases.into_iter().enumerate() {
         let d = tmp.path().join(format!("cifar-{i}"));
@@ -156,7 +187,10 @@ fn config_errors_are_refused_naming_the_key() {
         // Malformed override.
         (vec!["--set", "optim.lr"], vec!["optim.lr", "key=value"]),
         // A layout libtorch's CPU kernels crash on (see StepSettings::for_run).
-        (vec!["--device", "cpu", "--set", "model.width=4", "--set", "run.channels_last=true"], vec!["run.channels_last", "model.width = 4"]),
+        (
+            vec!["--device", "cpu", "--set", "model.width=4", "--set", "run.channels_last=true"],
+            vec!["run.channels_last", "model.width = 4"],
+        ),
     ];
     for (args, needles) in cases {
         let mut a: Vec<&str> = syn.to_vec();
@@ -232,8 +266,11 @@ fn a_write_error_while_checkpointing_keeps_the_previous_checkpoint() {
     assert!(!t.contains("panicked"), "{t}");
     assert_eq!(checkpoints(&run), old, "no new checkpoint may appear");
     assert_eq!(std::fs::read(&old[0]).unwrap(), old_bytes, "the previous checkpoint changed");
-    let names: Vec<String> =
-        std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     assert!(!names.iter().any(|n| n.contains(".tmp-")), "temporary file left: {names:?}");
     // And the run continues from it once the disk is fine again.
     let log = ok(&output(pretrain_cmd(&run, &[])), "resume after the write error");

@@ -39,7 +39,13 @@ fn demo_pretrained_beats_random_init() {
     // level, 22.0% vs 21.8%); the full demo's 24k pairs are for that. Here it must be sane.
     assert!(lp >= lr + 0.08, "linear: pretrained {lp} vs random {lr}\n{t}");
     assert!((0.0..=1.0).contains(&kp) && (0.0..=1.0).contains(&kr), "kNN: {kp} {kr}");
-    for f in ["report.md", "eval_linear_standard.json", "eval_knn.json", "eval_random_linear_standard.json", "eval_random_knn.json"] {
+    for f in [
+        "report.md",
+        "eval_linear_standard.json",
+        "eval_knn.json",
+        "eval_random_linear_standard.json",
+        "eval_random_knn.json",
+    ] {
         assert!(out.join(f).is_file(), "missing {f}");
     }
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();

@@ -15,9 +15,13 @@ fn write_folder(dir: &Path, classes: &[&str], n: usize, w: u32, h: u32) -> Vec<P
         for i in 0..n {
             let img = image::RgbImage::from_fn(w, h, |x, y| {
                 let t = if c == 0 { y } else { x } + i as u32;
-                let on = (t / 4) % 2 == 0;
+                let on = (t / 4).is_multiple_of(2);
                 let base = [(40 * i) as u8, (90 + 20 * c) as u8, (200 - 15 * i) as u8];
-                if on { image::Rgb(base) } else { image::Rgb([255 - base[0], 255 - base[1], 255 - base[2]]) }
+                if on {
+                    image::Rgb(base)
+                } else {
+                    image::Rgb([255 - base[0], 255 - base[1], 255 - base[2]])
+                }
             });
             let p = dir.join(name).join(format!("img{i:02}.{}", if i % 2 == 0 { "png" } else { "jpg" }));
             img.save(&p).unwrap();
@@ -67,14 +71,16 @@ fn pretrain_evaluate_and_embed_an_image_folder() {
 
     let o = bt_cli().args(["eval", "knn", "--run"]).arg(&run).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("eval_knn.json")).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval_knn.json")).unwrap()).unwrap();
     assert_eq!((v["n_train"].as_i64(), v["n_test"].as_i64()), (Some(24), Some(12)), "{v}");
 
     // Embeddings of the (labeled) training folder: rows in source order, with their files.
     let out = tmp.path().join("emb/train.npy");
     let o = bt_cli().args(["embed", "--run"]).arg(&run).args(["--split", "train", "--out"]).arg(&out).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let listed: Vec<String> = std::fs::read_to_string(tmp.path().join("emb/train.files.txt")).unwrap().lines().map(String::from).collect();
+    let listed: Vec<String> =
+        std::fs::read_to_string(tmp.path().join("emb/train.files.txt")).unwrap().lines().map(String::from).collect();
     assert_eq!(listed.len(), files.len());
     let mut want: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
     want.sort();
@@ -160,7 +166,10 @@ fn folder_mistakes_are_clear_errors() {
     write_folder(&train, &["a", "b"], 8, 40, 40);
     let one = tmp.path().join("one");
     write_folder(&one, &["only"], 4, 40, 40);
-    check(small(&train, &tmp.path().join("r2"), &["--test-data", one.to_str().unwrap()]), &["data.test_dir", "at least 2 class"]);
+    check(
+        small(&train, &tmp.path().join("r2"), &["--test-data", one.to_str().unwrap()]),
+        &["data.test_dir", "at least 2 class"],
+    );
     // image_size larger than every image.
     check(small(&train, &tmp.path().join("r3"), &["--set", "data.image_size=300"]), &["data.image_size"]);
 }

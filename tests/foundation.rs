@@ -24,7 +24,8 @@ fn binary_lists_libtorch_cuda_as_needed_library() {
 
 #[test]
 fn config_prints_effective_toml_that_reloads() {
-    let o = run(&["config", "--preset", "cifar-resnet18", "--set", "optim.lr=0.5", "--set", "model.projector=[64, 64]"]);
+    let o =
+        run(&["config", "--preset", "cifar-resnet18", "--set", "optim.lr=0.5", "--set", "model.projector=[64, 64]"]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(out.contains("lr = 0.5"), "{out}");

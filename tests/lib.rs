@@ -40,7 +40,8 @@ pub fn bt_cli_path() -> PathBuf {
             let exe = std::env::current_exe().expect("current_exe");
             let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
             let bin = dir.join("bt-cli");
-            let hint = "run the suite with `cargo xtask test` (it builds bt-cli first), or `cargo build --release -p bt-cli`";
+            let hint =
+                "run the suite with `cargo xtask test` (it builds bt-cli first), or `cargo build --release -p bt-cli`";
             let built = std::fs::metadata(&bin)
                 .and_then(|m| m.modified())
                 .unwrap_or_else(|_| panic!("{} not found: {hint}", bin.display()));

@@ -8,11 +8,27 @@ use std::process::Output;
 
 /// A CIFAR-stem ResNet-18 at width 4 with a 32-32 projector on 256 synthetic images: 16 steps.
 const TINY: &[&str] = &[
-    "--preset", "demo", "--synthetic",
-    "--set", "model.width=4", "--set", "model.projector=[32, 32]",
-    "--set", "data.synthetic_train=256", "--set", "data.synthetic_test=128",
-    "--set", "data.batch_size=32", "--set", "run.epochs=2", "--set", "run.keep_checkpoints=5",
-    "--set", "data.workers=2", "--device", "cpu",
+    "--preset",
+    "demo",
+    "--synthetic",
+    "--set",
+    "model.width=4",
+    "--set",
+    "model.projector=[32, 32]",
+    "--set",
+    "data.synthetic_train=256",
+    "--set",
+    "data.synthetic_test=128",
+    "--set",
+    "data.batch_size=32",
+    "--set",
+    "run.epochs=2",
+    "--set",
+    "run.keep_checkpoints=5",
+    "--set",
+    "data.workers=2",
+    "--device",
+    "cpu",
 ];
 
 fn cli(args: &[&str], cwd: &Path) -> Output {
@@ -98,7 +114,10 @@ fn pretrain_eval_knn_embed_on_synthetic_data() {
 
     // Linear probes: both protocols.
     let o = ok(
-        &cli(&["eval", "linear", "--run", run_s, "--protocol", "standard", "--set", "eval.linear_epochs=3"], tmp.path()),
+        &cli(
+            &["eval", "linear", "--run", run_s, "--protocol", "standard", "--set", "eval.linear_epochs=3"],
+            tmp.path(),
+        ),
         "eval linear standard",
     );
     assert!(o.contains("linear (standard): test top-1"), "{o}");
@@ -112,7 +131,18 @@ fn pretrain_eval_knn_embed_on_synthetic_data() {
 
     let o = ok(
         &cli(
-            &["eval", "linear", "--run", run_s, "--protocol", "keras-seed", "--set", "eval.linear_epochs=2", "--set", "eval.linear_batch_size=32"],
+            &[
+                "eval",
+                "linear",
+                "--run",
+                run_s,
+                "--protocol",
+                "keras-seed",
+                "--set",
+                "eval.linear_epochs=2",
+                "--set",
+                "eval.linear_batch_size=32",
+            ],
             tmp.path(),
         ),
         "eval linear keras-seed",
@@ -141,7 +171,10 @@ fn pretrain_eval_knn_embed_on_synthetic_data() {
     let npy = tmp.path().join("emb/test.npy");
     let ckpt = run.join("checkpoints/epoch-0002.safetensors");
     ok(
-        &cli(&["embed", "--checkpoint", ckpt.to_str().unwrap(), "--split", "test", "--out", npy.to_str().unwrap()], tmp.path()),
+        &cli(
+            &["embed", "--checkpoint", ckpt.to_str().unwrap(), "--split", "test", "--out", npy.to_str().unwrap()],
+            tmp.path(),
+        ),
         "embed npy",
     );
     let b = std::fs::read(&npy).unwrap();
@@ -159,7 +192,10 @@ fn pretrain_eval_knn_embed_on_synthetic_data() {
     // .safetensors, projector embeddings of the train split.
     let st = tmp.path().join("emb/train.safetensors");
     ok(
-        &cli(&["embed", "--run", run_s, "--split", "train", "--features", "projector", "--out", st.to_str().unwrap()], tmp.path()),
+        &cli(
+            &["embed", "--run", run_s, "--split", "train", "--features", "projector", "--out", st.to_str().unwrap()],
+            tmp.path(),
+        ),
         "embed safetensors",
     );
     let bytes = std::fs::read(&st).unwrap();
@@ -214,25 +250,56 @@ fn bad_inputs_give_a_clear_message_and_non_zero_exit() {
     );
     assert!(!out.exists(), "a failed start must not leave a run folder");
     // Missing CIFAR-10 at an explicit --data.
-    fails_with(&["pretrain", "--data", "/nonexistent/cifar", "--out", out_s], d, &["/nonexistent/cifar", "fetch-cifar"]);
+    fails_with(
+        &["pretrain", "--data", "/nonexistent/cifar", "--out", out_s],
+        d,
+        &["/nonexistent/cifar", "fetch-cifar"],
+    );
     // Bad preset name: the available ones are listed.
-    fails_with(&["pretrain", "--preset", "no-such-preset", "--synthetic", "--out", out_s], d, &["no-such-preset", "keras-seed", "demo"]);
+    fails_with(
+        &["pretrain", "--preset", "no-such-preset", "--synthetic", "--out", out_s],
+        d,
+        &["no-such-preset", "keras-seed", "demo"],
+    );
     // Unreadable config file; malformed TOML; unknown key.
-    fails_with(&["pretrain", "--synthetic", "--config", "/nonexistent/cfg.toml", "--out", out_s], d, &["/nonexistent/cfg.toml"]);
+    fails_with(
+        &["pretrain", "--synthetic", "--config", "/nonexistent/cfg.toml", "--out", out_s],
+        d,
+        &["/nonexistent/cfg.toml"],
+    );
     let bad = d.join("bad.toml");
     std::fs::write(&bad, "[optim\nlr = 1").unwrap();
-    fails_with(&["pretrain", "--synthetic", "--config", bad.to_str().unwrap(), "--out", out_s], d, &["bad.toml", "TOML"]);
+    fails_with(
+        &["pretrain", "--synthetic", "--config", bad.to_str().unwrap(), "--out", out_s],
+        d,
+        &["bad.toml", "TOML"],
+    );
     std::fs::write(&bad, "[optim]\nlrr = 1.0").unwrap();
     fails_with(&["pretrain", "--synthetic", "--config", bad.to_str().unwrap(), "--out", out_s], d, &["optim.lrr"]);
     // Batch larger than the dataset.
     fails_with(
-        &["pretrain", "--preset", "demo", "--synthetic", "--set", "data.synthetic_train=10", "--set", "data.batch_size=64", "--out", out_s],
+        &[
+            "pretrain",
+            "--preset",
+            "demo",
+            "--synthetic",
+            "--set",
+            "data.synthetic_train=10",
+            "--set",
+            "data.batch_size=64",
+            "--out",
+            out_s,
+        ],
         d,
         &["data.batch_size", "larger than the training set"],
     );
     // Evaluating something that is not a run / a checkpoint that does not exist.
     fails_with(&["eval", "knn", "--run", d.to_str().unwrap()], d, &["not a run folder"]);
-    fails_with(&["eval", "linear", "--checkpoint", "/nonexistent/ck.safetensors"], d, &["/nonexistent/ck.safetensors", "does not exist"]);
+    fails_with(
+        &["eval", "linear", "--checkpoint", "/nonexistent/ck.safetensors"],
+        d,
+        &["/nonexistent/ck.safetensors", "does not exist"],
+    );
     // Embed to an unknown format.
     fails_with(&["embed", "--checkpoint", "x.safetensors", "--out", "e.csv"], d, &[".npy or .safetensors"]);
 }

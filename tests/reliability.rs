@@ -37,7 +37,11 @@ fn assert_matches_reference(run: &Path) {
     assert!(tensors(&final_ckpt(run)).0.keys().any(|k| k.ends_with("running_var")), "no BN statistics");
     assert_same_tensors(&r.join("model.safetensors"), &run.join("model.safetensors"));
     let (want, got) = (step_losses(r), step_losses(run));
-    assert_eq!(got.iter().map(|s| s.0).collect::<Vec<_>>(), (1..=TINY_STEPS as u64).collect::<Vec<_>>(), "steps in metrics");
+    assert_eq!(
+        got.iter().map(|s| s.0).collect::<Vec<_>>(),
+        (1..=TINY_STEPS as u64).collect::<Vec<_>>(),
+        "steps in metrics"
+    );
     assert_eq!(got, want, "per-step losses differ from the uninterrupted run");
 }
 
@@ -197,7 +201,9 @@ fn a_second_sigterm_exits_at_once_and_the_previous_checkpoint_survives() {
 #[test]
 fn non_finite_loss_or_gradient_stops_naming_step_and_term_and_keeps_the_last_good_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    for (fault, needles) in [("loss@6", &["step 6", "invariance = NaN"][..]), ("grad@6", &["step 6", "gradient of `"][..])] {
+    for (fault, needles) in
+        [("loss@6", &["step 6", "invariance = NaN"][..]), ("grad@6", &["step 6", "gradient of `"][..])]
+    {
         let run = tmp.path().join(fault.replace('@', "-"));
         let mut c = pretrain_cmd(&run, &[]);
         c.env("BT_FAULT_NONFINITE", fault);
@@ -210,7 +216,10 @@ fn non_finite_loss_or_gradient_stops_naming_step_and_term_and_keeps_the_last_goo
         }
         // Step 4 ended epoch 1 (checkpointed); nothing after the bad step was written.
         let all = checkpoints(&run);
-        assert_eq!(all.iter().map(|p| p.file_name().unwrap().to_str().unwrap().to_string()).collect::<Vec<_>>(), ["epoch-0001.safetensors"]);
+        assert_eq!(
+            all.iter().map(|p| p.file_name().unwrap().to_str().unwrap().to_string()).collect::<Vec<_>>(),
+            ["epoch-0001.safetensors"]
+        );
         assert!(!run.join("model.safetensors").exists());
         assert_all_checkpoints_valid(&run);
     }
@@ -230,9 +239,13 @@ fn max_steps_fallback_over_a_truncated_checkpoint_config_mismatch_and_fresh() {
     reference();
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let t = ok(&output(pretrain_cmd(&run, &["--set", "run.max_steps=6", "--set", "run.checkpoint_every_steps=3"])), "max_steps");
+    let t = ok(
+        &output(pretrain_cmd(&run, &["--set", "run.max_steps=6", "--set", "run.checkpoint_every_steps=3"])),
+        "max_steps",
+    );
     assert!(t.contains("run.max_steps"), "{t}");
-    let names: Vec<String> = checkpoints(&run).iter().map(|p| p.file_name().unwrap().to_str().unwrap().into()).collect();
+    let names: Vec<String> =
+        checkpoints(&run).iter().map(|p| p.file_name().unwrap().to_str().unwrap().into()).collect();
     assert_eq!(names, ["epoch-0000-b000003.safetensors", "epoch-0001.safetensors", "epoch-0001-b000002.safetensors"]);
 
     // Damage the newest: loading it names it; auto-resume falls back to the previous one.
@@ -245,7 +258,11 @@ fn max_steps_fallback_over_a_truncated_checkpoint_config_mismatch_and_fresh() {
         c
     });
     assert!(!o.status.success());
-    assert!(text(&o).contains("epoch-0001-b000002.safetensors") && text(&o).contains("corrupt or truncated"), "{}", text(&o));
+    assert!(
+        text(&o).contains("epoch-0001-b000002.safetensors") && text(&o).contains("corrupt or truncated"),
+        "{}",
+        text(&o)
+    );
 
     // A different trajectory config is refused, naming the key; nothing is touched.
     let snap = snapshot(&run);
@@ -259,7 +276,10 @@ fn max_steps_fallback_over_a_truncated_checkpoint_config_mismatch_and_fresh() {
     assert!(snapshot(&run) == snap, "a refused start changed the run folder");
 
     let log = ok(&output(pretrain_cmd(&run, &[])), "resume after damage");
-    assert!(log.contains("epoch-0001-b000002.safetensors") && log.contains("corrupt"), "no warning about the damaged file:\n{log}");
+    assert!(
+        log.contains("epoch-0001-b000002.safetensors") && log.contains("corrupt"),
+        "no warning about the damaged file:\n{log}"
+    );
     assert!(resume_line(&log).unwrap_or_default().contains("epoch-0001.safetensors"), "{log}");
     assert_matches_reference(&run);
 

@@ -13,11 +13,25 @@ use std::time::{Duration, Instant};
 /// A width-2 CIFAR ResNet-18 with a 16-16 projector on 64 synthetic images, batch 16: 4 steps
 /// per epoch, 8 epochs = 32 steps, about 2 s on one core. One intra-op thread (see [`cmd`]).
 pub const TINY: &[&str] = &[
-    "--preset", "demo", "--synthetic",
-    "--set", "model.width=2", "--set", "model.projector=[16, 16]",
-    "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32",
-    "--set", "data.batch_size=16", "--set", "run.epochs=8", "--set", "data.workers=1",
-    "--device", "cpu",
+    "--preset",
+    "demo",
+    "--synthetic",
+    "--set",
+    "model.width=2",
+    "--set",
+    "model.projector=[16, 16]",
+    "--set",
+    "data.synthetic_train=64",
+    "--set",
+    "data.synthetic_test=32",
+    "--set",
+    "data.batch_size=16",
+    "--set",
+    "run.epochs=8",
+    "--set",
+    "data.workers=1",
+    "--device",
+    "cpu",
 ];
 /// Total steps of [`TINY`].
 pub const TINY_STEPS: usize = 32;
@@ -127,7 +141,14 @@ impl Live {
 /// `epoch-NNNN[-bMMMMMM]`).
 pub fn checkpoints(run: &Path) -> Vec<PathBuf> {
     let key = |p: &PathBuf| -> (usize, usize) {
-        let s = p.file_name().unwrap().to_str().unwrap().trim_start_matches("epoch-").trim_end_matches(".safetensors").to_string();
+        let s = p
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_start_matches("epoch-")
+            .trim_end_matches(".safetensors")
+            .to_string();
         match s.split_once("-b") {
             Some((e, b)) => (e.parse().unwrap(), b.parse().unwrap()),
             None => (s.parse().unwrap(), 0),
@@ -141,7 +162,10 @@ pub fn checkpoints(run: &Path) -> Vec<PathBuf> {
 }
 
 /// Every tensor of a safetensors file: name -> (dtype, shape, raw bytes); and the metadata.
-pub fn tensors(path: &Path) -> (BTreeMap<String, (String, Vec<usize>, Vec<u8>)>, BTreeMap<String, String>) {
+/// Tensors by name as `(dtype, shape, bytes)`, and the metadata, of a safetensors file.
+pub type RawTensors = (BTreeMap<String, (String, Vec<usize>, Vec<u8>)>, BTreeMap<String, String>);
+
+pub fn tensors(path: &Path) -> RawTensors {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
     let map = st
@@ -157,7 +181,13 @@ pub fn tensors(path: &Path) -> (BTreeMap<String, (String, Vec<usize>, Vec<u8>)>,
 pub fn assert_same_tensors(a: &Path, b: &Path) -> usize {
     let (ta, _) = tensors(a);
     let (tb, _) = tensors(b);
-    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>(), "{} vs {}: tensor names", a.display(), b.display());
+    assert_eq!(
+        ta.keys().collect::<Vec<_>>(),
+        tb.keys().collect::<Vec<_>>(),
+        "{} vs {}: tensor names",
+        a.display(),
+        b.display()
+    );
     for (k, va) in &ta {
         let vb = &tb[k];
         assert_eq!((&va.0, &va.1), (&vb.0, &vb.1), "{k}: dtype/shape");
@@ -220,4 +250,3 @@ pub fn private_scratch(prefix: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
-

@@ -15,17 +15,11 @@
 //! directory (e.g. an unpacked CCCL wheel).
 use std::path::{Path, PathBuf};
 
-use bt_build::{
-    cuda_include_candidates, libtorch_cc, libtorch_dirs, libtorch_has_cuda, link_libtorch,
-};
+use bt_build::{cuda_include_candidates, libtorch_cc, libtorch_dirs, libtorch_has_cuda, link_libtorch};
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc");
-    for var in [
-        "BT_DIST_GLOO_INCLUDE",
-        "BT_DIST_NO_NCCL",
-        "BT_DIST_CUDA_EXTRA_INCLUDE",
-    ] {
+    for var in ["BT_DIST_GLOO_INCLUDE", "BT_DIST_NO_NCCL", "BT_DIST_CUDA_EXTRA_INCLUDE"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo::rustc-check-cfg=cfg(bt_dist_nccl)");
@@ -43,11 +37,7 @@ fn main() {
     });
 
     let forced_off = std::env::var_os("BT_DIST_NO_NCCL").is_some_and(|v| v != "0");
-    let nccl = if libtorch_has_cuda(&lib) && !forced_off {
-        find_nccl_includes(&site)
-    } else {
-        None
-    };
+    let nccl = if libtorch_has_cuda(&lib) && !forced_off { find_nccl_includes(&site) } else { None };
 
     let mut includes = vec![gloo];
     includes.extend(nccl.iter().flatten().cloned());
@@ -72,9 +62,7 @@ fn find_gloo_include(torch: &Path) -> Option<PathBuf> {
     candidates.push(torch.join("include"));
     candidates.push("/usr/include".into());
     candidates.push("/usr/local/include".into());
-    candidates
-        .into_iter()
-        .find(|d| d.join("gloo/algorithm.h").exists())
+    candidates.into_iter().find(|d| d.join("gloo/algorithm.h").exists())
 }
 
 /// `nccl.h`, the CUDA runtime headers (with `crt/`, split into its own package in CUDA 13) and
@@ -84,9 +72,8 @@ fn find_nccl_includes(site: &Path) -> Option<Vec<PathBuf>> {
         println!("cargo:warning=bt-dist: building WITHOUT NCCL: {what}");
         None
     };
-    let Some(nccl) = [site.join("nvidia/nccl/include"), "/usr/include".into()]
-        .into_iter()
-        .find(|d| d.join("nccl.h").exists())
+    let Some(nccl) =
+        [site.join("nvidia/nccl/include"), "/usr/include".into()].into_iter().find(|d| d.join("nccl.h").exists())
     else {
         return missing("nccl.h not found (pip package nvidia-nccl-cu13)");
     };

@@ -8,9 +8,7 @@
 //! `BT_SHIM_NO_CUDA=1` forces the stubs; `BT_SHIM_CUDA_INCLUDE=<dir>` names the headers.
 use std::path::{Path, PathBuf};
 
-use bt_build::{
-    cuda_include_candidates, libtorch_cc, libtorch_dirs, libtorch_has_cuda, link_libtorch,
-};
+use bt_build::{cuda_include_candidates, libtorch_cc, libtorch_dirs, libtorch_has_cuda, link_libtorch};
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc");
@@ -20,11 +18,7 @@ fn main() {
 
     let (lib, torch) = libtorch_dirs();
     let forced_off = std::env::var_os("BT_SHIM_NO_CUDA").is_some_and(|v| v != "0");
-    let cuda_include = if libtorch_has_cuda(&lib) && !forced_off {
-        find_cuda_include(&torch)
-    } else {
-        None
-    };
+    let cuda_include = if libtorch_has_cuda(&lib) && !forced_off { find_cuda_include(&torch) } else { None };
 
     let mut build = libtorch_cc(&torch, cuda_include.as_slice());
     if cuda_include.is_some() {
@@ -39,10 +33,7 @@ fn main() {
     link_libtorch(&lib, cuda_include.is_some());
     println!(
         "cargo:rustc-env=BT_SHIM_CUDA_INCLUDE={}",
-        cuda_include
-            .as_deref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default()
+        cuda_include.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
     );
 }
 
@@ -55,9 +46,7 @@ fn find_cuda_include(torch: &Path) -> Option<PathBuf> {
         candidates.push(dir.into());
     }
     candidates.extend(cuda_include_candidates(site));
-    let found = candidates
-        .into_iter()
-        .find(|d| d.join("cuda_runtime_api.h").exists())?;
+    let found = candidates.into_iter().find(|d| d.join("cuda_runtime_api.h").exists())?;
     // The CUDA 13 wheels split `crt/` (included by cuda_runtime.h, which libtorch's CUDA headers
     // pull in) into its own package; without it compilation would fail half-way.
     if !found.join("crt/host_config.h").exists() {

@@ -17,8 +17,14 @@ const DIR_NAME: &str = "cifar-10-batches-bin";
 const TMP_PREFIX: &str = ".fetch-cifar-";
 /// 10,000 records of 1 label byte + 3,072 pixel bytes.
 const BATCH_BYTES: u64 = 30_730_000;
-const BATCH_FILES: [&str; 6] =
-    ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"];
+const BATCH_FILES: [&str; 6] = [
+    "data_batch_1.bin",
+    "data_batch_2.bin",
+    "data_batch_3.bin",
+    "data_batch_4.bin",
+    "data_batch_5.bin",
+    "test_batch.bin",
+];
 
 struct Opts {
     dest: PathBuf,
@@ -31,16 +37,17 @@ fn parse(args: &[String]) -> Result<Opts> {
     let mut o = Opts { dest: PathBuf::from("data"), url: URL.into(), from: None, md5: MD5.into() };
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = |name: &str| -> Result<String> {
-            it.next().cloned().with_context(|| format!("{name} needs a value"))
-        };
+        let mut val =
+            |name: &str| -> Result<String> { it.next().cloned().with_context(|| format!("{name} needs a value")) };
         match a.as_str() {
             "--dest" => o.dest = PathBuf::from(val("--dest")?),
             "--url" => o.url = val("--url")?,
             "--from" => o.from = Some(PathBuf::from(val("--from")?)),
             // For tests only: they serve a small generated archive whose MD5 is not the official one.
             "--md5-for-tests" => o.md5 = val("--md5-for-tests")?.to_lowercase(),
-            other => bail!("fetch-cifar: unknown argument `{other}` (usage: fetch-cifar [--dest DIR] [--url URL] [--from FILE])"),
+            other => bail!(
+                "fetch-cifar: unknown argument `{other}` (usage: fetch-cifar [--dest DIR] [--url URL] [--from FILE])"
+            ),
         }
     }
     Ok(o)
@@ -55,7 +62,10 @@ pub fn run(args: &[String]) -> Result<()> {
                 println!("{} is already a valid CIFAR-10 binary dataset; nothing to do", target.display());
                 return Ok(());
             }
-            Err(e) => eprintln!("xtask: existing {} is not valid ({e:#}); it will be replaced only once a verified copy is ready", target.display()),
+            Err(e) => eprintln!(
+                "xtask: existing {} is not valid ({e:#}); it will be replaced only once a verified copy is ready",
+                target.display()
+            ),
         }
     }
     fs::create_dir_all(&o.dest).with_context(|| format!("creating {}", o.dest.display()))?;
@@ -96,7 +106,8 @@ pub fn run(args: &[String]) -> Result<()> {
         .unpack(&extract)
         .with_context(|| format!("extracting {} (not a valid .tar.gz?)", archive.display()))?;
     let staged = extract.join(DIR_NAME);
-    validate(&staged).with_context(|| format!("the archive {} does not hold a valid {DIR_NAME}/", archive.display()))?;
+    validate(&staged)
+        .with_context(|| format!("the archive {} does not hold a valid {DIR_NAME}/", archive.display()))?;
     for f in BATCH_FILES.iter().chain(["batches.meta.txt"].iter()) {
         File::open(staged.join(f))?.sync_all()?;
     }

@@ -111,7 +111,10 @@ pub fn run(root: &Path, t: &crate::torch::Torch, args: &[String]) -> Result<()> 
     if total >= LIMIT {
         bail!("the bundle is {total} bytes, over the 64 MiB limit");
     }
-    println!("on the GPU machine: bash {}/gpu-check.sh [EPOCHS]   (see docs/GPU.md)", out.file_name().unwrap().to_string_lossy());
+    println!(
+        "on the GPU machine: bash {}/gpu-check.sh [EPOCHS]   (see docs/GPU.md)",
+        out.file_name().unwrap().to_string_lossy()
+    );
     Ok(())
 }
 

@@ -39,10 +39,7 @@ impl Torch {
                 ld = format!("{ld}:{old}");
             }
         }
-        let mut v = vec![
-            ("LIBTORCH".to_string(), self.dir.display().to_string()),
-            ("LD_LIBRARY_PATH".to_string(), ld),
-        ];
+        let mut v = vec![("LIBTORCH".to_string(), self.dir.display().to_string()), ("LD_LIBRARY_PATH".to_string(), ld)];
         if let Some(py) = &self.python {
             v.push(("BT_PYTHON".to_string(), py.display().to_string()));
         }
@@ -68,7 +65,10 @@ pub fn provision(root: &Path) -> Result<Torch> {
         return Ok(Torch { dir, version, source: format!("the torch of {}", python.display()), python: Some(python) });
     }
     // Nothing usable: make our own virtual environment.
-    eprintln!("xtask: no libtorch {NEED}.x found (LIBTORCH unset, no Python with torch {NEED}); creating .venv/ with {}", PIP_PACKAGES.join(" "));
+    eprintln!(
+        "xtask: no libtorch {NEED}.x found (LIBTORCH unset, no Python with torch {NEED}); creating .venv/ with {}",
+        PIP_PACKAGES.join(" ")
+    );
     if !venv_py.exists() {
         let base = base_python().context(
             "no python3 found: install Python 3.10+ (with the venv module) or set LIBTORCH to a libtorch 2.11 folder",
@@ -165,11 +165,7 @@ fn has_package(py: &Path, dist: &str) -> bool {
 }
 
 fn has_test_tools(py: &Path) -> bool {
-    Command::new(py)
-        .args(["-c", TEST_TOOLS])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    Command::new(py).args(["-c", TEST_TOOLS]).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 /// A Python with torch 2.11.x: `BT_PYTHON`, then `.venv/`, then `python3`/`python` on PATH.
@@ -219,13 +215,24 @@ fn ensure_gloo_headers() -> Result<()> {
     if has_apt {
         eprintln!("xtask: gloo headers missing ({HEADER}); installing Debian's libgloo-dev");
         let mut update = Command::new(sudo.first().copied().unwrap_or("apt-get"));
-        update.args(sudo.iter().skip(1)).args(if root { &["update", "-qq"][..] } else { &["apt-get", "update", "-qq"][..] });
+        update.args(sudo.iter().skip(1)).args(if root {
+            &["update", "-qq"][..]
+        } else {
+            &["apt-get", "update", "-qq"][..]
+        });
         let mut install = Command::new(sudo.first().copied().unwrap_or("apt-get"));
         install
             .args(sudo.iter().skip(1))
-            .args(if root { &["install", "-y", "-qq", "libgloo-dev"][..] } else { &["apt-get", "install", "-y", "-qq", "libgloo-dev"][..] })
+            .args(if root {
+                &["install", "-y", "-qq", "libgloo-dev"][..]
+            } else {
+                &["apt-get", "install", "-y", "-qq", "libgloo-dev"][..]
+            })
             .env("DEBIAN_FRONTEND", "noninteractive");
-        if run(&mut update, "apt-get update").is_ok() && run(&mut install, "apt-get install libgloo-dev").is_ok() && Path::new(HEADER).exists() {
+        if run(&mut update, "apt-get update").is_ok()
+            && run(&mut install, "apt-get install libgloo-dev").is_ok()
+            && Path::new(HEADER).exists()
+        {
             return Ok(());
         }
     }

@@ -24,7 +24,14 @@ fn archive() -> &'static (PathBuf, String) {
         for (i, b) in record.iter_mut().enumerate() {
             *b = if i % 3073 == 0 { (i / 3073 % 10) as u8 } else { (i % 251) as u8 };
         }
-        let names = ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"];
+        let names = [
+            "data_batch_1.bin",
+            "data_batch_2.bin",
+            "data_batch_3.bin",
+            "data_batch_4.bin",
+            "data_batch_5.bin",
+            "test_batch.bin",
+        ];
         for name in names {
             let mut h = tar::Header::new_gnu();
             h.set_size(record.len() as u64);
@@ -69,11 +76,15 @@ fn serve() -> String {
                     format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nContent-Type: application/gzip\r\nConnection: close\r\n\r\n")
                 };
                 let _ = match path.as_str() {
-                    "/ok" => stream.write_all(head("200 OK", body.len()).as_bytes()).and_then(|_| stream.write_all(&body)),
+                    "/ok" => {
+                        stream.write_all(head("200 OK", body.len()).as_bytes()).and_then(|_| stream.write_all(&body))
+                    }
                     "/truncated" => stream
                         .write_all(head("200 OK", body.len()).as_bytes())
                         .and_then(|_| stream.write_all(&body[..body.len() / 2])),
-                    _ => stream.write_all(head("404 Not Found", 9).as_bytes()).and_then(|_| stream.write_all(b"not found")),
+                    _ => stream
+                        .write_all(head("404 Not Found", 9).as_bytes())
+                        .and_then(|_| stream.write_all(b"not found")),
                 };
             });
         }
@@ -97,7 +108,10 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, String)> {
                 stack.push(p);
             } else {
                 let bytes = std::fs::read(&p).unwrap();
-                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), (bytes.len() as u64, format!("{:x}", Md5::digest(&bytes))));
+                out.insert(
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    (bytes.len() as u64, format!("{:x}", Md5::digest(&bytes))),
+                );
             }
         }
     }
@@ -177,7 +191,14 @@ fn truncated_transfer_fails_and_leaves_dest_as_it_was() {
     let base = serve();
     let dest = messy_dest();
     let before = snapshot(dest.path());
-    let o = xtask(&["--dest", dest.path().to_str().unwrap(), "--url", &format!("{base}/truncated"), "--md5-for-tests", md5]);
+    let o = xtask(&[
+        "--dest",
+        dest.path().to_str().unwrap(),
+        "--url",
+        &format!("{base}/truncated"),
+        "--md5-for-tests",
+        md5,
+    ]);
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(e.contains("truncated") || e.contains("interrupted"), "{e}");

@@ -53,20 +53,11 @@ pub fn libtorch_cc(torch: &Path, extra: &[PathBuf]) -> cc::Build {
     build.define("_GLIBCXX_USE_CXX11_ABI", "1");
     // torch-sys compiles tch's own wrapper with this define; keep the TUs identical.
     build.define("GLOG_USE_GLOG_EXPORT", None);
-    let base = [
-        torch.join("include"),
-        torch.join("include/torch/csrc/api/include"),
-    ];
+    let base = [torch.join("include"), torch.join("include/torch/csrc/api/include")];
     // Re-adding /usr/include with -isystem reorders libstdc++'s #include_next chain and breaks
     // <cstdlib>; it is searched by default anyway.
-    for inc in base
-        .iter()
-        .chain(extra)
-        .filter(|d| d.as_path() != Path::new("/usr/include"))
-    {
-        build
-            .flag("-isystem")
-            .flag(inc.to_str().expect("non-UTF-8 include path"));
+    for inc in base.iter().chain(extra).filter(|d| d.as_path() != Path::new("/usr/include")) {
+        build.flag("-isystem").flag(inc.to_str().expect("non-UTF-8 include path"));
     }
     build.flag_if_supported("-Wno-unused-parameter");
     build
@@ -92,10 +83,7 @@ pub fn libtorch_has_cuda(lib: &Path) -> bool {
 /// CUDA 12 layout, in `site`, the folder holding `torch/`), `$CUDA_HOME/include`, a system toolkit.
 pub fn cuda_include_candidates(site: &Path) -> Vec<PathBuf> {
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
-    let mut v = vec![
-        site.join("nvidia/cu13/include"),
-        site.join("nvidia/cuda_runtime/include"),
-    ];
+    let mut v = vec![site.join("nvidia/cu13/include"), site.join("nvidia/cuda_runtime/include")];
     if let Some(home) = std::env::var_os("CUDA_HOME") {
         v.push(PathBuf::from(home).join("include"));
     }

@@ -37,7 +37,8 @@ fn bad_inputs_exit_non_zero_with_a_message() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("g.png");
     // Missing folder.
-    let o = bt().args(["preview-augment", "--data"]).arg(tmp.path().join("nope")).arg("--out").arg(&out).output().unwrap();
+    let o =
+        bt().args(["preview-augment", "--data"]).arg(tmp.path().join("nope")).arg("--out").arg(&out).output().unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("batches.meta.txt"), "{err}");

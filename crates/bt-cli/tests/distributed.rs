@@ -33,23 +33,45 @@ fn bt_cli() -> Command {
 
 fn tiny(out: &Path, batch: usize, loss: &str, epochs: usize) -> Vec<String> {
     [
-        "pretrain", "--preset", "demo", "--synthetic", "--device", "cpu", "--force",
-        "--set", "model.width=4", "--set", "model.projector=[32, 32]",
-        "--set", "data.synthetic_train=64", "--set", "data.synthetic_test=32",
-        "--set", "data.workers=1", "--set", "run.knn_every=0",
+        "pretrain",
+        "--preset",
+        "demo",
+        "--synthetic",
+        "--device",
+        "cpu",
+        "--force",
+        "--set",
+        "model.width=4",
+        "--set",
+        "model.projector=[32, 32]",
+        "--set",
+        "data.synthetic_train=64",
+        "--set",
+        "data.synthetic_test=32",
+        "--set",
+        "data.workers=1",
+        "--set",
+        "run.knn_every=0",
         // LARS: its update is linear in the gradient. LAMB's Adam normalization g/(|g|+eps) turns
         // rounding noise on near-zero gradient elements (the reduction order differs between
         // one and two processes) into differences of ~lr x noise / eps (seen: 8e-4 after 4 steps
         // with eps 1e-6; 3.6e-7 with eps 1e-2, the same runs otherwise).
-        "--set", "optim.name=lars", "--set", "optim.lr=0.05",
+        "--set",
+        "optim.name=lars",
+        "--set",
+        "optim.lr=0.05",
     ]
     .iter()
     .map(|s| s.to_string())
     .chain([
-        "--set".into(), format!("data.batch_size={batch}"),
-        "--set".into(), format!("run.epochs={epochs}"),
-        "--set".into(), format!("loss.implementation={loss}"),
-        "--out".into(), out.display().to_string(),
+        "--set".into(),
+        format!("data.batch_size={batch}"),
+        "--set".into(),
+        format!("run.epochs={epochs}"),
+        "--set".into(),
+        format!("loss.implementation={loss}"),
+        "--out".into(),
+        out.display().to_string(),
     ])
     .collect()
 }
@@ -64,14 +86,23 @@ fn output_with_deadline(mut c: Command, limit: Duration) -> Output {
         if t0.elapsed() > limit {
             let _ = child.kill();
             let o = child.wait_with_output().unwrap();
-            panic!("no exit within {limit:?}:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+            panic!(
+                "no exit within {limit:?}:\n{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 fn text(o: &Output) -> String {
-    format!("status {}\n--- stdout\n{}\n--- stderr\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// Trainable tensors of a model.safetensors (BN running statistics and counters left out).
@@ -177,7 +208,9 @@ fn launch_and_act(mut c: Command, out: &Path, act: impl Fn(i32)) -> (std::proces
             break st;
         }
         // Act once the run is training (rank 0 has written step metrics).
-        let steps = std::fs::read_to_string(out.join("metrics.jsonl")).map(|s| s.matches("\"kind\":\"step\"").count()).unwrap_or(0);
+        let steps = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .map(|s| s.matches("\"kind\":\"step\"").count())
+            .unwrap_or(0);
         if acted_at.is_none() && steps >= 2 {
             act(pid1.expect("the launcher printed rank 1's pid"));
             acted_at = Some(Instant::now());
@@ -223,9 +256,16 @@ fn a_two_rank_checkpoint_resumes_in_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let (split, whole) = (dir.path().join("split"), dir.path().join("whole"));
     let bn = format!("run.bn_batch={B}");
-    let no_force = |out: &Path| -> Vec<String> { tiny(out, 2 * B, "reference", 2).into_iter().filter(|a| a != "--force").collect() };
+    let no_force = |out: &Path| -> Vec<String> {
+        tiny(out, 2 * B, "reference", 2).into_iter().filter(|a| a != "--force").collect()
+    };
     let mut c = bt_cli();
-    c.args(["launch", "--nproc", "2", "--"]).args(tiny(&split, 2 * B, "reference", 2)).args(["--set", &bn, "--set", "run.max_steps=2"]);
+    c.args(["launch", "--nproc", "2", "--"]).args(tiny(&split, 2 * B, "reference", 2)).args([
+        "--set",
+        &bn,
+        "--set",
+        "run.max_steps=2",
+    ]);
     let o = output_with_deadline(c, Duration::from_secs(300));
     assert!(o.status.success(), "2 ranks, first half:\n{}", text(&o));
     assert!(!split.join("model.safetensors").exists(), "stopped early: no final model yet");
@@ -264,7 +304,8 @@ fn sync_bn_two_ranks_equal_one_process_normalizing_the_projector_over_the_global
     eprintln!("sync BN: max |single - 2 ranks| = {d:.3e} ({name})");
     assert!(d < 1e-5, "parameters differ by {d:e} at {name}");
     // Rank 0's projector running statistics were updated from the global batch's moments.
-    let proj_stats = |p: &Path| tensors(&p.join("model.safetensors"), |n| n.starts_with("projector.") && n.contains("running_"));
+    let proj_stats =
+        |p: &Path| tensors(&p.join("model.safetensors"), |n| n.starts_with("projector.") && n.contains("running_"));
     let (sa, sb) = (proj_stats(&single), proj_stats(&dp));
     assert!(!sa.is_empty());
     let (d, name) = max_diff(&sa, &sb);
@@ -290,7 +331,10 @@ fn a_signal_to_one_rank_stops_both_at_the_same_step_with_a_checkpoint() {
     assert!(!status.success(), "{all}");
     // Both ranks stopped on their own with the SIGTERM status: no lost-peer error, no kill.
     for r in 0..2 {
-        let line = log.iter().find(|l| l.starts_with(&format!("launch: rank {r} (pid"))).unwrap_or_else(|| panic!("rank {r} exit line:\n{all}"));
+        let line = log
+            .iter()
+            .find(|l| l.starts_with(&format!("launch: rank {r} (pid")))
+            .unwrap_or_else(|| panic!("rank {r} exit line:\n{all}"));
         assert!(line.ends_with("exit code 143"), "rank {r}: {line}\n{all}");
     }
     assert!(all.contains("delivered to another rank"), "rank 0 names why it stopped:\n{all}");

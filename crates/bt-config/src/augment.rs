@@ -212,11 +212,7 @@ pub struct AugmentConfig {
 impl AugmentConfig {
     /// The seed's symmetric policy.
     pub fn keras_seed() -> Self {
-        Self {
-            policy: "keras-seed".into(),
-            view_a: ViewConfig::keras_seed(),
-            view_b: ViewConfig::keras_seed(),
-        }
+        Self { policy: "keras-seed".into(), view_a: ViewConfig::keras_seed(), view_b: ViewConfig::keras_seed() }
     }
     /// solo-learn's asymmetric CIFAR policy (solarize 0.0 on A, 0.2 on B).
     pub fn cifar_asymmetric() -> Self {

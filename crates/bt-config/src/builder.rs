@@ -20,10 +20,7 @@ impl ConfigBuilder {
     /// Starts from the built-in defaults.
     pub fn new() -> Self {
         let schema = Value::try_from(Config::default()).expect("defaults serialize");
-        Self {
-            current: schema.clone(),
-            schema,
-        }
+        Self { current: schema.clone(), schema }
     }
 
     /// Merges a shipped preset.
@@ -32,30 +29,22 @@ impl ConfigBuilder {
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, t)| *t)
-            .ok_or_else(|| ConfigError::UnknownPreset {
-                name: name.into(),
-                available: preset_names().join(", "),
-            })?;
+            .ok_or_else(|| ConfigError::UnknownPreset { name: name.into(), available: preset_names().join(", ") })?;
         self.merge_str(text, &PathBuf::from(format!("configs/{name}.toml")))?;
         Ok(self)
     }
 
     /// Merges a TOML file.
     pub fn file(&mut self, path: &Path) -> Result<&mut Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
         self.merge_str(&text, path)?;
         Ok(self)
     }
 
     /// Merges TOML text; `origin` names it in errors.
     pub fn merge_str(&mut self, text: &str, origin: &Path) -> Result<&mut Self> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.into(),
-            message: e.to_string(),
-        })?;
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string() })?;
         let mut leaves = Vec::new();
         flatten(&Value::Table(table), String::new(), &mut leaves);
         for (key, value) in leaves {
@@ -68,9 +57,7 @@ impl ConfigBuilder {
     /// (`0.1`, `true`, `[2048, 2048]`, `"x"`); anything that is not valid TOML is taken as a
     /// bare string, so `model.arch=cifar-resnet18` works.
     pub fn set(&mut self, assignment: &str) -> Result<&mut Self> {
-        let (key, raw) = assignment
-            .split_once('=')
-            .ok_or_else(|| ConfigError::MalformedOverride(assignment.into()))?;
+        let (key, raw) = assignment.split_once('=').ok_or_else(|| ConfigError::MalformedOverride(assignment.into()))?;
         let key = key.trim();
         if key.is_empty() {
             return Err(ConfigError::MalformedOverride(assignment.into()));
@@ -110,15 +97,9 @@ impl ConfigBuilder {
         let mut next = self.current.clone();
         let mut slot = &mut next;
         for part in &parts[..parts.len() - 1] {
-            slot = slot
-                .as_table_mut()
-                .expect("checked above")
-                .get_mut(*part)
-                .expect("checked above");
+            slot = slot.as_table_mut().expect("checked above").get_mut(*part).expect("checked above");
         }
-        slot.as_table_mut()
-            .expect("checked above")
-            .insert(parts[parts.len() - 1].into(), value.clone());
+        slot.as_table_mut().expect("checked above").insert(parts[parts.len() - 1].into(), value.clone());
         // Enum variants and nested types are checked by deserializing the whole tree.
         if let Err(e) = next.clone().try_into::<Config>() {
             return Err(ConfigError::BadValue {
@@ -133,15 +114,11 @@ impl ConfigBuilder {
 
     /// The assembled, validated config.
     pub fn build(&self) -> Result<Config> {
-        let cfg: Config = self
-            .current
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::BadValue {
-                key: "<config>".into(),
-                value: String::new(),
-                reason: e.to_string(),
-            })?;
+        let cfg: Config = self.current.clone().try_into().map_err(|e: toml::de::Error| ConfigError::BadValue {
+            key: "<config>".into(),
+            value: String::new(),
+            reason: e.to_string(),
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -151,11 +128,7 @@ fn flatten(v: &Value, prefix: String, out: &mut Vec<(String, Value)>) {
     match v {
         Value::Table(t) => {
             for (k, v) in t {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
                 flatten(v, key, out);
             }
         }

@@ -46,10 +46,7 @@ use std::path::Path;
 /// The presets shipped in this crate's `configs/`, embedded at compile time: `(name, TOML text)`.
 pub const PRESETS: &[(&str, &str)] = &[
     ("keras-seed", include_str!("../configs/keras-seed.toml")),
-    (
-        "cifar-resnet18",
-        include_str!("../configs/cifar-resnet18.toml"),
-    ),
+    ("cifar-resnet18", include_str!("../configs/cifar-resnet18.toml")),
     ("demo", include_str!("../configs/demo.toml")),
     ("imagenet-resnet50", include_str!("../configs/imagenet-resnet50.toml")),
     ("imagenet100-resnet18", include_str!("../configs/imagenet100-resnet18.toml")),
@@ -127,11 +124,7 @@ mod tests {
             let cfg = Config::preset(name).unwrap_or_else(|e| panic!("{name}: {e}"));
             cfg.validate().unwrap();
             // The printed config reloads to the same value: a run folder reproduces the run.
-            assert_eq!(
-                Config::from_toml_str(&cfg.to_toml()).unwrap(),
-                cfg,
-                "{name}"
-            );
+            assert_eq!(Config::from_toml_str(&cfg.to_toml()).unwrap(), cfg, "{name}");
         }
     }
 
@@ -160,15 +153,9 @@ mod tests {
     fn wrong_type_is_named() {
         let mut b = ConfigBuilder::new();
         let e = b.set("optim.lr=abc").unwrap_err().to_string();
-        assert!(
-            e.contains("optim.lr") && e.contains("abc") && e.contains("number"),
-            "{e}"
-        );
+        assert!(e.contains("optim.lr") && e.contains("abc") && e.contains("number"), "{e}");
         let e = b.set("model.arch=resnet9000").unwrap_err().to_string();
-        assert!(
-            e.contains("model.arch") && e.contains("cifar-resnet18"),
-            "{e}"
-        );
+        assert!(e.contains("model.arch") && e.contains("cifar-resnet18"), "{e}");
         let e = b.set("data.batch_size=-3").unwrap_err().to_string();
         assert!(e.contains("data.batch_size"), "{e}");
     }
@@ -179,10 +166,7 @@ mod tests {
             ("data.batch_size=0", "data.batch_size"),
             ("optim.lr=-0.1", "optim.lr"),
             ("loss.lambda=-1", "loss.lambda"),
-            (
-                "augment.view_b.solarize_prob=1.5",
-                "augment.view_b.solarize_prob",
-            ),
+            ("augment.view_b.solarize_prob=1.5", "augment.view_b.solarize_prob"),
             ("run.device=gpu", "run.device"),
         ] {
             let mut b = ConfigBuilder::new();
@@ -196,10 +180,7 @@ mod tests {
     fn overrides_apply_with_coercion() {
         let mut b = ConfigBuilder::new();
         b.preset("keras-seed").unwrap();
-        b.set("optim.lr=2")
-            .unwrap()
-            .set("model.projector=[64, 32]")
-            .unwrap();
+        b.set("optim.lr=2").unwrap().set("model.projector=[64, 32]").unwrap();
         b.set("model.arch=cifar-resnet18").unwrap();
         let c = b.build().unwrap();
         assert_eq!(c.optim.lr, 2.0);
@@ -210,49 +191,24 @@ mod tests {
     #[test]
     fn malformed_file_names_the_file() {
         let mut b = ConfigBuilder::new();
-        let e = b
-            .merge_str("[optim\nlr=1", Path::new("my.toml"))
-            .unwrap_err()
-            .to_string();
+        let e = b.merge_str("[optim\nlr=1", Path::new("my.toml")).unwrap_err().to_string();
         assert!(e.contains("my.toml"), "{e}");
-        let e = b
-            .merge_str("[optim]\nlrr = 1.0", Path::new("my.toml"))
-            .unwrap_err()
-            .to_string();
+        let e = b.merge_str("[optim]\nlrr = 1.0", Path::new("my.toml")).unwrap_err().to_string();
         assert!(e.contains("optim.lrr"), "{e}");
     }
 
     #[test]
     fn reliability_keys_default_off_and_are_checked() {
         let c = Config::default();
-        assert_eq!(
-            (
-                c.run.max_steps,
-                c.run.checkpoint_every_steps,
-                c.run.spike_factor
-            ),
-            (0, 0, 0.0)
-        );
+        assert_eq!((c.run.max_steps, c.run.checkpoint_every_steps, c.run.spike_factor), (0, 0, 0.0));
         assert_eq!(c.run.on_nonfinite, NonFinitePolicy::Stop);
         let mut b = ConfigBuilder::new();
-        b.set("run.on_nonfinite=skip")
-            .unwrap()
-            .set("run.spike_factor=4")
-            .unwrap();
+        b.set("run.on_nonfinite=skip").unwrap().set("run.spike_factor=4").unwrap();
         let c = b.build().unwrap();
-        assert_eq!(
-            (c.run.on_nonfinite, c.run.spike_factor),
-            (NonFinitePolicy::Skip, 4.0)
-        );
-        let e = ConfigBuilder::new()
-            .set("run.on_nonfinite=ignore")
-            .unwrap_err()
-            .to_string();
+        assert_eq!((c.run.on_nonfinite, c.run.spike_factor), (NonFinitePolicy::Skip, 4.0));
+        let e = ConfigBuilder::new().set("run.on_nonfinite=ignore").unwrap_err().to_string();
         assert!(e.contains("run.on_nonfinite") && e.contains("skip"), "{e}");
-        for (set, key) in [
-            ("run.spike_factor=0.5", "run.spike_factor"),
-            ("run.spike_window=0", "run.spike_window"),
-        ] {
+        for (set, key) in [("run.spike_factor=0.5", "run.spike_factor"), ("run.spike_window=0", "run.spike_window")] {
             let mut b = ConfigBuilder::new();
             b.set(set).unwrap();
             let e = b.build().unwrap_err().to_string();
@@ -262,19 +218,12 @@ mod tests {
 
     #[test]
     fn imagenet_resnets_parse_with_torchvision_names() {
-        for (name, arch) in [
-            ("resnet18", Arch::Resnet18),
-            ("resnet34", Arch::Resnet34),
-            ("resnet50", Arch::Resnet50),
-        ] {
+        for (name, arch) in [("resnet18", Arch::Resnet18), ("resnet34", Arch::Resnet34), ("resnet50", Arch::Resnet50)] {
             let mut b = ConfigBuilder::new();
             b.set(&format!("model.arch={name}")).unwrap();
             assert_eq!(b.build().unwrap().model.arch, arch);
         }
-        let e = ConfigBuilder::new()
-            .set("model.arch=resnet_50")
-            .unwrap_err()
-            .to_string();
+        let e = ConfigBuilder::new().set("model.arch=resnet_50").unwrap_err().to_string();
         assert!(e.contains("model.arch") && e.contains("resnet50"), "{e}");
     }
 
@@ -293,26 +242,13 @@ mod tests {
         // The older key still means "projector".
         let c = build(&["model.projector_sync_bn=true"]).unwrap();
         assert_eq!(c.model.sync_bn_scope(), SyncBn::Projector);
-        let e = build(&["model.projector_sync_bn=true", "model.sync_bn=all"])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("model.sync_bn") && e.contains("projector_sync_bn"),
-            "{e}"
-        );
-        let e = build(&["model.sync_bn=all", "run.bn_batch=64"])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("model.sync_bn") && e.contains("bn_batch = 64"),
-            "{e}"
-        );
+        let e = build(&["model.projector_sync_bn=true", "model.sync_bn=all"]).unwrap_err().to_string();
+        assert!(e.contains("model.sync_bn") && e.contains("projector_sync_bn"), "{e}");
+        let e = build(&["model.sync_bn=all", "run.bn_batch=64"]).unwrap_err().to_string();
+        assert!(e.contains("model.sync_bn") && e.contains("bn_batch = 64"), "{e}");
         // Projector-only sync leaves the encoder per rank, which ghost BN reproduces.
         build(&["model.sync_bn=projector", "run.bn_batch=64"]).unwrap();
-        let e = ConfigBuilder::new()
-            .set("model.sync_bn=encoder")
-            .unwrap_err()
-            .to_string();
+        let e = ConfigBuilder::new().set("model.sync_bn=encoder").unwrap_err().to_string();
         assert!(e.contains("model.sync_bn") && e.contains("all"), "{e}");
     }
 

@@ -39,11 +39,6 @@ pub struct LossConfig {
 
 impl Default for LossConfig {
     fn default() -> Self {
-        Self {
-            lambda: 5e-3,
-            normalization: LossNorm::KerasSeed,
-            scale: 1.0,
-            implementation: LossImpl::Auto,
-        }
+        Self { lambda: 5e-3, normalization: LossNorm::KerasSeed, scale: 1.0, implementation: LossImpl::Auto }
     }
 }

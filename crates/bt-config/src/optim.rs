@@ -100,11 +100,6 @@ pub struct ScheduleConfig {
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
-        Self {
-            kind: ScheduleKind::Constant,
-            warmup_epochs: 10.0,
-            scale_with_batch: false,
-            final_lr_fraction: 0.001,
-        }
+        Self { kind: ScheduleKind::Constant, warmup_epochs: 10.0, scale_with_batch: false, final_lr_fraction: 0.001 }
     }
 }

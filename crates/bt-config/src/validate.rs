@@ -62,10 +62,7 @@ impl Config {
                 allowed: "an integer in [2, 4096]".into(),
             });
         }
-        for (key, v, lo) in [
-            ("data.mean", &d.mean, f64::MIN),
-            ("data.std", &d.std, f64::MIN_POSITIVE),
-        ] {
+        for (key, v, lo) in [("data.mean", &d.mean, f64::MIN), ("data.std", &d.std, f64::MIN_POSITIVE)] {
             if !(v.is_empty() || v.len() == 3) || v.iter().any(|x| !(x.is_finite() && *x >= lo)) {
                 return Err(ConfigError::OutOfRange {
                     key: key.into(),
@@ -85,10 +82,7 @@ impl Config {
             });
         }
 
-        for (name, v) in [
-            ("augment.view_a", &self.augment.view_a),
-            ("augment.view_b", &self.augment.view_b),
-        ] {
+        for (name, v) in [("augment.view_a", &self.augment.view_a), ("augment.view_b", &self.augment.view_b)] {
             for (k, p) in [
                 ("flip_prob", v.flip_prob),
                 ("jitter_prob", v.jitter_prob),
@@ -135,9 +129,7 @@ impl Config {
             return Err(ConfigError::BadValue {
                 key: "model.sync_bn".into(),
                 value: format!("{:?} with model.projector_sync_bn = true", m.sync_bn),
-                reason:
-                    "set one of the two keys (projector_sync_bn = true is sync_bn = \"projector\")"
-                        .into(),
+                reason: "set one of the two keys (projector_sync_bn = true is sync_bn = \"projector\")".into(),
             });
         }
         if m.sync_bn_scope() == SyncBn::All && self.run.bn_batch > 0 {
@@ -146,9 +138,7 @@ impl Config {
             return Err(ConfigError::BadValue {
                 key: "model.sync_bn".into(),
                 value: format!("\"all\" with run.bn_batch = {}", self.run.bn_batch),
-                reason:
-                    "ghost batch norm (run.bn_batch > 0) contradicts synchronizing every batch norm"
-                        .into(),
+                reason: "ghost batch norm (run.bn_batch > 0) contradicts synchronizing every batch norm".into(),
             });
         }
 
@@ -166,12 +156,7 @@ impl Config {
         positive("optim.eta", o.eta)?;
 
         nonneg("schedule.warmup_epochs", self.schedule.warmup_epochs)?;
-        range(
-            "schedule.final_lr_fraction",
-            self.schedule.final_lr_fraction,
-            0.0,
-            1.0,
-        )?;
+        range("schedule.final_lr_fraction", self.schedule.final_lr_fraction, 0.0, 1.0)?;
 
         let r = &self.run;
         at_least("run.epochs", r.epochs, 1)?;
@@ -188,7 +173,7 @@ impl Config {
         at_least("run.spike_window", r.spike_window, 1)?;
         // Ghost batch norm: every chunk must have the same size, and batch norm needs more than
         // one row per chunk (a remainder chunk of one row fails, or normalizes to zero).
-        if r.bn_batch != 0 && (r.bn_batch < 2 || self.data.batch_size % r.bn_batch != 0) {
+        if r.bn_batch != 0 && (r.bn_batch < 2 || !self.data.batch_size.is_multiple_of(r.bn_batch)) {
             return Err(ConfigError::OutOfRange {
                 key: "run.bn_batch".into(),
                 value: r.bn_batch.to_string(),

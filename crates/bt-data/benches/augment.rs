@@ -12,12 +12,7 @@ fn ops_bench(c: &mut Criterion) {
     let ds = synthetic::generate(16, 0, synthetic::Split::Train);
     let src = ds.image(3).to_vec();
     let mut img = vec![0f32; 3072];
-    let rect = CropRect {
-        top: 3,
-        left: 2,
-        height: 27,
-        width: 27,
-    };
+    let rect = CropRect { top: 3, left: 2, height: 27, width: 27 };
     ops::crop_resize_u8(&src, 32, 32, rect, false, &mut img, 32, 32);
     let base = img.clone();
     let mut g = c.benchmark_group("op_32x32");
@@ -35,16 +30,10 @@ fn ops_bench(c: &mut Criterion) {
     run("copy_only", &|_| {});
     run("tf_brightness", &|x| ops::tf_adjust_brightness(x, 0.3));
     run("tf_contrast", &|x| ops::tf_adjust_contrast(x, 32, 32, 1.3));
-    run("tf_saturation", &|x| {
-        ops::tf_adjust_saturation(x, 32, 32, 1.3)
-    });
+    run("tf_saturation", &|x| ops::tf_adjust_saturation(x, 32, 32, 1.3));
     run("tf_hue", &|x| ops::tf_adjust_hue(x, 32, 32, 0.1));
-    run("tf_saturation_hue_fused", &|x| {
-        ops::tf_adjust_saturation_hue(x, 32, 32, 1.3, 0.1)
-    });
-    run("tfa_blur3x3", &|x| {
-        ops::tfa_gaussian_blur3x3(x, 32, 32, 0.7)
-    });
+    run("tf_saturation_hue_fused", &|x| ops::tf_adjust_saturation_hue(x, 32, 32, 1.3, 0.1));
+    run("tfa_blur3x3", &|x| ops::tfa_gaussian_blur3x3(x, 32, 32, 0.7));
     run("tf_grayscale", &|x| ops::tf_grayscale(x, 32, 32));
     run("tv_hue", &|x| ops::tv_adjust_hue(x, 32, 32, 0.1));
     run("clip", &|x| ops::clip01(x));
@@ -66,21 +55,9 @@ fn batch_bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("keras_seed_batch512");
     g.sample_size(10);
     for t in [1, 2] {
-        let data = bt_config::DataConfig {
-            batch_size: 512,
-            workers: t,
-            ..Default::default()
-        };
-        let pipe = TwinPipeline::new(
-            ds.clone(),
-            &data,
-            &bt_config::AugmentConfig::keras_seed(),
-            1,
-        )
-        .unwrap();
-        g.bench_function(format!("{t}_threads"), |b| {
-            b.iter(|| pipe.make_batch(0, 0).unwrap())
-        });
+        let data = bt_config::DataConfig { batch_size: 512, workers: t, ..Default::default() };
+        let pipe = TwinPipeline::new(ds.clone(), &data, &bt_config::AugmentConfig::keras_seed(), 1).unwrap();
+        g.bench_function(format!("{t}_threads"), |b| b.iter(|| pipe.make_batch(0, 0).unwrap()));
     }
     g.finish();
 }

@@ -16,10 +16,7 @@ fn main() -> bt_data::Result<()> {
             Cifar10::load_with(&dir, SizeCheck::Records)?.train
         }
     };
-    let data = bt_config::DataConfig {
-        batch_size: 256,
-        ..Default::default()
-    };
+    let data = bt_config::DataConfig { batch_size: 256, ..Default::default() };
     let augment = bt_config::AugmentConfig::keras_seed();
     let pipe = TwinPipeline::new(Arc::new(ds), &data, &augment, 1024)?;
     let t = std::time::Instant::now();
@@ -35,10 +32,6 @@ fn main() -> bt_data::Result<()> {
         );
         pairs += b.batch_size;
     }
-    println!(
-        "{pairs} pairs in {:.2}s with {} threads",
-        t.elapsed().as_secs_f64(),
-        pipe.threads()
-    );
+    println!("{pairs} pairs in {:.2}s with {} threads", t.elapsed().as_secs_f64(), pipe.threads());
     Ok(())
 }

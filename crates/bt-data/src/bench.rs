@@ -30,10 +30,7 @@ pub fn pairs_per_second(
     threads: usize,
     seconds: f64,
 ) -> Result<Throughput> {
-    let data = bt_config::DataConfig {
-        workers: threads,
-        ..data.clone()
-    };
+    let data = bt_config::DataConfig { workers: threads, ..data.clone() };
     let pipe = TwinPipeline::new(source, &data, augment, seed)?;
     let budget = Duration::from_secs_f64(seconds);
     let (mut pairs, mut start) = (0usize, None::<Instant>);
@@ -57,10 +54,5 @@ pub fn pairs_per_second(
         }
     }
     let secs = start.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    Ok(Throughput {
-        pairs,
-        seconds: secs,
-        pairs_per_second: pairs as f64 / secs.max(1e-9),
-        threads: pipe.threads(),
-    })
+    Ok(Throughput { pairs, seconds: secs, pairs_per_second: pairs as f64 / secs.max(1e-9), threads: pipe.threads() })
 }

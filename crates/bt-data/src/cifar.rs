@@ -22,13 +22,8 @@ pub const OFFICIAL_RECORDS: usize = 10_000;
 /// Bytes of one official batch file (30,730,000).
 pub const OFFICIAL_FILE_BYTES: u64 = (OFFICIAL_RECORDS * RECORD_BYTES) as u64;
 /// The training files, in order.
-pub const TRAIN_FILES: [&str; 5] = [
-    "data_batch_1.bin",
-    "data_batch_2.bin",
-    "data_batch_3.bin",
-    "data_batch_4.bin",
-    "data_batch_5.bin",
-];
+pub const TRAIN_FILES: [&str; 5] =
+    ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
 /// The test file.
 pub const TEST_FILE: &str = "test_batch.bin";
 /// The class-name file.
@@ -100,11 +95,7 @@ impl Dataset {
     /// # Shapes
     /// `out.len() == indices.len() * 3072`.
     pub fn gather_f32(&self, indices: &[usize], out: &mut [f32]) {
-        assert_eq!(
-            out.len(),
-            indices.len() * IMAGE_BYTES,
-            "gather_f32: out length"
-        );
+        assert_eq!(out.len(), indices.len() * IMAGE_BYTES, "gather_f32: out length");
         let lut = crate::ops::u8_to_unit();
         for (dst, &i) in out.chunks_exact_mut(IMAGE_BYTES).zip(indices) {
             for (d, &s) in dst.iter_mut().zip(self.image(i)) {
@@ -116,12 +107,7 @@ impl Dataset {
     /// Un-augmented batches in dataset order (evaluation, linear probe, kNN).
     pub fn eval_batches(&self, batch_size: usize, drop_remainder: bool) -> EvalBatches<'_> {
         assert!(batch_size > 0, "eval_batches: batch_size must be > 0");
-        EvalBatches {
-            ds: self,
-            batch_size,
-            drop_remainder,
-            next: 0,
-        }
+        EvalBatches { ds: self, batch_size, drop_remainder, next: 0 }
     }
 }
 
@@ -191,11 +177,7 @@ impl crate::source::ImageSource for Dataset {
         self.labels.len()
     }
     fn load(&self, index: usize, _hint: crate::source::LoadHint) -> Result<crate::source::Image> {
-        Ok(crate::source::Image {
-            width: IMAGE_SIDE,
-            height: IMAGE_SIDE,
-            data: self.image(index).to_vec(),
-        })
+        Ok(crate::source::Image { width: IMAGE_SIDE, height: IMAGE_SIDE, data: self.image(index).to_vec() })
     }
     fn dims(&self, _index: usize) -> Option<(usize, usize)> {
         Some((IMAGE_SIDE, IMAGE_SIDE))
@@ -244,11 +226,7 @@ impl Cifar10 {
         let train_paths: Vec<PathBuf> = TRAIN_FILES.iter().map(|f| dir.join(f)).collect();
         let train = read_batches(&train_paths, check)?;
         let test = read_batches(&[dir.join(TEST_FILE)], check)?;
-        Ok(Self {
-            train,
-            test,
-            class_names,
-        })
+        Ok(Self { train, test, class_names })
     }
 }
 
@@ -256,10 +234,7 @@ fn open_err(path: &Path, e: std::io::Error) -> DataError {
     if e.kind() == std::io::ErrorKind::NotFound {
         DataError::MissingFile { path: path.into() }
     } else {
-        DataError::Io {
-            path: path.into(),
-            source: e,
-        }
+        DataError::Io { path: path.into(), source: e }
     }
 }
 
@@ -267,23 +242,13 @@ fn open_err(path: &Path, e: std::io::Error) -> DataError {
 /// file pads with blank lines, which are allowed.
 pub fn read_meta(path: &Path) -> Result<Vec<String>> {
     let bytes = std::fs::read(path).map_err(|e| open_err(path, e))?;
-    let text = String::from_utf8(bytes).map_err(|e| DataError::BadMeta {
-        path: path.into(),
-        reason: format!("not UTF-8 ({e})"),
-    })?;
-    let names: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
+    let text = String::from_utf8(bytes)
+        .map_err(|e| DataError::BadMeta { path: path.into(), reason: format!("not UTF-8 ({e})") })?;
+    let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
     if names.len() != NUM_CLASSES {
         return Err(DataError::BadMeta {
             path: path.into(),
-            reason: format!(
-                "expected {NUM_CLASSES} non-empty class-name lines, found {}",
-                names.len()
-            ),
+            reason: format!("expected {NUM_CLASSES} non-empty class-name lines, found {}", names.len()),
         });
     }
     Ok(names)
@@ -300,16 +265,12 @@ fn read_batches(paths: &[PathBuf], check: SizeCheck) -> Result<Dataset> {
         };
         if !ok {
             let expected = match check {
-                SizeCheck::Official => format!(
-                    "{OFFICIAL_FILE_BYTES} (10,000 records of {RECORD_BYTES} bytes, the official layout)"
-                ),
+                SizeCheck::Official => {
+                    format!("{OFFICIAL_FILE_BYTES} (10,000 records of {RECORD_BYTES} bytes, the official layout)")
+                }
                 SizeCheck::Records => format!("a non-zero multiple of the {RECORD_BYTES}-byte record"),
             };
-            return Err(DataError::BadSize {
-                path: p.clone(),
-                size,
-                expected,
-            });
+            return Err(DataError::BadSize { path: p.clone(), size, expected });
         }
         counts.push(size as usize / RECORD_BYTES);
     }
@@ -343,41 +304,19 @@ fn read_batches(paths: &[PathBuf], check: SizeCheck) -> Result<Dataset> {
 }
 
 /// The CIFAR-10 class names, in label order.
-pub const CIFAR10_CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
+pub const CIFAR10_CLASSES: [&str; 10] =
+    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 
 /// Writes `train` and `test` in the official layout under `dir` (created if needed): the train
 /// split is cut into 5 files of as equal size as possible (the last takes the remainder),
 /// `class_names` go to `batches.meta.txt` (one per line, as the official file).
-pub fn write_cifar_binary(
-    dir: impl AsRef<Path>,
-    train: &Dataset,
-    test: &Dataset,
-    class_names: &[&str],
-) -> Result<()> {
+pub fn write_cifar_binary(dir: impl AsRef<Path>, train: &Dataset, test: &Dataset, class_names: &[&str]) -> Result<()> {
     let dir = dir.as_ref();
-    std::fs::create_dir_all(dir).map_err(|e| DataError::Io {
-        path: dir.into(),
-        source: e,
-    })?;
+    std::fs::create_dir_all(dir).map_err(|e| DataError::Io { path: dir.into(), source: e })?;
     let per = train.len() / TRAIN_FILES.len();
     for (k, f) in TRAIN_FILES.iter().enumerate() {
         let lo = k * per;
-        let hi = if k + 1 == TRAIN_FILES.len() {
-            train.len()
-        } else {
-            lo + per
-        };
+        let hi = if k + 1 == TRAIN_FILES.len() { train.len() } else { lo + per };
         write_records(&dir.join(f), train, lo..hi)?;
     }
     write_records(&dir.join(TEST_FILE), test, 0..test.len())?;
@@ -393,8 +332,5 @@ fn write_records(path: &Path, ds: &Dataset, range: std::ops::Range<usize>) -> Re
         buf.push(ds.label(i));
         buf.extend_from_slice(ds.image(i));
     }
-    std::fs::write(path, buf).map_err(|e| DataError::Io {
-        path: path.into(),
-        source: e,
-    })
+    std::fs::write(path, buf).map_err(|e| DataError::Io { path: path.into(), source: e })
 }

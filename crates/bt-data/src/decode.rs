@@ -66,10 +66,7 @@ pub struct Header {
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> DataError {
-    DataError::BadImage {
-        path: path.into(),
-        reason: reason.into(),
-    }
+    DataError::BadImage { path: path.into(), reason: reason.into() }
 }
 
 /// `true` when the file's end is where its format says it ends: a JPEG's EOI marker
@@ -92,10 +89,7 @@ fn complete(bytes: &[u8], format: Format) -> bool {
 fn swaps_sides(o: Orientation) -> bool {
     matches!(
         o,
-        Orientation::Rotate90
-            | Orientation::Rotate270
-            | Orientation::Rotate90FlipH
-            | Orientation::Rotate270FlipH
+        Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH
     )
 }
 
@@ -106,26 +100,17 @@ fn swaps_sides(o: Orientation) -> bool {
 /// [`DataError::BadImage`] naming the file and what is wrong; [`DataError::Io`] when it
 /// cannot be read at all.
 pub fn scan_header(path: &Path) -> Result<Header> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::Io {
-        path: path.into(),
-        source: e,
-    })?;
+    let bytes = std::fs::read(path).map_err(|e| DataError::Io { path: path.into(), source: e })?;
     scan_bytes(&bytes).map_err(|reason| bad(path, reason))
 }
 
 fn scan_bytes(bytes: &[u8]) -> std::result::Result<Header, String> {
     let format = sniff(bytes).ok_or_else(|| {
         let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        format!(
-            "not a JPEG, PNG or WebP file (first bytes {})",
-            head.join(" ")
-        )
+        format!("not a JPEG, PNG or WebP file (first bytes {})", head.join(" "))
     })?;
     if !complete(bytes, format) {
-        return Err(format!(
-            "truncated {format:?} file ({} bytes, its end marker is missing)",
-            bytes.len()
-        ));
+        return Err(format!("truncated {format:?} file ({} bytes, its end marker is missing)", bytes.len()));
     }
     let mut dec = image::ImageReader::with_format(Cursor::new(bytes), format.image_format())
         .into_decoder()
@@ -136,19 +121,12 @@ fn scan_bytes(bytes: &[u8]) -> std::result::Result<Header, String> {
     }
     let o = dec.orientation().unwrap_or(Orientation::NoTransforms);
     let (w, h) = if swaps_sides(o) { (h, w) } else { (w, h) };
-    Ok(Header {
-        width: w as usize,
-        height: h as usize,
-        format,
-    })
+    Ok(Header { width: w as usize, height: h as usize, format })
 }
 
 /// Decodes `path` (see [`decode`]).
 pub fn decode_file(path: &Path, max_reduction: u32) -> Result<Image> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::Io {
-        path: path.into(),
-        source: e,
-    })?;
+    let bytes = std::fs::read(path).map_err(|e| DataError::Io { path: path.into(), source: e })?;
     decode(&bytes, max_reduction).map_err(|reason| bad(path, reason))
 }
 
@@ -169,8 +147,7 @@ pub fn decode(bytes: &[u8], max_reduction: u32) -> std::result::Result<Image, St
     let mut img = DynamicImage::from_decoder(dec).map_err(|e| e.to_string())?;
     img.apply_orientation(o);
     let rgb = img.into_rgb8();
-    Image::from_hwc(rgb.width() as usize, rgb.height() as usize, rgb.as_raw())
-        .map_err(|e| e.to_string())
+    Image::from_hwc(rgb.width() as usize, rgb.height() as usize, rgb.as_raw()).map_err(|e| e.to_string())
 }
 
 /// The DCT-reduced path; `None` (fall back to the full decoder) for CMYK, 16-bit or any
@@ -180,10 +157,7 @@ fn decode_jpeg_reduced(bytes: &[u8], max_reduction: u32) -> Option<Image> {
     let mut d = jpeg_decoder::Decoder::new(bytes);
     d.read_info().ok()?;
     let info = d.info()?;
-    if !matches!(
-        info.pixel_format,
-        jpeg_decoder::PixelFormat::RGB24 | jpeg_decoder::PixelFormat::L8
-    ) {
+    if !matches!(info.pixel_format, jpeg_decoder::PixelFormat::RGB24 | jpeg_decoder::PixelFormat::L8) {
         return None;
     }
     let (w, h) = (info.width as u32, info.height as u32);
@@ -195,10 +169,7 @@ fn decode_jpeg_reduced(bytes: &[u8], max_reduction: u32) -> Option<Image> {
         jpeg_decoder::PixelFormat::L8 => px.iter().flat_map(|&v| [v, v, v]).collect(),
         _ => px,
     };
-    let o = d
-        .exif_data()
-        .and_then(Orientation::from_exif_chunk)
-        .unwrap_or(Orientation::NoTransforms);
+    let o = d.exif_data().and_then(Orientation::from_exif_chunk).unwrap_or(Orientation::NoTransforms);
     if o == Orientation::NoTransforms {
         return Image::from_hwc(w as usize, h as usize, &rgb).ok();
     }

@@ -42,12 +42,7 @@ pub fn eval_view(img: &Image, size: usize) -> Vec<u8> {
         img.data.clone()
     } else {
         let mut out = vec![0u8; 3 * nw * nh];
-        let full = pil::Region {
-            left: 0,
-            top: 0,
-            width: w,
-            height: h,
-        };
+        let full = pil::Region { left: 0, top: 0, width: w, height: h };
         pil::resize(
             &img.data,
             w,
@@ -86,10 +81,7 @@ pub struct SourceEvalBatches {
 
 impl std::fmt::Debug for SourceEvalBatches {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SourceEvalBatches")
-            .field("len", &self.source.len())
-            .field("next", &self.next)
-            .finish()
+        f.debug_struct("SourceEvalBatches").field("len", &self.source.len()).field("next", &self.next).finish()
     }
 }
 
@@ -103,17 +95,8 @@ pub fn eval_batches(
     drop_remainder: bool,
 ) -> SourceEvalBatches {
     assert!(batch_size > 0, "eval_batches: batch_size must be > 0");
-    let norm = data
-        .normalization()
-        .map(|(m, s)| (m.map(|v| v as f32), s.map(|v| v as f32)));
-    SourceEvalBatches {
-        source,
-        size: data.image_size,
-        norm,
-        batch_size,
-        drop_remainder,
-        next: 0,
-    }
+    let norm = data.normalization().map(|(m, s)| (m.map(|v| v as f32), s.map(|v| v as f32)));
+    SourceEvalBatches { source, size: data.image_size, norm, batch_size, drop_remainder, next: 0 }
 }
 
 impl Iterator for SourceEvalBatches {
@@ -130,30 +113,25 @@ impl Iterator for SourceEvalBatches {
         let mut images = vec![0f32; n * per];
         let lut = crate::ops::u8_to_unit();
         let (src, size, norm) = (&*self.source, self.size, self.norm);
-        let r = images.par_chunks_mut(per).zip(idx.par_iter()).try_for_each(
-            |(out, &i)| -> Result<()> {
-                let v = eval_view(&src.load(i, LoadHint::FULL)?, size);
-                for (o, &b) in out.iter_mut().zip(&v) {
-                    *o = lut[b as usize];
+        let r = images.par_chunks_mut(per).zip(idx.par_iter()).try_for_each(|(out, &i)| -> Result<()> {
+            let v = eval_view(&src.load(i, LoadHint::FULL)?, size);
+            for (o, &b) in out.iter_mut().zip(&v) {
+                *o = lut[b as usize];
+            }
+            if let Some((m, s)) = norm {
+                for (c, plane) in out.chunks_exact_mut(size * size).enumerate() {
+                    plane.iter_mut().for_each(|x| *x = (*x - m[c]) / s[c]);
                 }
-                if let Some((m, s)) = norm {
-                    for (c, plane) in out.chunks_exact_mut(size * size).enumerate() {
-                        plane.iter_mut().for_each(|x| *x = (*x - m[c]) / s[c]);
-                    }
-                }
-                Ok(())
-            },
-        );
+            }
+            Ok(())
+        });
         if let Err(e) = r {
             self.next = self.source.len();
             return Some(Err(e));
         }
         Some(Ok(EvalBatch {
             images,
-            labels: idx
-                .iter()
-                .map(|&i| src.label(i).map_or(-1, |l| l as i64))
-                .collect(),
+            labels: idx.iter().map(|&i| src.label(i).map_or(-1, |l| l as i64)).collect(),
             indices: idx.iter().map(|&i| i as i64).collect(),
             image_size: size,
         }))
@@ -168,9 +146,6 @@ mod tests {
     fn python_rounding_of_center_offsets() {
         // round(0.5) = 0, round(1.5) = 2, round(2.5) = 2, round(3.5) = 4.
         assert_eq!([1, 3, 5, 7, 4].map(half_round_even), [0, 2, 2, 4, 2]);
-        assert_eq!(
-            (resize_side(224), resize_side(96), resize_side(32)),
-            (256, 110, 37)
-        );
+        assert_eq!((resize_side(224), resize_side(96), resize_side(32)), (256, 110, 37));
     }
 }

@@ -79,16 +79,11 @@ pub struct ImageFolder {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> DataError {
-    DataError::Io {
-        path: path.into(),
-        source: e,
-    }
+    DataError::Io { path: path.into(), source: e }
 }
 
 fn is_image(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// Image files under `dir` in `sorted(os.walk(dir))` order: directories by path, the files of
@@ -123,11 +118,8 @@ impl ImageFolder {
     /// [`DataError::BadImage`] for the first unreadable file unless `opts.skip_bad`.
     pub fn open(dir: impl AsRef<Path>, opts: &FolderOptions) -> Result<Self> {
         let dir = dir.as_ref();
-        let folder_err = |path: &Path, reason: String| DataError::BadFolder {
-            key: opts.key.clone(),
-            path: path.into(),
-            reason,
-        };
+        let folder_err =
+            |path: &Path, reason: String| DataError::BadFolder { key: opts.key.clone(), path: path.into(), reason };
         let (root, files, labels, classes) = if let Some(list) = &opts.file_list {
             let text = std::fs::read_to_string(list).map_err(|e| io_err(list, e))?;
             let base = list.parent().unwrap_or(Path::new("."));
@@ -163,11 +155,7 @@ impl ImageFolder {
                     // only when no class has files (empty folder error below).
                     labels.extend(std::iter::repeat_n(classes.len() as u32, f.len()));
                     files.extend(f);
-                    classes.push(
-                        s.file_name()
-                            .map(|n| n.to_string_lossy().into_owned())
-                            .unwrap_or_default(),
-                    );
+                    classes.push(s.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
                 }
                 (dir.to_path_buf(), files, Some(labels), Some(classes))
             } else {
@@ -196,13 +184,7 @@ impl ImageFolder {
             }
         }
         if files.is_empty() {
-            return Err(folder_err(
-                &root,
-                format!(
-                    "no images found (extensions {})",
-                    IMAGE_EXTENSIONS.join(", ")
-                ),
-            ));
+            return Err(folder_err(&root, format!("no images found (extensions {})", IMAGE_EXTENSIONS.join(", "))));
         }
         let scans: Vec<Result<Header>> = files.par_iter().map(|p| scan_header(p)).collect();
         let mut keep_files = Vec::with_capacity(files.len());
@@ -226,21 +208,10 @@ impl ImageFolder {
             }
         }
         if keep_files.is_empty() {
-            return Err(folder_err(
-                &root,
-                format!("all {scan_bad} image files are unreadable"),
-            ));
+            return Err(folder_err(&root, format!("all {scan_bad} image files are unreadable")));
         }
-        if opts.image_size > 0
-            && !headers
-                .iter()
-                .any(|h| h.width.min(h.height) >= opts.image_size)
-        {
-            let largest = headers
-                .iter()
-                .map(|h| h.width.min(h.height))
-                .max()
-                .unwrap_or(0);
+        if opts.image_size > 0 && !headers.iter().any(|h| h.width.min(h.height) >= opts.image_size) {
+            let largest = headers.iter().map(|h| h.width.min(h.height)).max().unwrap_or(0);
             return Err(DataError::BadConfig {
                 key: "data.image_size".into(),
                 reason: format!(
@@ -261,9 +232,7 @@ impl ImageFolder {
             scan_bad,
             broken: (0..n).map(|_| AtomicBool::new(false)).collect(),
             decode_bad: AtomicUsize::new(0),
-            cache: opts
-                .cache
-                .then(|| (0..n).map(|_| OnceLock::new()).collect()),
+            cache: opts.cache.then(|| (0..n).map(|_| OnceLock::new()).collect()),
             cache_min_side: opts.cache_min_side,
         })
     }

@@ -90,10 +90,7 @@ pub mod source;
 pub mod stl10;
 pub mod synthetic;
 
-pub use cifar::{
-    write_cifar_binary, Cifar10, Dataset, EvalBatch, SizeCheck, IMAGE_BYTES, IMAGE_SIDE,
-    NUM_CLASSES,
-};
+pub use cifar::{write_cifar_binary, Cifar10, Dataset, EvalBatch, SizeCheck, IMAGE_BYTES, IMAGE_SIDE, NUM_CLASSES};
 pub use error::{DataError, Result};
 pub use folder::{FolderOptions, ImageFolder};
 pub use pipeline::{EpochIter, TwinBatch, TwinPipeline};
@@ -113,20 +110,9 @@ pub fn load_from_config(cfg: &bt_config::Config) -> Result<(Dataset, Dataset, Ve
             Ok((c.train, c.test, c.class_names))
         }
         bt_config::DatasetKind::Synthetic => Ok((
-            synthetic::generate(
-                cfg.data.synthetic_train,
-                cfg.run.seed,
-                synthetic::Split::Train,
-            ),
-            synthetic::generate(
-                cfg.data.synthetic_test,
-                cfg.run.seed,
-                synthetic::Split::Test,
-            ),
-            synthetic::CLASS_NAMES
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            synthetic::generate(cfg.data.synthetic_train, cfg.run.seed, synthetic::Split::Train),
+            synthetic::generate(cfg.data.synthetic_test, cfg.run.seed, synthetic::Split::Test),
+            synthetic::CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
         )),
         other => Err(DataError::BadConfig {
             key: "data.dataset".into(),
@@ -172,9 +158,7 @@ pub struct Sources {
 
 impl std::fmt::Debug for Sources {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sources")
-            .field("description", &self.description)
-            .finish()
+        f.debug_struct("Sources").field("description", &self.description).finish()
     }
 }
 
@@ -186,18 +170,8 @@ pub fn load_sources(cfg: &bt_config::Config) -> Result<Sources> {
     match d.dataset {
         DatasetKind::Cifar10 | DatasetKind::Synthetic => {
             let (train, test, names) = load_from_config(cfg)?;
-            let description = format!(
-                "{:?} ({} train, {} test)",
-                d.dataset,
-                train.len(),
-                test.len()
-            );
-            Ok(Sources {
-                train: Arc::new(train),
-                test: Some(Arc::new(test)),
-                class_names: Some(names),
-                description,
-            })
+            let description = format!("{:?} ({} train, {} test)", d.dataset, train.len(), test.len());
+            Ok(Sources { train: Arc::new(train), test: Some(Arc::new(test)), class_names: Some(names), description })
         }
         DatasetKind::Stl10 => {
             let (train, test, names) = load_stl10(&d.dir, d.stl10_split)?;
@@ -208,25 +182,14 @@ pub fn load_sources(cfg: &bt_config::Config) -> Result<Sources> {
                 train.len(),
                 test.len()
             );
-            Ok(Sources {
-                train: Arc::new(train),
-                test: Some(Arc::new(test)),
-                class_names: Some(names),
-                description,
-            })
+            Ok(Sources { train: Arc::new(train), test: Some(Arc::new(test)), class_names: Some(names), description })
         }
         DatasetKind::ImageFolder => {
             // A cached image keeps the side at which the smallest crop still has image_size px.
-            let min_scale = cfg.augment.view_a.crop_scale[0]
-                .min(cfg.augment.view_b.crop_scale[0])
-                .max(1e-6);
-            let reduced_ok =
-                TwinPolicy::from_config(&cfg.augment, cfg.run.seed)?.allows_reduced_decode();
-            let cache_min_side = if reduced_ok && d.jpeg_draft {
-                (d.image_size as f64 / min_scale.sqrt()).ceil() as usize
-            } else {
-                0
-            };
+            let min_scale = cfg.augment.view_a.crop_scale[0].min(cfg.augment.view_b.crop_scale[0]).max(1e-6);
+            let reduced_ok = TwinPolicy::from_config(&cfg.augment, cfg.run.seed)?.allows_reduced_decode();
+            let cache_min_side =
+                if reduced_ok && d.jpeg_draft { (d.image_size as f64 / min_scale.sqrt()).ceil() as usize } else { 0 };
             let opts = FolderOptions {
                 key: "data.dir".into(),
                 file_list: (!d.file_list.as_os_str().is_empty()).then(|| d.file_list.clone()),
@@ -253,9 +216,7 @@ pub fn load_sources(cfg: &bt_config::Config) -> Result<Sources> {
                 "image folder {} ({} images{}, {} unreadable skipped){}",
                 train.root().display(),
                 train.len(),
-                train
-                    .num_classes()
-                    .map_or(String::new(), |k| format!(", {k} classes")),
+                train.num_classes().map_or(String::new(), |k| format!(", {k} classes")),
                 train.bad_images(),
                 test.as_ref().map_or(String::new(), |t| format!(
                     "; evaluation {} ({} images, {} classes)",
@@ -264,10 +225,7 @@ pub fn load_sources(cfg: &bt_config::Config) -> Result<Sources> {
                     t.num_classes().unwrap_or(0)
                 )),
             );
-            let class_names = test
-                .as_ref()
-                .and_then(|t| t.class_names())
-                .or_else(|| train.class_names());
+            let class_names = test.as_ref().and_then(|t| t.class_names()).or_else(|| train.class_names());
             Ok(Sources {
                 train: Arc::new(train),
                 test: test.map(|t| Arc::new(t) as Arc<dyn ImageSource>),

@@ -56,11 +56,7 @@ fn axis_taps(in_size: usize, out_size: usize, offset: usize, taps: &mut [Tap]) {
         let xf = x.floor();
         let lower = (xf as i64).max(0) as usize;
         let upper = (x.ceil() as i64).min(in_size as i64 - 1) as usize;
-        *t = Tap {
-            lower: (lower + offset) as u32,
-            upper: (upper + offset) as u32,
-            lerp: x - xf,
-        };
+        *t = Tap { lower: (lower + offset) as u32, upper: (upper + offset) as u32, lerp: x - xf };
     }
 }
 
@@ -83,21 +79,10 @@ pub fn crop_resize_with<S: Copy>(
     out_w: usize,
     load: impl Fn(S) -> f32,
 ) {
-    assert_eq!(
-        src.len(),
-        3 * src_h * src_w,
-        "crop_resize: source must be 3 x {src_h} x {src_w}"
-    );
-    assert_eq!(
-        out.len(),
-        3 * out_h * out_w,
-        "crop_resize: out must be 3 x {out_h} x {out_w}"
-    );
+    assert_eq!(src.len(), 3 * src_h * src_w, "crop_resize: source must be 3 x {src_h} x {src_w}");
+    assert_eq!(out.len(), 3 * out_h * out_w, "crop_resize: out must be 3 x {out_h} x {out_w}");
     assert!(
-        rect.height > 0
-            && rect.width > 0
-            && rect.top + rect.height <= src_h
-            && rect.left + rect.width <= src_w,
+        rect.height > 0 && rect.width > 0 && rect.top + rect.height <= src_h && rect.left + rect.width <= src_w,
         "crop_resize: crop {rect:?} outside {src_h}x{src_w}"
     );
     const STACK: usize = 64;
@@ -167,9 +152,7 @@ pub fn crop_resize_u8(
     out_w: usize,
 ) {
     let lut = u8_to_unit();
-    crop_resize_with(src, src_h, src_w, rect, flip, out, out_h, out_w, |b| {
-        lut[b as usize]
-    });
+    crop_resize_with(src, src_h, src_w, rect, flip, out, out_h, out_w, |b| lut[b as usize]);
 }
 
 /// [`crop_resize_with`] on an f32 CHW image.
@@ -590,12 +573,7 @@ pub fn tv_adjust_contrast(img: &mut [f32], h: usize, w: usize, factor: f64) {
     let hw = check(img, h, w);
     let (r, gb) = img.split_at(hw);
     let (g, b) = gb.split_at(hw);
-    let sum: f64 = r
-        .iter()
-        .zip(g)
-        .zip(b)
-        .map(|((&r, &g), &b)| tv_gray(r, g, b) as f64)
-        .sum();
+    let sum: f64 = r.iter().zip(g).zip(b).map(|((&r, &g), &b)| tv_gray(r, g, b) as f64).sum();
     let mean = (sum / hw as f64) as f32;
     let (f, omf) = (factor as f32, (1.0 - factor) as f32);
     for v in img.iter_mut() {
@@ -609,11 +587,7 @@ pub fn tv_adjust_saturation(img: &mut [f32], h: usize, w: usize, factor: f64) {
     let (f, omf) = (factor as f32, (1.0 - factor) as f32);
     per_pixel(img, hw, |r, g, b| {
         let y = tv_gray(r, g, b);
-        (
-            tv_blend(r, y, f, omf),
-            tv_blend(g, y, f, omf),
-            tv_blend(b, y, f, omf),
-        )
+        (tv_blend(r, y, f, omf), tv_blend(g, y, f, omf), tv_blend(b, y, f, omf))
     });
 }
 
@@ -689,22 +663,14 @@ mod tests {
                 let (mut a, mut b) = (img.clone(), img.clone());
                 tf_adjust_saturation(&mut a, 32, 32, f);
                 literal::tf_adjust_saturation(&mut b, 32, 32, f);
-                let d = a
-                    .iter()
-                    .zip(&b)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0f32, f32::max);
+                let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
                 assert!(d < 2e-6, "saturation f={f} [{lo},{hi}]: {d}");
             }
             for delta in [-0.5f32, -0.2, -0.01, 0.0, 0.13, 0.2, 0.5] {
                 let (mut a, mut b) = (img.clone(), img.clone());
                 tf_adjust_hue(&mut a, 32, 32, delta);
                 literal::tf_adjust_hue(&mut b, 32, 32, delta);
-                let d = a
-                    .iter()
-                    .zip(&b)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0f32, f32::max);
+                let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
                 assert!(d < 4e-6, "hue delta={delta} [{lo},{hi}]: {d}");
             }
         }

@@ -90,10 +90,7 @@ fn coeffs(in_size: usize, in0: f32, in1: f32, out_size: usize, filter: Filter) -
         let ss = 1.0 / filterscale;
         // C `(int)` truncates toward zero; negatives are clamped to 0 right after anyway.
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax = ((center + support + 0.5) as i64)
-            .min(in_size as i64)
-            .max(xmin as i64) as usize
-            - xmin;
+        let xmax = ((center + support + 0.5) as i64).min(in_size as i64).max(xmin as i64) as usize - xmin;
         let mut ww = 0.0;
         for (x, wx) in w.iter_mut().enumerate().take(xmax) {
             *wx = filter.eval((x as f64 + xmin as f64 - center + 0.5) * ss);
@@ -103,11 +100,7 @@ fn coeffs(in_size: usize, in0: f32, in1: f32, out_size: usize, filter: Filter) -
         for x in 0..xmax {
             let v = if ww != 0.0 { w[x] / ww } else { w[x] };
             let f = v * (1u32 << PRECISION_BITS) as f64;
-            row[x] = if v < 0.0 {
-                (-0.5 + f) as i32
-            } else {
-                (0.5 + f) as i32
-            };
+            row[x] = if v < 0.0 { (-0.5 + f) as i32 } else { (0.5 + f) as i32 };
         }
         bounds.push((xmin, xmax));
     }
@@ -155,16 +148,8 @@ pub fn resize(
     out_w: usize,
     out_h: usize,
 ) {
-    assert_eq!(
-        src.len(),
-        3 * src_w * src_h,
-        "pil::resize: source must be 3 x {src_h} x {src_w}"
-    );
-    assert_eq!(
-        out.len(),
-        3 * out_w * out_h,
-        "pil::resize: out must be 3 x {out_h} x {out_w}"
-    );
+    assert_eq!(src.len(), 3 * src_w * src_h, "pil::resize: source must be 3 x {src_h} x {src_w}");
+    assert_eq!(out.len(), 3 * out_w * out_h, "pil::resize: out must be 3 x {out_h} x {out_w}");
     assert!(
         region.width > 0
             && region.height > 0
@@ -191,13 +176,7 @@ pub fn resize(
     };
     // Vertical pass of output row `yy`: input row `r` is `plane` row `r + y0` (`y0` may be
     // negative: the horizontal-first intermediate starts at row `y_first`).
-    let vpass = |plane: &[u8],
-                 stride: usize,
-                 x0: usize,
-                 y0: isize,
-                 width: usize,
-                 yy: usize,
-                 out_row: &mut [u8]| {
+    let vpass = |plane: &[u8], stride: usize, x0: usize, y0: isize, width: usize, yy: usize, out_row: &mut [u8]| {
         let (ymin, n) = cv.bounds[yy];
         let k = &cv.k[yy * cv.ksize..yy * cv.ksize + n];
         for (xx, o) in out_row.iter_mut().enumerate().take(width) {
@@ -219,21 +198,10 @@ pub fn resize(
         for c in 0..3 {
             let plane = &src[c * src_w * src_h..(c + 1) * src_w * src_h];
             for (yy, trow) in tmp.chunks_exact_mut(region.width).enumerate() {
-                vpass(
-                    plane,
-                    src_w,
-                    region.left,
-                    region.top as isize,
-                    region.width,
-                    yy,
-                    trow,
-                );
+                vpass(plane, src_w, region.left, region.top as isize, region.width, yy, trow);
             }
             let oplane = &mut out[c * out_w * out_h..(c + 1) * out_w * out_h];
-            for (trow, orow) in tmp
-                .chunks_exact(region.width)
-                .zip(oplane.chunks_exact_mut(out_w))
-            {
+            for (trow, orow) in tmp.chunks_exact(region.width).zip(oplane.chunks_exact_mut(out_w)) {
                 hpass(trow, orow);
                 mirror(orow);
             }
@@ -247,8 +215,7 @@ pub fn resize(
         for c in 0..3 {
             let plane = &src[c * src_w * src_h..(c + 1) * src_w * src_h];
             for (r, trow) in tmp.chunks_exact_mut(out_w).enumerate() {
-                let srow =
-                    &plane[(region.top + y_first + r) * src_w + region.left..][..region.width];
+                let srow = &plane[(region.top + y_first + r) * src_w + region.left..][..region.width];
                 hpass(srow, trow);
             }
             let oplane = &mut out[c * out_w * out_h..(c + 1) * out_w * out_h];
@@ -289,9 +256,7 @@ fn box_line(inp: &[u8], out: &mut [u8], radius: usize, ww: u32, fw: u32) {
     }
     acc = acc.wrapping_add(px(lastx).wrapping_mul((radius + 1 - edge_a) as u32));
     let save = |acc: u32, l: usize, r: usize| -> u8 {
-        let bulk = acc
-            .wrapping_mul(ww)
-            .wrapping_add((px(l) + px(r)).wrapping_mul(fw));
+        let bulk = acc.wrapping_mul(ww).wrapping_add((px(l) + px(r)).wrapping_mul(fw));
         (bulk.wrapping_add(1 << 23) >> 24) as u8
     };
     let mv = |acc: u32, sub: usize, add: usize| acc.wrapping_add(px(add)).wrapping_sub(px(sub));
@@ -336,11 +301,7 @@ fn box_weights(radius: f32) -> (usize, u32, u32) {
 /// Pillow's 3-pass extended box blur, all horizontal passes first, then all vertical ones.
 /// `sigma == 0` leaves the image unchanged (Pillow returns a copy).
 pub fn gaussian_blur(img: &mut [u8], w: usize, h: usize, sigma: f32) {
-    assert_eq!(
-        img.len(),
-        3 * w * h,
-        "pil::gaussian_blur: image must be 3 x {h} x {w}"
-    );
+    assert_eq!(img.len(), 3 * w * h, "pil::gaussian_blur: image must be 3 x {h} x {w}");
     if sigma == 0.0 || w == 0 || h == 0 {
         return;
     }
@@ -382,39 +343,12 @@ mod tests {
     fn identity_resize_is_exact_and_flip_mirrors() {
         let (w, h) = (7, 5);
         let src: Vec<u8> = (0..3 * w * h).map(|i| (i * 37 % 256) as u8).collect();
-        let full = Region {
-            left: 0,
-            top: 0,
-            width: w,
-            height: h,
-        };
+        let full = Region { left: 0, top: 0, width: w, height: h };
         for f in [Filter::Bilinear, Filter::Bicubic] {
             let mut out = vec![0u8; src.len()];
-            resize(
-                &src,
-                w,
-                h,
-                full,
-                [0.0, 0.0, w as f32, h as f32],
-                f,
-                false,
-                &mut out,
-                w,
-                h,
-            );
+            resize(&src, w, h, full, [0.0, 0.0, w as f32, h as f32], f, false, &mut out, w, h);
             assert_eq!(out, src);
-            resize(
-                &src,
-                w,
-                h,
-                full,
-                [0.0, 0.0, w as f32, h as f32],
-                f,
-                true,
-                &mut out,
-                w,
-                h,
-            );
+            resize(&src, w, h, full, [0.0, 0.0, w as f32, h as f32], f, true, &mut out, w, h);
             assert_eq!(out[..w].iter().rev().copied().collect::<Vec<_>>(), src[..w]);
         }
     }

@@ -66,20 +66,14 @@ impl TwinBatch {
 
     /// Takes the two view buffers out (they are then not recycled).
     pub fn into_views(mut self) -> (Vec<f32>, Vec<f32>) {
-        (
-            std::mem::take(&mut self.view_a),
-            std::mem::take(&mut self.view_b),
-        )
+        (std::mem::take(&mut self.view_a), std::mem::take(&mut self.view_b))
     }
 }
 
 impl Drop for TwinBatch {
     fn drop(&mut self) {
         if let Some(tx) = &self.recycle {
-            for v in [
-                std::mem::take(&mut self.view_a),
-                std::mem::take(&mut self.view_b),
-            ] {
+            for v in [std::mem::take(&mut self.view_a), std::mem::take(&mut self.view_b)] {
                 if !v.is_empty() {
                     let _ = tx.try_send(v);
                 }
@@ -145,33 +139,21 @@ impl TwinPipeline {
         seed: u64,
     ) -> Result<Self> {
         if data.batch_size == 0 {
-            return Err(DataError::BadConfig {
-                key: "data.batch_size".into(),
-                reason: "must be > 0".into(),
-            });
+            return Err(DataError::BadConfig { key: "data.batch_size".into(), reason: "must be > 0".into() });
         }
-        let threads = if data.workers == 0 {
-            rayon::current_num_threads()
-        } else {
-            data.workers
-        };
+        let threads = if data.workers == 0 { rayon::current_num_threads() } else { data.workers };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("bt-data-{i}"))
             .build()
-            .map_err(|e| DataError::BadConfig {
-                key: "data.workers".into(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| DataError::BadConfig { key: "data.workers".into(), reason: e.to_string() })?;
         if !(2..=4096).contains(&data.image_size) {
             return Err(DataError::BadConfig {
                 key: "data.image_size".into(),
                 reason: format!("{} is outside [2, 4096]", data.image_size),
             });
         }
-        let norm = data
-            .normalization()
-            .map(|(m, s)| (m.map(|v| v as f32), s.map(|v| v as f32)));
+        let norm = data.normalization().map(|(m, s)| (m.map(|v| v as f32), s.map(|v| v as f32)));
         let draft = data.jpeg_draft && policy.allows_reduced_decode();
         Ok(Self {
             source: source.into_source(),
@@ -298,14 +280,7 @@ impl TwinPipeline {
             .name("bt-data-producer".into())
             .spawn(move || worker.run(epoch, order, start, nb, tx))
             .expect("spawn the pipeline producer thread");
-        EpochIter {
-            rx: Some(rx),
-            handle: Some(handle),
-            next: start,
-            end: nb,
-            produced,
-            done: false,
-        }
+        EpochIter { rx: Some(rx), handle: Some(handle), next: start, end: nb, produced, done: false }
     }
 
     /// Builds one batch synchronously on the calling thread (through the pool), bypassing the
@@ -387,17 +362,11 @@ impl Producer {
                 (Some(im), d)
             }
         };
-        let (pa, pb) = self
-            .policy
-            .sample_pair_for(self.seed, epoch, i as u64, native.1, native.0);
+        let (pa, pb) = self.policy.sample_pair_for(self.seed, epoch, i as u64, native.1, native.0);
         let img = match early {
             Some(im) => im,
             None => {
-                let k = if self.draft {
-                    max_reduction(&[pa.crop, pb.crop], self.image_size)
-                } else {
-                    1
-                };
+                let k = if self.draft { max_reduction(&[pa.crop, pb.crop], self.image_size) } else { 1 };
                 src.load(i, LoadHint { max_reduction: k })?
             }
         };
@@ -442,10 +411,7 @@ impl Producer {
         Ok(TwinBatch {
             view_a,
             view_b,
-            labels: idx
-                .iter()
-                .map(|&i| self.source.label(i as usize).map_or(-1, |l| l as i64))
-                .collect(),
+            labels: idx.iter().map(|&i| self.source.label(i as usize).map_or(-1, |l| l as i64)).collect(),
             indices: idx.iter().map(|&i| i as i64).collect(),
             epoch,
             batch_index: b,
@@ -455,14 +421,7 @@ impl Producer {
         })
     }
 
-    fn run(
-        self,
-        epoch: u64,
-        order: Vec<u32>,
-        start: usize,
-        end: usize,
-        tx: Sender<Result<TwinBatch>>,
-    ) {
+    fn run(self, epoch: u64, order: Vec<u32>, start: usize, end: usize, tx: Sender<Result<TwinBatch>>) {
         for b in start..end {
             match std::panic::catch_unwind(AssertUnwindSafe(|| self.fill(epoch, &order, b))) {
                 Ok(Err(e)) => {
@@ -476,10 +435,7 @@ impl Producer {
                     }
                 }
                 Err(p) => {
-                    let _ = tx.send(Err(DataError::WorkerPanic {
-                        batch: b,
-                        message: panic_message(&*p),
-                    }));
+                    let _ = tx.send(Err(DataError::WorkerPanic { batch: b, message: panic_message(&*p) }));
                     return;
                 }
             }

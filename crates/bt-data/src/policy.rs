@@ -72,12 +72,7 @@ impl ViewParams {
     /// No augmentation at all (the full image, resized to itself, unchanged).
     pub fn identity() -> Self {
         Self {
-            crop: CropRect {
-                top: 0,
-                left: 0,
-                height: IMAGE_SIDE,
-                width: IMAGE_SIDE,
-            },
+            crop: CropRect { top: 0, left: 0, height: IMAGE_SIDE, width: IMAGE_SIDE },
             flip: false,
             jitter: None,
             blur_sigma: None,
@@ -106,10 +101,7 @@ fn prob(key: &str, p: f64) -> Result<()> {
     if (0.0..=1.0).contains(&p) {
         Ok(())
     } else {
-        Err(DataError::BadConfig {
-            key: key.into(),
-            reason: format!("probability {p} outside [0, 1]"),
-        })
+        Err(DataError::BadConfig { key: key.into(), reason: format!("probability {p} outside [0, 1]") })
     }
 }
 
@@ -118,36 +110,22 @@ impl ViewPolicy {
     /// `blur_sigma_once` policy is fixed later by [`ViewPolicy::for_run`]; until then it is
     /// drawn from seed 0.
     pub fn from_config(cfg: &ViewConfig) -> Result<Self> {
-        let bad = |key: &str, reason: String| DataError::BadConfig {
-            key: key.into(),
-            reason,
-        };
+        let bad = |key: &str, reason: String| DataError::BadConfig { key: key.into(), reason };
         // Sides are source pixels clamped to the image's shorter side, so any ordered range
         // works at any size (at 32x32, a max above 33 behaves as 33).
-        if cfg.crop == CropKind::KerasSquare
-            && !(1 <= cfg.crop_min_side && cfg.crop_min_side < cfg.crop_max_side)
-        {
+        if cfg.crop == CropKind::KerasSquare && !(1 <= cfg.crop_min_side && cfg.crop_min_side < cfg.crop_max_side) {
             return Err(bad(
                 "crop_min_side/crop_max_side",
-                format!(
-                    "need 1 <= min < max (max exclusive), got [{}, {})",
-                    cfg.crop_min_side, cfg.crop_max_side
-                ),
+                format!("need 1 <= min < max (max exclusive), got [{}, {})", cfg.crop_min_side, cfg.crop_max_side),
             ));
         }
         let [s0, s1] = cfg.crop_scale;
         if !(0.0 < s0 && s0 <= s1 && s1 <= 1.0) {
-            return Err(bad(
-                "crop_scale",
-                format!("need 0 < lo <= hi <= 1, got [{s0}, {s1}]"),
-            ));
+            return Err(bad("crop_scale", format!("need 0 < lo <= hi <= 1, got [{s0}, {s1}]")));
         }
         let [r0, r1] = cfg.crop_ratio;
         if !(0.0 < r0 && r0 <= r1) {
-            return Err(bad(
-                "crop_ratio",
-                format!("need 0 < lo <= hi, got [{r0}, {r1}]"),
-            ));
+            return Err(bad("crop_ratio", format!("need 0 < lo <= hi, got [{r0}, {r1}]")));
         }
         for (k, p) in [
             ("flip_prob", cfg.flip_prob),
@@ -160,15 +138,9 @@ impl ViewPolicy {
         }
         let [b0, b1] = cfg.blur_sigma;
         if cfg.blur_prob > 0.0 && !(0.0 <= b0 && b0 <= b1 && b1 > 0.0) {
-            return Err(bad(
-                "blur_sigma",
-                format!("need 0 <= lo <= hi, hi > 0, got [{b0}, {b1}]"),
-            ));
+            return Err(bad("blur_sigma", format!("need 0 <= lo <= hi, hi > 0, got [{b0}, {b1}]")));
         }
-        let mut p = Self {
-            cfg: cfg.clone(),
-            fixed_sigma: None,
-        };
+        let mut p = Self { cfg: cfg.clone(), fixed_sigma: None };
         if cfg.blur_sigma_once {
             p.fixed_sigma = Some(blur_sigma_once(0, cfg.blur_sigma));
         }
@@ -204,21 +176,13 @@ impl ViewPolicy {
         let crop = match c.crop {
             CropKind::KerasSquare => {
                 // tf.random.uniform([], min, max, int32): max exclusive.
-                let side = c.crop_min_side as usize
-                    + rng.below((c.crop_max_side - c.crop_min_side) as u64) as usize;
+                let side = c.crop_min_side as usize + rng.below((c.crop_max_side - c.crop_min_side) as u64) as usize;
                 let side = side.min(height).min(width);
                 let top = rng.below((height - side + 1) as u64) as usize;
                 let left = rng.below((width - side + 1) as u64) as usize;
-                CropRect {
-                    top,
-                    left,
-                    height: side,
-                    width: side,
-                }
+                CropRect { top, left, height: side, width: side }
             }
-            CropKind::RandomResized => {
-                random_resized_crop(rng, height, width, c.crop_scale, c.crop_ratio)
-            }
+            CropKind::RandomResized => random_resized_crop(rng, height, width, c.crop_scale, c.crop_ratio),
         };
         let mut flip = rng.bernoulli(c.flip_prob);
         if c.flip_double_coin {
@@ -248,27 +212,16 @@ impl ViewPolicy {
                 }
             }
         });
-        let blur_sigma = rng.bernoulli(c.blur_prob).then(|| {
-            self.fixed_sigma
-                .unwrap_or_else(|| rng.range(c.blur_sigma[0], c.blur_sigma[1]) as f32)
-        });
+        let blur_sigma = rng
+            .bernoulli(c.blur_prob)
+            .then(|| self.fixed_sigma.unwrap_or_else(|| rng.range(c.blur_sigma[0], c.blur_sigma[1]) as f32));
         let grayscale = rng.bernoulli(c.grayscale_prob);
-        let solarize = rng
-            .bernoulli(c.solarize_prob)
-            .then_some(if c.solarize_noop_quirk {
-                Solarize::SeedQuirk
-            } else {
-                Solarize::Threshold
-            });
-        ViewParams {
-            crop,
-            flip,
-            jitter,
-            blur_sigma,
-            grayscale,
-            solarize,
-            clip: c.clip,
-        }
+        let solarize = rng.bernoulli(c.solarize_prob).then_some(if c.solarize_noop_quirk {
+            Solarize::SeedQuirk
+        } else {
+            Solarize::Threshold
+        });
+        ViewParams { crop, flip, jitter, blur_sigma, grayscale, solarize, clip: c.clip }
     }
 }
 
@@ -292,12 +245,7 @@ pub fn random_resized_crop(
         if 0 < w && w <= width && 0 < h && h <= height {
             let top = rng.below((height - h + 1) as u64) as usize;
             let left = rng.below((width - w + 1) as u64) as usize;
-            return CropRect {
-                top,
-                left,
-                height: h,
-                width: w,
-            };
+            return CropRect { top, left, height: h, width: w };
         }
     }
     let in_ratio = width as f64 / height as f64;
@@ -308,12 +256,7 @@ pub fn random_resized_crop(
     } else {
         (width, height)
     };
-    CropRect {
-        top: (height - h) / 2,
-        left: (width - w) / 2,
-        height: h,
-        width: w,
-    }
+    CropRect { top: (height - h) / 2, left: (width - w) / 2, height: h, width: w }
 }
 
 /// Applies `p` to a 32x32 u8 CHW image, writing the f32 CHW view into `out` (3072 values).
@@ -335,15 +278,8 @@ pub fn apply_after_crop(out: &mut [f32], p: &ViewParams) {
 /// `size` source pixels per side, so decoding at that scale never upsamples what the full
 /// image would have downsampled.
 pub fn max_reduction(crops: &[CropRect], size: usize) -> u32 {
-    let min_side = crops
-        .iter()
-        .map(|c| c.width.min(c.height))
-        .min()
-        .unwrap_or(0);
-    [8u32, 4, 2]
-        .into_iter()
-        .find(|&k| min_side / k as usize >= size)
-        .unwrap_or(1)
+    let min_side = crops.iter().map(|c| c.width.min(c.height)).min().unwrap_or(0);
+    [8u32, 4, 2].into_iter().find(|&k| min_side / k as usize >= size).unwrap_or(1)
 }
 
 impl ViewPolicy {
@@ -351,26 +287,13 @@ impl ViewPolicy {
     /// with this policy's interpolation, then the colour ops. `native = (width, height)` is the
     /// size the crop was sampled on; `img` may be smaller (a reduced decode), and the crop is
     /// then scaled into its coordinates.
-    pub fn render(
-        &self,
-        img: &Image,
-        native: (usize, usize),
-        p: &ViewParams,
-        out: &mut [f32],
-        size: usize,
-    ) {
+    pub fn render(&self, img: &Image, native: (usize, usize), p: &ViewParams, out: &mut [f32], size: usize) {
         let (nw, nh) = native;
         let same = img.width == nw && img.height == nh;
         match self.cfg.interpolation {
             Interpolation::TfBilinear => {
-                let crop = if same {
-                    p.crop
-                } else {
-                    scale_rect(p.crop, native, img)
-                };
-                ops::crop_resize_u8(
-                    &img.data, img.height, img.width, crop, p.flip, out, size, size,
-                );
+                let crop = if same { p.crop } else { scale_rect(p.crop, native, img) };
+                ops::crop_resize_u8(&img.data, img.height, img.width, crop, p.flip, out, size, size);
             }
             Interpolation::PilBilinear | Interpolation::PilBicubic => {
                 let filter = if self.cfg.interpolation == Interpolation::PilBicubic {
@@ -381,22 +304,12 @@ impl ViewPolicy {
                 let c = p.crop;
                 let (region, bx) = if same {
                     // torchvision on PIL: `img.crop(box).resize(size)`.
-                    let r = pil::Region {
-                        left: c.left,
-                        top: c.top,
-                        width: c.width,
-                        height: c.height,
-                    };
+                    let r = pil::Region { left: c.left, top: c.top, width: c.width, height: c.height };
                     (r, [0.0, 0.0, c.width as f32, c.height as f32])
                 } else {
                     // Reduced decode: the crop as a fractional box of the smaller image.
                     let (sx, sy) = (img.width as f64 / nw as f64, img.height as f64 / nh as f64);
-                    let r = pil::Region {
-                        left: 0,
-                        top: 0,
-                        width: img.width,
-                        height: img.height,
-                    };
+                    let r = pil::Region { left: 0, top: 0, width: img.width, height: img.height };
                     let bx = [
                         (c.left as f64 * sx) as f32,
                         (c.top as f64 * sy) as f32,
@@ -406,10 +319,7 @@ impl ViewPolicy {
                     (r, bx)
                 };
                 let mut u8out = vec![0u8; 3 * size * size];
-                pil::resize(
-                    &img.data, img.width, img.height, region, bx, filter, p.flip, &mut u8out, size,
-                    size,
-                );
+                pil::resize(&img.data, img.width, img.height, region, bx, filter, p.flip, &mut u8out, size, size);
                 let lut = ops::u8_to_unit();
                 for (o, &v) in out.iter_mut().zip(&u8out) {
                     *o = lut[v as usize];
@@ -422,29 +332,18 @@ impl ViewPolicy {
 
 /// `crop` (in `native` pixels) in the pixels of the smaller `img`, rounded, at least 1x1.
 fn scale_rect(crop: CropRect, native: (usize, usize), img: &Image) -> CropRect {
-    let (sx, sy) = (
-        img.width as f64 / native.0 as f64,
-        img.height as f64 / native.1 as f64,
-    );
+    let (sx, sy) = (img.width as f64 / native.0 as f64, img.height as f64 / native.1 as f64);
     let left = ((crop.left as f64 * sx).round() as usize).min(img.width - 1);
     let top = ((crop.top as f64 * sy).round() as usize).min(img.height - 1);
     let width = ((crop.width as f64 * sx).round() as usize).clamp(1, img.width - left);
     let height = ((crop.height as f64 * sy).round() as usize).clamp(1, img.height - top);
-    CropRect {
-        top,
-        left,
-        height,
-        width,
-    }
+    CropRect { top, left, height, width }
 }
 
 /// Pillow's blur on an f32 view: quantized to u8 (`round(x * 255)`, what a PIL image holds),
 /// blurred exactly as Pillow, read back as `x / 255`.
 fn pil_blur_f32(out: &mut [f32], n: usize, sigma: f32) {
-    let mut q: Vec<u8> = out
-        .iter()
-        .map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
-        .collect();
+    let mut q: Vec<u8> = out.iter().map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
     pil::gaussian_blur(&mut q, n, n, sigma);
     let lut = ops::u8_to_unit();
     for (o, &v) in out.iter_mut().zip(&q) {
@@ -458,23 +357,12 @@ fn pil_blur_f32(out: &mut [f32], n: usize, sigma: f32) {
 pub fn apply_after_crop_sized(out: &mut [f32], p: &ViewParams, n: usize, blur: BlurKind) {
     match p.jitter {
         None => {}
-        Some(JitterParams::Tf {
-            brightness_delta,
-            contrast,
-            saturation,
-            hue,
-        }) => {
+        Some(JitterParams::Tf { brightness_delta, contrast, saturation, hue }) => {
             ops::tf_adjust_brightness(out, brightness_delta);
             ops::tf_adjust_contrast(out, n, n, contrast);
             ops::tf_adjust_saturation_hue(out, n, n, saturation, hue);
         }
-        Some(JitterParams::Torchvision {
-            order,
-            brightness,
-            contrast,
-            saturation,
-            hue,
-        }) => {
+        Some(JitterParams::Torchvision { order, brightness, contrast, saturation, hue }) => {
             for op in order {
                 match op {
                     0 => ops::tv_adjust_brightness(out, brightness as f32),
@@ -553,17 +441,12 @@ impl TwinPolicy {
     ) -> (ViewParams, ViewParams) {
         let mut ra = SampleRng::new(seed, epoch, index, stream::VIEW_A);
         let mut rb = SampleRng::new(seed, epoch, index, stream::VIEW_B);
-        (
-            self.a.sample_for(&mut ra, height, width),
-            self.b.sample_for(&mut rb, height, width),
-        )
+        (self.a.sample_for(&mut ra, height, width), self.b.sample_for(&mut rb, height, width))
     }
 
     /// `true` when a view resizes with Pillow (so a reduced JPEG decode is allowed).
     pub fn allows_reduced_decode(&self) -> bool {
-        [&self.a, &self.b]
-            .iter()
-            .all(|v| v.cfg.interpolation != Interpolation::TfBilinear)
+        [&self.a, &self.b].iter().all(|v| v.cfg.interpolation != Interpolation::TfBilinear)
     }
 }
 
@@ -573,40 +456,26 @@ mod tests {
 
     fn freq(policy: &ViewPolicy, f: impl Fn(&ViewParams) -> bool) -> f64 {
         let n = 20_000;
-        (0..n)
-            .filter(|&i| f(&policy.sample(&mut SampleRng::new(1, 0, i, 0))))
-            .count() as f64
-            / n as f64
+        (0..n).filter(|&i| f(&policy.sample(&mut SampleRng::new(1, 0, i, 0)))).count() as f64 / n as f64
     }
 
     #[test]
     fn keras_seed_probabilities_and_ranges() {
-        let p = ViewPolicy::from_config(&ViewConfig::keras_seed())
-            .unwrap()
-            .for_run(1024);
+        let p = ViewPolicy::from_config(&ViewConfig::keras_seed()).unwrap().for_run(1024);
         // The quirk: flip 0.5 x 0.5.
         assert!((freq(&p, |v| v.flip) - 0.25).abs() < 0.015);
         assert!((freq(&p, |v| v.jitter.is_some()) - 0.8).abs() < 0.015);
         assert!((freq(&p, |v| v.blur_sigma.is_some()) - 0.2).abs() < 0.015);
         assert!((freq(&p, |v| v.grayscale) - 0.2).abs() < 0.015);
         assert!((freq(&p, |v| v.solarize == Some(Solarize::SeedQuirk)) - 0.2).abs() < 0.015);
-        let sides: std::collections::BTreeSet<usize> = (0..5000)
-            .map(|i| p.sample(&mut SampleRng::new(2, 0, i, 0)).crop.height)
-            .collect();
+        let sides: std::collections::BTreeSet<usize> =
+            (0..5000).map(|i| p.sample(&mut SampleRng::new(2, 0, i, 0)).crop.height).collect();
         assert_eq!(sides, (24..32).collect());
         // One sigma for the whole run.
-        let sig: std::collections::BTreeSet<u32> = (0..2000)
-            .filter_map(|i| {
-                p.sample(&mut SampleRng::new(3, 0, i, 0))
-                    .blur_sigma
-                    .map(f32::to_bits)
-            })
-            .collect();
+        let sig: std::collections::BTreeSet<u32> =
+            (0..2000).filter_map(|i| p.sample(&mut SampleRng::new(3, 0, i, 0)).blur_sigma.map(f32::to_bits)).collect();
         assert_eq!(sig.len(), 1);
-        let no_quirk = ViewConfig {
-            flip_double_coin: false,
-            ..ViewConfig::keras_seed()
-        };
+        let no_quirk = ViewConfig { flip_double_coin: false, ..ViewConfig::keras_seed() };
         let p = ViewPolicy::from_config(&no_quirk).unwrap();
         assert!((freq(&p, |v| v.flip) - 0.5).abs() < 0.015);
     }
@@ -627,11 +496,7 @@ mod tests {
 
     #[test]
     fn bad_config_is_named() {
-        let c = ViewConfig {
-            crop_min_side: 30,
-            crop_max_side: 30,
-            ..ViewConfig::keras_seed()
-        };
+        let c = ViewConfig { crop_min_side: 30, crop_max_side: 30, ..ViewConfig::keras_seed() };
         let e = ViewPolicy::from_config(&c).unwrap_err().to_string();
         assert!(e.contains("crop_min_side"), "{e}");
     }

@@ -14,12 +14,7 @@ const GAP: u32 = 4;
 /// `n` rows of (original, view A, view B) for the first `n` images of a 32x32 source (CIFAR,
 /// synthetic), augmented with the streams of `(seed, epoch 0, index)`, each tile upscaled
 /// [`PREVIEW_SCALE`] times. See [`preview_grid_sized`] for other sizes.
-pub fn preview_grid<S: ImageSource + ?Sized>(
-    dataset: &S,
-    policy: &TwinPolicy,
-    n: usize,
-    seed: u64,
-) -> RgbImage {
+pub fn preview_grid<S: ImageSource + ?Sized>(dataset: &S, policy: &TwinPolicy, n: usize, seed: u64) -> RgbImage {
     preview_grid_sized(dataset, policy, n, seed, IMAGE_SIDE)
         .unwrap_or_else(|_| RgbImage::from_pixel(1, 1, Rgb([255, 255, 255])))
 }
@@ -51,25 +46,9 @@ pub fn preview_grid_sized<S: ImageSource + ?Sized>(
         let src = dataset.load(row, LoadHint::FULL)?;
         let native = dataset.dims(row).unwrap_or((src.width, src.height));
         let mut orig = vec![0u8; per];
-        let full = pil::Region {
-            left: 0,
-            top: 0,
-            width: src.width,
-            height: src.height,
-        };
+        let full = pil::Region { left: 0, top: 0, width: src.width, height: src.height };
         let bx = [0.0, 0.0, src.width as f32, src.height as f32];
-        pil::resize(
-            &src.data,
-            src.width,
-            src.height,
-            full,
-            bx,
-            pil::Filter::Bilinear,
-            false,
-            &mut orig,
-            size,
-            size,
-        );
+        pil::resize(&src.data, src.width, src.height, full, bx, pil::Filter::Bilinear, false, &mut orig, size, size);
         for (d, &s) in tiles[0].iter_mut().zip(&orig) {
             *d = lut[s as usize];
         }
@@ -77,15 +56,11 @@ pub fn preview_grid_sized<S: ImageSource + ?Sized>(
         policy.a.render(&src, native, &pa, &mut tiles[1], size);
         policy.b.render(&src, native, &pb, &mut tiles[2], size);
         for (col, t) in tiles.iter().enumerate() {
-            let (x0, y0) = (
-                GAP + col as u32 * (tile + GAP),
-                GAP + row as u32 * (tile + GAP),
-            );
+            let (x0, y0) = (GAP + col as u32 * (tile + GAP), GAP + row as u32 * (tile + GAP));
             for y in 0..tile {
                 for x in 0..tile {
                     let p = (y / scale) as usize * size + (x / scale) as usize;
-                    let px =
-                        |c: usize| (t[c * size * size + p].clamp(0.0, 1.0) * 255.0).round() as u8;
+                    let px = |c: usize| (t[c * size * size + p].clamp(0.0, 1.0) * 255.0).round() as u8;
                     img.put_pixel(x0 + x, y0 + y, Rgb([px(0), px(1), px(2)]));
                 }
             }
@@ -97,8 +72,5 @@ pub fn preview_grid_sized<S: ImageSource + ?Sized>(
 /// Writes `img` as PNG.
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
     img.save_with_format(path, image::ImageFormat::Png)
-        .map_err(|e| DataError::ImageWrite {
-            path: path.into(),
-            message: e.to_string(),
-        })
+        .map_err(|e| DataError::ImageWrite { path: path.into(), message: e.to_string() })
 }

@@ -105,9 +105,7 @@ mod tests {
 
     #[test]
     fn streams_differ_and_repeat() {
-        let a: Vec<u64> = (0..4)
-            .map(|_| SampleRng::new(1, 2, 3, 4).next_u64())
-            .collect();
+        let a: Vec<u64> = (0..4).map(|_| SampleRng::new(1, 2, 3, 4).next_u64()).collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
         let mut seen = std::collections::HashSet::new();
         for e in 0..4 {

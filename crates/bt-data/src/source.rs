@@ -45,18 +45,12 @@ impl Image {
     pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Self> {
         if data.len() != 3 * width * height || width == 0 || height == 0 {
             return Err(DataError::Shape {
-                what: format!(
-                    "Image::new {width}x{height} (3 * width * height CHW bytes, sides > 0)"
-                ),
+                what: format!("Image::new {width}x{height} (3 * width * height CHW bytes, sides > 0)"),
                 expected: 3 * width * height,
                 got: data.len(),
             });
         }
-        Ok(Self {
-            width,
-            height,
-            data,
-        })
+        Ok(Self { width, height, data })
     }
 
     /// From interleaved RGB (HWC, as decoders and `image::RgbImage` produce).
@@ -232,34 +226,20 @@ impl MemoryImages {
         let per = 3 * width * height;
         if data.len() != labels.len() * per || per == 0 {
             return Err(DataError::Shape {
-                what: format!(
-                    "MemoryImages::new ({} images of 3x{height}x{width})",
-                    labels.len()
-                ),
+                what: format!("MemoryImages::new ({} images of 3x{height}x{width})", labels.len()),
                 expected: labels.len() * per,
                 got: data.len(),
             });
         }
         if let Some(k) = num_classes {
-            if let Some(i) = labels
-                .iter()
-                .position(|l| l.is_some_and(|l| l as usize >= k))
-            {
+            if let Some(i) = labels.iter().position(|l| l.is_some_and(|l| l as usize >= k)) {
                 return Err(DataError::BadConfig {
                     key: format!("labels[{i}]"),
                     reason: format!("label {:?} is not a class index below {k}", labels[i]),
                 });
             }
         }
-        Ok(Self {
-            width,
-            height,
-            data,
-            labels,
-            num_classes,
-            class_names: None,
-            what: "image".into(),
-        })
+        Ok(Self { width, height, data, labels, num_classes, class_names: None, what: "image".into() })
     }
 
     /// Names the images in errors (`"{what} {index}"`) and sets class names.
@@ -286,11 +266,7 @@ impl ImageSource for MemoryImages {
         self.labels.len()
     }
     fn load(&self, index: usize, _hint: LoadHint) -> Result<Image> {
-        Ok(Image {
-            width: self.width,
-            height: self.height,
-            data: self.image(index).to_vec(),
-        })
+        Ok(Image { width: self.width, height: self.height, data: self.image(index).to_vec() })
     }
     fn dims(&self, _index: usize) -> Option<(usize, usize)> {
         Some((self.width, self.height))

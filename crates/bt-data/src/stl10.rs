@@ -15,9 +15,8 @@ pub const STL10_SIDE: usize = 96;
 /// Bytes of one image.
 pub const STL10_IMAGE_BYTES: usize = 3 * STL10_SIDE * STL10_SIDE;
 /// STL-10 classes, in label order (`class_names.txt` of the archive).
-pub const STL10_CLASSES: [&str; 10] = [
-    "airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck",
-];
+pub const STL10_CLASSES: [&str; 10] =
+    ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"];
 
 fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
@@ -58,12 +57,7 @@ fn read_pair(x_path: &Path, y_path: Option<&Path>) -> Result<(Vec<u8>, Vec<Optio
             let mut out = Vec::with_capacity(n);
             for (r, &l) in ly.iter().enumerate() {
                 if !(1..=10).contains(&l) {
-                    return Err(DataError::BadLabel {
-                        path: y.into(),
-                        record: r,
-                        offset: r as u64,
-                        label: l,
-                    });
+                    return Err(DataError::BadLabel { path: y.into(), record: r, offset: r as u64, label: l });
                 }
                 out.push(Some(l as u32 - 1));
             }
@@ -85,13 +79,7 @@ fn read_pair(x_path: &Path, y_path: Option<&Path>) -> Result<(Vec<u8>, Vec<Optio
 fn class_names(dir: &Path) -> Vec<String> {
     std::fs::read_to_string(dir.join("class_names.txt"))
         .ok()
-        .map(|t| {
-            t.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from)
-                .collect::<Vec<_>>()
-        })
+        .map(|t| t.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect::<Vec<_>>())
         .filter(|v| v.len() == 10)
         .unwrap_or_else(|| STL10_CLASSES.iter().map(|s| s.to_string()).collect())
 }
@@ -102,10 +90,7 @@ fn class_names(dir: &Path) -> Vec<String> {
 /// # Errors
 /// A missing file, a size that is not whole images, a label file of the wrong length or a
 /// label outside `1..=10`, each naming the file.
-pub fn load_stl10(
-    dir: impl AsRef<Path>,
-    split: Stl10Split,
-) -> Result<(MemoryImages, MemoryImages, Vec<String>)> {
+pub fn load_stl10(dir: impl AsRef<Path>, split: Stl10Split) -> Result<(MemoryImages, MemoryImages, Vec<String>)> {
     let dir = dir.as_ref();
     let p = |f: &str| -> PathBuf { dir.join(f) };
     let names = class_names(dir);
@@ -123,7 +108,7 @@ pub fn load_stl10(
     let train = MemoryImages::new(STL10_SIDE, STL10_SIDE, data, labels, Some(10))?
         .with_names("STL-10 train image", Some(names.clone()));
     let (d, l) = read_pair(&p("test_X.bin"), Some(&p("test_y.bin")))?;
-    let test = MemoryImages::new(STL10_SIDE, STL10_SIDE, d, l, Some(10))?
-        .with_names("STL-10 test image", Some(names.clone()));
+    let test =
+        MemoryImages::new(STL10_SIDE, STL10_SIDE, d, l, Some(10))?.with_names("STL-10 test image", Some(names.clone()));
     Ok((train, test, names))
 }

@@ -23,9 +23,8 @@ pub enum Split {
 }
 
 /// Class names, in label order.
-pub const CLASS_NAMES: [&str; 10] = [
-    "disk", "square", "triangle", "plus", "ring", "diamond", "cross", "hbars", "vbars", "frame",
-];
+pub const CLASS_NAMES: [&str; 10] =
+    ["disk", "square", "triangle", "plus", "ring", "diamond", "cross", "hbars", "vbars", "frame"];
 
 /// Generates `n` images; the label of image `i` is `i % 10` (balanced classes).
 pub fn generate(n: usize, seed: u64, split: Split) -> Dataset {
@@ -36,13 +35,10 @@ pub fn generate(n: usize, seed: u64, split: Split) -> Dataset {
         Split::Test => 1,
     };
     use rayon::prelude::*;
-    images
-        .par_chunks_mut(IMAGE_BYTES)
-        .enumerate()
-        .for_each(|(i, img)| {
-            let mut rng = SampleRng::new(seed, split_tag, i as u64, stream::SYNTHETIC);
-            render(i % NUM_CLASSES, &mut rng, img);
-        });
+    images.par_chunks_mut(IMAGE_BYTES).enumerate().for_each(|(i, img)| {
+        let mut rng = SampleRng::new(seed, split_tag, i as u64, stream::SYNTHETIC);
+        render(i % NUM_CLASSES, &mut rng, img);
+    });
     for i in 0..n {
         labels.push((i % NUM_CLASSES) as u8);
     }
@@ -80,13 +76,7 @@ fn luma(c: [f32; 3]) -> f32 {
 
 fn render(class: usize, rng: &mut SampleRng, out: &mut [u8]) {
     let s = IMAGE_SIDE;
-    let mut col = || {
-        [
-            rng.uniform() as f32,
-            rng.uniform() as f32,
-            rng.uniform() as f32,
-        ]
-    };
+    let mut col = || [rng.uniform() as f32, rng.uniform() as f32, rng.uniform() as f32];
     let bg = col();
     let bg2 = col();
     // Foreground colour: random, but far enough in luma from the background to stay visible.
@@ -170,10 +160,7 @@ mod tests {
         }
         // Images are not blank and differ from each other.
         assert_ne!(a.image(0), a.image(10));
-        let (lo, hi) = a
-            .images()
-            .iter()
-            .fold((255u8, 0u8), |(l, h), &v| (l.min(v), h.max(v)));
+        let (lo, hi) = a.images().iter().fold((255u8, 0u8), |(l, h), &v| (l.min(v), h.max(v)));
         assert!(hi - lo > 100);
     }
 
@@ -188,11 +175,7 @@ mod tests {
             let img = ds.image(i);
             let mut m = [0f64; 3];
             for (c, mc) in m.iter_mut().enumerate() {
-                *mc = img[c * 1024..(c + 1) * 1024]
-                    .iter()
-                    .map(|&v| v as f64)
-                    .sum::<f64>()
-                    / 1024.0;
+                *mc = img[c * 1024..(c + 1) * 1024].iter().map(|&v| v as f64).sum::<f64>() / 1024.0;
             }
             m
         };

@@ -33,10 +33,7 @@ fn official_size_check_names_file_and_size() {
     let e = Cifar10::load(tmp.path()).unwrap_err();
     assert!(matches!(e, DataError::BadSize { .. }));
     let m = e.to_string();
-    assert!(
-        m.contains("data_batch_1.bin") && m.contains(&OFFICIAL_FILE_BYTES.to_string()),
-        "{m}"
-    );
+    assert!(m.contains("data_batch_1.bin") && m.contains(&OFFICIAL_FILE_BYTES.to_string()), "{m}");
 }
 
 #[test]
@@ -44,16 +41,9 @@ fn missing_file_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     write_small(tmp.path());
     std::fs::remove_file(tmp.path().join("data_batch_3.bin")).unwrap();
-    let m = Cifar10::load_with(tmp.path(), SizeCheck::Records)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        m.contains("missing") && m.contains("data_batch_3.bin"),
-        "{m}"
-    );
-    let m = Cifar10::load(tmp.path().join("nope"))
-        .unwrap_err()
-        .to_string();
+    let m = Cifar10::load_with(tmp.path(), SizeCheck::Records).unwrap_err().to_string();
+    assert!(m.contains("missing") && m.contains("data_batch_3.bin"), "{m}");
+    let m = Cifar10::load(tmp.path().join("nope")).unwrap_err().to_string();
     assert!(m.contains("batches.meta.txt"), "{m}");
 }
 
@@ -65,9 +55,7 @@ fn partial_record_is_rejected() {
     let mut raw = std::fs::read(&p).unwrap();
     raw.truncate(raw.len() - 100);
     std::fs::write(&p, raw).unwrap();
-    let m = Cifar10::load_with(tmp.path(), SizeCheck::Records)
-        .unwrap_err()
-        .to_string();
+    let m = Cifar10::load_with(tmp.path(), SizeCheck::Records).unwrap_err().to_string();
     assert!(m.contains("test_batch.bin") && m.contains("3073"), "{m}");
 }
 
@@ -81,19 +69,11 @@ fn bad_label_names_record_and_offset() {
     std::fs::write(&p, raw).unwrap();
     let e = Cifar10::load_with(tmp.path(), SizeCheck::Records).unwrap_err();
     match &e {
-        DataError::BadLabel {
-            record: 4,
-            offset,
-            label: 10,
-            ..
-        } => assert_eq!(*offset, 4 * 3073),
+        DataError::BadLabel { record: 4, offset, label: 10, .. } => assert_eq!(*offset, 4 * 3073),
         other => panic!("{other:?}"),
     }
     let m = e.to_string();
-    assert!(
-        m.contains("data_batch_2.bin") && m.contains("record 4") && m.contains("12292"),
-        "{m}"
-    );
+    assert!(m.contains("data_batch_2.bin") && m.contains("record 4") && m.contains("12292"), "{m}");
 }
 
 #[test]
@@ -102,24 +82,14 @@ fn malformed_meta_is_named() {
     write_small(tmp.path());
     let p = tmp.path().join("batches.meta.txt");
     std::fs::write(&p, "cat\ndog\n\n").unwrap();
-    let m = Cifar10::load_with(tmp.path(), SizeCheck::Records)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        m.contains("batches.meta.txt") && m.contains("found 2"),
-        "{m}"
-    );
+    let m = Cifar10::load_with(tmp.path(), SizeCheck::Records).unwrap_err().to_string();
+    assert!(m.contains("batches.meta.txt") && m.contains("found 2"), "{m}");
     std::fs::write(&p, [0xffu8, 0xfe, b'\n']).unwrap();
     let m = read_meta(&p).unwrap_err().to_string();
     assert!(m.contains("UTF-8"), "{m}");
     std::fs::remove_file(&p).unwrap();
-    let m = Cifar10::load_with(tmp.path(), SizeCheck::Records)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        m.contains("missing") && m.contains("batches.meta.txt"),
-        "{m}"
-    );
+    let m = Cifar10::load_with(tmp.path(), SizeCheck::Records).unwrap_err().to_string();
+    assert!(m.contains("missing") && m.contains("batches.meta.txt"), "{m}");
     // The official file: 10 names then blank lines.
     std::fs::write(&p, format!("{}\n\n", CIFAR10_CLASSES.join("\n"))).unwrap();
     assert_eq!(read_meta(&p).unwrap().len(), 10);

@@ -2,16 +2,15 @@
 //! orientation handling, and one test per bad-input case.
 use bt_config::{AugmentConfig, DataConfig, DatasetKind};
 use bt_data::{
-    synthetic, write_cifar_binary, Cifar10, DataError, FolderOptions, ImageFolder, ImageSource,
-    LoadHint, SizeCheck, TwinPipeline,
+    synthetic, write_cifar_binary, Cifar10, DataError, FolderOptions, ImageFolder, ImageSource, LoadHint, SizeCheck,
+    TwinPipeline,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 fn rgb_png(path: &Path, w: u32, h: u32, seed: u32) {
-    let img = image::RgbImage::from_fn(w, h, |x, y| {
-        image::Rgb([(x * 7 + seed) as u8, (y * 5) as u8, ((x + y) * 3) as u8])
-    });
+    let img =
+        image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 + seed) as u8, (y * 5) as u8, ((x + y) * 3) as u8]));
     img.save(path).unwrap();
 }
 
@@ -40,22 +39,12 @@ fn png_folder_gives_the_batches_of_the_cifar_binary_reader() {
     std::fs::create_dir_all(&pngs).unwrap();
     for i in 0..cifar.train.len() {
         let img = bt_data::Image::new(32, 32, cifar.train.image(i).to_vec()).unwrap();
-        image::RgbImage::from_raw(32, 32, img.to_hwc())
-            .unwrap()
-            .save(pngs.join(format!("{i:05}.png")))
-            .unwrap();
+        image::RgbImage::from_raw(32, 32, img.to_hwc()).unwrap().save(pngs.join(format!("{i:05}.png"))).unwrap();
     }
     let folder = Arc::new(ImageFolder::open(&pngs, &FolderOptions::default()).unwrap());
     assert_eq!(folder.len(), 48);
-    for aug in [
-        AugmentConfig::keras_seed(),
-        AugmentConfig::cifar_asymmetric(),
-    ] {
-        let bin_cfg = DataConfig {
-            batch_size: 16,
-            workers: 2,
-            ..Default::default()
-        };
+    for aug in [AugmentConfig::keras_seed(), AugmentConfig::cifar_asymmetric()] {
+        let bin_cfg = DataConfig { batch_size: 16, workers: 2, ..Default::default() };
         let a = TwinPipeline::new(Arc::new(cifar.train.clone()), &bin_cfg, &aug, 77).unwrap();
         // Normalization by mean 0 / std 1 is the identity in f32.
         let b = TwinPipeline::new(folder.clone(), &folder_cfg(&pngs), &aug, 77).unwrap();
@@ -82,43 +71,19 @@ fn imagefolder_layout_labels_and_any_size_views() {
         }
     }
     rgb_png(&tmp.path().join("dog/sub/z.png"), 50, 70, 9);
-    let f = Arc::new(
-        ImageFolder::open(
-            tmp.path(),
-            &FolderOptions {
-                require_labels: true,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-    );
+    let f =
+        Arc::new(ImageFolder::open(tmp.path(), &FolderOptions { require_labels: true, ..Default::default() }).unwrap());
     assert_eq!(f.class_names().unwrap(), ["cat", "dog"]);
-    assert_eq!(
-        (0..f.len())
-            .map(|i| f.label(i).unwrap())
-            .collect::<Vec<_>>(),
-        [0, 0, 0, 1, 1, 1]
-    );
+    assert_eq!((0..f.len()).map(|i| f.label(i).unwrap()).collect::<Vec<_>>(), [0, 0, 0, 1, 1, 1]);
     // sorted(os.walk): the files of `dog` before those of `dog/sub`.
-    assert!(
-        f.describe(5).ends_with("dog/sub/z.png"),
-        "{}",
-        f.describe(5)
-    );
+    assert!(f.describe(5).ends_with("dog/sub/z.png"), "{}", f.describe(5));
     assert_eq!(f.dims(5), Some((50, 70)));
-    let cfg = DataConfig {
-        image_size: 24,
-        batch_size: 4,
-        drop_remainder: false,
-        ..folder_cfg(tmp.path())
-    };
+    let cfg = DataConfig { image_size: 24, batch_size: 4, drop_remainder: false, ..folder_cfg(tmp.path()) };
     let p = TwinPipeline::new(f.clone(), &cfg, &AugmentConfig::imagenet_official(), 1).unwrap();
     let batches: Vec<_> = p.epoch(0, 0).map(|b| b.unwrap()).collect();
     assert_eq!(batches[0].shape(), [4, 3, 24, 24]);
     assert_eq!(batches[1].shape(), [2, 3, 24, 24]);
-    let ev: Vec<_> = bt_data::eval::eval_batches(f, &cfg, 4, false)
-        .map(|b| b.unwrap())
-        .collect();
+    let ev: Vec<_> = bt_data::eval::eval_batches(f, &cfg, 4, false).map(|b| b.unwrap()).collect();
     assert_eq!(ev[0].shape(), [4, 3, 24, 24]);
     assert_eq!(ev[1].labels, [1, 1]);
 }
@@ -127,12 +92,8 @@ fn imagefolder_layout_labels_and_any_size_views() {
 fn colour_types_become_rgb_and_exif_orientation_is_applied() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    image::GrayImage::from_fn(8, 4, |x, _| image::Luma([x as u8 * 30]))
-        .save(d.join("gray.png"))
-        .unwrap();
-    image::RgbaImage::from_pixel(8, 4, image::Rgba([10, 20, 30, 0]))
-        .save(d.join("alpha.png"))
-        .unwrap();
+    image::GrayImage::from_fn(8, 4, |x, _| image::Luma([x as u8 * 30])).save(d.join("gray.png")).unwrap();
+    image::RgbaImage::from_pixel(8, 4, image::Rgba([10, 20, 30, 0])).save(d.join("alpha.png")).unwrap();
     image::ImageBuffer::<image::Rgb<u16>, _>::from_pixel(8, 4, image::Rgb([65535, 257 * 128, 0]))
         .save(d.join("deep.png"))
         .unwrap();
@@ -144,11 +105,8 @@ fn colour_types_become_rgb_and_exif_orientation_is_applied() {
     std::fs::write(d.join("lossless.webp"), webp).unwrap();
     // A JPEG with an EXIF APP1 segment saying "rotate 90 CW" (orientation 6).
     let mut jpg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 95)
-        .encode_image(&rgb)
-        .unwrap();
-    let mut exif =
-        b"Exif\0\0MM\0*\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01\0\x06\0\0\0\0\0\0".to_vec();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 95).encode_image(&rgb).unwrap();
+    let mut exif = b"Exif\0\0MM\0*\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01\0\x06\0\0\0\0\0\0".to_vec();
     let mut app1 = vec![0xFF, 0xE1];
     app1.extend_from_slice(&((exif.len() + 2) as u16).to_be_bytes());
     app1.append(&mut exif);
@@ -157,15 +115,9 @@ fn colour_types_become_rgb_and_exif_orientation_is_applied() {
     let f = ImageFolder::open(d, &FolderOptions::default()).unwrap();
     let by_name = |n: &str| (0..f.len()).find(|&i| f.describe(i).ends_with(n)).unwrap();
     let gray = f.load(by_name("gray.png"), LoadHint::FULL).unwrap();
-    assert_eq!(
-        (gray.data[3], gray.data[32 + 3], gray.data[64 + 3]),
-        (90, 90, 90)
-    );
+    assert_eq!((gray.data[3], gray.data[32 + 3], gray.data[64 + 3]), (90, 90, 90));
     let alpha = f.load(by_name("alpha.png"), LoadHint::FULL).unwrap();
-    assert_eq!(
-        (alpha.data[0], alpha.data[32], alpha.data[64]),
-        (10, 20, 30)
-    );
+    assert_eq!((alpha.data[0], alpha.data[32], alpha.data[64]), (10, 20, 30));
     let deep = f.load(by_name("deep.png"), LoadHint::FULL).unwrap();
     assert_eq!((deep.data[0], deep.data[32], deep.data[64]), (255, 128, 0));
     let w = f.load(by_name("lossless.webp"), LoadHint::FULL).unwrap();
@@ -185,14 +137,7 @@ fn expect_bad_image(dir: &Path, name: &str) {
         }
         other => panic!("expected BadImage for {name}, got {other:?}"),
     }
-    let f = ImageFolder::open(
-        dir,
-        &FolderOptions {
-            skip_bad: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let f = ImageFolder::open(dir, &FolderOptions { skip_bad: true, ..Default::default() }).unwrap();
     assert_eq!((f.len(), f.bad_images()), (1, 1));
 }
 
@@ -224,9 +169,7 @@ fn a_truncated_jpeg_is_named_at_open() {
     one_good(tmp.path());
     let rgb = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8, y as u8, 7]));
     let mut jpg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new(&mut jpg)
-        .encode_image(&rgb)
-        .unwrap();
+    image::codecs::jpeg::JpegEncoder::new(&mut jpg).encode_image(&rgb).unwrap();
     std::fs::write(tmp.path().join("cut.jpg"), &jpg[..jpg.len() * 2 / 3]).unwrap();
     expect_bad_image(tmp.path(), "cut.jpg");
 }
@@ -244,27 +187,14 @@ fn a_file_broken_only_at_decode_time_fails_the_batch_or_is_counted() {
         *b ^= 0x5A;
     }
     std::fs::write(tmp.path().join("2.png"), bytes).unwrap();
-    let cfg = DataConfig {
-        image_size: 16,
-        batch_size: 4,
-        ..folder_cfg(tmp.path())
-    };
+    let cfg = DataConfig { image_size: 16, batch_size: 4, ..folder_cfg(tmp.path()) };
     let f = Arc::new(ImageFolder::open(tmp.path(), &FolderOptions::default()).unwrap());
     let p = TwinPipeline::new(f, &cfg, &AugmentConfig::imagenet_official(), 3).unwrap();
     match p.epoch(0, 0).next().unwrap() {
         Err(DataError::BadImage { path, .. }) => assert!(path.ends_with("2.png")),
         other => panic!("expected BadImage, got {other:?}"),
     }
-    let f = Arc::new(
-        ImageFolder::open(
-            tmp.path(),
-            &FolderOptions {
-                skip_bad: true,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-    );
+    let f = Arc::new(ImageFolder::open(tmp.path(), &FolderOptions { skip_bad: true, ..Default::default() }).unwrap());
     let p = TwinPipeline::new(f, &cfg, &AugmentConfig::imagenet_official(), 3).unwrap();
     for e in 0..2 {
         for b in p.epoch(e, 0) {
@@ -279,15 +209,8 @@ fn a_file_broken_only_at_decode_time_fails_the_batch_or_is_counted() {
 fn an_empty_folder_names_the_key_and_folder() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("readme.txt"), "no images").unwrap();
-    let e = ImageFolder::open(tmp.path(), &FolderOptions::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("data.dir")
-            && e.contains(&tmp.path().display().to_string())
-            && e.contains("no images"),
-        "{e}"
-    );
+    let e = ImageFolder::open(tmp.path(), &FolderOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("data.dir") && e.contains(&tmp.path().display().to_string()) && e.contains("no images"), "{e}");
 }
 
 #[test]
@@ -295,35 +218,18 @@ fn a_labeled_evaluation_folder_with_one_class_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(tmp.path().join("only")).unwrap();
     rgb_png(&tmp.path().join("only/a.png"), 40, 40, 0);
-    let o = FolderOptions {
-        key: "data.test_dir".into(),
-        require_labels: true,
-        ..Default::default()
-    };
+    let o = FolderOptions { key: "data.test_dir".into(), require_labels: true, ..Default::default() };
     let e = ImageFolder::open(tmp.path(), &o).unwrap_err().to_string();
-    assert!(
-        e.contains("data.test_dir") && e.contains("at least 2 class") && e.contains("only"),
-        "{e}"
-    );
+    assert!(e.contains("data.test_dir") && e.contains("at least 2 class") && e.contains("only"), "{e}");
 }
 
 #[test]
 fn image_size_larger_than_every_image_names_the_key() {
     let tmp = tempfile::tempdir().unwrap();
     rgb_png(&tmp.path().join("a.png"), 40, 30, 0);
-    let e = ImageFolder::open(
-        tmp.path(),
-        &FolderOptions {
-            image_size: 64,
-            ..Default::default()
-        },
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.contains("data.image_size") && e.contains("64") && e.contains("30 px"),
-        "{e}"
-    );
+    let e =
+        ImageFolder::open(tmp.path(), &FolderOptions { image_size: 64, ..Default::default() }).unwrap_err().to_string();
+    assert!(e.contains("data.image_size") && e.contains("64") && e.contains("30 px"), "{e}");
 }
 
 #[test]
@@ -332,15 +238,8 @@ fn a_file_list_is_relative_to_its_own_folder() {
     std::fs::create_dir_all(tmp.path().join("imgs")).unwrap();
     rgb_png(&tmp.path().join("imgs/b.png"), 40, 40, 0);
     rgb_png(&tmp.path().join("imgs/a.png"), 40, 40, 1);
-    std::fs::write(
-        tmp.path().join("list.txt"),
-        "# two images\nimgs/b.png\n\nimgs/a.png\n",
-    )
-    .unwrap();
-    let o = FolderOptions {
-        file_list: Some(tmp.path().join("list.txt")),
-        ..Default::default()
-    };
+    std::fs::write(tmp.path().join("list.txt"), "# two images\nimgs/b.png\n\nimgs/a.png\n").unwrap();
+    let o = FolderOptions { file_list: Some(tmp.path().join("list.txt")), ..Default::default() };
     let f = ImageFolder::open("unused", &o).unwrap();
     assert_eq!(f.len(), 2);
     assert!(f.describe(0).ends_with("imgs/b.png"));
@@ -351,14 +250,7 @@ fn decoded_cache_returns_the_same_pixels() {
     let tmp = tempfile::tempdir().unwrap();
     rgb_png(&tmp.path().join("a.png"), 50, 40, 3);
     let plain = ImageFolder::open(tmp.path(), &FolderOptions::default()).unwrap();
-    let cached = ImageFolder::open(
-        tmp.path(),
-        &FolderOptions {
-            cache: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let cached = ImageFolder::open(tmp.path(), &FolderOptions { cache: true, ..Default::default() }).unwrap();
     let want = plain.load(0, LoadHint::FULL).unwrap();
     assert_eq!(cached.load(0, LoadHint::FULL).unwrap(), want);
     assert_eq!(cached.load(0, LoadHint::FULL).unwrap(), want);

@@ -14,11 +14,7 @@ fn fnv(h: &mut u64, bytes: impl IntoIterator<Item = u8>) {
 
 fn digest(aug: &AugmentConfig) -> u64 {
     let ds = Arc::new(synthetic::generate(96, 7, synthetic::Split::Train));
-    let data = DataConfig {
-        batch_size: 32,
-        workers: 2,
-        ..Default::default()
-    };
+    let data = DataConfig { batch_size: 32, workers: 2, ..Default::default() };
     let pipe = TwinPipeline::new(ds, &data, aug, 1234).unwrap();
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     for e in 0..2 {
@@ -35,10 +31,7 @@ fn digest(aug: &AugmentConfig) -> u64 {
 
 #[test]
 fn batches_are_bit_identical_to_the_pre_refactor_pipeline() {
-    let got = [
-        digest(&AugmentConfig::keras_seed()),
-        digest(&AugmentConfig::cifar_asymmetric()),
-    ];
+    let got = [digest(&AugmentConfig::keras_seed()), digest(&AugmentConfig::cifar_asymmetric())];
     if std::env::var_os("PRINT_GOLDEN").is_some() {
         println!("GOLDEN {got:#x?}");
     }

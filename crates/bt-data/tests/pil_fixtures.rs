@@ -24,11 +24,7 @@ fn filter(c: &serde_json::Value) -> Filter {
 
 fn max_diff(a: &[u8], b: &[u8]) -> u8 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap_or(0)
+    a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap_or(0)
 }
 
 #[test]
@@ -44,42 +40,16 @@ fn every_pil_case_is_bit_exact() {
         let got = match kind {
             "resized_crop" => {
                 let (s, h, w) = (u("size"), u("height"), u("width"));
-                let region = Region {
-                    left: u("left"),
-                    top: u("top"),
-                    width: w,
-                    height: h,
-                };
+                let region = Region { left: u("left"), top: u("top"), width: w, height: h };
                 let mut out = vec![0u8; 3 * s * s];
                 let bx = [0.0, 0.0, w as f32, h as f32];
-                pil::resize(
-                    &src.data,
-                    src.width,
-                    src.height,
-                    region,
-                    bx,
-                    filter(c),
-                    false,
-                    &mut out,
-                    s,
-                    s,
-                );
+                pil::resize(&src.data, src.width, src.height, region, bx, filter(c), false, &mut out, s, s);
                 out
             }
             "resize_box" => {
-                let b: Vec<f32> = c["box"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-                    .collect();
+                let b: Vec<f32> = c["box"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
                 let (ow, oh) = (u("out_w"), u("out_h"));
-                let full = Region {
-                    left: 0,
-                    top: 0,
-                    width: src.width,
-                    height: src.height,
-                };
+                let full = Region { left: 0, top: 0, width: src.width, height: src.height };
                 let mut out = vec![0u8; 3 * ow * oh];
                 pil::resize(
                     &src.data,
@@ -98,12 +68,7 @@ fn every_pil_case_is_bit_exact() {
             "eval" => eval_view(&src, u("size")),
             "blur" => {
                 let mut img = src.data.clone();
-                pil::gaussian_blur(
-                    &mut img,
-                    src.width,
-                    src.height,
-                    c["sigma"].as_f64().unwrap() as f32,
-                );
+                pil::gaussian_blur(&mut img, src.width, src.height, c["sigma"].as_f64().unwrap() as f32);
                 img
             }
             k => panic!("unknown case kind {k}"),
@@ -112,21 +77,13 @@ fn every_pil_case_is_bit_exact() {
         *kinds.entry(kind.into()).or_default() += 1;
     }
     // Every kind is exercised (a renamed kind in the script cannot silently skip checks).
-    assert_eq!(
-        kinds.keys().cloned().collect::<Vec<_>>(),
-        ["blur", "eval", "resize_box", "resized_crop"]
-    );
+    assert_eq!(kinds.keys().cloned().collect::<Vec<_>>(), ["blur", "eval", "resize_box", "resized_crop"]);
 }
 
 #[test]
 fn flip_is_the_mirror_of_the_unflipped_resize() {
     let src = png("odd.png");
-    let region = Region {
-        left: 5,
-        top: 3,
-        width: 90,
-        height: 120,
-    };
+    let region = Region { left: 5, top: 3, width: 90, height: 120 };
     let (mut a, mut b) = (vec![0u8; 3 * 40 * 40], vec![0u8; 3 * 40 * 40]);
     pil::resize(
         &src.data,

@@ -9,19 +9,8 @@ fn ds(n: usize) -> Arc<Dataset> {
     Arc::new(synthetic::generate(n, 42, synthetic::Split::Train))
 }
 
-fn pipe(
-    d: &Arc<Dataset>,
-    workers: usize,
-    batch: usize,
-    cap: usize,
-    aug: &AugmentConfig,
-) -> TwinPipeline {
-    let data = DataConfig {
-        batch_size: batch,
-        workers,
-        queue_capacity: cap,
-        ..Default::default()
-    };
+fn pipe(d: &Arc<Dataset>, workers: usize, batch: usize, cap: usize, aug: &AugmentConfig) -> TwinPipeline {
+    let data = DataConfig { batch_size: batch, workers, queue_capacity: cap, ..Default::default() };
     TwinPipeline::new(d.clone(), &data, aug, 7).unwrap()
 }
 
@@ -33,12 +22,7 @@ fn collect(p: &TwinPipeline, epoch: u64, start: usize) -> Bits {
         .map(|b| {
             let b = b.unwrap();
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
-            (
-                bits(&b.view_a),
-                bits(&b.view_b),
-                b.indices.clone(),
-                b.batch_index,
-            )
+            (bits(&b.view_a), bits(&b.view_b), b.indices.clone(), b.batch_index)
         })
         .collect()
 }
@@ -46,18 +30,11 @@ fn collect(p: &TwinPipeline, epoch: u64, start: usize) -> Bits {
 #[test]
 fn bit_identical_across_1_2_4_threads_for_both_policies() {
     let d = ds(200);
-    for aug in [
-        AugmentConfig::keras_seed(),
-        AugmentConfig::cifar_asymmetric(),
-    ] {
+    for aug in [AugmentConfig::keras_seed(), AugmentConfig::cifar_asymmetric()] {
         let one = collect(&pipe(&d, 1, 32, 2, &aug), 3, 0);
         assert_eq!(one.len(), 6, "200 / 32 with drop_remainder");
         for t in [2, 4] {
-            assert!(
-                one == collect(&pipe(&d, t, 32, 2, &aug), 3, 0),
-                "{t} threads differ ({})",
-                aug.policy
-            );
+            assert!(one == collect(&pipe(&d, t, 32, 2, &aug), 3, 0), "{t} threads differ ({})", aug.policy);
         }
         // Another epoch differs (new shuffle and new augmentations).
         let other = collect(&pipe(&d, 2, 32, 2, &aug), 4, 0);
@@ -89,12 +66,7 @@ fn drop_remainder_and_keep_remainder() {
     let d = ds(70);
     let p = pipe(&d, 2, 32, 2, &AugmentConfig::keras_seed());
     assert_eq!(p.batches_per_epoch(), 2);
-    let data = DataConfig {
-        batch_size: 32,
-        workers: 2,
-        drop_remainder: false,
-        ..Default::default()
-    };
+    let data = DataConfig { batch_size: 32, workers: 2, drop_remainder: false, ..Default::default() };
     let p = TwinPipeline::new(d, &data, &AugmentConfig::keras_seed(), 7).unwrap();
     let sizes: Vec<usize> = p.epoch(0, 0).map(|b| b.unwrap().batch_size).collect();
     assert_eq!(sizes, vec![32, 32, 6]);
@@ -155,11 +127,7 @@ fn worker_panic_becomes_an_error_not_a_hang() {
     let victim = order[3 * 32 + 5] as usize; // in batch 3
     p.inject_panic_at_index(Some(victim));
     let results: Vec<_> = p.epoch(0, 0).collect();
-    assert_eq!(
-        results.len(),
-        4,
-        "three good batches then the error, then the end"
-    );
+    assert_eq!(results.len(), 4, "three good batches then the error, then the end");
     assert!(results[..3].iter().all(|r| r.is_ok()));
     match &results[3] {
         Err(DataError::WorkerPanic { batch: 3, message }) => {
@@ -184,26 +152,14 @@ fn eval_batches_are_unaugmented_x_over_255() {
 fn shards_partition_every_global_batch_in_rank_order() {
     let d = ds(203);
     for (drop_remainder, world) in [(true, 2), (true, 4), (false, 2), (false, 3)] {
-        let data = DataConfig {
-            batch_size: 24,
-            workers: 2,
-            drop_remainder,
-            ..Default::default()
-        };
+        let data = DataConfig { batch_size: 24, workers: 2, drop_remainder, ..Default::default() };
         let aug = AugmentConfig::keras_seed();
         let whole = TwinPipeline::new(d.clone(), &data, &aug, 7).unwrap();
         let whole_bits = collect(&whole, 2, 1);
         let shards: Vec<Bits> = (0..world)
             .map(|r| {
-                let p = TwinPipeline::new(d.clone(), &data, &aug, 7)
-                    .unwrap()
-                    .with_shard(r, world)
-                    .unwrap();
-                assert_eq!(
-                    p.batches_per_epoch(),
-                    whole.batches_per_epoch(),
-                    "global batch count"
-                );
+                let p = TwinPipeline::new(d.clone(), &data, &aug, 7).unwrap().with_shard(r, world).unwrap();
+                assert_eq!(p.batches_per_epoch(), whole.batches_per_epoch(), "global batch count");
                 collect(&p, 2, 1)
             })
             .collect();
@@ -217,14 +173,8 @@ fn shards_partition_every_global_batch_in_rank_order() {
                 b.extend_from_slice(&s[k].1);
                 idx.extend_from_slice(&s[k].2);
             }
-            assert_eq!(
-                idx, w.2,
-                "drop {drop_remainder} world {world} batch {k}: indices"
-            );
-            assert!(
-                a == w.0 && b == w.1,
-                "drop {drop_remainder} world {world} batch {k}: views"
-            );
+            assert_eq!(idx, w.2, "drop {drop_remainder} world {world} batch {k}: indices");
+            assert!(a == w.0 && b == w.1, "drop {drop_remainder} world {world} batch {k}: views");
             // Equal rows per rank on full batches.
             if w.2.len() == 24 {
                 assert!(shards.iter().all(|s| s[k].2.len() == 24 / world));
@@ -236,17 +186,10 @@ fn shards_partition_every_global_batch_in_rank_order() {
 #[test]
 fn shard_rejects_uneven_global_batches() {
     let d = ds(64);
-    let data = DataConfig {
-        batch_size: 10,
-        workers: 1,
-        ..Default::default()
-    };
+    let data = DataConfig { batch_size: 10, workers: 1, ..Default::default() };
     let p = || TwinPipeline::new(d.clone(), &data, &AugmentConfig::keras_seed(), 7).unwrap();
     let e = p().with_shard(0, 3).unwrap_err().to_string();
-    assert!(
-        e.contains("data.batch_size") && e.contains("world size 3"),
-        "{e}"
-    );
+    assert!(e.contains("data.batch_size") && e.contains("world size 3"), "{e}");
     assert!(p().with_shard(2, 2).is_err());
     assert_eq!(p().with_shard(1, 2).unwrap().shard(), (1, 2));
 }

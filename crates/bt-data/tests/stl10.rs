@@ -40,21 +40,14 @@ fn pixels_and_labels_follow_torchvisions_layout() {
     write_all(tmp.path());
     let (train, test, names) = load_stl10(tmp.path(), Stl10Split::TrainUnlabeled).unwrap();
     assert_eq!((train.len(), test.len(), names.len()), (5, 2, 10));
-    assert_eq!(
-        (0..5).map(|i| train.label(i)).collect::<Vec<_>>(),
-        [Some(0), Some(9), Some(3), None, None]
-    );
+    assert_eq!((0..5).map(|i| train.label(i)).collect::<Vec<_>>(), [Some(0), Some(9), Some(3), None, None]);
     assert_eq!(test.label(1), Some(2));
     // (source, index, the image id the writer used): train 1, unlabeled 0 (train+unlabeled
     // index 3), test 0.
     for (src, n, id) in [(&train, 1, 1), (&train, 3, 100), (&test, 0, 200)] {
         let img = src.image(n);
         for (c, y, x) in [(0, 0, 1), (1, 5, 90), (2, 95, 3), (0, 17, 64)] {
-            assert_eq!(
-                img[c * 9216 + y * 96 + x],
-                px(id, c, y, x),
-                "image {id} c{c} y{y} x{x}"
-            );
+            assert_eq!(img[c * 9216 + y * 96 + x], px(id, c, y, x), "image {id} c{c} y{y} x{x}");
         }
     }
     let (u, _, _) = load_stl10(tmp.path(), Stl10Split::Unlabeled).unwrap();
@@ -67,28 +60,17 @@ fn bad_sizes_and_labels_name_the_file() {
     write_all(tmp.path());
     std::fs::write(tmp.path().join("train_y.bin"), [1u8, 11, 4]).unwrap();
     match load_stl10(tmp.path(), Stl10Split::Train) {
-        Err(DataError::BadLabel {
-            path,
-            record: 1,
-            label: 11,
-            ..
-        }) => assert!(path.ends_with("train_y.bin")),
+        Err(DataError::BadLabel { path, record: 1, label: 11, .. }) => assert!(path.ends_with("train_y.bin")),
         other => panic!("{other:?}"),
     }
     std::fs::write(tmp.path().join("train_y.bin"), [1u8, 2]).unwrap();
-    let e = load_stl10(tmp.path(), Stl10Split::Train)
-        .unwrap_err()
-        .to_string();
+    let e = load_stl10(tmp.path(), Stl10Split::Train).unwrap_err().to_string();
     assert!(e.contains("train_y.bin") && e.contains("3 bytes"), "{e}");
     std::fs::write(tmp.path().join("test_X.bin"), vec![0u8; 27648 + 5]).unwrap();
     std::fs::write(tmp.path().join("train_y.bin"), [1u8, 2, 3]).unwrap();
-    let e = load_stl10(tmp.path(), Stl10Split::Train)
-        .unwrap_err()
-        .to_string();
+    let e = load_stl10(tmp.path(), Stl10Split::Train).unwrap_err().to_string();
     assert!(e.contains("test_X.bin") && e.contains("27648"), "{e}");
     std::fs::remove_file(tmp.path().join("unlabeled_X.bin")).unwrap();
-    let e = load_stl10(tmp.path(), Stl10Split::Unlabeled)
-        .unwrap_err()
-        .to_string();
+    let e = load_stl10(tmp.path(), Stl10Split::Unlabeled).unwrap_err().to_string();
     assert!(e.contains("unlabeled_X.bin"), "{e}");
 }

@@ -16,21 +16,14 @@ struct Fixture {
 fn load() -> Fixture {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
     let bytes = std::fs::read(format!("{dir}/augment_tf.safetensors")).expect("fixture");
-    let meta: Value =
-        serde_json::from_slice(&std::fs::read(format!("{dir}/augment_tf.json")).unwrap()).unwrap();
-    Fixture {
-        bytes,
-        cases: meta["cases"].as_array().unwrap().clone(),
-    }
+    let meta: Value = serde_json::from_slice(&std::fs::read(format!("{dir}/augment_tf.json")).unwrap()).unwrap();
+    Fixture { bytes, cases: meta["cases"].as_array().unwrap().clone() }
 }
 
 fn tensor(st: &SafeTensors, name: &str) -> Vec<f32> {
     let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e:?}"));
     assert_eq!(t.shape(), &[3, 32, 32], "{name}");
-    t.data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+    t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
@@ -81,23 +74,9 @@ fn inplace(input: &[f32], f: impl FnOnce(&mut [f32])) -> Vec<f32> {
 #[test]
 fn crop_resize_matches_tf_image_resize() {
     check("crop_resize", |x, p| {
-        let rect = CropRect {
-            top: u(p, "top"),
-            left: u(p, "left"),
-            height: u(p, "height"),
-            width: u(p, "width"),
-        };
+        let rect = CropRect { top: u(p, "top"), left: u(p, "left"), height: u(p, "height"), width: u(p, "width") };
         let mut out = vec![0f32; 3072];
-        ops::crop_resize_f32(
-            x,
-            32,
-            32,
-            rect,
-            p["flip"].as_bool().unwrap(),
-            &mut out,
-            32,
-            32,
-        );
+        ops::crop_resize_f32(x, 32, 32, rect, p["flip"].as_bool().unwrap(), &mut out, 32, 32);
         out
     });
 }
@@ -107,12 +86,7 @@ fn crop_resize_from_u8_equals_f32_path() {
     // The pipeline reads u8 through the x/255 table; the fixtures start from the same x/255.
     let img: Vec<u8> = (0..3072u32).map(|i| (i * 37 % 251) as u8).collect();
     let f: Vec<f32> = img.iter().map(|&b| b as f32 / 255.0).collect();
-    let rect = CropRect {
-        top: 3,
-        left: 4,
-        height: 25,
-        width: 25,
-    };
+    let rect = CropRect { top: 3, left: 4, height: 25, width: 25 };
     let (mut a, mut b) = (vec![0f32; 3072], vec![0f32; 3072]);
     ops::crop_resize_u8(&img, 32, 32, rect, true, &mut a, 32, 32);
     ops::crop_resize_f32(&f, 32, 32, rect, true, &mut b, 32, 32);
@@ -121,44 +95,32 @@ fn crop_resize_from_u8_equals_f32_path() {
 
 #[test]
 fn brightness_matches() {
-    check("brightness", |x, p| {
-        inplace(x, |y| ops::tf_adjust_brightness(y, f(p, "delta")))
-    });
+    check("brightness", |x, p| inplace(x, |y| ops::tf_adjust_brightness(y, f(p, "delta"))));
 }
 
 #[test]
 fn contrast_matches() {
-    check("contrast", |x, p| {
-        inplace(x, |y| ops::tf_adjust_contrast(y, 32, 32, f(p, "factor")))
-    });
+    check("contrast", |x, p| inplace(x, |y| ops::tf_adjust_contrast(y, 32, 32, f(p, "factor"))));
 }
 
 #[test]
 fn saturation_matches_including_out_of_range_inputs() {
-    check("saturation", |x, p| {
-        inplace(x, |y| ops::tf_adjust_saturation(y, 32, 32, f(p, "factor")))
-    });
+    check("saturation", |x, p| inplace(x, |y| ops::tf_adjust_saturation(y, 32, 32, f(p, "factor"))));
 }
 
 #[test]
 fn hue_matches_including_out_of_range_inputs() {
-    check("hue", |x, p| {
-        inplace(x, |y| ops::tf_adjust_hue(y, 32, 32, f(p, "delta")))
-    });
+    check("hue", |x, p| inplace(x, |y| ops::tf_adjust_hue(y, 32, 32, f(p, "delta"))));
 }
 
 #[test]
 fn blur_matches_tfa_gaussian_filter2d_reflect() {
-    check("blur", |x, p| {
-        inplace(x, |y| ops::tfa_gaussian_blur3x3(y, 32, 32, f(p, "sigma")))
-    });
+    check("blur", |x, p| inplace(x, |y| ops::tfa_gaussian_blur3x3(y, 32, 32, f(p, "sigma"))));
 }
 
 #[test]
 fn grayscale_matches() {
-    check("grayscale", |x, _| {
-        inplace(x, |y| ops::tf_grayscale(y, 32, 32))
-    });
+    check("grayscale", |x, _| inplace(x, |y| ops::tf_grayscale(y, 32, 32)));
 }
 
 #[test]
@@ -176,12 +138,7 @@ fn whole_seed_view_matches() {
     let n = check("seed_view", |x, p| {
         let side = u(p, "side");
         let params = ViewParams {
-            crop: CropRect {
-                top: u(p, "top"),
-                left: u(p, "left"),
-                height: side,
-                width: side,
-            },
+            crop: CropRect { top: u(p, "top"), left: u(p, "left"), height: side, width: side },
             flip: p["flip"].as_bool().unwrap(),
             jitter: p["jitter"].as_bool().unwrap().then(|| JitterParams::Tf {
                 brightness_delta: f(p, "brightness"),
@@ -191,10 +148,7 @@ fn whole_seed_view_matches() {
             }),
             blur_sigma: p["blur"].as_f64().map(|s| s as f32),
             grayscale: p["gray"].as_bool().unwrap(),
-            solarize: p["solarize"]
-                .as_bool()
-                .unwrap()
-                .then_some(Solarize::SeedQuirk),
+            solarize: p["solarize"].as_bool().unwrap().then_some(Solarize::SeedQuirk),
             clip: true,
         };
         let mut out = vec![0f32; 3072];

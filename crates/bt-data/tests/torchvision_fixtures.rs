@@ -7,42 +7,28 @@ use serde_json::Value;
 fn tensor(st: &SafeTensors, name: &str) -> Vec<f32> {
     let t = st.tensor(name).unwrap();
     assert_eq!(t.shape(), &[3, 32, 32], "{name}");
-    t.data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+    t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
 fn check(op: &str, run: impl Fn(&mut Vec<f32>, &Value)) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
     let bytes = std::fs::read(format!("{dir}/augment_torchvision.safetensors")).unwrap();
     let meta: Value =
-        serde_json::from_slice(&std::fs::read(format!("{dir}/augment_torchvision.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(format!("{dir}/augment_torchvision.json")).unwrap()).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let mut n = 0;
-    for c in meta["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["op"] == op)
-    {
+    for c in meta["cases"].as_array().unwrap().iter().filter(|c| c["op"] == op) {
         let mut x = tensor(&st, c["input"].as_str().unwrap());
         let want = tensor(&st, c["output"].as_str().unwrap());
         run(&mut x, &c["params"]);
-        let (d, i) = x
-            .iter()
-            .zip(&want)
-            .enumerate()
-            .map(|(i, (a, b))| ((a - b).abs(), i))
-            .fold((0f32, 0), |m, d| if d.0 > m.0 { d } else { m });
-        assert!(
-            d <= 1e-5,
-            "{op} {}: max |diff| {d} at {i} (got {}, torchvision {})",
-            c["params"],
-            x[i],
-            want[i]
-        );
+        let (d, i) = x.iter().zip(&want).enumerate().map(|(i, (a, b))| ((a - b).abs(), i)).fold((0f32, 0), |m, d| {
+            if d.0 > m.0 {
+                d
+            } else {
+                m
+            }
+        });
+        assert!(d <= 1e-5, "{op} {}: max |diff| {d} at {i} (got {}, torchvision {})", c["params"], x[i], want[i]);
         n += 1;
     }
     assert!(n > 0, "no cases for {op}");
@@ -54,23 +40,17 @@ fn f(p: &Value, k: &str) -> f64 {
 
 #[test]
 fn brightness() {
-    check("tv_brightness", |x, p| {
-        ops::tv_adjust_brightness(x, f(p, "factor") as f32)
-    });
+    check("tv_brightness", |x, p| ops::tv_adjust_brightness(x, f(p, "factor") as f32));
 }
 
 #[test]
 fn contrast() {
-    check("tv_contrast", |x, p| {
-        ops::tv_adjust_contrast(x, 32, 32, f(p, "factor"))
-    });
+    check("tv_contrast", |x, p| ops::tv_adjust_contrast(x, 32, 32, f(p, "factor")));
 }
 
 #[test]
 fn saturation() {
-    check("tv_saturation", |x, p| {
-        ops::tv_adjust_saturation(x, 32, 32, f(p, "factor"))
-    });
+    check("tv_saturation", |x, p| ops::tv_adjust_saturation(x, 32, 32, f(p, "factor")));
 }
 
 #[test]
@@ -80,21 +60,14 @@ fn hue() {
 
 #[test]
 fn solarize() {
-    check("tv_solarize", |x, p| {
-        ops::solarize(x, f(p, "threshold") as f32)
-    });
+    check("tv_solarize", |x, p| ops::solarize(x, f(p, "threshold") as f32));
 }
 
 #[test]
 fn resized_crop_upscale_equals_half_pixel_bilinear() {
     check("tv_resized_crop", |x, p| {
         let u = |k: &str| p[k].as_u64().unwrap() as usize;
-        let rect = CropRect {
-            top: u("top"),
-            left: u("left"),
-            height: u("height"),
-            width: u("width"),
-        };
+        let rect = CropRect { top: u("top"), left: u("left"), height: u("height"), width: u("width") };
         let mut out = vec![0f32; 3072];
         ops::crop_resize_f32(x, 32, 32, rect, false, &mut out, 32, 32);
         *x = out;

@@ -28,11 +28,7 @@ use tch::{Device, Kind, Tensor};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os("RANK").is_none() {
-        let n: usize = std::env::args()
-            .nth(1)
-            .map(|a| a.parse())
-            .transpose()?
-            .unwrap_or(2);
+        let n: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(2);
         return launch(n);
     }
     worker()
@@ -40,9 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// What `bt-cli launch --nproc N` does: the torchrun variables, rank 0 hosting the store.
 fn launch(n: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     for rank in 0..n {
@@ -76,10 +70,7 @@ fn worker() -> Result<(), Box<dyn std::error::Error>> {
     let pg = Arc::new(ProcessGroup::from_env(Duration::from_secs(60))?);
     let (rank, world) = (pg.rank(), pg.world_size());
     if rank == 0 {
-        println!(
-            "{world} ranks, backend {:?}, agent store: {agent}",
-            pg.backend()
-        );
+        println!("{world} ranks, backend {:?}, agent store: {agent}", pg.backend());
     }
 
     // Initial sync: every rank starts from rank 0's parameters.
@@ -94,12 +85,8 @@ fn worker() -> Result<(), Box<dyn std::error::Error>> {
     let zb_all = &za_all + Tensor::randn_like(&za_all) * 0.5;
     let mine = |z: &Tensor| z.narrow(0, rows * rank as i64, rows);
     let opts = LossOptions::default().with_reducer(Arc::new(LossReducer::new(pg.clone())));
-    let dist = barlow_twins_loss(&mine(&za_all), &mine(&zb_all), &opts)?
-        .loss
-        .double_value(&[]);
-    let single = barlow_twins_loss(&za_all, &zb_all, &LossOptions::default())?
-        .loss
-        .double_value(&[]);
+    let dist = barlow_twins_loss(&mine(&za_all), &mine(&zb_all), &opts)?.loss.double_value(&[]);
+    let single = barlow_twins_loss(&za_all, &zb_all, &LossOptions::default())?.loss.double_value(&[]);
     if rank == 0 {
         println!("loss over {world} ranks: {dist:.6}; single process on all rows: {single:.6}");
     }
@@ -125,19 +112,13 @@ fn worker() -> Result<(), Box<dyn std::error::Error>> {
     let mut pg = Arc::try_unwrap(pg).map_err(|_| "group still shared")?;
     let mut summary = vec![format!("world={world}")];
     for (name, list, iters) in [("resnet18", &full, 5), ("resnet18-1d", &small, 50)] {
-        let mut grads: Vec<Tensor> = list
-            .iter()
-            .map(|s| Tensor::ones(s.as_slice(), (Kind::Float, Device::Cpu)))
-            .collect();
+        let mut grads: Vec<Tensor> =
+            list.iter().map(|s| Tensor::ones(s.as_slice(), (Kind::Float, Device::Cpu))).collect();
         let numel: i64 = grads.iter().map(|g| g.numel() as i64).sum();
         let mut results = Vec::new();
         for (label, bucket, solo) in [
             ("per-tensor", 1, 1),
-            (
-                "default",
-                bt_dist::DEFAULT_BUCKET_BYTES,
-                bt_dist::DEFAULT_SOLO_BYTES,
-            ),
+            ("default", bt_dist::DEFAULT_BUCKET_BYTES, bt_dist::DEFAULT_SOLO_BYTES),
             ("25MB-no-solo", bt_dist::DEFAULT_BUCKET_BYTES, usize::MAX),
             ("solo-64KB", bt_dist::DEFAULT_BUCKET_BYTES, 64 << 10),
             ("one-buffer", usize::MAX, usize::MAX),

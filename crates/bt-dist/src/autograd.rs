@@ -29,11 +29,7 @@ use crate::group::ProcessGroup;
 /// surfaces from `Tensor::f_backward` as a `TchError`; [`ProcessGroup::explain_failure`] names the
 /// lost rank then.
 pub fn all_reduce_sum_autograd(pg: &ProcessGroup, x: &Tensor) -> Result<Tensor> {
-    pg.tensor_op(
-        "all_reduce_sum_autograd",
-        x,
-        ffi::bt_dist_allreduce_autograd,
-    )
+    pg.tensor_op("all_reduce_sum_autograd", x, ffi::bt_dist_allreduce_autograd)
 }
 
 /// The rank-ordered row concatenation of every rank's `x`, differentiable: the backward pass

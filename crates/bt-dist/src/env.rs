@@ -48,8 +48,7 @@ impl DistEnv {
                 None => default.ok_or(DistError::Env {
                     var,
                     value: None,
-                    reason: "required by the env:// rendezvous (set by torchrun or bt-cli launch)"
-                        .into(),
+                    reason: "required by the env:// rendezvous (set by torchrun or bt-cli launch)".into(),
                 }),
                 Some(v) => v.trim().parse().map_err(|_| DistError::Env {
                     var,
@@ -70,14 +69,11 @@ impl DistEnv {
         // torch defaults LOCAL_RANK to 0 only through torchrun; a hand launch on one node may
         // omit it, and rank is then the best guess.
         let local_rank = parse("LOCAL_RANK", &get, Some(rank))?;
-        let master_addr = get("MASTER_ADDR")
-            .filter(|s| !s.is_empty())
-            .ok_or(DistError::Env {
-                var: "MASTER_ADDR",
-                value: None,
-                reason: "required by the env:// rendezvous (the host of rank 0 or of the agent)"
-                    .into(),
-            })?;
+        let master_addr = get("MASTER_ADDR").filter(|s| !s.is_empty()).ok_or(DistError::Env {
+            var: "MASTER_ADDR",
+            value: None,
+            reason: "required by the env:// rendezvous (the host of rank 0 or of the agent)".into(),
+        })?;
         let master_port: u16 = parse("MASTER_PORT", &get, None)?;
         if master_port == 0 {
             return Err(DistError::Env {
@@ -89,15 +85,7 @@ impl DistEnv {
         // torch: `os.environ.get("TORCHELASTIC_USE_AGENT_STORE", None) == str(True)`.
         let use_agent_store = get("TORCHELASTIC_USE_AGENT_STORE").as_deref() == Some("True");
         let restart_count = parse("TORCHELASTIC_RESTART_COUNT", &get, Some(0))?;
-        Ok(Self {
-            rank,
-            world_size,
-            local_rank,
-            master_addr,
-            master_port,
-            use_agent_store,
-            restart_count,
-        })
+        Ok(Self { rank, world_size, local_rank, master_addr, master_port, use_agent_store, restart_count })
     }
 
     /// Whether this process runs the TCPStore server: rank 0, unless torchrun's agent does.
@@ -112,29 +100,19 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| m.get(k).cloned()
     }
 
-    const BASE: &[(&str, &str)] = &[
-        ("RANK", "1"),
-        ("WORLD_SIZE", "4"),
-        ("MASTER_ADDR", "10.0.0.1"),
-        ("MASTER_PORT", "29500"),
-    ];
+    const BASE: &[(&str, &str)] =
+        &[("RANK", "1"), ("WORLD_SIZE", "4"), ("MASTER_ADDR", "10.0.0.1"), ("MASTER_PORT", "29500")];
 
     #[test]
     fn torchrun_variables_are_read() {
         let mut v = BASE.to_vec();
         v.push(("LOCAL_RANK", "1"));
         let e = DistEnv::from_lookup(env(&v)).unwrap();
-        assert_eq!(
-            (e.rank, e.world_size, e.local_rank, e.master_port),
-            (1, 4, 1, 29500)
-        );
+        assert_eq!((e.rank, e.world_size, e.local_rank, e.master_port), (1, 4, 1, 29500));
         assert!(!e.use_agent_store && !e.hosts_store());
         let e0 = DistEnv::from_lookup(env(&[
             ("RANK", "0"),
@@ -162,9 +140,7 @@ mod tests {
 
     #[test]
     fn bad_or_missing_variables_are_named() {
-        let e = DistEnv::from_lookup(env(&BASE[1..]))
-            .unwrap_err()
-            .to_string();
+        let e = DistEnv::from_lookup(env(&BASE[1..])).unwrap_err().to_string();
         assert!(e.contains("RANK") && e.contains("<unset>"), "{e}");
         let mut v = BASE.to_vec();
         v[0] = ("RANK", "4");

@@ -39,10 +39,9 @@ impl std::fmt::Display for Lost {
                 let list: Vec<String> = r.iter().map(|x| x.to_string()).collect();
                 write!(f, "; lost rank(s): {} (heartbeat stopped)", list.join(", "))
             }
-            Lost::Store { addr, hosted_by_rank0: true, message } => write!(
-                f,
-                "; lost rank(s): 0 (the rendezvous store it hosts at {addr} is unreachable: {message})"
-            ),
+            Lost::Store { addr, hosted_by_rank0: true, message } => {
+                write!(f, "; lost rank(s): 0 (the rendezvous store it hosts at {addr} is unreachable: {message})")
+            }
             Lost::Store { addr, hosted_by_rank0: false, message } => write!(
                 f,
                 "; the torchrun agent's rendezvous store at {addr} is unreachable (agent or node lost): {message}"

@@ -40,27 +40,11 @@ extern "C" {
         nb: usize,
         root: c_int,
     ) -> Err;
-    pub(crate) fn bt_dist_allreduce(
-        g: *mut c_void,
-        x: *const C_tensor,
-        out: *mut *mut C_tensor,
-    ) -> Err;
-    pub(crate) fn bt_dist_allgather(
-        g: *mut c_void,
-        x: *const C_tensor,
-        out: *mut *mut C_tensor,
-    ) -> Err;
+    pub(crate) fn bt_dist_allreduce(g: *mut c_void, x: *const C_tensor, out: *mut *mut C_tensor) -> Err;
+    pub(crate) fn bt_dist_allgather(g: *mut c_void, x: *const C_tensor, out: *mut *mut C_tensor) -> Err;
     pub(crate) fn bt_dist_barrier(g: *mut c_void) -> Err;
-    pub(crate) fn bt_dist_allreduce_autograd(
-        g: *mut c_void,
-        x: *const C_tensor,
-        out: *mut *mut C_tensor,
-    ) -> Err;
-    pub(crate) fn bt_dist_allgather_autograd(
-        g: *mut c_void,
-        x: *const C_tensor,
-        out: *mut *mut C_tensor,
-    ) -> Err;
+    pub(crate) fn bt_dist_allreduce_autograd(g: *mut c_void, x: *const C_tensor, out: *mut *mut C_tensor) -> Err;
+    pub(crate) fn bt_dist_allgather_autograd(g: *mut c_void, x: *const C_tensor, out: *mut *mut C_tensor) -> Err;
     pub(crate) fn bt_dist_stalled_ranks(g: *mut c_void, wait_ms: i64, stalled: *mut c_int) -> Err;
     pub(crate) fn bt_dist_heartbeat_interval_ms(g: *mut c_void) -> i64;
 }

@@ -102,10 +102,7 @@ impl std::fmt::Debug for ProcessGroup {
             .field("rank", &self.env.rank)
             .field("world_size", &self.env.world_size)
             .field("backend", &self.backend)
-            .field(
-                "master",
-                &format!("{}:{}", self.env.master_addr, self.env.master_port),
-            )
+            .field("master", &format!("{}:{}", self.env.master_addr, self.env.master_port))
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -171,11 +168,9 @@ impl ProcessGroup {
             backend,
             message,
         };
-        let addr = CString::new(env.master_addr.clone())
-            .map_err(|_| init_err("MASTER_ADDR contains a NUL byte".into()))?;
-        let timeout_ms = i64::try_from(timeout.as_millis())
-            .unwrap_or(i64::MAX)
-            .max(1);
+        let addr =
+            CString::new(env.master_addr.clone()).map_err(|_| init_err("MASTER_ADDR contains a NUL byte".into()))?;
+        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX).max(1);
         let mut raw: *mut c_void = std::ptr::null_mut();
         // SAFETY: all pointers are valid for the call; raw is written only on success.
         let err = unsafe {
@@ -194,14 +189,7 @@ impl ProcessGroup {
             )
         };
         ffi::take_error(err).map_err(init_err)?;
-        Ok(Self {
-            raw,
-            env,
-            backend,
-            timeout,
-            bucket_bytes: DEFAULT_BUCKET_BYTES,
-            solo_bytes: DEFAULT_SOLO_BYTES,
-        })
+        Ok(Self { raw, env, backend, timeout, bucket_bytes: DEFAULT_BUCKET_BYTES, solo_bytes: DEFAULT_SOLO_BYTES })
     }
 
     /// This process's rank.
@@ -267,8 +255,7 @@ impl ProcessGroup {
         let interval = unsafe { ffi::bt_dist_heartbeat_interval_ms(self.raw) };
         let mut stalled = vec![0 as c_int; self.world_size()];
         // SAFETY: stalled has world_size entries, as the C side writes.
-        let err =
-            unsafe { ffi::bt_dist_stalled_ranks(self.raw, 3 * interval, stalled.as_mut_ptr()) };
+        let err = unsafe { ffi::bt_dist_stalled_ranks(self.raw, 3 * interval, stalled.as_mut_ptr()) };
         let lost = match ffi::take_error(err) {
             Err(store_msg) => Lost::Store {
                 addr: format!("{}:{}", self.env.master_addr, self.env.master_port),
@@ -276,28 +263,15 @@ impl ProcessGroup {
                 message: store_msg,
             },
             Ok(()) => {
-                let ranks: Vec<usize> = stalled
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| **s != 0)
-                    .map(|(r, _)| r)
-                    .collect();
+                let ranks: Vec<usize> = stalled.iter().enumerate().filter(|(_, s)| **s != 0).map(|(r, _)| r).collect();
                 if ranks.is_empty() {
-                    Lost::NoneLost {
-                        timeout_ms: self.timeout.as_millis(),
-                    }
+                    Lost::NoneLost { timeout_ms: self.timeout.as_millis() }
                 } else {
                     Lost::Ranks(ranks)
                 }
             }
         };
-        DistError::Collective {
-            op,
-            rank: self.rank(),
-            world: self.world_size(),
-            message,
-            lost,
-        }
+        DistError::Collective { op, rank: self.rank(), world: self.world_size(), message, lost }
     }
 
     fn check(&self, op: &'static str, err: ffi::Err) -> Result<()> {
@@ -322,10 +296,7 @@ impl ProcessGroup {
             .collect();
         let ends = plan_buckets(&items, self.bucket_bytes, self.solo_bytes);
         let ptrs = tensor_ptrs(tensors);
-        self.check(
-            op,
-            call(ptrs.as_ptr(), ptrs.len(), ends.as_ptr(), ends.len()),
-        )
+        self.check(op, call(ptrs.as_ptr(), ptrs.len(), ends.as_ptr(), ends.len()))
     }
 
     /// Sums each tensor across ranks, in place, with one collective per bucket of about
@@ -427,14 +398,7 @@ mod tests {
     fn buckets_respect_cap_kind_and_device() {
         let no_solo = usize::MAX;
         assert!(plan_buckets(&[], 10, no_solo).is_empty());
-        let items = [
-            (F, CPU, 4),
-            (F, CPU, 4),
-            (F, CPU, 4),
-            (D, CPU, 8),
-            (D, CPU, 30),
-            (D, CPU, 1),
-        ];
+        let items = [(F, CPU, 4), (F, CPU, 4), (F, CPU, 4), (D, CPU, 8), (D, CPU, 30), (D, CPU, 1)];
         // 4+4 fit in 10, the third float starts a bucket, the kind change another, the 30-byte
         // tensor is alone, then 1 byte.
         assert_eq!(plan_buckets(&items, 10, no_solo), vec![2, 3, 4, 5, 6]);

@@ -62,6 +62,4 @@ mod group;
 pub use autograd::{all_gather_autograd, all_reduce_sum_autograd, LossReducer};
 pub use env::DistEnv;
 pub use error::{DistError, Lost, Result};
-pub use group::{
-    built_with_nccl, plan_buckets, Backend, ProcessGroup, DEFAULT_BUCKET_BYTES, DEFAULT_SOLO_BYTES,
-};
+pub use group::{built_with_nccl, plan_buckets, Backend, ProcessGroup, DEFAULT_BUCKET_BYTES, DEFAULT_SOLO_BYTES};

@@ -56,11 +56,7 @@ impl Worker {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn spawn(scenario: &str, dir: &Path, timeout_ms: u64) -> Vec<Worker> {
@@ -71,13 +67,7 @@ fn spawn(scenario: &str, dir: &Path, timeout_ms: u64) -> Vec<Worker> {
             let stdout = dir.join(format!("rank{rank}.out"));
             let stderr = dir.join(format!("rank{rank}.err"));
             let child = Command::new(&exe)
-                .args([
-                    "worker",
-                    "--exact",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
+                .args(["worker", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
                 .env(SCENARIO, scenario)
                 .env(OUT_DIR, dir)
                 .env(TIMEOUT_MS, timeout_ms.to_string())
@@ -91,12 +81,7 @@ fn spawn(scenario: &str, dir: &Path, timeout_ms: u64) -> Vec<Worker> {
                 .stderr(Stdio::from(File::create(&stderr).unwrap()))
                 .spawn()
                 .unwrap();
-            Worker {
-                rank,
-                child,
-                stdout,
-                stderr,
-            }
+            Worker { rank, child, stdout, stderr }
         })
         .collect()
 }
@@ -110,11 +95,7 @@ fn wait(w: &mut Worker, deadline: Instant, all_logs: &str) -> ExitStatus {
         if Instant::now() > deadline {
             let _ = w.child.kill();
             let _ = w.child.wait();
-            panic!(
-                "rank {} hung past its deadline\n{all_logs}\n{}",
-                w.rank,
-                w.stderr()
-            );
+            panic!("rank {} hung past its deadline\n{all_logs}\n{}", w.rank, w.stderr());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -123,15 +104,7 @@ fn wait(w: &mut Worker, deadline: Instant, all_logs: &str) -> ExitStatus {
 fn logs(workers: &[Worker]) -> String {
     workers
         .iter()
-        .map(|w| {
-            format!(
-                "--- rank {} stdout\n{}--- rank {} stderr\n{}",
-                w.rank,
-                w.stdout(),
-                w.rank,
-                w.stderr()
-            )
-        })
+        .map(|w| format!("--- rank {} stdout\n{}--- rank {} stderr\n{}", w.rank, w.stdout(), w.rank, w.stderr()))
         .collect()
 }
 
@@ -141,11 +114,7 @@ fn run_to_success(scenario: &str, budget: Duration) -> (tempfile::TempDir, Vec<W
     let deadline = Instant::now() + budget;
     for i in 0..workers.len() {
         let status = wait(&mut workers[i], deadline, "");
-        assert!(
-            status.success(),
-            "rank {i} failed ({status})\n{}",
-            logs(&workers)
-        );
+        assert!(status.success(), "rank {i} failed ({status})\n{}", logs(&workers));
     }
     (dir, workers)
 }
@@ -201,11 +170,7 @@ fn fail_one_rank(scenario: &str, victim: usize) -> String {
     let _ = workers[victim].child.kill();
     let _ = workers[victim].child.wait();
     let err = workers[survivor].stderr();
-    assert_eq!(
-        status.code(),
-        Some(3),
-        "survivor rank {survivor} must exit with 3 ({status})\n{err}"
-    );
+    assert_eq!(status.code(), Some(3), "survivor rank {survivor} must exit with 3 ({status})\n{err}");
     println!("{scenario} rank {victim}; rank {survivor} exited with {status}:\n{err}");
     err
 }
@@ -273,10 +238,7 @@ fn group() -> ProcessGroup {
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size());
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
 }
 
 fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
@@ -304,11 +266,7 @@ fn collectives() {
     assert!(!ts[2].is_contiguous());
     pg.all_reduce_sum_(&mut ts).unwrap();
     // Σ_{r=0,1} (r + 1) = 3, Σ (r + 0.5) = 2, Σ (10 r + 1) = 12.
-    assert_close(
-        "sum f32",
-        &ts[0],
-        &(Tensor::arange(12, f32_).view([3, 4]) * 3.0),
-    );
+    assert_close("sum f32", &ts[0], &(Tensor::arange(12, f32_).view([3, 4]) * 3.0));
     assert_close("sum f64", &ts[1], &(Tensor::ones([5], f64_) * 2.0));
     assert_close("sum non-contiguous", &ts[2], &(&base * 3.0).tr());
     assert_eq!(ts[3].int64_value(&[0]), 12);
@@ -320,11 +278,7 @@ fn collectives() {
     let x = Tensor::full([2, 2], r + 1.0, f32_);
     let y = pg.all_reduce(&x).unwrap();
     assert_close("all_reduce", &y, &Tensor::full([2, 2], 3.0, f32_));
-    assert_close(
-        "all_reduce leaves its input",
-        &x,
-        &Tensor::full([2, 2], r + 1.0, f32_),
-    );
+    assert_close("all_reduce leaves its input", &x, &Tensor::full([2, 2], r + 1.0, f32_));
 
     // Broadcast into a leaf that requires grad (a parameter): rank 1's values win.
     let mut p = vec![Tensor::full([3], 10.0 * r + 7.0, f32_).set_requires_grad(true)];
@@ -334,14 +288,8 @@ fn collectives() {
     assert!(pg.broadcast_(&mut p, 2).is_err(), "root out of range");
 
     // Uneven rows: rank r has r + 1 rows of value r.
-    let g = pg
-        .all_gather(&Tensor::full([pg.rank() as i64 + 1, 2], r, f32_))
-        .unwrap();
-    assert_close(
-        "all_gather",
-        &g,
-        &Tensor::from_slice(&[0f32, 0., 1., 1., 1., 1.]).view([3, 2]),
-    );
+    let g = pg.all_gather(&Tensor::full([pg.rank() as i64 + 1, 2], r, f32_)).unwrap();
+    assert_close("all_gather", &g, &Tensor::from_slice(&[0f32, 0., 1., 1., 1., 1.]).view([3, 2]));
 
     pg.barrier().unwrap();
 
@@ -352,11 +300,7 @@ fn collectives() {
     assert_close("autograd forward", &y, &Tensor::full([3], 3.0, f64_));
     (&y * &coef).sum(Kind::Double).backward();
     let want = Tensor::from_slice(&[3.0, 6.0, 9.0]);
-    assert_close(
-        "autograd backward = sum of the ranks' gradients",
-        &x.grad(),
-        &want,
-    );
+    assert_close("autograd backward = sum of the ranks' gradients", &x.grad(), &want);
 
     // The identity-backward variant: same value, only this rank's gradient.
     let x = Tensor::full([3], r + 1.0, f64_).set_requires_grad(true);
@@ -408,14 +352,7 @@ impl CrossReplicaReduce for IdentityGradReducer {
         let n = x.size()[0];
         let off = self.0.rank() as i64 * n;
         let rest = all.size()[0] - off - n;
-        Ok(Tensor::cat(
-            &[
-                all.narrow(0, 0, off),
-                x.shallow_clone(),
-                all.narrow(0, off + n, rest),
-            ],
-            0,
-        ))
+        Ok(Tensor::cat(&[all.narrow(0, 0, off), x.shallow_clone(), all.narrow(0, off + n, rest)], 0))
     }
 }
 
@@ -440,10 +377,12 @@ fn train(
     tch::manual_seed(11);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let root = vs.root();
-    let net = nn::seq()
-        .add(nn::linear(&root / "l1", 6, 16, Default::default()))
-        .add_fn(|x| x.tanh())
-        .add(nn::linear(&root / "l2", 16, 12, Default::default()));
+    let net = nn::seq().add(nn::linear(&root / "l1", 6, 16, Default::default())).add_fn(|x| x.tanh()).add(nn::linear(
+        &root / "l2",
+        16,
+        12,
+        Default::default(),
+    ));
     vs.set_kind(Kind::Double);
     let mut params: Vec<Tensor> = vs.trainable_variables();
     if let Some((pg, _)) = pg {
@@ -504,30 +443,21 @@ fn exact() {
         (LossImpl::Fused, LossNorm::KerasSeed),
         (LossImpl::Fused, LossNorm::Batchnorm),
     ] {
-        let mut base =
-            LossOptions::from_config(&LossConfig::default()).with_implementation(implementation);
+        let mut base = LossOptions::from_config(&LossConfig::default()).with_implementation(implementation);
         base.normalization = normalization;
         // A larger λ than the seed's 5e-3 so that the off-diagonal (Gram / all_gather) path
         // weighs in the gradient as much as the diagonal one.
         base.lambda = 0.05;
         let (single, single_losses) = train(&base, None, 0, WORLD as i64 * B);
 
-        let correct = base
-            .clone()
-            .with_reducer(Arc::new(LossReducer::new(pg.clone())));
+        let correct = base.clone().with_reducer(Arc::new(LossReducer::new(pg.clone())));
         let (dist, dist_losses) = train(&correct, Some((&pg, GradSync::Mean)), rank * B, B);
-        let naive = base
-            .clone()
-            .with_reducer(Arc::new(IdentityGradReducer(pg.clone())));
+        let naive = base.clone().with_reducer(Arc::new(IdentityGradReducer(pg.clone())));
         let (naive_sum, _) = train(&naive, Some((&pg, GradSync::Sum)), rank * B, B);
         let (naive_mean, _) = train(&naive, Some((&pg, GradSync::Mean)), rank * B, B);
 
         let d = param_diff(&dist, &single);
-        let d_loss = dist_losses
-            .iter()
-            .zip(&single_losses)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
+        let d_loss = dist_losses.iter().zip(&single_losses).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
         let d_sum = param_diff(&naive_sum, &single);
         let d_mean = param_diff(&naive_mean, &single);
         println!(
@@ -537,19 +467,10 @@ fn exact() {
             single_losses[0],
             single_losses[STEPS as usize - 1],
         );
-        assert!(
-            d < 1e-5 && d_loss < 1e-9,
-            "{implementation:?}/{normalization:?}: not exact: {d}"
-        );
+        assert!(d < 1e-5 && d_loss < 1e-9, "{implementation:?}/{normalization:?}: not exact: {d}");
         // The controls: the same comparison must fail for the reductions that are wrong.
-        assert!(
-            d_sum > 1e-4,
-            "{implementation:?}/{normalization:?}: identity+sum passed: {d_sum}"
-        );
-        assert!(
-            d_mean > 1e-4,
-            "{implementation:?}/{normalization:?}: identity+mean passed: {d_mean}"
-        );
+        assert!(d_sum > 1e-4, "{implementation:?}/{normalization:?}: identity+sum passed: {d_sum}");
+        assert!(d_mean > 1e-4, "{implementation:?}/{normalization:?}: identity+mean passed: {d_mean}");
         println!("exact ok");
     }
     pg.barrier().unwrap();
@@ -587,9 +508,7 @@ fn kill_loss() {
         match barlow_twins_loss(&z, &(&z * 0.5), &opts) {
             Ok(_) => {}
             Err(e) => {
-                let dist = std::error::Error::source(&e)
-                    .and_then(|s| s.downcast_ref::<bt_dist::DistError>())
-                    .is_some();
+                let dist = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<bt_dist::DistError>()).is_some();
                 eprintln!("loss error: {e}");
                 if dist {
                     eprintln!("(its source is a DistError)");

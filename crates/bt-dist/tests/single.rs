@@ -6,28 +6,13 @@ use bt_dist::{Backend, DistError, ProcessGroup};
 use tch::{Device, Kind, Tensor};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[test]
 fn a_world_of_one_is_the_identity() {
-    let mut pg = ProcessGroup::new(
-        0,
-        1,
-        "127.0.0.1",
-        free_port(),
-        Backend::Gloo,
-        Duration::from_secs(20),
-    )
-    .unwrap();
-    assert_eq!(
-        (pg.rank(), pg.world_size(), pg.device()),
-        (0, 1, Device::Cpu)
-    );
+    let mut pg = ProcessGroup::new(0, 1, "127.0.0.1", free_port(), Backend::Gloo, Duration::from_secs(20)).unwrap();
+    assert_eq!((pg.rank(), pg.world_size(), pg.device()), (0, 1, Device::Cpu));
     pg.set_bucket_bytes(16);
     let x = Tensor::arange(10, (Kind::Float, Device::Cpu));
     let mut ts = vec![x.copy(), x.view([2, 5]).copy()];
@@ -44,30 +29,9 @@ fn a_world_of_one_is_the_identity() {
 fn rendezvous_with_nobody_listening_fails_within_the_timeout() {
     let port = free_port();
     let t = Instant::now();
-    let err = ProcessGroup::new(
-        1,
-        2,
-        "127.0.0.1",
-        port,
-        Backend::Gloo,
-        Duration::from_secs(2),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            DistError::Init {
-                rank: 1,
-                world: 2,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains(&format!("127.0.0.1:{port}")),
-        "{err}"
-    );
+    let err = ProcessGroup::new(1, 2, "127.0.0.1", port, Backend::Gloo, Duration::from_secs(2)).unwrap_err();
+    assert!(matches!(err, DistError::Init { rank: 1, world: 2, .. }), "{err}");
+    assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
     // A hang guard (the rendezvous retries until its timeout), not a timing assertion.
     assert!(t.elapsed() < Duration::from_secs(60));
 }
@@ -77,31 +41,12 @@ fn nccl_without_a_gpu_is_an_init_error() {
     if tch::Cuda::is_available() {
         // Cannot be provoked with a GPU present; `nccl_world_of_one_all_reduces_on_the_gpu`
         // covers NCCL there.
-        eprintln!(
-            "skipped: this machine has CUDA, so NCCL initialization cannot fail for lack of it"
-        );
+        eprintln!("skipped: this machine has CUDA, so NCCL initialization cannot fail for lack of it");
         return;
     }
     assert_eq!(Backend::auto(), Backend::Gloo);
-    let err = ProcessGroup::new(
-        0,
-        1,
-        "127.0.0.1",
-        free_port(),
-        Backend::Nccl,
-        Duration::from_secs(5),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            DistError::Init {
-                backend: Backend::Nccl,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let err = ProcessGroup::new(0, 1, "127.0.0.1", free_port(), Backend::Nccl, Duration::from_secs(5)).unwrap_err();
+    assert!(matches!(err, DistError::Init { backend: Backend::Nccl, .. }), "{err}");
     println!("built_with_nccl={}: {err}", bt_dist::built_with_nccl());
 }
 
@@ -112,19 +57,8 @@ fn nccl_without_a_gpu_is_an_init_error() {
 #[ignore = "needs CUDA"]
 fn nccl_world_of_one_all_reduces_on_the_gpu() {
     assert!(tch::Cuda::is_available(), "no CUDA device");
-    assert!(
-        bt_dist::built_with_nccl(),
-        "bt-dist was built without NCCL (see the cargo warnings of its build script)"
-    );
-    let pg = ProcessGroup::new(
-        0,
-        1,
-        "127.0.0.1",
-        free_port(),
-        Backend::Nccl,
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    assert!(bt_dist::built_with_nccl(), "bt-dist was built without NCCL (see the cargo warnings of its build script)");
+    let pg = ProcessGroup::new(0, 1, "127.0.0.1", free_port(), Backend::Nccl, Duration::from_secs(60)).unwrap();
     assert_eq!(pg.device(), Device::Cuda(0));
     let x = Tensor::arange(10, (Kind::Float, Device::Cuda(0)));
     let mut ts = vec![x.copy()];

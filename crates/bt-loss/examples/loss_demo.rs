@@ -18,16 +18,9 @@ fn main() -> Result<(), bt_loss::LossError> {
     let za = (&z + Tensor::randn([n, d], (Kind::Float, Device::Cpu)) * 0.3).set_requires_grad(true);
     let zb = &z + Tensor::randn([n, d], (Kind::Float, Device::Cpu)) * 0.3;
     // The official recipe's loss section: BN normalization, lambda 0.0051.
-    let cfg = LossConfig {
-        lambda: 0.0051,
-        normalization: LossNorm::Batchnorm,
-        ..LossConfig::default()
-    };
+    let cfg = LossConfig { lambda: 0.0051, normalization: LossNorm::Batchnorm, ..LossConfig::default() };
     let opts = LossOptions::from_config(&cfg);
-    println!(
-        "N={n} D={d}: auto selects {:?}",
-        resolve_impl(opts.implementation, n, d)
-    );
+    println!("N={n} D={d}: auto selects {:?}", resolve_impl(opts.implementation, n, d));
     for imp in [LossImpl::Reference, LossImpl::Fused] {
         let out = barlow_twins_loss(&za, &zb, &opts.clone().with_implementation(imp))?;
         println!(
@@ -42,9 +35,6 @@ fn main() -> Result<(), bt_loss::LossError> {
     out.loss.backward();
     let za2 = tch::no_grad(|| &za - za.grad() * 10.0);
     let after = barlow_twins_loss(&za2, &zb, &opts)?;
-    println!(
-        "after one gradient step on z_a: {:.6}",
-        after.loss.double_value(&[])
-    );
+    println!("after one gradient step on z_a: {:.6}", after.loss.double_value(&[]));
     Ok(())
 }

@@ -245,10 +245,7 @@ fn torch<T>(op: &'static str, r: std::result::Result<T, tch::TchError>) -> Resul
 }
 
 /// [`torch`] for a chain of fallible ops (`?` inside the closure).
-fn chain<T>(
-    op: &'static str,
-    f: impl FnOnce() -> std::result::Result<T, tch::TchError>,
-) -> Result<T> {
+fn chain<T>(op: &'static str, f: impl FnOnce() -> std::result::Result<T, tch::TchError>) -> Result<T> {
     torch(op, f())
 }
 
@@ -259,9 +256,7 @@ fn loss_f32(z_a: &Tensor, z_b: &Tensor, opts: &LossOptions) -> Result<LossOutput
     let reducer = opts.reducer.as_deref();
     let sum = |op: &'static str, x: Tensor| -> Result<Tensor> {
         match reducer {
-            Some(r) => r
-                .all_reduce_sum(&x)
-                .map_err(|source| LossError::Reduce { op, source }),
+            Some(r) => r.all_reduce_sum(&x).map_err(|source| LossError::Reduce { op, source }),
             None => Ok(x),
         }
     };
@@ -301,9 +296,7 @@ fn loss_f32(z_a: &Tensor, z_b: &Tensor, opts: &LossOptions) -> Result<LossOutput
             let diag = torch("diag", ab.f_div_scalar(nf))?;
             let gather = |op: &'static str, x: &Tensor| -> Result<Tensor> {
                 match reducer {
-                    Some(r) => r
-                        .all_gather(x)
-                        .map_err(|source| LossError::Reduce { op, source }),
+                    Some(r) => r.all_gather(x).map_err(|source| LossError::Reduce { op, source }),
                     None => Ok(x.shallow_clone()),
                 }
             };
@@ -316,41 +309,25 @@ fn loss_f32(z_a: &Tensor, z_b: &Tensor, opts: &LossOptions) -> Result<LossOutput
             let total = sum("all_reduce_sum(gram product)", gg)?;
             let total = torch("total", total.f_div_scalar(nf * nf))?;
             let diag_sq = chain("diag²", || diag.f_square()?.f_sum(kind))?;
-            let inv = chain("invariance", || {
-                diag.f_sub_scalar(1.0)?.f_square()?.f_sum(kind)
-            })?;
+            let inv = chain("invariance", || diag.f_sub_scalar(1.0)?.f_square()?.f_sum(kind))?;
             (inv, torch("redundancy", total.f_sub(&diag_sq))?)
         }
         _ => {
             let c = chain("cross-correlation", || a.f_tr()?.f_matmul(&b))?;
             let c = sum("all_reduce_sum(c)", c)?;
             let c = torch("c / N", c.f_div_scalar(nf))?;
-            let inv = chain("invariance", || {
-                c.f_diagonal(0, 0, 1)?
-                    .f_sub_scalar(1.0)?
-                    .f_square()?
-                    .f_sum(kind)
-            })?;
+            let inv = chain("invariance", || c.f_diagonal(0, 0, 1)?.f_sub_scalar(1.0)?.f_square()?.f_sum(kind))?;
             // The official code's off_diagonal: drop the last element, view as (D-1) x (D+1),
             // and every row then starts with a diagonal element.
             let off = chain("off-diagonal", || {
-                c.f_flatten(0, 1)?
-                    .f_narrow(0, 0, d * d - 1)?
-                    .f_view([d - 1, d + 1])?
-                    .f_narrow(1, 1, d)
+                c.f_flatten(0, 1)?.f_narrow(0, 0, d * d - 1)?.f_view([d - 1, d + 1])?.f_narrow(1, 1, d)
             })?;
             (inv, chain("redundancy", || off.f_square()?.f_sum(kind))?)
         }
     };
     let weighted = torch("λ·redundancy", redundancy.f_mul_scalar(opts.lambda))?;
-    let loss = chain("loss", || {
-        invariance.f_add(&weighted)?.f_mul_scalar(opts.scale)
-    })?;
-    Ok(LossOutput {
-        loss,
-        invariance,
-        redundancy,
-    })
+    let loss = chain("loss", || invariance.f_add(&weighted)?.f_mul_scalar(opts.scale))?;
+    Ok(LossOutput { loss, invariance, redundancy })
 }
 
 #[cfg(test)]
@@ -361,10 +338,7 @@ mod tests {
     fn auto_picks_fused_only_when_d_exceeds_2n() {
         assert_eq!(resolve_impl(LossImpl::Auto, 512, 5000), LossImpl::Fused);
         assert_eq!(resolve_impl(LossImpl::Auto, 512, 1024), LossImpl::Reference);
-        assert_eq!(
-            resolve_impl(LossImpl::Reference, 8, 5000),
-            LossImpl::Reference
-        );
+        assert_eq!(resolve_impl(LossImpl::Reference, 8, 5000), LossImpl::Reference);
         assert_eq!(resolve_impl(LossImpl::Fused, 512, 8), LossImpl::Fused);
     }
 
@@ -372,14 +346,9 @@ mod tests {
     fn shape_mismatch_is_an_error() {
         let a = Tensor::zeros([4, 3], (Kind::Float, tch::Device::Cpu));
         let b = Tensor::zeros([4, 2], (Kind::Float, tch::Device::Cpu));
-        let e = barlow_twins_loss(&a, &b, &LossOptions::default())
-            .unwrap_err()
-            .to_string();
+        let e = barlow_twins_loss(&a, &b, &LossOptions::default()).unwrap_err().to_string();
         assert!(e.contains("[4, 3]") && e.contains("[4, 2]"), "{e}");
         let one = Tensor::zeros([1, 3], (Kind::Float, tch::Device::Cpu));
-        assert!(matches!(
-            barlow_twins_loss(&one, &one, &LossOptions::default()),
-            Err(LossError::TooSmall { n: 1 })
-        ));
+        assert!(matches!(barlow_twins_loss(&one, &one, &LossOptions::default()), Err(LossError::TooSmall { n: 1 })));
     }
 }

@@ -1,9 +1,7 @@
 //! bt-loss against independent references (scripts/fixtures/loss_ref.py: PyTorch f64 from the
 //! definitions, and lightly's BarlowTwinsLoss), fused vs reference, low precision, and the
 //! data-parallel split.
-use bt_loss::{
-    barlow_twins_loss, CrossReplicaReduce, LossError, LossImpl, LossNorm, LossOptions, ReduceError,
-};
+use bt_loss::{barlow_twins_loss, CrossReplicaReduce, LossError, LossImpl, LossNorm, LossOptions, ReduceError};
 use std::collections::HashMap;
 use std::sync::{Arc, Barrier, Mutex};
 use tch::{Device, Kind, Tensor};
@@ -11,14 +9,9 @@ use tch::{Device, Kind, Tensor};
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn fixtures() -> (Vec<serde_json::Value>, HashMap<String, Tensor>) {
-    let cases: Vec<serde_json::Value> = serde_json::from_str(
-        &std::fs::read_to_string(format!("{FIXTURES}/loss_cases.json")).unwrap(),
-    )
-    .unwrap();
-    let tensors = Tensor::read_safetensors(format!("{FIXTURES}/loss_ref.safetensors"))
-        .unwrap()
-        .into_iter()
-        .collect();
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/loss_cases.json")).unwrap()).unwrap();
+    let tensors = Tensor::read_safetensors(format!("{FIXTURES}/loss_ref.safetensors")).unwrap().into_iter().collect();
     (cases, tensors)
 }
 
@@ -51,13 +44,7 @@ fn run(za: &Tensor, zb: &Tensor, opts: &LossOptions) -> (f64, f64, f64, Tensor, 
     let zb = zb.detach().set_requires_grad(true);
     let out = barlow_twins_loss(&za, &zb, opts).unwrap();
     let grads = Tensor::run_backward(&[&out.loss], &[&za, &zb], false, false);
-    (
-        scalar(&out.loss),
-        scalar(&out.invariance),
-        scalar(&out.redundancy),
-        grads[0].copy(),
-        grads[1].copy(),
-    )
+    (scalar(&out.loss), scalar(&out.invariance), scalar(&out.redundancy), grads[0].copy(), grads[1].copy())
 }
 
 #[test]
@@ -67,10 +54,7 @@ fn matches_pytorch_and_lightly_fixtures_to_1e5() {
     let mut lightly_checked = 0;
     for case in &cases {
         let name = case["name"].as_str().unwrap();
-        let g = |k: &str| {
-            t.get(&format!("{name}/{k}"))
-                .unwrap_or_else(|| panic!("{name}/{k}"))
-        };
+        let g = |k: &str| t.get(&format!("{name}/{k}")).unwrap_or_else(|| panic!("{name}/{k}"));
         let (za, zb) = (g("z_a"), g("z_b"));
         assert_eq!(za.kind(), Kind::Float);
         for imp in [LossImpl::Reference, LossImpl::Fused] {
@@ -83,48 +67,18 @@ fn matches_pytorch_and_lightly_fixtures_to_1e5() {
             };
             let (loss, inv, red, ga, gb) = run(za, zb, &opts);
             let ctx = format!("{name} {imp:?}");
-            assert!(
-                rel(loss, scalar(g("loss"))) < 1e-5,
-                "{ctx}: loss {loss} vs {}",
-                scalar(g("loss"))
-            );
-            assert!(
-                rel(inv, scalar(g("invariance"))) < 1e-5,
-                "{ctx}: invariance {inv}"
-            );
-            assert!(
-                rel(red, scalar(g("redundancy"))) < 1e-5,
-                "{ctx}: redundancy {red}"
-            );
-            assert!(
-                rel_max(&ga, g("grad_a")) < 1e-5,
-                "{ctx}: grad_a {}",
-                rel_max(&ga, g("grad_a"))
-            );
-            assert!(
-                rel_max(&gb, g("grad_b")) < 1e-5,
-                "{ctx}: grad_b {}",
-                rel_max(&gb, g("grad_b"))
-            );
+            assert!(rel(loss, scalar(g("loss"))) < 1e-5, "{ctx}: loss {loss} vs {}", scalar(g("loss")));
+            assert!(rel(inv, scalar(g("invariance"))) < 1e-5, "{ctx}: invariance {inv}");
+            assert!(rel(red, scalar(g("redundancy"))) < 1e-5, "{ctx}: redundancy {red}");
+            assert!(rel_max(&ga, g("grad_a")) < 1e-5, "{ctx}: grad_a {}", rel_max(&ga, g("grad_a")));
+            assert!(rel_max(&gb, g("grad_b")) < 1e-5, "{ctx}: grad_b {}", rel_max(&gb, g("grad_b")));
             if case["lightly"].as_bool().unwrap() {
                 // lightly has no scale factor: compare at scale 1.
-                let opts1 = LossOptions {
-                    scale: 1.0,
-                    ..opts.clone()
-                };
+                let opts1 = LossOptions { scale: 1.0, ..opts.clone() };
                 let (loss1, _, _, ga1, gb1) = run(za, zb, &opts1);
-                assert!(
-                    rel(loss1, scalar(g("lightly_loss"))) < 1e-5,
-                    "{ctx}: lightly loss"
-                );
-                assert!(
-                    rel_max(&ga1, g("lightly_grad_a")) < 1e-5,
-                    "{ctx}: lightly grad_a"
-                );
-                assert!(
-                    rel_max(&gb1, g("lightly_grad_b")) < 1e-5,
-                    "{ctx}: lightly grad_b"
-                );
+                assert!(rel(loss1, scalar(g("lightly_loss"))) < 1e-5, "{ctx}: lightly loss");
+                assert!(rel_max(&ga1, g("lightly_grad_a")) < 1e-5, "{ctx}: lightly grad_a");
+                assert!(rel_max(&gb1, g("lightly_grad_b")) < 1e-5, "{ctx}: lightly grad_b");
                 lightly_checked += 1;
             }
         }
@@ -165,10 +119,7 @@ fn perfectly_correlated_whitened_views_give_zero_loss_in_batchnorm_mode() {
             LossImpl::Fused => 4.0 * 16.0 * f64::from(f32::EPSILON),
             _ => 1e-6,
         };
-        assert!(
-            red.abs() < tol,
-            "{imp:?}: redundancy {red} (tolerance {tol})"
-        );
+        assert!(red.abs() < tol, "{imp:?}: redundancy {red} (tolerance {tol})");
         // A view that is not correlated is far from 0: the check can fail.
         let (other, _, _, _, _) = run(&z, &whitened(64, 16, 2), &opts);
         assert!(other > 1.0, "{other}");
@@ -185,29 +136,14 @@ fn fused_equals_reference_on_random_shapes() {
         let za = &base * 2.0 + 1.0;
         let zb = &base * 0.5 + Tensor::randn([n, d], (Kind::Float, Device::Cpu)) * 0.8;
         for norm in [LossNorm::KerasSeed, LossNorm::Batchnorm] {
-            let opts = LossOptions {
-                normalization: norm,
-                ..LossOptions::default()
-            };
-            let r = run(
-                &za,
-                &zb,
-                &opts.clone().with_implementation(LossImpl::Reference),
-            );
+            let opts = LossOptions { normalization: norm, ..LossOptions::default() };
+            let r = run(&za, &zb, &opts.clone().with_implementation(LossImpl::Reference));
             let f = run(&za, &zb, &opts.clone().with_implementation(LossImpl::Fused));
             let ctx = format!("n={n} d={d} {norm:?}");
             assert!(rel(f.0, r.0) < 1e-5, "{ctx}: loss {} vs {}", f.0, r.0);
             assert!(rel(f.2, r.2) < 1e-5, "{ctx}: redundancy {} vs {}", f.2, r.2);
-            assert!(
-                rel_max(&f.3, &r.3) < 1e-5,
-                "{ctx}: grad_a {}",
-                rel_max(&f.3, &r.3)
-            );
-            assert!(
-                rel_max(&f.4, &r.4) < 1e-5,
-                "{ctx}: grad_b {}",
-                rel_max(&f.4, &r.4)
-            );
+            assert!(rel_max(&f.3, &r.3) < 1e-5, "{ctx}: grad_a {}", rel_max(&f.3, &r.3));
+            assert!(rel_max(&f.4, &r.4) < 1e-5, "{ctx}: grad_b {}", rel_max(&f.4, &r.4));
         }
     }
 }
@@ -225,11 +161,8 @@ fn bf16_inputs_are_reduced_in_f32_and_naive_bf16_cancels() {
     let noise = Tensor::randn([n, d], (Kind::Float, Device::Cpu)) * 0.05;
     let za = z.to_kind(Kind::BFloat16);
     let zb = (&z + noise).to_kind(Kind::BFloat16);
-    let opts = LossOptions {
-        normalization: LossNorm::Batchnorm,
-        implementation: LossImpl::Fused,
-        ..LossOptions::default()
-    };
+    let opts =
+        LossOptions { normalization: LossNorm::Batchnorm, implementation: LossImpl::Fused, ..LossOptions::default() };
     let out = barlow_twins_loss(&za, &zb, &opts).unwrap();
     assert_eq!(out.loss.kind(), Kind::Float, "reductions run in f32");
     let exact = barlow_twins_loss(
@@ -239,10 +172,7 @@ fn bf16_inputs_are_reduced_in_f32_and_naive_bf16_cancels() {
     )
     .unwrap();
     let (red, red_exact) = (scalar(&out.redundancy), scalar(&exact.redundancy));
-    assert!(
-        rel(red, red_exact) < 1e-5,
-        "f32 fused {red} vs f64 {red_exact}"
-    );
+    assert!(rel(red, red_exact) < 1e-5, "f32 fused {red} vs f64 {red_exact}");
     assert!(rel(scalar(&out.loss), scalar(&exact.loss)) < 1e-5);
 
     // The same formula with every op in bf16.
@@ -258,10 +188,7 @@ fn bf16_inputs_are_reduced_in_f32_and_naive_bf16_cancels() {
     let diag = (&a * &b).sum_dim_intlist(0, false, Kind::BFloat16) / nf;
     let naive = scalar(&(total - diag.square().sum(Kind::BFloat16)));
     eprintln!("bf16 naive {naive}, f32 fused {red}, f64 {red_exact}");
-    assert!(
-        rel(naive, red_exact) > 0.05,
-        "bf16 {naive} vs exact {red_exact}: no cancellation seen"
-    );
+    assert!(rel(naive, red_exact) > 0.05, "bf16 {naive} vs exact {red_exact}: no cancellation seen");
 }
 
 /// A test-only collective: `world` threads of one process meet at a barrier, each deposits its
@@ -284,14 +211,8 @@ impl Rank {
     fn exchange(&self, x: &Tensor) -> Vec<Tensor> {
         self.shared.slots.lock().unwrap()[self.rank] = Some(x.shallow_clone());
         self.shared.barrier.wait();
-        let all: Vec<Tensor> = self
-            .shared
-            .slots
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|s| s.as_ref().unwrap().shallow_clone())
-            .collect();
+        let all: Vec<Tensor> =
+            self.shared.slots.lock().unwrap().iter().map(|s| s.as_ref().unwrap().shallow_clone()).collect();
         // Nobody overwrites a slot before every rank has read this round.
         self.shared.barrier.wait();
         all
@@ -304,10 +225,7 @@ impl CrossReplicaReduce for Rank {
     }
     fn all_reduce_sum(&self, x: &Tensor) -> Result<Tensor, ReduceError> {
         let all = self.exchange(x);
-        Ok(all
-            .iter()
-            .skip(1)
-            .fold(all[0].shallow_clone(), |acc, t| acc + t))
+        Ok(all.iter().skip(1).fold(all[0].shallow_clone(), |acc, t| acc + t))
     }
     fn all_gather(&self, x: &Tensor) -> Result<Tensor, ReduceError> {
         Ok(Tensor::cat(&self.exchange(x), 0))
@@ -318,28 +236,16 @@ impl CrossReplicaReduce for Rank {
 fn two_replica_split_equals_full_batch_loss_and_gradients() {
     tch::manual_seed(6);
     let world = 2usize;
-    for (n, d, imp) in [
-        (24, 10, LossImpl::Reference),
-        (8, 60, LossImpl::Fused),
-        (12, 30, LossImpl::Auto),
-    ] {
+    for (n, d, imp) in [(24, 10, LossImpl::Reference), (8, 60, LossImpl::Fused), (12, 30, LossImpl::Auto)] {
         let base = Tensor::randn([n, d], (Kind::Double, Device::Cpu));
         let za = &base * 1.5 - 0.3;
         let zb = &base + Tensor::randn([n, d], (Kind::Double, Device::Cpu)) * 0.7;
         for norm in [LossNorm::KerasSeed, LossNorm::Batchnorm] {
-            let opts = LossOptions {
-                normalization: norm,
-                implementation: imp,
-                scale: 0.1,
-                lambda: 0.0051,
-                reducer: None,
-            };
+            let opts =
+                LossOptions { normalization: norm, implementation: imp, scale: 0.1, lambda: 0.0051, reducer: None };
             let full = run(&za, &zb, &opts);
 
-            let (za_l, zb_l) = (
-                za.detach().set_requires_grad(true),
-                zb.detach().set_requires_grad(true),
-            );
+            let (za_l, zb_l) = (za.detach().set_requires_grad(true), zb.detach().set_requires_grad(true));
             let shared = Arc::new(InProcess {
                 world,
                 slots: Mutex::new((0..world).map(|_| None).collect()),
@@ -350,41 +256,22 @@ fn two_replica_split_equals_full_batch_loss_and_gradients() {
                 .map(|rank| {
                     let a = za_l.narrow(0, rank as i64 * shard, shard);
                     let b = zb_l.narrow(0, rank as i64 * shard, shard);
-                    let o = opts.clone().with_reducer(Arc::new(Rank {
-                        shared: shared.clone(),
-                        rank,
-                    }));
+                    let o = opts.clone().with_reducer(Arc::new(Rank { shared: shared.clone(), rank }));
                     std::thread::spawn(move || barlow_twins_loss(&a, &b, &o).unwrap().loss)
                 })
                 .collect();
             let losses: Vec<Tensor> = handles.into_iter().map(|h| h.join().unwrap()).collect();
             let ctx = format!("n={n} d={d} {imp:?} {norm:?}");
             for l in &losses {
-                assert!(
-                    rel(scalar(l), full.0) < 1e-12,
-                    "{ctx}: replica loss {} vs {}",
-                    scalar(l),
-                    full.0
-                );
+                assert!(rel(scalar(l), full.0) < 1e-12, "{ctx}: replica loss {} vs {}", scalar(l), full.0);
             }
             // What the replicas' backward passes deliver together (each its own rows).
-            let total = losses
-                .iter()
-                .skip(1)
-                .fold(losses[0].shallow_clone(), |acc, l| acc + l);
+            let total = losses.iter().skip(1).fold(losses[0].shallow_clone(), |acc, l| acc + l);
             let g = Tensor::run_backward(&[&total], &[&za_l, &zb_l], false, false);
             // W · ∂L/∂z; DDP's mean over replicas then gives the full-batch gradient exactly.
             let (ga, gb) = (&g[0] / world as f64, &g[1] / world as f64);
-            assert!(
-                rel_max(&ga, &full.3) < 1e-12,
-                "{ctx}: grad_a {}",
-                rel_max(&ga, &full.3)
-            );
-            assert!(
-                rel_max(&gb, &full.4) < 1e-12,
-                "{ctx}: grad_b {}",
-                rel_max(&gb, &full.4)
-            );
+            assert!(rel_max(&ga, &full.3) < 1e-12, "{ctx}: grad_a {}", rel_max(&ga, &full.3));
+            assert!(rel_max(&gb, &full.4) < 1e-12, "{ctx}: grad_b {}", rel_max(&gb, &full.4));
         }
     }
 }
@@ -411,36 +298,21 @@ fn identity_backward_reduce_gives_a_wrong_gradient() {
     let (n, d) = (16i64, 6i64);
     let za = Tensor::randn([n, d], (Kind::Double, Device::Cpu));
     let zb = &za + Tensor::randn([n, d], (Kind::Double, Device::Cpu));
-    let opts = LossOptions {
-        implementation: LossImpl::Reference,
-        ..LossOptions::default()
-    };
+    let opts = LossOptions { implementation: LossImpl::Reference, ..LossOptions::default() };
     let full = run(&za, &zb, &opts);
-    let (za_l, zb_l) = (
-        za.detach().set_requires_grad(true),
-        zb.detach().set_requires_grad(true),
-    );
-    let shared = Arc::new(InProcess {
-        world: 2,
-        slots: Mutex::new((0..2).map(|_| None).collect()),
-        barrier: Barrier::new(2),
-    });
+    let (za_l, zb_l) = (za.detach().set_requires_grad(true), zb.detach().set_requires_grad(true));
+    let shared =
+        Arc::new(InProcess { world: 2, slots: Mutex::new((0..2).map(|_| None).collect()), barrier: Barrier::new(2) });
     let handles: Vec<_> = (0..2)
         .map(|rank| {
             let a = za_l.narrow(0, rank * 8, 8);
             let b = zb_l.narrow(0, rank * 8, 8);
-            let o = opts.clone().with_reducer(Arc::new(Detached(Rank {
-                shared: shared.clone(),
-                rank: rank as usize,
-            })));
+            let o = opts.clone().with_reducer(Arc::new(Detached(Rank { shared: shared.clone(), rank: rank as usize })));
             std::thread::spawn(move || barlow_twins_loss(&a, &b, &o).unwrap().loss)
         })
         .collect();
     let losses: Vec<Tensor> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    assert!(
-        rel(scalar(&losses[0]), full.0) < 1e-12,
-        "the forward value is still right"
-    );
+    assert!(rel(scalar(&losses[0]), full.0) < 1e-12, "the forward value is still right");
     let total = &losses[0] + &losses[1];
     let g = Tensor::run_backward(&[&total], &[&za_l], false, false);
     // Neither the full-batch gradient nor any multiple of it.
@@ -469,11 +341,7 @@ impl CrossReplicaReduce for Faulty {
         Ok(x.shallow_clone())
     }
     fn all_gather(&self, x: &Tensor) -> Result<Tensor, ReduceError> {
-        Ok(if self.bad_gather {
-            x.narrow(1, 0, x.size()[1] - 1)
-        } else {
-            x.shallow_clone()
-        })
+        Ok(if self.bad_gather { x.narrow(1, 0, x.size()[1] - 1) } else { x.shallow_clone() })
     }
 }
 
@@ -486,24 +354,15 @@ fn failed_collectives_and_libtorch_errors_are_errors() {
     let za = Tensor::randn([6, 20], (Kind::Float, Device::Cpu));
     let zb = Tensor::randn([6, 20], (Kind::Float, Device::Cpu));
     let with = |ok: usize, bad_gather: bool, imp: LossImpl| {
-        let r = Faulty {
-            ok: ok.into(),
-            bad_gather,
-        };
-        let opts = LossOptions::default()
-            .with_implementation(imp)
-            .with_reducer(Arc::new(r));
+        let r = Faulty { ok: ok.into(), bad_gather };
+        let opts = LossOptions::default().with_implementation(imp).with_reducer(Arc::new(r));
         barlow_twins_loss(&za, &zb, &opts)
     };
     // Enough successful all-reduces for a whole loss: the count, 2 per view, then 1 (reference)
     // or 2 (fused).
     assert!(with(6, false, LossImpl::Reference).is_ok());
     assert!(with(7, false, LossImpl::Fused).is_ok());
-    for (ok, want) in [
-        (0, "all_reduce_sum(row count)"),
-        (1, "all_reduce_sum(column sums)"),
-        (5, "all_reduce_sum(c)"),
-    ] {
+    for (ok, want) in [(0, "all_reduce_sum(row count)"), (1, "all_reduce_sum(column sums)"), (5, "all_reduce_sum(c)")] {
         match with(ok, false, LossImpl::Reference) {
             Err(LossError::Reduce { op, source }) => {
                 assert_eq!(op, want);

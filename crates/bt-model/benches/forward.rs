@@ -8,12 +8,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use tch::{nn, Device, Kind, Tensor};
 
 fn forward_backward(c: &mut Criterion) {
-    let cfg = ModelConfig {
-        arch: Arch::CifarResnet18,
-        width: 16,
-        projector: vec![512, 512, 512],
-        ..ModelConfig::default()
-    };
+    let cfg =
+        ModelConfig { arch: Arch::CifarResnet18, width: 16, projector: vec![512, 512, 512], ..ModelConfig::default() };
     let vs = nn::VarStore::new(Device::Cpu);
     let mut m = BarlowTwins::new(&vs.root(), &cfg);
     let x = Tensor::rand([32, 3, 32, 32], (Kind::Float, Device::Cpu));

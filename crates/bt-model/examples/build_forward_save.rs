@@ -12,9 +12,7 @@ use tch::{nn, Device, Kind, Tensor};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let preset = args.next().unwrap_or_else(|| "demo".into());
-    let out = args
-        .next()
-        .unwrap_or_else(|| "target/encoder.safetensors".into());
+    let out = args.next().unwrap_or_else(|| "target/encoder.safetensors".into());
     let cfg = bt_config::Config::preset(&preset)?;
     let vs = nn::VarStore::new(Device::cuda_if_available());
     let model = BarlowTwins::new(&vs.root(), &cfg.model);

@@ -37,11 +37,7 @@ fn write<'a>(path: &Path, vars: impl Iterator<Item = (String, &'a NamedVar)>) ->
                 .detach()
                 .f_to_device(Device::Cpu)
                 .and_then(|t| t.f_contiguous())
-                .map_err(|source| ModelError::Torch {
-                    op: "copying for saving",
-                    name: v.name.clone(),
-                    source,
-                })?;
+                .map_err(|source| ModelError::Torch { op: "copying for saving", name: v.name.clone(), source })?;
             Ok((name, t))
         })
         .collect::<Result<Vec<(String, Tensor)>>>()?;
@@ -54,11 +50,7 @@ fn write<'a>(path: &Path, vars: impl Iterator<Item = (String, &'a NamedVar)>) ->
 
 fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
     Ok(Tensor::read_safetensors(path)
-        .map_err(|source| ModelError::Io {
-            path: path.into(),
-            op: "read",
-            source,
-        })?
+        .map_err(|source| ModelError::Io { path: path.into(), op: "read", source })?
         .into_iter()
         .collect())
 }
@@ -77,9 +69,7 @@ fn load_strict(
     let mut missing = Vec::new();
     for (key, v) in &expected {
         match file.get(key) {
-            Some(t) if t.size() == v.tensor.size() && t.kind() == v.tensor.kind() => {
-                pairs.push((*v, t))
-            }
+            Some(t) if t.size() == v.tensor.size() && t.kind() == v.tensor.kind() => pairs.push((*v, t)),
             Some(t) => {
                 return Err(ModelError::Mismatch {
                     path: path.into(),
@@ -92,40 +82,26 @@ fn load_strict(
         }
     }
     let names: HashSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
-    let mut unexpected: Vec<String> = file
-        .keys()
-        .filter(|k| !names.contains(k.as_str()) && !ignore(k))
-        .cloned()
-        .collect();
+    let mut unexpected: Vec<String> =
+        file.keys().filter(|k| !names.contains(k.as_str()) && !ignore(k)).cloned().collect();
     unexpected.sort();
     if !missing.is_empty() || !unexpected.is_empty() {
-        return Err(ModelError::Keys {
-            path: path.into(),
-            kind,
-            missing,
-            unexpected,
-        });
+        return Err(ModelError::Keys { path: path.into(), kind, missing, unexpected });
     }
     tch::no_grad(|| {
         for (v, t) in pairs {
-            v.tensor
-                .shallow_clone()
-                .f_copy_(t)
-                .map_err(|source| ModelError::Torch {
-                    op: "loading",
-                    name: v.name.clone(),
-                    source,
-                })?;
+            v.tensor.shallow_clone().f_copy_(t).map_err(|source| ModelError::Torch {
+                op: "loading",
+                name: v.name.clone(),
+                source,
+            })?;
         }
         Ok(())
     })
 }
 
 fn kind_of(file: &HashMap<String, Tensor>) -> CheckpointKind {
-    if file
-        .keys()
-        .any(|k| k.starts_with(ENC) || k.starts_with(PROJ))
-    {
+    if file.keys().any(|k| k.starts_with(ENC) || k.starts_with(PROJ)) {
         CheckpointKind::Full
     } else {
         CheckpointKind::EncoderOnly
@@ -184,11 +160,7 @@ impl Encoder {
         let kind = kind_of(&file);
         let expected = match kind {
             CheckpointKind::EncoderOnly => self.named(),
-            CheckpointKind::Full => self
-                .vars
-                .iter()
-                .map(|v| (format!("{ENC}{}", v.name), v))
-                .collect(),
+            CheckpointKind::Full => self.vars.iter().map(|v| (format!("{ENC}{}", v.name), v)).collect(),
         };
         let full = kind == CheckpointKind::Full;
         load_strict(path, kind, &file, expected, |k| full && k.starts_with(PROJ))?;

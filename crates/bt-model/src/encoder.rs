@@ -47,10 +47,7 @@ impl std::fmt::Debug for Encoder {
 /// `model.width` must be positive (every architecture scales its channels by it).
 pub(crate) fn check_width(cfg: &ModelConfig) -> Result<()> {
     if cfg.width <= 0 {
-        return Err(ModelError::Config {
-            key: "model.width",
-            reason: format!("{} is not positive", cfg.width),
-        });
+        return Err(ModelError::Config { key: "model.width", reason: format!("{} is not positive", cfg.width) });
     }
     Ok(())
 }
@@ -58,11 +55,7 @@ pub(crate) fn check_width(cfg: &ModelConfig) -> Result<()> {
 /// The libtorch error a build recorded, if any (see [`Registry`]).
 pub(crate) fn take_error(reg: &RefCell<Registry>) -> Result<()> {
     match reg.borrow_mut().error.take() {
-        Some((name, source)) => Err(ModelError::Torch {
-            op: "allocating",
-            name,
-            source,
-        }),
+        Some((name, source)) => Err(ModelError::Torch { op: "allocating", name, source }),
         None => Ok(()),
     }
 }
@@ -116,13 +109,7 @@ impl Encoder {
                 (Net::Torch(e), f)
             }
         };
-        Encoder {
-            net,
-            vars: Vec::new(),
-            feature_dim,
-            bf16: false,
-            arch: cfg.arch,
-        }
+        Encoder { net, vars: Vec::new(), feature_dim, bf16: false, arch: cfg.arch }
     }
 
     /// The architecture.

@@ -61,12 +61,7 @@ pub(crate) struct Ctx<'a> {
 impl Ctx<'_> {
     /// A forward without tracing or synchronized batch norm.
     pub(crate) fn plain(train: bool, bf16: bool) -> Self {
-        Ctx {
-            train,
-            bf16,
-            trace: None,
-            sync: None,
-        }
+        Ctx { train, bf16, trace: None, sync: None }
     }
 
     pub(crate) fn record(&self, name: &str, kind: String, out: &Tensor, tr: i64, nt: i64) {
@@ -112,19 +107,11 @@ fn join(a: &str, b: &str) -> String {
 
 impl<'a> Scope<'a> {
     pub(crate) fn root(path: &nn::Path<'a>, reg: Rc<RefCell<Registry>>) -> Self {
-        Self {
-            path: path.clone(),
-            rel: String::new(),
-            reg,
-        }
+        Self { path: path.clone(), rel: String::new(), reg }
     }
     pub(crate) fn sub(&self, s: impl std::fmt::Display) -> Scope<'a> {
         let s = s.to_string();
-        Scope {
-            path: &self.path / s.as_str(),
-            rel: join(&self.rel, &s),
-            reg: self.reg.clone(),
-        }
+        Scope { path: &self.path / s.as_str(), rel: join(&self.rel, &s), reg: self.reg.clone() }
     }
     pub(crate) fn name(&self) -> &str {
         &self.rel
@@ -132,12 +119,7 @@ impl<'a> Scope<'a> {
     /// Registers `made` under `name`, or records its error: after the first error nothing more
     /// is allocated or added to the `VarStore`, and an empty CPU tensor stands in (layer
     /// constructors only keep it; the model is never returned).
-    fn add(
-        &self,
-        name: &str,
-        made: impl FnOnce() -> Result<Tensor, tch::TchError>,
-        role: Role,
-    ) -> Tensor {
+    fn add(&self, name: &str, made: impl FnOnce() -> Result<Tensor, tch::TchError>, role: Role) -> Tensor {
         let full = join(&self.rel, name);
         let mut reg = self.reg.borrow_mut();
         let made = match reg.error {
@@ -154,11 +136,7 @@ impl<'a> Scope<'a> {
             return Tensor::zeros([0], (Kind::Float, tch::Device::Cpu));
         };
         let t = self.path.add(name, t, role == Role::Trainable);
-        reg.vars.push(NamedVar {
-            name: full,
-            tensor: t.shallow_clone(),
-            role,
-        });
+        reg.vars.push(NamedVar { name: full, tensor: t.shallow_clone(), role });
         t
     }
     fn float(&self, name: &str, dims: &[i64], init: Init, role: Role) -> Tensor {
@@ -235,14 +213,7 @@ impl Conv2d {
     ) -> Self {
         let weight = s.float("weight", &[c_out, c_in, k, k], init, Role::Trainable);
         let bias = bias.then(|| s.float("bias", &[c_out], Init::Zeros, Role::Trainable));
-        Self {
-            name: s.name().to_string(),
-            weight,
-            bias,
-            k,
-            stride,
-            padding,
-        }
+        Self { name: s.name().to_string(), weight, bias, k, stride, padding }
     }
 
     pub(crate) fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
@@ -264,16 +235,7 @@ impl Conv2d {
         let y = if ctx.bf16 {
             let bf = Kind::BFloat16;
             let b = self.bias.as_ref().map(|b| b.to_kind(bf));
-            x.to_kind(bf)
-                .conv2d(
-                    &self.weight.to_kind(bf),
-                    b.as_ref(),
-                    s,
-                    [pad, pad],
-                    [1, 1],
-                    1,
-                )
-                .to_kind(Kind::Float)
+            x.to_kind(bf).conv2d(&self.weight.to_kind(bf), b.as_ref(), s, [pad, pad], [1, 1], 1).to_kind(Kind::Float)
         } else {
             x.conv2d(&self.weight, self.bias.as_ref(), s, [pad, pad], [1, 1], 1)
         };
@@ -285,14 +247,8 @@ impl Conv2d {
                 Padding::TfSame { pre } => format!("zero-pad {pre} + tf-same"),
             };
             let n = self.weight.numel() + self.bias.as_ref().map_or(0, |b| b.numel());
-            let [_, c_in, k, _] = self.weight.size()[..] else {
-                unreachable!()
-            };
-            let kind = format!(
-                "Conv2d {c_in}->{} {k}x{k}/{} {pad}",
-                self.weight.size()[0],
-                self.stride
-            );
+            let [_, c_in, k, _] = self.weight.size()[..] else { unreachable!() };
+            let kind = format!("Conv2d {c_in}->{} {k}x{k}/{} {pad}", self.weight.size()[0], self.stride);
             ctx.record(&self.name, kind, &y, n as i64, 0);
         }
         y
@@ -369,23 +325,14 @@ impl BatchNorm {
                 // it would update them with the unbiased variance. The saved mean and inverse
                 // std give the biased variance back for free (var = invstd^-2 - eps), so the
                 // update costs O(C), not another pass over the activations.
-                let (y, mean, invstd) = x.native_batch_norm(
-                    w,
-                    b,
-                    None::<&Tensor>,
-                    None::<&Tensor>,
-                    true,
-                    self.momentum,
-                    self.eps,
-                );
+                let (y, mean, invstd) =
+                    x.native_batch_norm(w, b, None::<&Tensor>, None::<&Tensor>, true, self.momentum, self.eps);
                 tch::no_grad(|| {
                     let m = self.momentum;
                     let var = invstd.to_kind(Kind::Float).pow_tensor_scalar(-2) - self.eps;
                     let mut rm = self.running_mean.shallow_clone();
                     let mut rv = self.running_var.shallow_clone();
-                    let _ = rm
-                        .g_mul_scalar_(1.0 - m)
-                        .g_add_(&(mean.to_kind(Kind::Float) * m));
+                    let _ = rm.g_mul_scalar_(1.0 - m).g_add_(&(mean.to_kind(Kind::Float) * m));
                     let _ = rv.g_mul_scalar_(1.0 - m).g_add_(&(var * m));
                     let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
                 });
@@ -398,11 +345,7 @@ impl BatchNorm {
                 "BatchNorm{}d eps {} ({})",
                 if x.dim() == 4 { 2 } else { 1 },
                 self.eps,
-                if self.style == BnStyle::Keras {
-                    "keras"
-                } else {
-                    "torch"
-                }
+                if self.style == BnStyle::Keras { "keras" } else { "torch" }
             );
             ctx.record(&self.name, kind, &y, 2 * c, 2 * c);
         }
@@ -425,23 +368,13 @@ impl BatchNorm {
         // The global row count rides in the same reduction as the sums (one collective, no
         // host round trip): `[Σ x per channel..., local count]`.
         // Statistics accumulate in f32 (f64 for f64 inputs, so a test can check exactness).
-        let acc = if x.kind() == Kind::Double {
-            Kind::Double
-        } else {
-            Kind::Float
-        };
+        let acc = if x.kind() == Kind::Double { Kind::Double } else { Kind::Float };
         let local = Tensor::full([1], (x.numel() as i64 / c) as f64, (acc, x.device()));
-        let sums = sum(&Tensor::cat(
-            &[x.sum_dim_intlist(dims.as_slice(), false, acc), local],
-            0,
-        ));
+        let sums = sum(&Tensor::cat(&[x.sum_dim_intlist(dims.as_slice(), false, acc), local], 0));
         let n = sums.narrow(0, c, 1).detach();
         let mean = (sums.narrow(0, 0, c) / &n).view(shape.as_slice());
         let centered = x - &mean;
-        let var = sum(&centered
-            .square()
-            .sum_dim_intlist(dims.as_slice(), true, acc))
-            / &n;
+        let var = sum(&centered.square().sum_dim_intlist(dims.as_slice(), true, acc)) / &n;
         let y = centered * (&var + self.eps).rsqrt() * self.weight.view(shape.as_slice())
             + self.bias.view(shape.as_slice());
         tch::no_grad(|| {
@@ -472,47 +405,25 @@ pub(crate) struct Linear {
 impl Linear {
     /// `init` for the weight; the bias (when present) is zeros for Keras (`zeros` default) or
     /// PyTorch's U(±1/sqrt(fan_in)) when `torch_bias_init`.
-    pub(crate) fn new(
-        s: &Scope,
-        c_in: i64,
-        c_out: i64,
-        bias: bool,
-        init: Init,
-        torch_bias_init: bool,
-    ) -> Self {
+    pub(crate) fn new(s: &Scope, c_in: i64, c_out: i64, bias: bool, init: Init, torch_bias_init: bool) -> Self {
         let weight = s.float("weight", &[c_out, c_in], init, Role::Trainable);
-        let bias_init = if torch_bias_init {
-            Init::Uniform(1.0 / (c_in as f64).sqrt())
-        } else {
-            Init::Zeros
-        };
+        let bias_init = if torch_bias_init { Init::Uniform(1.0 / (c_in as f64).sqrt()) } else { Init::Zeros };
         let bias = bias.then(|| s.float("bias", &[c_out], bias_init, Role::Trainable));
-        Self {
-            name: s.name().to_string(),
-            weight,
-            bias,
-        }
+        Self { name: s.name().to_string(), weight, bias }
     }
 
     pub(crate) fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         let y = if ctx.bf16 {
             let bf = Kind::BFloat16;
             let b = self.bias.as_ref().map(|b| b.to_kind(bf));
-            x.to_kind(bf)
-                .linear(&self.weight.to_kind(bf), b.as_ref())
-                .to_kind(Kind::Float)
+            x.to_kind(bf).linear(&self.weight.to_kind(bf), b.as_ref()).to_kind(Kind::Float)
         } else {
             x.linear(&self.weight, self.bias.as_ref())
         };
         if ctx.trace.is_some() {
             let n = self.weight.numel() + self.bias.as_ref().map_or(0, |b| b.numel());
-            let [o, i] = self.weight.size()[..] else {
-                unreachable!()
-            };
-            let kind = format!(
-                "Linear {i}->{o}{}",
-                if self.bias.is_some() { "" } else { " no bias" }
-            );
+            let [o, i] = self.weight.size()[..] else { unreachable!() };
+            let kind = format!("Linear {i}->{o}{}", if self.bias.is_some() { "" } else { " no bias" });
             ctx.record(&self.name, kind, &y, n as i64, 0);
         }
         y
@@ -526,8 +437,7 @@ pub(crate) fn tf_max_pool(x: &Tensor, k: i64, s: i64) -> Tensor {
     if t == b && l == r && t == l && 2 * t <= k {
         x.max_pool2d([k, k], [s, s], [t, t], [1, 1], false)
     } else {
-        x.pad([l, r, t, b], "constant", f64::NEG_INFINITY)
-            .max_pool2d([k, k], [s, s], [0, 0], [1, 1], false)
+        x.pad([l, r, t, b], "constant", f64::NEG_INFINITY).max_pool2d([k, k], [s, s], [0, 0], [1, 1], false)
     }
 }
 

@@ -272,19 +272,8 @@ impl BarlowTwins {
         for (i, &w) in cfg.projector.iter().enumerate() {
             let s = proj.sub(projector.len());
             // Keras Dense: glorot-uniform kernel, zero bias; nn.Linear: U(±1/sqrt(fan_in)) both.
-            let init = if keras {
-                glorot(c_in, w)
-            } else {
-                Init::Uniform(1.0 / (c_in as f64).sqrt())
-            };
-            projector.push(ProjLayer::Linear(Linear::new(
-                &s,
-                c_in,
-                w,
-                cfg.projector_bias,
-                init,
-                !keras,
-            )));
+            let init = if keras { glorot(c_in, w) } else { Init::Uniform(1.0 / (c_in as f64).sqrt()) };
+            projector.push(ProjLayer::Linear(Linear::new(&s, c_in, w, cfg.projector_bias, init, !keras)));
             c_in = w;
             if i < last {
                 if cfg.projector_bn {
@@ -387,22 +376,12 @@ impl BarlowTwins {
     }
 
     fn encode_ctx(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
-        let ctx = &Ctx {
-            train: ctx.train,
-            bf16: ctx.bf16,
-            trace: ctx.trace,
-            sync: self.sync_for(true),
-        };
+        let ctx = &Ctx { train: ctx.train, bf16: ctx.bf16, trace: ctx.trace, sync: self.sync_for(true) };
         self.encoder.forward_ctx(x, ctx)
     }
 
     fn project_ctx(&self, h: &Tensor, ctx: &Ctx) -> Tensor {
-        let ctx = &Ctx {
-            train: ctx.train,
-            bf16: ctx.bf16,
-            trace: ctx.trace,
-            sync: self.sync_for(false),
-        };
+        let ctx = &Ctx { train: ctx.train, bf16: ctx.bf16, trace: ctx.trace, sync: self.sync_for(false) };
         let mut z = h.shallow_clone();
         for l in &self.projector {
             z = match l {
@@ -446,11 +425,7 @@ impl BarlowTwins {
 
     /// Trainable tensors in creation order (what the optimizer updates).
     pub fn trainable_variables(&self) -> Vec<Tensor> {
-        self.vars
-            .iter()
-            .filter(|v| v.role == Role::Trainable)
-            .map(|v| v.tensor.shallow_clone())
-            .collect()
+        self.vars.iter().filter(|v| v.role == Role::Trainable).map(|v| v.tensor.shallow_clone()).collect()
     }
 
     /// Parameter totals, split encoder/projector and trainable/non-trainable.
@@ -488,21 +463,11 @@ impl nn::ModuleT for BarlowTwins {
 
 /// The rows `run` records for one `3 x h x w` zero image on the device of `vars`, in inference
 /// mode (running statistics are not touched) and without gradients.
-fn trace_layers(
-    vars: &[NamedVar],
-    h: i64,
-    w: i64,
-    run: impl FnOnce(&Tensor, &Ctx),
-) -> Vec<LayerRow> {
+fn trace_layers(vars: &[NamedVar], h: i64, w: i64, run: impl FnOnce(&Tensor, &Ctx)) -> Vec<LayerRow> {
     let trace = RefCell::new(Vec::new());
     let device = vars.first().map_or(tch::Device::Cpu, |v| v.tensor.device());
     let x = Tensor::zeros([1, 3, h, w], (tch::Kind::Float, device));
-    let ctx = Ctx {
-        train: false,
-        bf16: false,
-        trace: Some(&trace),
-        sync: None,
-    };
+    let ctx = Ctx { train: false, bf16: false, trace: Some(&trace), sync: None };
     tch::no_grad(|| run(&x, &ctx));
     trace.into_inner()
 }

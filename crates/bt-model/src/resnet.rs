@@ -3,9 +3,7 @@
 //!
 //! All name their variables like torchvision's `ResNet` (`conv1`, `bn1`, `layer{1..4}.{j}.conv1`,
 //! `...downsample.0`), so a torchvision-style checkpoint is a torchvision state dict.
-use crate::layers::{
-    glorot, tf_avg_pool_same, tf_max_pool, BatchNorm, Conv2d, Ctx, Init, Padding, Scope,
-};
+use crate::layers::{glorot, tf_avg_pool_same, tf_max_pool, BatchNorm, Conv2d, Ctx, Init, Padding, Scope};
 use tch::Tensor;
 
 /// The notebook's residual block: conv3x3 -> BN -> ReLU -> conv3x3 -> BN -> add -> ReLU. The
@@ -22,48 +20,15 @@ struct KerasBlock {
 impl KerasBlock {
     fn new(s: &Scope, c_in: i64, c: i64, stride: i64) -> Self {
         let same = Padding::TfSame { pre: 0 };
-        let conv1 = Conv2d::new(
-            &s.sub("conv1"),
-            c_in,
-            c,
-            3,
-            stride,
-            same,
-            true,
-            glorot(9 * c_in, 9 * c),
-        );
+        let conv1 = Conv2d::new(&s.sub("conv1"), c_in, c, 3, stride, same, true, glorot(9 * c_in, 9 * c));
         let bn1 = BatchNorm::keras(&s.sub("bn1"), c);
-        let conv2 = Conv2d::new(
-            &s.sub("conv2"),
-            c,
-            c,
-            3,
-            1,
-            same,
-            true,
-            glorot(9 * c, 9 * c),
-        );
+        let conv2 = Conv2d::new(&s.sub("conv2"), c, c, 3, 1, same, true, glorot(9 * c, 9 * c));
         let bn2 = BatchNorm::keras(&s.sub("bn2"), c);
         let shortcut = (stride != 1 || c_in != c).then(|| {
             let s = s.sub("downsample").sub(0);
-            Conv2d::new(
-                &s,
-                c_in,
-                c,
-                1,
-                stride,
-                Padding::Valid,
-                true,
-                glorot(c_in, c),
-            )
+            Conv2d::new(&s, c_in, c, 1, stride, Padding::Valid, true, glorot(c_in, c))
         });
-        Self {
-            conv1,
-            bn1,
-            conv2,
-            bn2,
-            shortcut,
-        }
+        Self { conv1, bn1, conv2, bn2, shortcut }
     }
 
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
@@ -88,16 +53,8 @@ pub(crate) struct KerasResnet34 {
 impl KerasResnet34 {
     /// `width`: filters of the first stage (64 in the notebook); stages use 1, 2, 4, 8 times it.
     pub(crate) fn new(s: &Scope, width: i64) -> Self {
-        let conv1 = Conv2d::new(
-            &s.sub("conv1"),
-            3,
-            width,
-            7,
-            2,
-            Padding::TfSame { pre: 3 },
-            true,
-            glorot(49 * 3, 49 * width),
-        );
+        let conv1 =
+            Conv2d::new(&s.sub("conv1"), 3, width, 7, 2, Padding::TfSame { pre: 3 }, true, glorot(49 * 3, 49 * width));
         let bn1 = BatchNorm::keras(&s.sub("bn1"), width);
         let mut stages = Vec::new();
         let mut c_in = width;
@@ -114,13 +71,7 @@ impl KerasResnet34 {
                 .collect();
             stages.push(blocks);
         }
-        Self {
-            conv1,
-            bn1,
-            stages,
-            features: c_in,
-            name: s.name().to_string(),
-        }
+        Self { conv1, bn1, stages, features: c_in, name: s.name().to_string() }
     }
 
     pub(crate) fn features(&self) -> i64 {
@@ -130,35 +81,17 @@ impl KerasResnet34 {
     pub(crate) fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         let y = self.bn1.forward(&self.conv1.forward(x, ctx), ctx).relu_();
         let mut y = tf_max_pool(&y, 3, 2);
-        ctx.record(
-            &format!("{}.maxpool", self.name),
-            "MaxPool2d 3x3/2 tf-same".into(),
-            &y,
-            0,
-            0,
-        );
+        ctx.record(&format!("{}.maxpool", self.name), "MaxPool2d 3x3/2 tf-same".into(), &y, 0, 0);
         for stage in &self.stages {
             for b in stage {
                 y = b.forward(&y, ctx);
             }
         }
         let y = tf_avg_pool_same(&y, 2);
-        ctx.record(
-            &format!("{}.avgpool", self.name),
-            "AvgPool2d 2x2 tf-same".into(),
-            &y,
-            0,
-            0,
-        );
+        ctx.record(&format!("{}.avgpool", self.name), "AvgPool2d 2x2 tf-same".into(), &y, 0, 0);
         // Keras flattens NHWC: the same order as NCHW only when the map is 1x1 (32x32 inputs).
         let y = y.permute([0, 2, 3, 1]).flatten(1, -1);
-        ctx.record(
-            &format!("{}.flatten", self.name),
-            "Flatten (NHWC order)".into(),
-            &y,
-            0,
-            0,
-        );
+        ctx.record(&format!("{}.flatten", self.name), "Flatten (NHWC order)".into(), &y, 0, 0);
         y
     }
 }
@@ -176,22 +109,11 @@ struct TorchBlock {
 }
 
 impl TorchBlock {
-    fn new(
-        s: &Scope,
-        c_in: i64,
-        planes: i64,
-        stride: i64,
-        bottleneck: bool,
-        zero_init: bool,
-    ) -> Self {
+    fn new(s: &Scope, c_in: i64, planes: i64, stride: i64, bottleneck: bool, zero_init: bool) -> Self {
         let c_out = if bottleneck { planes * 4 } else { planes };
         // (c_in, c_out, kernel, stride) of each conv, named conv1.. with bn1..
         let shapes: Vec<(i64, i64, i64, i64)> = if bottleneck {
-            vec![
-                (c_in, planes, 1, 1),
-                (planes, planes, 3, stride),
-                (planes, c_out, 1, 1),
-            ]
+            vec![(c_in, planes, 1, 1), (planes, planes, 3, stride), (planes, c_out, 1, 1)]
         } else {
             vec![(c_in, planes, 3, stride), (planes, planes, 3, 1)]
         };
@@ -199,48 +121,21 @@ impl TorchBlock {
         let mut bns = Vec::new();
         for (i, &(ci, co, k, st)) in shapes.iter().enumerate() {
             let pad = Padding::Symmetric(k / 2);
-            convs.push(Conv2d::new(
-                &s.sub(format!("conv{}", i + 1)),
-                ci,
-                co,
-                k,
-                st,
-                pad,
-                false,
-                kaiming_out(co, k),
-            ));
+            convs.push(Conv2d::new(&s.sub(format!("conv{}", i + 1)), ci, co, k, st, pad, false, kaiming_out(co, k)));
             bns.push(BatchNorm::torch(&s.sub(format!("bn{}", i + 1)), co));
         }
         if zero_init {
             // torchvision's zero_init_residual: each block starts as the identity.
             tch::no_grad(|| {
-                let _ = bns
-                    .last()
-                    .expect("blocks have BNs")
-                    .weight
-                    .shallow_clone()
-                    .zero_();
+                let _ = bns.last().expect("blocks have BNs").weight.shallow_clone().zero_();
             });
         }
         let downsample = (stride != 1 || c_in != c_out).then(|| {
             let d = s.sub("downsample");
-            let conv = Conv2d::new(
-                &d.sub(0),
-                c_in,
-                c_out,
-                1,
-                stride,
-                Padding::Valid,
-                false,
-                kaiming_out(c_out, 1),
-            );
+            let conv = Conv2d::new(&d.sub(0), c_in, c_out, 1, stride, Padding::Valid, false, kaiming_out(c_out, 1));
             (conv, BatchNorm::torch(&d.sub(1), c_out))
         });
-        Self {
-            convs,
-            bns,
-            downsample,
-        }
+        Self { convs, bns, downsample }
     }
 
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
@@ -281,13 +176,7 @@ pub(crate) struct TorchResnet {
 
 impl TorchResnet {
     /// `depth`: 18, 34 or 50; `width`: planes of `layer1` (64 in torchvision).
-    pub(crate) fn new(
-        s: &Scope,
-        stem: Stem,
-        depth: u32,
-        width: i64,
-        zero_init_residual: bool,
-    ) -> Self {
+    pub(crate) fn new(s: &Scope, stem: Stem, depth: u32, width: i64, zero_init_residual: bool) -> Self {
         let (blocks, bottleneck) = match depth {
             18 => ([2, 2, 2, 2], false),
             34 => ([3, 4, 6, 3], false),
@@ -298,16 +187,8 @@ impl TorchResnet {
             Stem::Cifar => (3, 1),
             Stem::ImageNet => (7, 2),
         };
-        let conv1 = Conv2d::new(
-            &s.sub("conv1"),
-            3,
-            width,
-            k,
-            stride,
-            Padding::Symmetric(k / 2),
-            false,
-            kaiming_out(width, k),
-        );
+        let conv1 =
+            Conv2d::new(&s.sub("conv1"), 3, width, k, stride, Padding::Symmetric(k / 2), false, kaiming_out(width, k));
         let bn1 = BatchNorm::torch(&s.sub("bn1"), width);
         let mut c_in = width;
         let mut stages = Vec::new();
@@ -317,28 +198,14 @@ impl TorchResnet {
             let v = (0..n)
                 .map(|j| {
                     let stride = if i > 0 && j == 0 { 2 } else { 1 };
-                    let b = TorchBlock::new(
-                        &stage.sub(j),
-                        c_in,
-                        planes,
-                        stride,
-                        bottleneck,
-                        zero_init_residual,
-                    );
+                    let b = TorchBlock::new(&stage.sub(j), c_in, planes, stride, bottleneck, zero_init_residual);
                     c_in = if bottleneck { planes * 4 } else { planes };
                     b
                 })
                 .collect();
             stages.push(v);
         }
-        Self {
-            stem,
-            conv1,
-            bn1,
-            stages,
-            features: c_in,
-            name: s.name().to_string(),
-        }
+        Self { stem, conv1, bn1, stages, features: c_in, name: s.name().to_string() }
     }
 
     pub(crate) fn features(&self) -> i64 {
@@ -350,13 +217,7 @@ impl TorchResnet {
         if self.stem == Stem::ImageNet {
             // Padding cells are -inf for max_pool2d, so they never win (nn.MaxPool2d(3, 2, 1)).
             y = y.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-            ctx.record(
-                &format!("{}.maxpool", self.name),
-                "MaxPool2d 3x3/2 pad 1".into(),
-                &y,
-                0,
-                0,
-            );
+            ctx.record(&format!("{}.maxpool", self.name), "MaxPool2d 3x3/2 pad 1".into(), &y, 0, 0);
         }
         for stage in &self.stages {
             for b in stage {
@@ -364,13 +225,7 @@ impl TorchResnet {
             }
         }
         let y = y.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
-        ctx.record(
-            &format!("{}.avgpool", self.name),
-            "AdaptiveAvgPool2d 1x1 + flatten".into(),
-            &y,
-            0,
-            0,
-        );
+        ctx.record(&format!("{}.avgpool", self.name), "AdaptiveAvgPool2d 1x1 + flatten".into(), &y, 0, 0);
         y
     }
 }

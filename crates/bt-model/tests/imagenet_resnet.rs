@@ -14,10 +14,7 @@ use tch::{nn, Device, Kind, Tensor};
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn tensors() -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(format!("{FIXTURES}/torchvision_resnet.safetensors"))
-        .unwrap()
-        .into_iter()
-        .collect()
+    Tensor::read_safetensors(format!("{FIXTURES}/torchvision_resnet.safetensors")).unwrap().into_iter().collect()
 }
 
 fn meta() -> serde_json::Value {
@@ -27,21 +24,13 @@ fn meta() -> serde_json::Value {
 
 fn model(arch: Arch, width: i64) -> (nn::VarStore, BarlowTwins) {
     let vs = nn::VarStore::new(Device::Cpu);
-    let cfg = ModelConfig {
-        arch,
-        width,
-        projector: vec![8],
-        ..ModelConfig::default()
-    };
+    let cfg = ModelConfig { arch, width, projector: vec![8], ..ModelConfig::default() };
     let m = BarlowTwins::new(&vs.root(), &cfg);
     (vs, m)
 }
 
-const ARCHS: [(&str, Arch); 3] = [
-    ("resnet18", Arch::Resnet18),
-    ("resnet34", Arch::Resnet34),
-    ("resnet50", Arch::Resnet50),
-];
+const ARCHS: [(&str, Arch); 3] =
+    [("resnet18", Arch::Resnet18), ("resnet34", Arch::Resnet34), ("resnet50", Arch::Resnet50)];
 
 #[test]
 fn parameter_counts_equal_torchvision() {
@@ -51,16 +40,8 @@ fn parameter_counts_equal_torchvision() {
         let (_vs, m) = model(arch, 64);
         let p = m.param_counts();
         assert_eq!(
-            (
-                p.encoder_trainable,
-                p.encoder_non_trainable,
-                m.feature_dim()
-            ),
-            (
-                c["trainable"].as_i64().unwrap(),
-                c["running"].as_i64().unwrap(),
-                c["features"].as_i64().unwrap()
-            ),
+            (p.encoder_trainable, p.encoder_non_trainable, m.feature_dim()),
+            (c["trainable"].as_i64().unwrap(), c["running"].as_i64().unwrap(), c["features"].as_i64().unwrap()),
             "{name}"
         );
     }
@@ -85,8 +66,7 @@ fn layer_table_at_224_has_torchvisions_shapes_params_and_macs() {
         let rows = m.layer_table(224, 224);
         let side = |n: &str| {
             let r = rows.iter().find(|r| r.name == n);
-            r.unwrap_or_else(|| panic!("{name}: no row {n}"))
-                .output_shape[2]
+            r.unwrap_or_else(|| panic!("{name}: no row {n}")).output_shape[2]
         };
         // torchvision: 224 -> conv1 112 -> maxpool 56 -> layer2 28 -> layer3 14 -> layer4 7.
         assert_eq!(side("encoder.conv1"), 112, "{name}");
@@ -96,10 +76,7 @@ fn layer_table_at_224_has_torchvisions_shapes_params_and_macs() {
         assert_eq!(side("encoder.layer3.0.conv2"), 14, "{name}");
         assert_eq!(side("encoder.layer4.1.conv2"), 7, "{name}");
         let avg = rows.iter().find(|r| r.name == "encoder.avgpool").unwrap();
-        assert_eq!(
-            avg.output_shape,
-            [1, meta["counts"][name]["features"].as_i64().unwrap()]
-        );
+        assert_eq!(avg.output_shape, [1, meta["counts"][name]["features"].as_i64().unwrap()]);
         let convs = rows.iter().filter(|r| r.kind.starts_with("Conv2d")).count();
         if arch == Arch::Resnet50 {
             // v1.5: the stride sits on the 3x3 conv of the bottleneck, not on the first 1x1.
@@ -111,25 +88,11 @@ fn layer_table_at_224_has_torchvisions_shapes_params_and_macs() {
         } else {
             assert_eq!(convs, 1 + 8 * 2 + 3);
         }
-        let enc: Vec<LayerRow> = rows
-            .iter()
-            .filter(|r| r.name.starts_with("encoder."))
-            .cloned()
-            .collect();
-        assert_eq!(
-            macs(&enc),
-            meta["counts"][name]["macs_224"].as_i64().unwrap(),
-            "{name}"
-        );
-        let (tr, nt) = enc
-            .iter()
-            .fold((0, 0), |(a, b), r| (a + r.trainable, b + r.non_trainable));
+        let enc: Vec<LayerRow> = rows.iter().filter(|r| r.name.starts_with("encoder.")).cloned().collect();
+        assert_eq!(macs(&enc), meta["counts"][name]["macs_224"].as_i64().unwrap(), "{name}");
+        let (tr, nt) = enc.iter().fold((0, 0), |(a, b), r| (a + r.trainable, b + r.non_trainable));
         let p = m.param_counts();
-        assert_eq!(
-            (tr, nt),
-            (p.encoder_trainable, p.encoder_non_trainable),
-            "{name}"
-        );
+        assert_eq!((tr, nt), (p.encoder_trainable, p.encoder_non_trainable), "{name}");
     }
     // ResNet-50 at 224: ~4.09 GMACs (torchvision's documented 4.09 GFLOPS are multiply-adds).
     let r50 = meta["counts"]["resnet50"]["macs_224"].as_i64().unwrap();
@@ -227,23 +190,13 @@ fn init_is_torchvisions_kaiming_fan_out_and_unit_bn() {
         let want = (2.0 / fan_out as f64).sqrt();
         let n = w.numel() as f64;
         let tol = 5.0 / (2.0 * n).sqrt();
-        assert!(
-            (std / want - 1.0).abs() < tol,
-            "{name}: std {std}, want {want}"
-        );
+        assert!((std / want - 1.0).abs() < tol, "{name}: std {std}, want {want}");
         // The mean's std is want / sqrt(n).
         let mean = w.mean(Kind::Float).double_value(&[]);
         assert!(mean.abs() < 5.0 * want / n.sqrt(), "{name}: mean {mean}");
     }
-    for name in [
-        "encoder.bn1",
-        "encoder.layer4.2.bn3",
-        "encoder.layer1.0.downsample.1",
-    ] {
-        let ones = get(&format!("{name}.weight"))
-            .eq(1.0)
-            .all()
-            .int64_value(&[]);
+    for name in ["encoder.bn1", "encoder.layer4.2.bn3", "encoder.layer1.0.downsample.1"] {
+        let ones = get(&format!("{name}.weight")).eq(1.0).all().int64_value(&[]);
         let zeros = get(&format!("{name}.bias")).eq(0.0).all().int64_value(&[]);
         assert_eq!((ones, zeros), (1, 1), "{name}");
     }

@@ -14,24 +14,16 @@ use tch::{nn, Device, Tensor};
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn fixtures() -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(format!("{FIXTURES}/keras_resnet34.safetensors"))
-        .unwrap()
-        .into_iter()
-        .collect()
+    Tensor::read_safetensors(format!("{FIXTURES}/keras_resnet34.safetensors")).unwrap().into_iter().collect()
 }
 
 fn counts() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/keras_counts.json")).unwrap())
-        .unwrap()
+    serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/keras_counts.json")).unwrap()).unwrap()
 }
 
 fn small_projector_model(vs: &nn::VarStore) -> BarlowTwins {
     let w = counts()["small_projector_width"].as_i64().unwrap();
-    let cfg = ModelConfig {
-        arch: Arch::KerasResnet34,
-        projector: vec![w, w, w],
-        ..ModelConfig::default()
-    };
+    let cfg = ModelConfig { arch: Arch::KerasResnet34, projector: vec![w, w, w], ..ModelConfig::default() };
     BarlowTwins::new(&vs.root(), &cfg)
 }
 
@@ -42,28 +34,13 @@ fn parameter_counts_equal_keras() {
     // The notebook's model: ModelConfig::default() is the keras-seed model (projector 5000x3).
     let m = BarlowTwins::new(&vs.root(), &ModelConfig::default());
     let p = m.param_counts();
-    assert_eq!(
-        p.encoder_trainable,
-        c["encoder_trainable"].as_i64().unwrap()
-    );
-    assert_eq!(
-        p.encoder_non_trainable,
-        c["encoder_non_trainable"].as_i64().unwrap()
-    );
+    assert_eq!(p.encoder_trainable, c["encoder_trainable"].as_i64().unwrap());
+    assert_eq!(p.encoder_non_trainable, c["encoder_non_trainable"].as_i64().unwrap());
     assert_eq!(p.total_trainable(), c["full_trainable"].as_i64().unwrap());
-    assert_eq!(
-        p.total_non_trainable(),
-        c["full_non_trainable"].as_i64().unwrap()
-    );
+    assert_eq!(p.total_non_trainable(), c["full_non_trainable"].as_i64().unwrap());
     // And the numbers the issue states, so a regenerated fixture cannot silently move them.
-    assert_eq!(
-        (p.encoder_trainable, p.encoder_non_trainable),
-        (21_291_392, 15_232)
-    );
-    assert_eq!(
-        (p.total_trainable(), p.total_non_trainable()),
-        (73_886_392, 35_232)
-    );
+    assert_eq!((p.encoder_trainable, p.encoder_non_trainable), (21_291_392, 15_232));
+    assert_eq!((p.total_trainable(), p.total_non_trainable()), (73_886_392, 35_232));
     assert_eq!((m.feature_dim(), m.embed_dim()), (512, 5000));
 }
 
@@ -74,10 +51,7 @@ fn small_projector_counts_equal_keras() {
     let m = small_projector_model(&vs);
     let p = m.param_counts();
     assert_eq!(p.total_trainable(), c["small_trainable"].as_i64().unwrap());
-    assert_eq!(
-        p.total_non_trainable(),
-        c["small_non_trainable"].as_i64().unwrap()
-    );
+    assert_eq!(p.total_non_trainable(), c["small_non_trainable"].as_i64().unwrap());
 }
 
 /// Inference, training (batch statistics), Keras moving-statistics update, inference again.
@@ -111,11 +85,7 @@ fn forward_train_and_inference_match_keras() {
         assert!(e < tol, "{}: relative error {e:e}", v.name);
         n_bn += 1;
     }
-    assert_eq!(
-        n_bn,
-        2 * (33 + 2),
-        "running_mean + running_var of 33 encoder and 2 projector BNs"
-    );
+    assert_eq!(n_bn, 2 * (33 + 2), "running_mean + running_var of 33 encoder and 2 projector BNs");
 
     let (h, z) = tch::no_grad(|| m.forward_features(x, false));
     check("infer1_h", &h);
@@ -130,11 +100,7 @@ fn torch_running_var_semantic_would_not_match_keras() {
     let vs = nn::VarStore::new(Device::Cpu);
     let m = small_projector_model(&vs);
     common::fill_deterministic(&m);
-    let v = m
-        .variables()
-        .iter()
-        .find(|v| v.name == "projector.1.running_var")
-        .unwrap();
+    let v = m.variables().iter().find(|v| v.name == "projector.1.running_var").unwrap();
     let before = v.tensor.copy();
     let _ = tch::no_grad(|| m.forward(&f["x"], true));
     let want = &f["after.projector.1.running_var"];

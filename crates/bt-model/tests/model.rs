@@ -7,12 +7,7 @@ use tch::nn::ModuleT;
 use tch::{nn, Device, Kind, Tensor};
 
 fn cfg(arch: Arch, width: i64, projector: Vec<i64>) -> ModelConfig {
-    ModelConfig {
-        arch,
-        width,
-        projector,
-        ..ModelConfig::default()
-    }
+    ModelConfig { arch, width, projector, ..ModelConfig::default() }
 }
 
 fn rand_x(n: i64) -> Tensor {
@@ -34,12 +29,7 @@ fn keras_spatial_sizes_follow_the_notebook() {
     let vs = nn::VarStore::new(Device::Cpu);
     let m = BarlowTwins::new(&vs.root(), &cfg(Arch::KerasResnet34, 8, vec![16, 16]));
     let rows = m.layer_table(32, 32);
-    let side = |name: &str| {
-        rows.iter()
-            .find(|r| r.name == name)
-            .unwrap_or_else(|| panic!("{name}"))
-            .output_shape[2]
-    };
+    let side = |name: &str| rows.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("{name}")).output_shape[2];
     assert_eq!(side("encoder.conv1"), 19);
     assert_eq!(side("encoder.maxpool"), 10);
     assert_eq!(side("encoder.layer1.2.conv2"), 10);
@@ -48,9 +38,7 @@ fn keras_spatial_sizes_follow_the_notebook() {
     assert_eq!(side("encoder.layer3.0.conv1"), 3);
     assert_eq!(side("encoder.layer4.0.conv1"), 2);
     assert_eq!(side("encoder.avgpool"), 1);
-    let (tr, nt) = rows
-        .iter()
-        .fold((0, 0), |(a, b), r| (a + r.trainable, b + r.non_trainable));
+    let (tr, nt) = rows.iter().fold((0, 0), |(a, b), r| (a + r.trainable, b + r.non_trainable));
     let c = m.param_counts();
     assert_eq!((tr, nt), (c.total_trainable(), c.total_non_trainable()));
 }
@@ -69,15 +57,7 @@ fn cifar_resnet_counts_equal_torchvision() {
         let vs = nn::VarStore::new(Device::Cpu);
         let m = BarlowTwins::new(&vs.root(), &cfg(arch, 64, vec![8]));
         let c = m.param_counts();
-        assert_eq!(
-            (
-                c.encoder_trainable,
-                c.encoder_non_trainable,
-                m.feature_dim()
-            ),
-            (tr, nt, f),
-            "{arch:?}"
-        );
+        assert_eq!((c.encoder_trainable, c.encoder_non_trainable, m.feature_dim()), (tr, nt, f), "{arch:?}");
     }
 }
 
@@ -87,12 +67,8 @@ fn projector_layout_follows_the_config() {
     let mut c = cfg(Arch::CifarResnet18, 8, vec![32, 24, 16]);
     c.projector_bias = false;
     let m = BarlowTwins::new(&vs.root(), &c);
-    let names: Vec<&str> = m
-        .variables()
-        .iter()
-        .filter(|v| v.name.starts_with("projector."))
-        .map(|v| v.name.as_str())
-        .collect();
+    let names: Vec<&str> =
+        m.variables().iter().filter(|v| v.name.starts_with("projector.")).map(|v| v.name.as_str()).collect();
     assert_eq!(
         names,
         [
@@ -111,10 +87,7 @@ fn projector_layout_follows_the_config() {
             "projector.6.weight",
         ]
     );
-    let c2 = ModelConfig {
-        projector_bn: false,
-        ..cfg(Arch::CifarResnet18, 8, vec![32, 16])
-    };
+    let c2 = ModelConfig { projector_bn: false, ..cfg(Arch::CifarResnet18, 8, vec![32, 16]) };
     let vs = nn::VarStore::new(Device::Cpu);
     let m = BarlowTwins::new(&vs.root(), &c2);
     let p = m.param_counts();
@@ -135,27 +108,16 @@ fn bad_config_is_an_error_naming_the_key() {
 
 #[test]
 fn every_trainable_variable_gets_a_gradient() {
-    for arch in [
-        Arch::KerasResnet34,
-        Arch::CifarResnet18,
-        Arch::CifarResnet50,
-    ] {
+    for arch in [Arch::KerasResnet34, Arch::CifarResnet18, Arch::CifarResnet50] {
         let vs = nn::VarStore::new(Device::Cpu);
         let m = BarlowTwins::new(&vs.root(), &cfg(arch, 4, vec![16, 16]));
         let z = m.forward(&rand_x(4), true);
         z.square().sum(Kind::Float).backward();
         for v in m.variables().iter().filter(|v| v.role == Role::Trainable) {
             let g = v.tensor.grad();
-            assert!(
-                g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
-                "{arch:?} {}",
-                v.name
-            );
+            assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{arch:?} {}", v.name);
         }
-        assert_eq!(
-            vs.trainable_variables().len(),
-            m.trainable_variables().len()
-        );
+        assert_eq!(vs.trainable_variables().len(), m.trainable_variables().len());
     }
 }
 
@@ -164,14 +126,7 @@ fn train_mode_updates_running_stats_and_counters_inference_does_not() {
     for arch in [Arch::KerasResnet34, Arch::CifarResnet18] {
         let vs = nn::VarStore::new(Device::Cpu);
         let m = BarlowTwins::new(&vs.root(), &cfg(arch, 4, vec![16, 16]));
-        let rv = |name: &str| {
-            m.variables()
-                .iter()
-                .find(|v| v.name == name)
-                .unwrap()
-                .tensor
-                .copy()
-        };
+        let rv = |name: &str| m.variables().iter().find(|v| v.name == name).unwrap().tensor.copy();
         let x = rand_x(4);
         let _ = tch::no_grad(|| m.forward(&x, false));
         assert_eq!(rv("encoder.bn1.running_var").double_value(&[0]), 1.0);
@@ -186,13 +141,7 @@ fn train_mode_updates_running_stats_and_counters_inference_does_not() {
 fn zero_init_residual_zeroes_each_blocks_last_bn() {
     for (arch, last) in [(Arch::CifarResnet18, "bn2"), (Arch::CifarResnet50, "bn3")] {
         let vs = nn::VarStore::new(Device::Cpu);
-        let m = BarlowTwins::new(
-            &vs.root(),
-            &ModelConfig {
-                zero_init_residual: true,
-                ..cfg(arch, 8, vec![8])
-            },
-        );
+        let m = BarlowTwins::new(&vs.root(), &ModelConfig { zero_init_residual: true, ..cfg(arch, 8, vec![8]) });
         let mut n = 0;
         for v in m.variables() {
             let zero = v.tensor.abs().sum(Kind::Float).double_value(&[]) == 0.0;
@@ -231,19 +180,8 @@ fn full_checkpoint_round_trip_is_bit_exact() {
         assert_eq!(va.tensor.kind(), vb.tensor.kind(), "{}", va.name);
         assert_eq!(bits(&va.tensor), bits(&vb.tensor), "{}", va.name);
     }
-    let nbt = b
-        .variables()
-        .iter()
-        .find(|v| v.name.ends_with("num_batches_tracked"))
-        .unwrap();
-    assert_eq!(
-        (
-            nbt.tensor.kind(),
-            nbt.tensor.size(),
-            nbt.tensor.int64_value(&[])
-        ),
-        (Kind::Int64, vec![], 1)
-    );
+    let nbt = b.variables().iter().find(|v| v.name.ends_with("num_batches_tracked")).unwrap();
+    assert_eq!((nbt.tensor.kind(), nbt.tensor.size(), nbt.tensor.int64_value(&[])), (Kind::Int64, vec![], 1));
     let x = rand_x(3);
     let (za, zb) = tch::no_grad(|| (a.forward(&x, false), b.forward(&x, false)));
     assert_eq!(bits(&za), bits(&zb));
@@ -257,11 +195,7 @@ fn encoder_checkpoint_has_torchvision_names_and_leaves_the_projector() {
     let vs = nn::VarStore::new(Device::Cpu);
     let a = BarlowTwins::new(&vs.root(), &c);
     a.save_encoder(&path).unwrap();
-    let names: Vec<String> = Tensor::read_safetensors(&path)
-        .unwrap()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let names: Vec<String> = Tensor::read_safetensors(&path).unwrap().into_iter().map(|(n, _)| n).collect();
     for want in [
         "conv1.weight",
         "bn1.running_mean",
@@ -271,32 +205,15 @@ fn encoder_checkpoint_has_torchvision_names_and_leaves_the_projector() {
     ] {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
     }
-    assert!(names
-        .iter()
-        .all(|n| !n.starts_with("encoder.") && !n.starts_with("projector.")));
+    assert!(names.iter().all(|n| !n.starts_with("encoder.") && !n.starts_with("projector.")));
     let vs2 = nn::VarStore::new(Device::Cpu);
     let b = BarlowTwins::new(&vs2.root(), &c);
-    let proj_before = bits(
-        &b.variables()
-            .iter()
-            .find(|v| v.name == "projector.0.weight")
-            .unwrap()
-            .tensor,
-    );
+    let proj_before = bits(&b.variables().iter().find(|v| v.name == "projector.0.weight").unwrap().tensor);
     assert_eq!(b.load(&path).unwrap(), CheckpointKind::EncoderOnly);
     let x = rand_x(2);
     let (ha, hb) = tch::no_grad(|| (a.encode(&x, false), b.encode(&x, false)));
     assert_eq!(bits(&ha), bits(&hb));
-    assert_eq!(
-        proj_before,
-        bits(
-            &b.variables()
-                .iter()
-                .find(|v| v.name == "projector.0.weight")
-                .unwrap()
-                .tensor
-        )
-    );
+    assert_eq!(proj_before, bits(&b.variables().iter().find(|v| v.name == "projector.0.weight").unwrap().tensor));
 }
 
 #[test]
@@ -310,15 +227,8 @@ fn loading_is_strict() {
     let vs2 = nn::VarStore::new(Device::Cpu);
     let r34 = BarlowTwins::new(&vs2.root(), &cfg(Arch::CifarResnet34, 8, vec![16]));
     match r34.load(&path) {
-        Err(ModelError::Keys {
-            missing,
-            unexpected,
-            ..
-        }) => {
-            assert!(
-                missing.iter().any(|k| k == "layer1.2.conv1.weight"),
-                "{missing:?}"
-            );
+        Err(ModelError::Keys { missing, unexpected, .. }) => {
+            assert!(missing.iter().any(|k| k == "layer1.2.conv1.weight"), "{missing:?}");
             assert!(unexpected.is_empty(), "{unexpected:?}");
         }
         other => panic!("{other:?}"),
@@ -327,16 +237,10 @@ fn loading_is_strict() {
     let vs3 = nn::VarStore::new(Device::Cpu);
     let wide = BarlowTwins::new(&vs3.root(), &cfg(Arch::CifarResnet18, 16, vec![16]));
     let e = wide.load(&path).unwrap_err();
-    assert!(
-        matches!(e, ModelError::Mismatch { .. }) && e.to_string().contains("conv1.weight"),
-        "{e}"
-    );
+    assert!(matches!(e, ModelError::Mismatch { .. }) && e.to_string().contains("conv1.weight"), "{e}");
     // An extra tensor.
     let mut t: Vec<(String, Tensor)> = Tensor::read_safetensors(&path).unwrap();
-    t.push((
-        "fc.weight".into(),
-        Tensor::zeros([10, 64], (Kind::Float, Device::Cpu)),
-    ));
+    t.push(("fc.weight".into(), Tensor::zeros([10, 64], (Kind::Float, Device::Cpu))));
     Tensor::write_safetensors(&t, &path).unwrap();
     match r18.load(&path) {
         Err(ModelError::Keys { unexpected, .. }) => assert_eq!(unexpected, ["fc.weight"]),
@@ -393,19 +297,11 @@ fn encoder_alone_has_torchvision_names_and_the_models_encoder_weights() {
     let vs_e = nn::VarStore::new(Device::Cpu);
     let enc = Encoder::new(&vs_e.root(), &c);
     // The same variables as the model's `encoder.*`, without the prefix, in the same order.
-    let want: Vec<String> = model
-        .variables()
-        .iter()
-        .filter_map(|v| v.name.strip_prefix("encoder.").map(str::to_string))
-        .collect();
+    let want: Vec<String> =
+        model.variables().iter().filter_map(|v| v.name.strip_prefix("encoder.").map(str::to_string)).collect();
     let got: Vec<String> = enc.variables().iter().map(|v| v.name.clone()).collect();
     assert_eq!(got, want);
-    let inner: Vec<&str> = model
-        .encoder()
-        .variables()
-        .iter()
-        .map(|v| v.name.as_str())
-        .collect();
+    let inner: Vec<&str> = model.encoder().variables().iter().map(|v| v.name.as_str()).collect();
     assert_eq!(inner, want);
     assert_eq!(vs_e.variables().len(), want.len());
     assert_eq!(enc.feature_dim(), model.feature_dim());
@@ -414,10 +310,7 @@ fn encoder_alone_has_torchvision_names_and_the_models_encoder_weights() {
     // tensors skipped): the encoder alone then computes the model's features, as a ModuleT.
     let x = rand_x(3);
     let h = tch::no_grad(|| model.encode(&x, false));
-    for (file, kind) in [
-        ("enc.safetensors", CheckpointKind::EncoderOnly),
-        ("full.safetensors", CheckpointKind::Full),
-    ] {
+    for (file, kind) in [("enc.safetensors", CheckpointKind::EncoderOnly), ("full.safetensors", CheckpointKind::Full)] {
         let path = dir.path().join(file);
         if kind == CheckpointKind::Full {
             model.save_full(&path).unwrap();
@@ -428,11 +321,7 @@ fn encoder_alone_has_torchvision_names_and_the_models_encoder_weights() {
         assert_ne!(bits(&tch::no_grad(|| fresh.forward_t(&x, false))), bits(&h));
         assert_eq!(fresh.load(&path).unwrap(), kind);
         let m: &dyn ModuleT = &fresh;
-        assert_eq!(
-            bits(&tch::no_grad(|| m.forward_t(&x, false))),
-            bits(&h),
-            "{file}"
-        );
+        assert_eq!(bits(&tch::no_grad(|| m.forward_t(&x, false))), bits(&h), "{file}");
     }
     // An encoder file saved by the encoder alone loads into the model.
     let path = dir.path().join("alone.safetensors");

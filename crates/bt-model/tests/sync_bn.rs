@@ -20,12 +20,7 @@ fn models(arch: Arch) -> ((nn::VarStore, BarlowTwins), (nn::VarStore, BarlowTwin
 
 fn model(arch: Arch) -> (nn::VarStore, BarlowTwins) {
     let vs = nn::VarStore::new(Device::Cpu);
-    let cfg = ModelConfig {
-        arch,
-        width: 4,
-        projector: vec![24, 24, 8],
-        ..ModelConfig::default()
-    };
+    let cfg = ModelConfig { arch, width: 4, projector: vec![24, 24, 8], ..ModelConfig::default() };
     let m = BarlowTwins::new(&vs.root(), &cfg);
     (vs, m)
 }
@@ -43,11 +38,7 @@ fn one_replica_equals_native(arch: Arch) {
     let x = Tensor::rand([12, 3, 32, 32], (Kind::Float, Device::Cpu));
     let za = plain.forward(&x, true);
     let zb = synced.forward(&x, true);
-    assert!(
-        max_rel(&zb, &za) < 1e-5,
-        "{arch:?}: outputs differ by {}",
-        max_rel(&zb, &za)
-    );
+    assert!(max_rel(&zb, &za) < 1e-5, "{arch:?}: outputs differ by {}", max_rel(&zb, &za));
     // A loss that mixes rows, so the batch-statistics terms of the gradient matter.
     let w = Tensor::rand([12, 8], (Kind::Float, Device::Cpu));
     (&za * &w).sum(Kind::Float).square().backward();
@@ -65,30 +56,18 @@ fn one_replica_equals_native(arch: Arch) {
         assert_eq!(a.name, b.name);
         match a.role {
             Role::Trainable => {
-                let d = (b.tensor.grad() - a.tensor.grad())
-                    .abs()
-                    .max()
-                    .double_value(&[])
-                    / scale;
+                let d = (b.tensor.grad() - a.tensor.grad()).abs().max().double_value(&[]) / scale;
                 assert!(d < 1e-4, "{arch:?}: gradient of {} differs by {d}", a.name);
             }
             Role::Buffer => {
                 let d = max_rel(&b.tensor, &a.tensor);
                 assert!(d < 1e-5, "{arch:?}: {} differs by {d}", a.name);
             }
-            Role::Counter => assert_eq!(
-                a.tensor.int64_value(&[]),
-                b.tensor.int64_value(&[]),
-                "{}",
-                a.name
-            ),
+            Role::Counter => assert_eq!(a.tensor.int64_value(&[]), b.tensor.int64_value(&[]), "{}", a.name),
         }
         checked += a.name.starts_with("projector.") as usize;
     }
-    assert!(
-        checked >= 8,
-        "the projector's BN variables were compared ({checked})"
-    );
+    assert!(checked >= 8, "the projector's BN variables were compared ({checked})");
 }
 
 #[test]
@@ -111,32 +90,16 @@ fn the_running_variance_uses_the_global_count() {
     let x = Tensor::rand([n, 3, 32, 32], (Kind::Float, Device::Cpu));
     let za = tch::no_grad(|| plain.forward(&x, true));
     let zb = tch::no_grad(|| synced.forward(&x, true));
-    assert!(
-        max_rel(&zb, &za) < 1e-5,
-        "outputs differ by {}",
-        max_rel(&zb, &za)
-    );
+    assert!(max_rel(&zb, &za) < 1e-5, "outputs differ by {}", max_rel(&zb, &za));
     let get = |m: &BarlowTwins, name: &str| {
-        m.variables()
-            .iter()
-            .find(|v| v.name == name)
-            .unwrap_or_else(|| panic!("{name}"))
-            .tensor
-            .shallow_clone()
+        m.variables().iter().find(|v| v.name == name).unwrap_or_else(|| panic!("{name}")).tensor.shallow_clone()
     };
-    let (rv_a, rv_b) = (
-        get(&plain, "projector.1.running_var"),
-        get(&synced, "projector.1.running_var"),
-    );
+    let (rv_a, rv_b) = (get(&plain, "projector.1.running_var"), get(&synced, "projector.1.running_var"));
     // running_var = 0.9 * 1 + 0.1 * var_unbiased; undo the momentum and compare the batch terms.
     let (va, vb) = ((rv_a - 0.9) / 0.1, (rv_b - 0.9) / 0.1);
     let nf = n as f64;
     let expect = va * ((nf - 1.0) / nf) * (2.0 * nf / (2.0 * nf - 1.0));
-    assert!(
-        max_rel(&vb, &expect) < 1e-4,
-        "running_var: {}",
-        max_rel(&vb, &expect)
-    );
+    assert!(max_rel(&vb, &expect) < 1e-4, "running_var: {}", max_rel(&vb, &expect));
 }
 
 /// What one simulated replica hands back: its embeddings and its variables (shallow clones: the
@@ -156,9 +119,7 @@ fn two_replicas(cfg: &ModelConfig, scope: SyncBn, weights: &[Tensor], x: &Tensor
     let (to_a, from_b) = std::sync::mpsc::channel::<Tensor>();
     let half = x.size()[0] / 2;
     std::thread::scope(|s| {
-        let run = |rows: Tensor,
-                   tx: std::sync::mpsc::Sender<Tensor>,
-                   rx: std::sync::mpsc::Receiver<Tensor>| {
+        let run = |rows: Tensor, tx: std::sync::mpsc::Sender<Tensor>, rx: std::sync::mpsc::Receiver<Tensor>| {
             let weights: Vec<Tensor> = weights.iter().map(|w| w.copy()).collect();
             move || {
                 let vs = nn::VarStore::new(Device::Cpu);
@@ -178,11 +139,7 @@ fn two_replicas(cfg: &ModelConfig, scope: SyncBn, weights: &[Tensor], x: &Tensor
                 );
                 assert_eq!(m.sync_bn(), scope);
                 let z = m.forward(&rows, true);
-                let vars = m
-                    .variables()
-                    .iter()
-                    .map(|v| (v.name.clone(), v.role, v.tensor.shallow_clone()))
-                    .collect();
+                let vars = m.variables().iter().map(|v| (v.name.clone(), v.role, v.tensor.shallow_clone())).collect();
                 Replica { z, vars }
             }
         };
@@ -223,9 +180,7 @@ fn two_replicas_equal_the_full_batch(arch: Arch, scope: SyncBn) -> f64 {
     // A per-row loss (the sum over replicas is the full-batch loss); the batch-statistics terms
     // of the gradient come from batch norm coupling the rows.
     let w = Tensor::rand([8], (Kind::Double, Device::Cpu));
-    let loss = |z: &Tensor, w: &Tensor| {
-        (z.square().sum_dim_intlist(1, false, Kind::Double) * w).sum(Kind::Double)
-    };
+    let loss = |z: &Tensor, w: &Tensor| (z.square().sum_dim_intlist(1, false, Kind::Double) * w).sum(Kind::Double);
     let z = full.forward(&x, true);
     loss(&z, &w).backward();
     let [a, b] = two_replicas(&cfg, scope, &weights, &x);
@@ -242,13 +197,7 @@ fn two_replicas_equal_the_full_batch(arch: Arch, scope: SyncBn) -> f64 {
         let ((name, role, ta), (_, _, tb)) = (&a.vars[i], &b.vars[i]);
         assert_eq!(name, &v.name);
         let d = match role {
-            Role::Trainable => {
-                (ta.grad() + tb.grad() - v.tensor.grad())
-                    .abs()
-                    .max()
-                    .double_value(&[])
-                    / scale
-            }
+            Role::Trainable => (ta.grad() + tb.grad() - v.tensor.grad()).abs().max().double_value(&[]) / scale,
             // Both replicas hold the global statistics.
             Role::Buffer => max_rel(ta, &v.tensor).max(max_rel(tb, &v.tensor)),
             Role::Counter => {
@@ -263,11 +212,7 @@ fn two_replicas_equal_the_full_batch(arch: Arch, scope: SyncBn) -> f64 {
         }
     }
     if scope == SyncBn::All {
-        assert!(
-            max_rel(&z2, &z) < TOL,
-            "{arch:?}: outputs differ by {}",
-            max_rel(&z2, &z)
-        );
+        assert!(max_rel(&z2, &z) < TOL, "{arch:?}: outputs differ by {}", max_rel(&z2, &z));
     }
     worst
 }
@@ -286,8 +231,5 @@ fn all_bn_synced_two_replicas_equal_one_full_batch_keras_style() {
 fn projector_only_sync_leaves_the_encoder_per_replica() {
     // The comparison above is sensitive: with the encoder's statistics per replica it fails.
     let worst = two_replicas_equal_the_full_batch(Arch::Resnet18, SyncBn::Projector);
-    assert!(
-        worst > 1e-3,
-        "projector-only sync matched the full batch ({worst})"
-    );
+    assert!(worst > 1e-3, "projector-only sync matched the full batch ({worst})");
 }

@@ -26,11 +26,7 @@ fn check(arch: Arch, py_arch: &str, stem: &str, side: i64) {
     tch::set_num_threads(1);
     tch::manual_seed(11);
     let vs = nn::VarStore::new(Device::Cpu);
-    let cfg = ModelConfig {
-        arch,
-        projector: vec![32, 32],
-        ..ModelConfig::default()
-    };
+    let cfg = ModelConfig { arch, projector: vec![32, 32], ..ModelConfig::default() };
     let m = BarlowTwins::new(&vs.root(), &cfg);
     let opts = (Kind::Float, Device::Cpu);
     // Non-trivial BN statistics, so eval-mode features exercise running_mean/var.
@@ -40,21 +36,14 @@ fn check(arch: Arch, py_arch: &str, stem: &str, side: i64) {
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    let (before, after, io) = (
-        dir.path().join("enc.safetensors"),
-        dir.path().join("enc2.safetensors"),
-        dir.path().join("io.safetensors"),
-    );
+    let (before, after, io) =
+        (dir.path().join("enc.safetensors"), dir.path().join("enc2.safetensors"), dir.path().join("io.safetensors"));
     m.save_encoder(&before).unwrap();
     let x = Tensor::rand([4, 3, side, side], opts);
     let h_eval = tch::no_grad(|| m.encode(&x, false));
     let h_train = tch::no_grad(|| m.encode(&x, true));
     m.save_encoder(&after).unwrap();
-    Tensor::write_safetensors(
-        &[("x", &x), ("h_eval", &h_eval), ("h_train", &h_train)],
-        &io,
-    )
-    .unwrap();
+    Tensor::write_safetensors(&[("x", &x), ("h_eval", &h_eval), ("h_train", &h_train)], &io).unwrap();
 
     let out = Command::new(&python)
         .arg(root.join("scripts/check_torchvision_load.py"))
@@ -69,12 +58,8 @@ fn check(arch: Arch, py_arch: &str, stem: &str, side: i64) {
         .unwrap_or_else(|e| panic!("cannot run BT_PYTHON={python}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "check_torchvision_load.py failed\nstdout: {stdout}\nstderr: {stderr}"
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+    assert!(out.status.success(), "check_torchvision_load.py failed\nstdout: {stdout}\nstderr: {stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
     assert_eq!(report["ok"], true, "{report}");
     eprintln!("{report}");
 }

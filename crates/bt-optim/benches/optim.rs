@@ -12,26 +12,11 @@ fn shapes() -> Vec<Vec<i64>> {
     let mut cin = 64;
     for (c, blocks) in [(64, 2), (128, 2), (256, 2), (512, 2)] {
         for _ in 0..blocks {
-            s.extend([
-                vec![c, cin, 3, 3],
-                vec![c],
-                vec![c],
-                vec![c, c, 3, 3],
-                vec![c],
-                vec![c],
-            ]);
+            s.extend([vec![c, cin, 3, 3], vec![c], vec![c], vec![c, c, 3, 3], vec![c], vec![c]]);
             cin = c;
         }
     }
-    s.extend([
-        vec![2048, 512],
-        vec![2048],
-        vec![2048],
-        vec![2048, 2048],
-        vec![2048],
-        vec![2048],
-        vec![2048, 2048],
-    ]);
+    s.extend([vec![2048, 512], vec![2048], vec![2048], vec![2048, 2048], vec![2048], vec![2048], vec![2048, 2048]]);
     s
 }
 
@@ -41,11 +26,8 @@ fn params() -> Vec<(String, Tensor)> {
         .into_iter()
         .enumerate()
         .map(|(i, s)| {
-            let p = (Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu)) * 0.02)
-                .set_requires_grad(true);
-            (&p * Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu)))
-                .sum(Kind::Float)
-                .backward();
+            let p = (Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu)) * 0.02).set_requires_grad(true);
+            (&p * Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu))).sum(Kind::Float).backward();
             (format!("p{i}"), p)
         })
         .collect()
@@ -53,24 +35,15 @@ fn params() -> Vec<(String, Tensor)> {
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("optim_step_20M");
-    g.sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(5));
+    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(5));
     for kind in [OptimKind::Lamb, OptimKind::Lars] {
-        let cfg = OptimConfig {
-            name: kind,
-            ..OptimConfig::default()
-        };
+        let cfg = OptimConfig { name: kind, ..OptimConfig::default() };
         let lr = LrPair::same(1e-3);
         let mut grouped: Box<dyn Optimizer> = build(&cfg, params()).unwrap();
-        g.bench_function(format!("{kind:?}/grouped"), |b| {
-            b.iter(|| grouped.step(&lr).unwrap())
-        });
+        g.bench_function(format!("{kind:?}/grouped"), |b| b.iter(|| grouped.step(&lr).unwrap()));
         drop(grouped);
         let mut per: Box<dyn Optimizer> = build_per_tensor(&cfg, params()).unwrap();
-        g.bench_function(format!("{kind:?}/per_tensor"), |b| {
-            b.iter(|| per.step(&lr).unwrap())
-        });
+        g.bench_function(format!("{kind:?}/per_tensor"), |b| b.iter(|| per.step(&lr).unwrap()));
     }
     g.finish();
 }

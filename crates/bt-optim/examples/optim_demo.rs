@@ -17,20 +17,10 @@ fn main() -> Result<(), bt_optim::OptimError> {
     let bn = nn::batch_norm1d(&root / "bn", 64, Default::default());
     let l2 = nn::linear(&root / "l2", 64, 1, Default::default());
     let x = Tensor::randn([256, 16], (Kind::Float, Device::Cpu));
-    let y = x
-        .narrow(1, 0, 4)
-        .sum_dim_intlist(1, true, Kind::Float)
-        .sin();
+    let y = x.narrow(1, 0, 4).sum_dim_intlist(1, true, Kind::Float).sin();
 
-    let ocfg = OptimConfig {
-        lr: 1e-2,
-        ..OptimConfig::default()
-    };
-    let scfg = ScheduleConfig {
-        kind: ScheduleKind::WarmupCosine,
-        warmup_epochs: 1.0,
-        ..ScheduleConfig::default()
-    };
+    let ocfg = OptimConfig { lr: 1e-2, ..OptimConfig::default() };
+    let scfg = ScheduleConfig { kind: ScheduleKind::WarmupCosine, warmup_epochs: 1.0, ..ScheduleConfig::default() };
     let (steps_per_epoch, epochs) = (20, 10);
     let schedule = Schedule::from_config(&scfg, &ocfg, 256, steps_per_epoch, epochs);
     let mut opt = build(&ocfg, trainable_named(&vs))?;
@@ -41,11 +31,7 @@ fn main() -> Result<(), bt_optim::OptimError> {
         loss.backward();
         opt.step(&schedule.lr_at(step))?;
         if step % 40 == 0 || step + 1 == steps_per_epoch * epochs {
-            println!(
-                "step {step:>3}  lr {:.5}  loss {:.5}",
-                schedule.lr_at(step).weights,
-                loss.double_value(&[])
-            );
+            println!("step {step:>3}  lr {:.5}  loss {:.5}", schedule.lr_at(step).weights, loss.double_value(&[]));
         }
     }
     let state = opt.state();

@@ -42,25 +42,15 @@ impl FlatParams {
             chunk_seg.extend(std::iter::repeat_n(i as i64, chunks as usize));
             total += chunks * CHUNK;
         }
-        let flat = torch(
-            "zeros(flat)",
-            Tensor::f_zeros([total], (Kind::Float, device)),
-        )?;
+        let flat = torch("zeros(flat)", Tensor::f_zeros([total], (Kind::Float, device)))?;
         let (mut names, mut views, mut shapes, mut numels) = (vec![], vec![], vec![], vec![]);
         tch::no_grad(|| -> Result<()> {
             for ((name, mut t), &off) in params.into_iter().zip(&offsets) {
                 let n = t.numel() as i64;
                 let shape = t.size();
                 let view = torch("narrow", flat.f_narrow(0, off, n))?;
-                torch(
-                    "copy_",
-                    view.shallow_clone()
-                        .f_copy_(&torch("reshape", t.f_reshape([-1]))?),
-                )?;
-                torch(
-                    "set_data",
-                    t.f_set_data(&torch("view", view.f_view(shape.as_slice()))?),
-                )?;
+                torch("copy_", view.shallow_clone().f_copy_(&torch("reshape", t.f_reshape([-1]))?))?;
+                torch("set_data", t.f_set_data(&torch("view", view.f_view(shape.as_slice()))?))?;
                 names.push(name);
                 views.push(t);
                 shapes.push(shape);
@@ -75,14 +65,8 @@ impl FlatParams {
             numels,
             offsets,
             flat,
-            chunk_seg: torch(
-                "chunk index",
-                Tensor::from_slice(&chunk_seg).f_to_device(device),
-            )?,
-            zero_pad: torch(
-                "zeros(pad)",
-                Tensor::f_zeros([CHUNK], (Kind::Float, device)),
-            )?,
+            chunk_seg: torch("chunk index", Tensor::from_slice(&chunk_seg).f_to_device(device))?,
+            zero_pad: torch("zeros(pad)", Tensor::f_zeros([CHUNK], (Kind::Float, device)))?,
             device,
         })
     }
@@ -129,10 +113,7 @@ impl FlatParams {
             let n = self.numels[i];
             parts.push(match checked_grad(&self.names[i], p)? {
                 Some(g) => torch("reshape(grad)", g.f_reshape([-1]))?,
-                None => torch(
-                    "zeros(grad)",
-                    Tensor::f_zeros([n], (Kind::Float, self.device)),
-                )?,
+                None => torch("zeros(grad)", Tensor::f_zeros([n], (Kind::Float, self.device)))?,
             });
             let pad = (CHUNK - n % CHUNK) % CHUNK;
             if pad > 0 {
@@ -156,21 +137,14 @@ impl FlatParams {
     /// # Errors
     /// As [`grads`](Self::grads).
     pub fn grads_into(&self, out: &Tensor) -> Result<()> {
-        torch(
-            "cat_out(grads)",
-            Tensor::f_cat_out(out, &self.grad_parts()?, 0),
-        )
-        .map(|_| ())
+        torch("cat_out(grads)", Tensor::f_cat_out(out, &self.grad_parts()?, 0)).map(|_| ())
     }
 
     /// Per-parameter sums of a flat-layout tensor (`[P]`, f64): f32 row sums of the
     /// `[chunks, CHUNK]` view, then an f64 `index_add` of the rows into their parameters.
     pub fn segment_sums(&self, x: &Tensor) -> Result<Tensor> {
         chain("segment sums", || {
-            let rows = x
-                .f_view([-1, CHUNK])?
-                .f_sum_dim_intlist(1, false, Kind::Float)?
-                .f_to_kind(Kind::Double)?;
+            let rows = x.f_view([-1, CHUNK])?.f_sum_dim_intlist(1, false, Kind::Float)?.f_to_kind(Kind::Double)?;
             Tensor::f_zeros([self.params.len() as i64], (Kind::Double, self.device))?.f_index_add(
                 0,
                 &self.chunk_seg,
@@ -186,26 +160,13 @@ impl FlatParams {
 
     /// A `[P]` segment vector broadcast to a `[chunks, 1]` f32 chunk column.
     pub fn chunk_column(&self, per_segment: &Tensor) -> Result<Tensor> {
-        chain("chunk column", || {
-            per_segment
-                .f_to_kind(Kind::Float)?
-                .f_index_select(0, &self.chunk_seg)?
-                .f_unsqueeze(1)
-        })
+        chain("chunk column", || per_segment.f_to_kind(Kind::Float)?.f_index_select(0, &self.chunk_seg)?.f_unsqueeze(1))
     }
 
     /// A `[P]` boolean mask from a per-parameter predicate on (name, shape).
     pub fn segment_mask(&self, f: impl Fn(&str, &[i64]) -> bool) -> Result<Tensor> {
-        let v: Vec<bool> = self
-            .names
-            .iter()
-            .zip(&self.shapes)
-            .map(|(n, s)| f(n, s))
-            .collect();
-        torch(
-            "segment mask",
-            Tensor::from_slice(&v).f_to_device(self.device),
-        )
+        let v: Vec<bool> = self.names.iter().zip(&self.shapes).map(|(n, s)| f(n, s)).collect();
+        torch("segment mask", Tensor::from_slice(&v).f_to_device(self.device))
     }
 
     /// Per-parameter views (original shapes) of a flat-layout tensor.
@@ -228,17 +189,11 @@ impl FlatParams {
     /// Writes named per-parameter tensors (`<prefix><name>`) from `state` into the flat-layout
     /// buffer `dst`.
     pub fn load_into(&self, dst: &Tensor, state: &[(String, Tensor)], prefix: &str) -> Result<()> {
-        for (view, (name, shape)) in self
-            .split(dst)?
-            .into_iter()
-            .zip(self.names.iter().zip(&self.shapes))
-        {
+        for (view, (name, shape)) in self.split(dst)?.into_iter().zip(self.names.iter().zip(&self.shapes)) {
             let key = format!("{prefix}{name}");
             let src = crate::state_entry(state, &key, shape)?;
-            tch::no_grad(|| view.shallow_clone().f_copy_(src)).map_err(|e| OptimError::State {
-                key,
-                reason: e.to_string(),
-            })?;
+            tch::no_grad(|| view.shallow_clone().f_copy_(src))
+                .map_err(|e| OptimError::State { key, reason: e.to_string() })?;
         }
         Ok(())
     }
@@ -248,12 +203,7 @@ impl FlatParams {
         self.names
             .iter()
             .zip(self.split(src)?)
-            .map(|(n, v)| {
-                Ok((
-                    format!("{prefix}{n}"),
-                    torch("copy(state)", crate::f_copy(&v))?,
-                ))
-            })
+            .map(|(n, v)| Ok((format!("{prefix}{n}"), torch("copy(state)", crate::f_copy(&v))?)))
             .collect()
     }
 }

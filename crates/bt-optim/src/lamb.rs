@@ -38,11 +38,7 @@ impl Default for LambParams {
 impl LambParams {
     /// From `[optim]`: `exclude_bias_and_norm` excludes rank ≤ 1 from decay and adaptation.
     pub fn from_config(cfg: &OptimConfig) -> Self {
-        let filter = if cfg.exclude_bias_and_norm {
-            ParamFilter::bias_and_norm()
-        } else {
-            ParamFilter::none()
-        };
+        let filter = if cfg.exclude_bias_and_norm { ParamFilter::bias_and_norm() } else { ParamFilter::none() };
         Self {
             beta1: cfg.beta1,
             beta2: cfg.beta2,
@@ -54,9 +50,7 @@ impl LambParams {
     }
 
     pub(crate) fn adapt_filter(&self) -> &ParamFilter {
-        self.exclude_from_layer_adaptation
-            .as_ref()
-            .unwrap_or(&self.exclude_from_weight_decay)
+        self.exclude_from_layer_adaptation.as_ref().unwrap_or(&self.exclude_from_weight_decay)
     }
 }
 
@@ -96,9 +90,7 @@ impl Lamb {
         let decay = match p.weight_decay != 0.0 {
             true => {
                 let keep = flat.segment_mask(|n, s| !p.exclude_from_weight_decay.excludes(n, s))?;
-                let rate = chain("decay rates", || {
-                    keep.f_to_kind(Kind::Double)?.f_mul_scalar(p.weight_decay)
-                })?;
+                let rate = chain("decay rates", || keep.f_to_kind(Kind::Double)?.f_mul_scalar(p.weight_decay))?;
                 Some(flat.chunk_column(&rate)?)
             }
             false => None,
@@ -132,12 +124,8 @@ fn t_step(step: i64) -> f64 {
 /// `[P]` f64 learning rate per parameter.
 pub(crate) fn lr_per_segment(is_bias: &Tensor, lr: &LrPair) -> Result<Tensor> {
     chain("learning rates", || {
-        let w = Tensor::from(lr.weights)
-            .f_to_kind(Kind::Double)?
-            .f_to_device(is_bias.device())?;
-        let b = Tensor::from(lr.biases)
-            .f_to_kind(Kind::Double)?
-            .f_to_device(is_bias.device())?;
+        let w = Tensor::from(lr.weights).f_to_kind(Kind::Double)?.f_to_device(is_bias.device())?;
+        let b = Tensor::from(lr.biases).f_to_kind(Kind::Double)?.f_to_device(is_bias.device())?;
         b.f_where_self(is_bias, &w)
     })
 }
@@ -162,16 +150,11 @@ impl Optimizer for Lamb {
             let _ = t.shallow_clone().f_sqrt_()?;
             let _ = t.shallow_clone().f_add_scalar_(self.p.eps)?;
             let _ = self.m.f_div_out(u, t)?;
-            u.shallow_clone()
-                .f_div_scalar_(1.0 - b1.powf(t_step(self.step)))
+            u.shallow_clone().f_div_scalar_(1.0 - b1.powf(t_step(self.step)))
         })?;
         let w = self.flat.flat();
-        let (w2, mut u2) = chain("view", || {
-            Ok((
-                w.f_view([-1, crate::flat::CHUNK])?,
-                u.f_view([-1, crate::flat::CHUNK])?,
-            ))
-        })?;
+        let (w2, mut u2) =
+            chain("view", || Ok((w.f_view([-1, crate::flat::CHUNK])?, u.f_view([-1, crate::flat::CHUNK])?)))?;
         if let Some(decay) = &self.decay {
             let _ = torch("decay", u2.f_addcmul_(&w2, decay))?;
         }
@@ -180,16 +163,11 @@ impl Optimizer for Lamb {
         let _ = torch("square", u.f_square_out(t))?;
         let un = torch("sqrt", self.flat.segment_sums(t)?.f_sqrt())?;
         let ratio = chain("trust ratio", || {
-            let ok = self
-                .adapt
-                .f_logical_and(&wn.f_gt(0.0)?)?
-                .f_logical_and(&un.f_gt(0.0)?)?;
+            let ok = self.adapt.f_logical_and(&wn.f_gt(0.0)?)?.f_logical_and(&un.f_gt(0.0)?)?;
             wn.f_div(&un)?.f_where_self(&ok, &wn.f_ones_like()?)
         })?;
         let lr_seg = lr_per_segment(&self.is_bias, lr)?;
-        let coef = self.flat.chunk_column(&chain("coefficients", || {
-            ratio.f_mul(&lr_seg)?.f_mul_scalar(-1.0)
-        })?)?;
+        let coef = self.flat.chunk_column(&chain("coefficients", || ratio.f_mul(&lr_seg)?.f_mul_scalar(-1.0))?)?;
         let _ = torch("apply", w2.shallow_clone().f_addcmul_(&u2, &coef))?;
         Ok(())
     }

@@ -47,11 +47,7 @@ impl LarsParams {
             eta: cfg.eta,
             weight_decay: cfg.weight_decay,
             clip_lr: cfg.clip_lr,
-            exclude: if cfg.exclude_bias_and_norm {
-                ParamFilter::bias_and_norm()
-            } else {
-                ParamFilter::none()
-            },
+            exclude: if cfg.exclude_bias_and_norm { ParamFilter::bias_and_norm() } else { ParamFilter::none() },
         }
     }
 }
@@ -111,9 +107,7 @@ impl Optimizer for Lars {
         let (g, t) = (&self.g, &self.t);
         self.flat.grads_into(g)?;
         let w = self.flat.flat();
-        let (w2, mut g2) = chain("view", || {
-            Ok((w.f_view([-1, CHUNK])?, g.f_view([-1, CHUNK])?))
-        })?;
+        let (w2, mut g2) = chain("view", || Ok((w.f_view([-1, CHUNK])?, g.f_view([-1, CHUNK])?)))?;
         let lr_seg = lr_per_segment(&self.is_bias, lr)?;
         let wd = self.p.weight_decay;
         let one = torch("one", Tensor::from(1.0).f_to_kind(Kind::Double))?;
@@ -123,35 +117,22 @@ impl Optimizer for Lars {
         let scale = match self.p.variant {
             LarsVariant::Official => {
                 if wd != 0.0 {
-                    let rate = chain("decay rates", || {
-                        self.adapt.f_to_kind(Kind::Double)?.f_mul_scalar(wd)
-                    })?;
+                    let rate = chain("decay rates", || self.adapt.f_to_kind(Kind::Double)?.f_mul_scalar(wd))?;
                     let _ = torch("decay", g2.f_addcmul_(&w2, &self.flat.chunk_column(&rate)?))?;
                 }
                 let _ = torch("square", g.f_square_out(t))?;
                 let dn = torch("sqrt", self.flat.segment_sums(t)?.f_sqrt())?;
                 chain("trust ratio", || {
-                    let ok = self
-                        .adapt
-                        .f_logical_and(&pn.f_gt(0.0)?)?
-                        .f_logical_and(&dn.f_gt(0.0)?)?;
-                    pn.f_mul_scalar(self.p.eta)?
-                        .f_div(&dn)?
-                        .f_where_self(&ok, &one)
+                    let ok = self.adapt.f_logical_and(&pn.f_gt(0.0)?)?.f_logical_and(&dn.f_gt(0.0)?)?;
+                    pn.f_mul_scalar(self.p.eta)?.f_div(&dn)?.f_where_self(&ok, &one)
                 })?
             }
             LarsVariant::SoloLearn => {
                 let _ = torch("square", g.f_square_out(t))?;
                 let gn = torch("sqrt", self.flat.segment_sums(t)?.f_sqrt())?;
-                let ok = chain("mask", || {
-                    self.adapt
-                        .f_logical_and(&pn.f_gt(0.0)?)?
-                        .f_logical_and(&gn.f_gt(0.0)?)
-                })?;
+                let ok = chain("mask", || self.adapt.f_logical_and(&pn.f_gt(0.0)?)?.f_logical_and(&gn.f_gt(0.0)?))?;
                 let mut s = chain("trust ratio", || {
-                    let denom = gn
-                        .f_add(&pn.f_mul_scalar(wd)?)?
-                        .f_add_scalar(SOLO_LEARN_EPS)?;
+                    let denom = gn.f_add(&pn.f_mul_scalar(wd)?)?.f_add_scalar(SOLO_LEARN_EPS)?;
                     pn.f_mul_scalar(self.p.eta)?.f_div(&denom)
                 })?;
                 if self.p.clip_lr {
@@ -159,9 +140,7 @@ impl Optimizer for Lars {
                     s = chain("clip", || s.f_div(&lr_seg)?.f_clamp_max(1.0))?;
                 }
                 if wd != 0.0 {
-                    let rate = chain("decay rates", || {
-                        ok.f_to_kind(Kind::Double)?.f_mul_scalar(wd)
-                    })?;
+                    let rate = chain("decay rates", || ok.f_to_kind(Kind::Double)?.f_mul_scalar(wd))?;
                     let _ = torch("decay", g2.f_addcmul_(&w2, &self.flat.chunk_column(&rate)?))?;
                 }
                 torch("where", s.f_where_self(&ok, &one))?
@@ -170,13 +149,8 @@ impl Optimizer for Lars {
         let d = g2;
         let mut mu2 = torch("view", self.mu.f_view([-1, CHUNK]))?;
         let _ = torch("momentum", mu2.f_mul_scalar_(self.p.momentum))?;
-        let _ = torch(
-            "momentum",
-            mu2.f_addcmul_(&d, &self.flat.chunk_column(&scale)?),
-        )?;
-        let coef = self
-            .flat
-            .chunk_column(&torch("-lr", lr_seg.f_mul_scalar(-1.0))?)?;
+        let _ = torch("momentum", mu2.f_addcmul_(&d, &self.flat.chunk_column(&scale)?))?;
+        let coef = self.flat.chunk_column(&torch("-lr", lr_seg.f_mul_scalar(-1.0))?)?;
         let _ = torch("apply", w2.shallow_clone().f_addcmul_(&mu2, &coef))?;
         Ok(())
     }

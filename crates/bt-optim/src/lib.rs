@@ -55,9 +55,7 @@ pub enum OptimError {
     #[error("no trainable parameters given to the optimizer")]
     NoParams,
     /// A parameter that is not f32, or on another device than the first one.
-    #[error(
-        "parameter `{name}` is {kind:?} on {device:?}; all parameters must be f32 on {expected:?}"
-    )]
+    #[error("parameter `{name}` is {kind:?} on {device:?}; all parameters must be f32 on {expected:?}")]
     ParamKind {
         /// Parameter name.
         name: String,
@@ -114,10 +112,7 @@ pub struct LrPair {
 impl LrPair {
     /// The same rate for every parameter.
     pub fn same(lr: f64) -> Self {
-        Self {
-            weights: lr,
-            biases: lr,
-        }
+        Self { weights: lr, biases: lr }
     }
 }
 
@@ -139,22 +134,15 @@ impl ParamFilter {
     }
     /// The official `exclude_bias_and_norm`: rank ≤ 1.
     pub fn bias_and_norm() -> Self {
-        Self {
-            name_patterns: vec![],
-            rank_le_1: true,
-        }
+        Self { name_patterns: vec![], rank_le_1: true }
     }
     /// Excludes names containing any of `patterns`.
     pub fn names<S: Into<String>>(patterns: impl IntoIterator<Item = S>) -> Self {
-        Self {
-            name_patterns: patterns.into_iter().map(Into::into).collect(),
-            rank_le_1: false,
-        }
+        Self { name_patterns: patterns.into_iter().map(Into::into).collect(), rank_le_1: false }
     }
     /// Whether the parameter `name` of shape `shape` is excluded.
     pub fn excludes(&self, name: &str, shape: &[i64]) -> bool {
-        (self.rank_le_1 && shape.len() <= 1)
-            || self.name_patterns.iter().any(|p| name.contains(p.as_str()))
+        (self.rank_le_1 && shape.len() <= 1) || self.name_patterns.iter().any(|p| name.contains(p.as_str()))
     }
 }
 
@@ -206,29 +194,16 @@ pub fn build(cfg: &OptimConfig, named_params: Vec<(String, Tensor)>) -> Result<B
 }
 
 /// The per-tensor reference optimizer a config asks for (benchmark peer, test oracle).
-pub fn build_per_tensor(
-    cfg: &OptimConfig,
-    named_params: Vec<(String, Tensor)>,
-) -> Result<Box<dyn Optimizer>> {
+pub fn build_per_tensor(cfg: &OptimConfig, named_params: Vec<(String, Tensor)>) -> Result<Box<dyn Optimizer>> {
     Ok(match cfg.name {
-        OptimKind::Lamb => Box::new(reference::LambPerTensor::new(
-            named_params,
-            LambParams::from_config(cfg),
-        )?),
-        OptimKind::Lars => Box::new(reference::LarsPerTensor::new(
-            named_params,
-            LarsParams::from_config(cfg),
-        )?),
+        OptimKind::Lamb => Box::new(reference::LambPerTensor::new(named_params, LambParams::from_config(cfg))?),
+        OptimKind::Lars => Box::new(reference::LarsPerTensor::new(named_params, LarsParams::from_config(cfg))?),
     })
 }
 
 /// The trainable variables of a `VarStore`, sorted by name (a stable flat layout).
 pub fn trainable_named(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .filter(|(_, t)| t.requires_grad())
-        .collect();
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
@@ -245,10 +220,7 @@ pub(crate) fn f_copy(t: &Tensor) -> std::result::Result<Tensor, tch::TchError> {
 }
 
 /// [`torch`] for a chain of fallible ops (`?` inside the closure).
-pub(crate) fn chain<T>(
-    op: &'static str,
-    f: impl FnOnce() -> std::result::Result<T, tch::TchError>,
-) -> Result<T> {
+pub(crate) fn chain<T>(op: &'static str, f: impl FnOnce() -> std::result::Result<T, tch::TchError>) -> Result<T> {
     torch(op, f())
 }
 
@@ -260,11 +232,7 @@ pub(crate) fn checked_grad(name: &str, p: &Tensor) -> Result<Option<Tensor>> {
     }
     if g.size() != p.size() || g.kind() != p.kind() || g.device() != p.device() {
         let describe = |t: &Tensor| format!("{:?} {:?} on {:?}", t.size(), t.kind(), t.device());
-        return Err(OptimError::Grad {
-            name: name.to_string(),
-            expected: describe(p),
-            found: describe(&g),
-        });
+        return Err(OptimError::Grad { name: name.to_string(), expected: describe(p), found: describe(&g) });
     }
     Ok(Some(g.detach()))
 }
@@ -275,31 +243,19 @@ pub(crate) fn check_params(params: &[(String, Tensor)]) -> Result<tch::Device> {
     let expected = first.1.device();
     for (name, t) in params {
         if t.kind() != tch::Kind::Float || t.device() != expected {
-            return Err(OptimError::ParamKind {
-                name: name.clone(),
-                kind: t.kind(),
-                device: t.device(),
-                expected,
-            });
+            return Err(OptimError::ParamKind { name: name.clone(), kind: t.kind(), device: t.device(), expected });
         }
     }
     Ok(expected)
 }
 
 /// Finds `key` in a state list and checks its shape.
-pub(crate) fn state_entry<'a>(
-    state: &'a [(String, Tensor)],
-    key: &str,
-    shape: &[i64],
-) -> Result<&'a Tensor> {
+pub(crate) fn state_entry<'a>(state: &'a [(String, Tensor)], key: &str, shape: &[i64]) -> Result<&'a Tensor> {
     let t = state
         .iter()
         .find(|(k, _)| k == key)
         .map(|(_, t)| t)
-        .ok_or_else(|| OptimError::State {
-            key: key.into(),
-            reason: "missing".into(),
-        })?;
+        .ok_or_else(|| OptimError::State { key: key.into(), reason: "missing".into() })?;
     if t.size() != shape {
         return Err(OptimError::State {
             key: key.into(),

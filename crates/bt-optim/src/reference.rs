@@ -4,8 +4,8 @@
 //! so the two load each other's state.
 use crate::lars::SOLO_LEARN_EPS;
 use crate::{
-    chain, check_params, checked_grad, f_copy, state_entry, step_from_state, torch, LambParams,
-    LarsParams, LarsVariant, LrPair, Optimizer, Result,
+    chain, check_params, checked_grad, f_copy, state_entry, step_from_state, torch, LambParams, LarsParams,
+    LarsVariant, LrPair, Optimizer, Result,
 };
 use tch::Tensor;
 
@@ -21,10 +21,7 @@ fn norm(t: &Tensor) -> Result<f64> {
 }
 
 fn zeros(params: &[(String, Tensor)]) -> Result<Vec<Tensor>> {
-    params
-        .iter()
-        .map(|(_, t)| torch("zeros_like", t.f_zeros_like()))
-        .collect()
+    params.iter().map(|(_, t)| torch("zeros_like", t.f_zeros_like())).collect()
 }
 
 fn lr_of(shape: &[i64], lr: &LrPair) -> f64 {
@@ -51,13 +48,7 @@ impl LambPerTensor {
         check_params(&params)?;
         let m = zeros(&params)?;
         let v = zeros(&params)?;
-        Ok(Self {
-            p,
-            params,
-            m,
-            v,
-            step: 0,
-        })
+        Ok(Self { p, params, m, v, step: 0 })
     }
 }
 
@@ -81,9 +72,7 @@ impl Optimizer for LambPerTensor {
                 let v_hat = v.f_div_scalar(1.0 - b2.powf(t))?;
                 m_hat.f_div(&v_hat.f_sqrt()?.f_add_scalar(self.p.eps)?)
             })?;
-            if self.p.weight_decay != 0.0
-                && !self.p.exclude_from_weight_decay.excludes(name, &shape)
-            {
+            if self.p.weight_decay != 0.0 && !self.p.exclude_from_weight_decay.excludes(name, &shape) {
                 u = chain("decay", || u.f_add(&w.f_mul_scalar(self.p.weight_decay)?))?;
             }
             let mut ratio = 1.0;
@@ -93,9 +82,7 @@ impl Optimizer for LambPerTensor {
                     ratio = wn / un;
                 }
             }
-            let _ = chain("apply", || {
-                w.f_sub_(&u.f_mul_scalar(ratio * lr_of(&shape, lr))?)
-            })?;
+            let _ = chain("apply", || w.f_sub_(&u.f_mul_scalar(ratio * lr_of(&shape, lr))?))?;
         }
         Ok(())
     }
@@ -113,16 +100,10 @@ impl Optimizer for LambPerTensor {
     fn try_state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut s = vec![("lamb.step".to_string(), Tensor::from_slice(&[self.step]))];
         for (i, (n, _)) in self.params.iter().enumerate() {
-            s.push((
-                format!("lamb.m.{n}"),
-                torch("copy(state)", f_copy(&self.m[i]))?,
-            ));
+            s.push((format!("lamb.m.{n}"), torch("copy(state)", f_copy(&self.m[i]))?));
         }
         for (i, (n, _)) in self.params.iter().enumerate() {
-            s.push((
-                format!("lamb.v.{n}"),
-                torch("copy(state)", f_copy(&self.v[i]))?,
-            ));
+            s.push((format!("lamb.v.{n}"), torch("copy(state)", f_copy(&self.v[i]))?));
         }
         Ok(s)
     }
@@ -130,14 +111,8 @@ impl Optimizer for LambPerTensor {
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
         let step = step_from_state(state, "lamb.step")?;
         for (i, (n, p)) in self.params.iter().enumerate() {
-            self.m[i] = torch(
-                "copy(state)",
-                f_copy(state_entry(state, &format!("lamb.m.{n}"), &p.size())?),
-            )?;
-            self.v[i] = torch(
-                "copy(state)",
-                f_copy(state_entry(state, &format!("lamb.v.{n}"), &p.size())?),
-            )?;
+            self.m[i] = torch("copy(state)", f_copy(state_entry(state, &format!("lamb.m.{n}"), &p.size())?))?;
+            self.v[i] = torch("copy(state)", f_copy(state_entry(state, &format!("lamb.v.{n}"), &p.size())?))?;
         }
         self.step = step;
         Ok(())
@@ -158,12 +133,7 @@ impl LarsPerTensor {
     pub fn new(params: Vec<(String, Tensor)>, p: LarsParams) -> Result<Self> {
         check_params(&params)?;
         let mu = zeros(&params)?;
-        Ok(Self {
-            p,
-            params,
-            mu,
-            step: 0,
-        })
+        Ok(Self { p, params, mu, step: 0 })
     }
 }
 
@@ -226,10 +196,7 @@ impl Optimizer for LarsPerTensor {
     fn try_state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut s = vec![("lars.step".to_string(), Tensor::from_slice(&[self.step]))];
         for (i, (n, _)) in self.params.iter().enumerate() {
-            s.push((
-                format!("lars.mu.{n}"),
-                torch("copy(state)", f_copy(&self.mu[i]))?,
-            ));
+            s.push((format!("lars.mu.{n}"), torch("copy(state)", f_copy(&self.mu[i]))?));
         }
         Ok(s)
     }
@@ -237,10 +204,7 @@ impl Optimizer for LarsPerTensor {
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
         let step = step_from_state(state, "lars.step")?;
         for (i, (n, p)) in self.params.iter().enumerate() {
-            self.mu[i] = torch(
-                "copy(state)",
-                f_copy(state_entry(state, &format!("lars.mu.{n}"), &p.size())?),
-            )?;
+            self.mu[i] = torch("copy(state)", f_copy(state_entry(state, &format!("lars.mu.{n}"), &p.size())?))?;
         }
         self.step = step;
         Ok(())

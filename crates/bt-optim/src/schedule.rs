@@ -40,11 +40,7 @@ impl Schedule {
             kind: s.kind,
             lr_weights: o.lr,
             lr_biases: if o.lr_bias > 0.0 { o.lr_bias } else { o.lr },
-            base: if s.scale_with_batch {
-                batch_size as f64 / 256.0
-            } else {
-                1.0
-            },
+            base: if s.scale_with_batch { batch_size as f64 / 256.0 } else { 1.0 },
             warmup_steps: s.warmup_epochs * steps_per_epoch as f64,
             total_steps: (epochs * steps_per_epoch) as f64,
             final_fraction: s.final_lr_fraction,
@@ -73,9 +69,6 @@ impl Schedule {
     /// Learning rates of weights and biases at `step` (0-based).
     pub fn lr_at(&self, step: usize) -> LrPair {
         let f = self.factor(step);
-        LrPair {
-            weights: f * self.lr_weights,
-            biases: f * self.lr_biases,
-        }
+        LrPair { weights: f * self.lr_weights, biases: f * self.lr_biases }
     }
 }

@@ -4,29 +4,15 @@
 use bt_config::{LarsVariant, OptimConfig, OptimKind, ScheduleConfig, ScheduleKind};
 use bt_optim::reference::{LambPerTensor, LarsPerTensor};
 use bt_optim::OptimError;
-use bt_optim::{
-    build, trainable_named, Lamb, LambParams, Lars, LarsParams, LrPair, Optimizer, ParamFilter,
-    Schedule,
-};
+use bt_optim::{build, trainable_named, Lamb, LambParams, Lars, LarsParams, LrPair, Optimizer, ParamFilter, Schedule};
 use std::collections::HashMap;
 use tch::{nn, Device, Kind, Tensor};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-const NAMES: [&str; 7] = [
-    "l1.weight",
-    "l1.bias",
-    "l2.weight",
-    "l2.bias",
-    "scale",
-    "zero.weight",
-    "dead.weight",
-];
+const NAMES: [&str; 7] = ["l1.weight", "l1.bias", "l2.weight", "l2.bias", "scale", "zero.weight", "dead.weight"];
 
 fn load(file: &str) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(format!("{FIXTURES}/{file}"))
-        .unwrap()
-        .into_iter()
-        .collect()
+    Tensor::read_safetensors(format!("{FIXTURES}/{file}")).unwrap().into_iter().collect()
 }
 
 struct Model {
@@ -37,20 +23,9 @@ struct Model {
 
 impl Model {
     fn new(f: &HashMap<String, Tensor>) -> Self {
-        let params = NAMES
-            .iter()
-            .map(|n| {
-                (
-                    n.to_string(),
-                    f[&format!("init/{n}")].copy().set_requires_grad(true),
-                )
-            })
-            .collect();
-        Self {
-            params,
-            x: f["data/x"].copy(),
-            y: f["data/y"].copy(),
-        }
+        let params =
+            NAMES.iter().map(|n| (n.to_string(), f[&format!("init/{n}")].copy().set_requires_grad(true))).collect();
+        Self { params, x: f["data/x"].copy(), y: f["data/y"].copy() }
     }
     fn p(&self, name: &str) -> &Tensor {
         &self.params.iter().find(|(n, _)| n == name).unwrap().1
@@ -64,10 +39,7 @@ impl Model {
         (out - &self.y).square().mean(Kind::Float)
     }
     fn named(&self) -> Vec<(String, Tensor)> {
-        self.params
-            .iter()
-            .map(|(n, t)| (n.clone(), t.shallow_clone()))
-            .collect()
+        self.params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
     }
 }
 
@@ -91,11 +63,7 @@ fn check_trajectory(
         for n in NAMES {
             let want = traj[&format!("{case}/{n}")].get(step);
             let err = max_abs(model.p(n), &want);
-            assert!(
-                err <= tol,
-                "{case} step {} {n}: max |Δ| = {err:e}",
-                step + 1
-            );
+            assert!(err <= tol, "{case} step {} {n}: max |Δ| = {err:e}", step + 1);
         }
     }
     assert_eq!(opt.step_count(), 20);
@@ -135,10 +103,7 @@ fn lamb_matches_tfa_formulas_over_20_steps() {
 fn lamb_matches_keras3_lamb_over_20_steps() {
     let f = load("optim_ref.safetensors");
     let mut k = load("optim_keras.safetensors");
-    let renamed: HashMap<String, Tensor> = k
-        .drain()
-        .map(|(n, t)| (n.replace("keras_lamb/", "keras/"), t))
-        .collect();
+    let renamed: HashMap<String, Tensor> = k.drain().map(|(n, t)| (n.replace("keras_lamb/", "keras/"), t)).collect();
     let m = Model::new(&f);
     let mut opt = Lamb::new(m.named(), LambParams::default()).unwrap();
     check_trajectory(&renamed, "keras", &m, &mut opt, LrPair::same(0.01), 1e-6);
@@ -155,10 +120,7 @@ fn lars_case(case: &str) -> (LarsParams, LrPair) {
                 clip_lr: false,
                 exclude: ParamFilter::bias_and_norm(),
             },
-            LrPair {
-                weights: 1.0,
-                biases: 0.1,
-            },
+            LrPair { weights: 1.0, biases: 0.1 },
         ),
         "lars_solo_clip" | "lars_solo" => (
             LarsParams {
@@ -209,11 +171,7 @@ fn trust_ratio_falls_back_to_one_on_zero_norms() {
     (&w * 0.0).sum(Kind::Float).backward();
     let mut opt = Lars::new(
         vec![("w".into(), w.shallow_clone())],
-        LarsParams {
-            exclude: ParamFilter::none(),
-            weight_decay: 0.0,
-            ..LarsParams::default()
-        },
+        LarsParams { exclude: ParamFilter::none(), weight_decay: 0.0, ..LarsParams::default() },
     )
     .unwrap();
     opt.step(&LrPair::same(1.0)).unwrap();
@@ -233,16 +191,8 @@ fn state_round_trips_exactly_through_a_file_and_across_implementations() {
     let f = load("optim_ref.safetensors");
     let dir = tempfile::tempdir().unwrap();
     let cfgs = [
-        OptimConfig {
-            name: OptimKind::Lamb,
-            weight_decay: 0.01,
-            ..OptimConfig::default()
-        },
-        OptimConfig {
-            name: OptimKind::Lars,
-            lr: 0.3,
-            ..OptimConfig::default()
-        },
+        OptimConfig { name: OptimKind::Lamb, weight_decay: 0.01, ..OptimConfig::default() },
+        OptimConfig { name: OptimKind::Lars, lr: 0.3, ..OptimConfig::default() },
     ];
     for cfg in cfgs {
         let lr = LrPair::same(cfg.lr);
@@ -257,11 +207,7 @@ fn state_round_trips_exactly_through_a_file_and_across_implementations() {
         run_steps(&m1, o1.as_mut(), 3, lr);
         let path = dir.path().join(format!("{:?}.safetensors", cfg.name));
         let mut all = o1.state();
-        all.extend(
-            m1.named()
-                .into_iter()
-                .map(|(n, t)| (format!("param.{n}"), t.detach())),
-        );
+        all.extend(m1.named().into_iter().map(|(n, t)| (format!("param.{n}"), t.detach())));
         Tensor::write_safetensors(&all, &path).unwrap();
         let loaded = Tensor::read_safetensors(&path).unwrap();
 
@@ -269,11 +215,7 @@ fn state_round_trips_exactly_through_a_file_and_across_implementations() {
             let m2 = Model::new(&f);
             tch::no_grad(|| {
                 for (n, t) in m2.named() {
-                    let src = &loaded
-                        .iter()
-                        .find(|(k, _)| *k == format!("param.{n}"))
-                        .unwrap()
-                        .1;
+                    let src = &loaded.iter().find(|(k, _)| *k == format!("param.{n}")).unwrap().1;
                     t.shallow_clone().copy_(src);
                 }
             });
@@ -295,16 +237,8 @@ fn state_round_trips_exactly_through_a_file_and_across_implementations() {
             }
         }
         // A state with a missing entry is an error naming the key.
-        let partial: Vec<(String, Tensor)> = o1
-            .state()
-            .into_iter()
-            .filter(|(k, _)| !k.ends_with("l1.bias"))
-            .collect();
-        let e = build(&cfg, Model::new(&f).named())
-            .unwrap()
-            .load_state(&partial)
-            .unwrap_err()
-            .to_string();
+        let partial: Vec<(String, Tensor)> = o1.state().into_iter().filter(|(k, _)| !k.ends_with("l1.bias")).collect();
+        let e = build(&cfg, Model::new(&f).named()).unwrap().load_state(&partial).unwrap_err().to_string();
         assert!(e.contains("l1.bias"), "{e}");
     }
 }
@@ -317,11 +251,7 @@ fn varstore_variables_are_updated_in_place_and_running_stats_are_left_alone() {
     let bn = nn::batch_norm1d(vs.root() / "bn", 4, Default::default());
     let named = trainable_named(&vs);
     let names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(
-        names,
-        ["bn.bias", "bn.weight", "fc.bias", "fc.weight"],
-        "running stats are not trainable"
-    );
+    assert_eq!(names, ["bn.bias", "bn.weight", "fc.bias", "fc.weight"], "running stats are not trainable");
     let before = lin.ws.copy();
     let mut opt = build(&OptimConfig::default(), named).unwrap();
     let x = Tensor::randn([8, 6], (Kind::Float, Device::Cpu));
@@ -351,11 +281,7 @@ fn warmup_cosine_matches_official_adjust_learning_rate() {
             scale_with_batch: true,
             final_lr_fraction: 0.001,
         },
-        &OptimConfig {
-            lr: 0.2,
-            lr_bias: 0.0048,
-            ..OptimConfig::default()
-        },
+        &OptimConfig { lr: 0.2, lr_bias: 0.0048, ..OptimConfig::default() },
         512,
         steps_per_epoch,
         30,
@@ -363,29 +289,12 @@ fn warmup_cosine_matches_official_adjust_learning_rate() {
     assert_eq!(want.size(), [30 * 7, 2]);
     for step in 0..(30 * steps_per_epoch) {
         let lr = s.lr_at(step);
-        let (w, b) = (
-            want.double_value(&[step as i64, 0]),
-            want.double_value(&[step as i64, 1]),
-        );
-        assert!(
-            (lr.weights - w).abs() <= 1e-12 * w.abs().max(1e-3),
-            "step {step}: {} vs {w}",
-            lr.weights
-        );
-        assert!(
-            (lr.biases - b).abs() <= 1e-12 * b.abs().max(1e-3),
-            "step {step}: {} vs {b}",
-            lr.biases
-        );
+        let (w, b) = (want.double_value(&[step as i64, 0]), want.double_value(&[step as i64, 1]));
+        assert!((lr.weights - w).abs() <= 1e-12 * w.abs().max(1e-3), "step {step}: {} vs {w}", lr.weights);
+        assert!((lr.biases - b).abs() <= 1e-12 * b.abs().max(1e-3), "step {step}: {} vs {b}", lr.biases);
     }
     // Constant (the seed): optim.lr at every step; lr_bias = 0 means the same rate.
-    let c = Schedule::from_config(
-        &ScheduleConfig::default(),
-        &OptimConfig::default(),
-        512,
-        97,
-        160,
-    );
+    let c = Schedule::from_config(&ScheduleConfig::default(), &OptimConfig::default(), 512, 97, 160);
     assert_eq!(c.lr_at(0), LrPair::same(1e-3));
     assert_eq!(c.lr_at(97 * 160 - 1), LrPair::same(1e-3));
 }
@@ -398,14 +307,8 @@ fn warmup_cosine_matches_official_adjust_learning_rate() {
 fn a_gradient_that_does_not_fit_its_parameter_is_an_error() {
     let f = load("optim_ref.safetensors");
     let cfgs = [
-        OptimConfig {
-            name: OptimKind::Lamb,
-            ..OptimConfig::default()
-        },
-        OptimConfig {
-            name: OptimKind::Lars,
-            ..OptimConfig::default()
-        },
+        OptimConfig { name: OptimKind::Lamb, ..OptimConfig::default() },
+        OptimConfig { name: OptimKind::Lars, ..OptimConfig::default() },
     ];
     for cfg in cfgs {
         for grouped in [true, false] {
@@ -423,24 +326,14 @@ fn a_gradient_that_does_not_fit_its_parameter_is_an_error() {
             match opt.step(&LrPair::same(0.1)) {
                 Err(e @ OptimError::Grad { .. }) => {
                     let msg = e.to_string();
-                    assert!(
-                        msg.contains("`l1.bias`") && msg.contains("[7]"),
-                        "{ctx}: {msg}"
-                    );
+                    assert!(msg.contains("`l1.bias`") && msg.contains("[7]"), "{ctx}: {msg}");
                 }
                 other => panic!("{ctx}: {other:?}"),
             }
-            assert_eq!(
-                max_abs(m.p("l2.weight"), &before),
-                0.0,
-                "{ctx}: parameters moved"
-            );
+            assert_eq!(max_abs(m.p("l2.weight"), &before), 0.0, "{ctx}: parameters moved");
             // A state from another model shape: an error naming the key, not a panic.
             let mut state = opt.try_state().unwrap();
-            let (key, t) = state
-                .iter_mut()
-                .find(|(k, _)| k.ends_with(".l1.weight"))
-                .unwrap();
+            let (key, t) = state.iter_mut().find(|(k, _)| k.ends_with(".l1.weight")).unwrap();
             *t = Tensor::zeros([1, 1], (Kind::Float, Device::Cpu));
             let key = key.clone();
             match opt.load_state(&state) {

@@ -17,14 +17,7 @@ fn resnet18_shapes() -> Vec<Vec<i64>> {
     for (c, stride) in [(64, 1), (128, 2), (256, 2), (512, 2)] {
         for block in 0..2 {
             let cin = if block == 0 { c_in } else { c };
-            s.extend([
-                vec![c, cin, 3, 3],
-                vec![c],
-                vec![c],
-                vec![c, c, 3, 3],
-                vec![c],
-                vec![c],
-            ]);
+            s.extend([vec![c, cin, 3, 3], vec![c], vec![c], vec![c, c, 3, 3], vec![c], vec![c]]);
             if block == 0 && (stride != 1 || cin != c) {
                 s.extend([vec![c, cin, 1, 1], vec![c], vec![c]]);
             }
@@ -35,10 +28,7 @@ fn resnet18_shapes() -> Vec<Vec<i64>> {
 }
 
 fn list(shapes: &[Vec<i64>]) -> Vec<Tensor> {
-    shapes
-        .iter()
-        .map(|s| Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu)))
-        .collect()
+    shapes.iter().map(|s| Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu))).collect()
 }
 
 fn bench_foreach(c: &mut Criterion) {
@@ -91,25 +81,15 @@ fn bench_foreach(c: &mut Criterion) {
 fn bench_channels_last(c: &mut Criterion) {
     let x = Tensor::randn([64, 64, 32, 32], (Kind::Float, Device::Cpu));
     let w = Tensor::randn([64, 64, 3, 3], (Kind::Float, Device::Cpu));
-    let (xc, wc) = (
-        bt_shim::to_channels_last(&x).unwrap(),
-        bt_shim::to_channels_last(&w).unwrap(),
-    );
+    let (xc, wc) = (bt_shim::to_channels_last(&x).unwrap(), bt_shim::to_channels_last(&w).unwrap());
     let mut group = c.benchmark_group("conv3x3_64ch_32x32_batch64");
-    group.bench_function("nchw", |b| {
-        b.iter(|| x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1))
-    });
-    group.bench_function("channels_last", |b| {
-        b.iter(|| xc.conv2d(&wc, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1))
-    });
+    group.bench_function("nchw", |b| b.iter(|| x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1)));
+    group.bench_function("channels_last", |b| b.iter(|| xc.conv2d(&wc, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1)));
     group.finish();
 }
 
 fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(4))
-        .warm_up_time(Duration::from_secs(1))
+    Criterion::default().sample_size(10).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1))
 }
 
 criterion_group! { name = benches; config = config(); targets = bench_foreach, bench_channels_last }

@@ -16,14 +16,7 @@ fn resnet18_shapes() -> Vec<Vec<i64>> {
     for (c, stride) in [(64, 1), (128, 2), (256, 2), (512, 2)] {
         for block in 0..2 {
             let cin = if block == 0 { c_in } else { c };
-            s.extend([
-                vec![c, cin, 3, 3],
-                vec![c],
-                vec![c],
-                vec![c, c, 3, 3],
-                vec![c],
-                vec![c],
-            ]);
+            s.extend([vec![c, cin, 3, 3], vec![c], vec![c], vec![c, c, 3, 3], vec![c], vec![c]]);
             if block == 0 && (stride != 1 || cin != c) {
                 s.extend([vec![c, cin, 1, 1], vec![c], vec![c]]);
             }
@@ -64,17 +57,11 @@ fn interleaved(rounds: usize, a: &mut dyn FnMut(), b: &mut dyn FnMut()) -> (f64,
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
-    let rounds: usize = std::env::var("BT_AB_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(15);
+    let rounds: usize = std::env::var("BT_AB_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(15);
     let shapes = resnet18_shapes();
     let list = |seed: i64| -> Vec<Tensor> {
         tch::manual_seed(seed);
-        shapes
-            .iter()
-            .map(|s| Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu)))
-            .collect()
+        shapes.iter().map(|s| Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu))).collect()
     };
     let (m, g) = (list(1), list(2));
     let numel: i64 = shapes.iter().map(|s| s.iter().product::<i64>()).sum();
@@ -103,14 +90,9 @@ fn main() {
 
     let x = Tensor::randn([64, 64, 32, 32], (Kind::Float, Device::Cpu));
     let w = Tensor::randn([64, 64, 3, 3], (Kind::Float, Device::Cpu));
-    let (xc, wc) = (
-        bt_shim::to_channels_last(&x).unwrap(),
-        bt_shim::to_channels_last(&w).unwrap(),
-    );
+    let (xc, wc) = (bt_shim::to_channels_last(&x).unwrap(), bt_shim::to_channels_last(&w).unwrap());
     let conv = |x: &Tensor, w: &Tensor| x.conv2d(w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
-    let (mn, mc) = interleaved(rounds, &mut || drop(conv(&x, &w)), &mut || {
-        drop(conv(&xc, &wc))
-    });
+    let (mn, mc) = interleaved(rounds, &mut || drop(conv(&x, &w)), &mut || drop(conv(&xc, &wc)));
     println!("conv3x3 [64, 64, 32, 32] x [64, 64, 3, 3], f32:");
     println!("NCHW input:          median {mn:.2} ms");
     println!("channels-last input: median {mc:.2} ms");

@@ -28,10 +28,7 @@ fn main() -> bt_shim::Result<()> {
         let want = p - b * lr;
         diff = diff.max((want - pm).abs().max().double_value(&[]));
     }
-    println!(
-        "SGD momentum step over {} tensors: max |diff| vs per-tensor loop = {diff:e}",
-        params.len()
-    );
+    println!("SGD momentum step over {} tensors: max |diff| vs per-tensor loop = {diff:e}", params.len());
 
     let norms = bt_shim::foreach_norm(&p_multi)?;
     let norms: Vec<f64> = norms.iter().map(|n| n.double_value(&[])).collect();
@@ -41,28 +38,14 @@ fn main() -> bt_shim::Result<()> {
     let w = &params[0];
     let nchw = x.conv2d(w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
     let xc = bt_shim::to_channels_last(&x)?;
-    let nhwc = xc.conv2d(
-        &bt_shim::to_channels_last(w)?,
-        None::<Tensor>,
-        [1, 1],
-        [1, 1],
-        [1, 1],
-        1,
-    );
+    let nhwc = xc.conv2d(&bt_shim::to_channels_last(w)?, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
     println!(
         "input strides {:?} -> channels-last {:?}; output channels-last: {}",
         x.stride(),
         xc.stride(),
         bt_shim::is_channels_last(&nhwc)
     );
-    println!(
-        "conv NHWC vs NCHW: max |diff| = {:e}",
-        (&nhwc - &nchw).abs().max().double_value(&[])
-    );
-    println!(
-        "bt-shim built with CUDA: {}; CUDA devices: {}",
-        bt_shim::built_with_cuda(),
-        bt_shim::cuda_device_count()
-    );
+    println!("conv NHWC vs NCHW: max |diff| = {:e}", (&nhwc - &nchw).abs().max().double_value(&[]));
+    println!("bt-shim built with CUDA: {}; CUDA devices: {}", bt_shim::built_with_cuda(), bt_shim::cuda_device_count());
     Ok(())
 }

@@ -20,11 +20,7 @@ fn device_type(op: &'static str, device: Device) -> Result<i32> {
         Device::Cpu => Ok(0),
         Device::Cuda(_) => Ok(1),
         Device::Mps => Ok(13),
-        Device::Vulkan => Err(Error::Unsupported {
-            op,
-            what: "autocast device",
-            value: format!("{device:?}"),
-        }),
+        Device::Vulkan => Err(Error::Unsupported { op, what: "autocast device", value: format!("{device:?}") }),
     }
 }
 
@@ -33,11 +29,7 @@ fn scalar_type(op: &'static str, kind: Kind) -> Result<i32> {
     match kind {
         Kind::Half => Ok(5),
         Kind::BFloat16 => Ok(15),
-        _ => Err(Error::Unsupported {
-            op,
-            what: "autocast dtype",
-            value: format!("{kind:?}"),
-        }),
+        _ => Err(Error::Unsupported { op, what: "autocast dtype", value: format!("{kind:?}") }),
     }
 }
 
@@ -46,11 +38,7 @@ fn kind_of(op: &'static str, code: i32) -> Result<Kind> {
         5 => Ok(Kind::Half),
         6 => Ok(Kind::Float),
         15 => Ok(Kind::BFloat16),
-        _ => Err(Error::Unsupported {
-            op,
-            what: "autocast dtype code",
-            value: code.to_string(),
-        }),
+        _ => Err(Error::Unsupported { op, what: "autocast dtype code", value: code.to_string() }),
     }
 }
 
@@ -75,9 +63,7 @@ pub fn autocast_dtype(device: Device) -> Result<Kind> {
 pub fn set_autocast_enabled(device: Device, enabled: bool) -> Result<()> {
     const OP: &str = "set_autocast_enabled";
     let d = device_type(OP, device)?;
-    check(OP, unsafe {
-        ffi::bt_shim_autocast_set_enabled(d, enabled.into())
-    })
+    check(OP, unsafe { ffi::bt_shim_autocast_set_enabled(d, enabled.into()) })
 }
 
 /// Whether autocast is enabled for `device`'s device type in this thread.
@@ -118,15 +104,8 @@ impl AutocastGuard {
         const OP: &str = "AutocastGuard::new";
         let (d, k) = (device_type(OP, device)?, scalar_type(OP, kind)?);
         let (mut prev_enabled, mut prev_dtype) = (0, 0);
-        check(OP, unsafe {
-            ffi::bt_shim_autocast_enter(d, k, &mut prev_enabled, &mut prev_dtype)
-        })?;
-        Ok(Self {
-            device_type: d,
-            prev_enabled,
-            prev_dtype,
-            _not_send: PhantomData,
-        })
+        check(OP, unsafe { ffi::bt_shim_autocast_enter(d, k, &mut prev_enabled, &mut prev_dtype) })?;
+        Ok(Self { device_type: d, prev_enabled, prev_dtype, _not_send: PhantomData })
     }
 }
 

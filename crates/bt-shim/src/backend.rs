@@ -19,16 +19,12 @@ pub fn cudnn_benchmark() -> bool {
 /// f32 matmuls and convolutions that remain outside autocast (e.g. the f32 loss's
 /// cross-correlation) may use TF32 tensor cores (10-bit mantissa inputs, f32 accumulation).
 pub fn set_allow_tf32(on: bool) -> Result<()> {
-    check("set_allow_tf32", unsafe {
-        ffi::bt_shim_set_allow_tf32(on.into())
-    })
+    check("set_allow_tf32", unsafe { ffi::bt_shim_set_allow_tf32(on.into()) })
 }
 
 /// The TF32 switches: `(matmul (cuBLAS), convolutions (cuDNN))`.
 pub fn allow_tf32() -> Result<(bool, bool)> {
     let (mut m, mut c) = (0, 0);
-    check("allow_tf32", unsafe {
-        ffi::bt_shim_allow_tf32(&mut m, &mut c)
-    })?;
+    check("allow_tf32", unsafe { ffi::bt_shim_allow_tf32(&mut m, &mut c) })?;
     Ok((m != 0, c != 0))
 }

@@ -26,10 +26,7 @@ pub fn cuda_device_count() -> usize {
 
 fn require(op: &'static str, device: usize) -> Result<c_int> {
     if !built_with_cuda() {
-        return Err(Error::CudaUnavailable {
-            op,
-            reason: "bt-shim was built without CUDA support".into(),
-        });
+        return Err(Error::CudaUnavailable { op, reason: "bt-shim was built without CUDA support".into() });
     }
     let n = cuda_device_count();
     if device >= n {
@@ -74,16 +71,8 @@ pub fn cuda_device_properties(device: usize) -> Result<DeviceProperties> {
         )
     })?;
     // SAFETY: the C side always NUL-terminates within `name.len()`.
-    let name = unsafe { CStr::from_ptr(name.as_ptr()) }
-        .to_string_lossy()
-        .into_owned();
-    Ok(DeviceProperties {
-        name,
-        major,
-        minor,
-        total_memory: mem,
-        multiprocessors: sms,
-    })
+    let name = unsafe { CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
+    Ok(DeviceProperties { name, major, minor, total_memory: mem, multiprocessors: sms })
 }
 
 /// Blocks the host until all work on `device` has finished (`torch.cuda.synchronize(device)`).
@@ -98,9 +87,7 @@ pub fn cuda_synchronize(device: usize) -> Result<()> {
 pub fn current_stream_synchronize(device: usize) -> Result<()> {
     const OP: &str = "current_stream_synchronize";
     let d = require(OP, device)?;
-    check(OP, unsafe {
-        ffi::bt_shim_cuda_current_stream_synchronize(d)
-    })
+    check(OP, unsafe { ffi::bt_shim_cuda_current_stream_synchronize(d) })
 }
 
 /// A CUDA stream of libtorch's pool, as a (stream id, device) pair. Copy: it is a name, the
@@ -123,9 +110,7 @@ impl CudaStream {
         const OP: &str = "CudaStream::from_pool";
         let d = require(OP, device)?;
         let mut id = 0;
-        check(OP, unsafe {
-            ffi::bt_shim_cuda_stream_from_pool(d, high_priority.into(), &mut id)
-        })?;
+        check(OP, unsafe { ffi::bt_shim_cuda_stream_from_pool(d, high_priority.into(), &mut id) })?;
         Ok(Self { id, device: d })
     }
 
@@ -154,25 +139,19 @@ impl CudaStream {
 
     /// Blocks the host until this stream's queued work has finished.
     pub fn synchronize(&self) -> Result<()> {
-        check("CudaStream::synchronize", unsafe {
-            ffi::bt_shim_cuda_stream_synchronize(self.id, self.device)
-        })
+        check("CudaStream::synchronize", unsafe { ffi::bt_shim_cuda_stream_synchronize(self.id, self.device) })
     }
 
     /// Whether all work queued on this stream has finished (non-blocking).
     pub fn query(&self) -> Result<bool> {
         let mut done = 0;
-        check("CudaStream::query", unsafe {
-            ffi::bt_shim_cuda_stream_query(self.id, self.device, &mut done)
-        })?;
+        check("CudaStream::query", unsafe { ffi::bt_shim_cuda_stream_query(self.id, self.device, &mut done) })?;
         Ok(done != 0)
     }
 
     /// Makes this stream wait (on the GPU; the host does not block) for `event`.
     pub fn wait_event(&self, event: &CudaEvent) -> Result<()> {
-        check("CudaStream::wait_event", unsafe {
-            ffi::bt_shim_cuda_event_block(event.raw, self.id, self.device)
-        })
+        check("CudaStream::wait_event", unsafe { ffi::bt_shim_cuda_event_block(event.raw, self.id, self.device) })
     }
 
     /// Makes this stream current on its device for this thread until the guard drops
@@ -182,13 +161,7 @@ impl CudaStream {
         check("CudaStream::make_current", unsafe {
             ffi::bt_shim_cuda_exchange_stream(self.id, self.device, &mut prev)
         })?;
-        Ok(CudaStreamGuard {
-            prev: CudaStream {
-                id: prev,
-                device: self.device,
-            },
-            _not_send: PhantomData,
-        })
+        Ok(CudaStreamGuard { prev: CudaStream { id: prev, device: self.device }, _not_send: PhantomData })
     }
 }
 
@@ -217,22 +190,11 @@ impl Drop for CudaStreamGuard {
 /// the main stream. Order it against the consumer with a [`CudaEvent`] recorded on `stream`
 /// and waited on by the consumer's stream; if `dst` was allocated on another stream, see
 /// [`record_stream`].
-pub fn copy_on_stream(
-    dst: &Tensor,
-    src: &Tensor,
-    stream: &CudaStream,
-    non_blocking: bool,
-) -> Result<()> {
+pub fn copy_on_stream(dst: &Tensor, src: &Tensor, stream: &CudaStream, non_blocking: bool) -> Result<()> {
     const OP: &str = "copy_on_stream";
     require(OP, stream.device())?;
     check(OP, unsafe {
-        ffi::bt_shim_copy_on_stream(
-            dst.as_ptr(),
-            src.as_ptr(),
-            stream.id,
-            stream.device,
-            non_blocking.into(),
-        )
+        ffi::bt_shim_copy_on_stream(dst.as_ptr(), src.as_ptr(), stream.id, stream.device, non_blocking.into())
     })
 }
 
@@ -241,9 +203,7 @@ pub fn copy_on_stream(
 pub fn record_stream(t: &Tensor, stream: &CudaStream) -> Result<()> {
     const OP: &str = "record_stream";
     require(OP, stream.device())?;
-    check(OP, unsafe {
-        ffi::bt_shim_record_stream(t.as_ptr(), stream.id, stream.device)
-    })
+    check(OP, unsafe { ffi::bt_shim_record_stream(t.as_ptr(), stream.id, stream.device) })
 }
 
 /// A CUDA event (`torch.cuda.Event`): a marker in a stream that other streams can wait for.
@@ -264,9 +224,7 @@ impl CudaEvent {
         const OP: &str = "CudaEvent::new";
         require(OP, device)?;
         let mut raw = std::ptr::null_mut();
-        check(OP, unsafe {
-            ffi::bt_shim_cuda_event_new(enable_timing.into(), &mut raw)
-        })?;
+        check(OP, unsafe { ffi::bt_shim_cuda_event_new(enable_timing.into(), &mut raw) })?;
         Ok(Self { raw, device })
     }
 
@@ -278,9 +236,7 @@ impl CudaEvent {
 
     /// Records the event on `stream`.
     pub fn record_on(&mut self, stream: &CudaStream) -> Result<()> {
-        check("CudaEvent::record_on", unsafe {
-            ffi::bt_shim_cuda_event_record(self.raw, stream.id, stream.device)
-        })
+        check("CudaEvent::record_on", unsafe { ffi::bt_shim_cuda_event_record(self.raw, stream.id, stream.device) })
     }
 
     /// Makes this thread's current stream wait for the event (GPU-side; the host returns at once).
@@ -290,17 +246,13 @@ impl CudaEvent {
 
     /// Blocks the host until the event has completed.
     pub fn synchronize(&self) -> Result<()> {
-        check("CudaEvent::synchronize", unsafe {
-            ffi::bt_shim_cuda_event_synchronize(self.raw)
-        })
+        check("CudaEvent::synchronize", unsafe { ffi::bt_shim_cuda_event_synchronize(self.raw) })
     }
 
     /// Whether the work before the event has completed (non-blocking).
     pub fn query(&self) -> Result<bool> {
         let mut done = 0;
-        check("CudaEvent::query", unsafe {
-            ffi::bt_shim_cuda_event_query(self.raw, &mut done)
-        })?;
+        check("CudaEvent::query", unsafe { ffi::bt_shim_cuda_event_query(self.raw, &mut done) })?;
         Ok(done != 0)
     }
 
@@ -308,9 +260,7 @@ impl CudaEvent {
     /// completed).
     pub fn elapsed_ms(&self, end: &CudaEvent) -> Result<f64> {
         let mut ms = 0.0;
-        check("CudaEvent::elapsed_ms", unsafe {
-            ffi::bt_shim_cuda_event_elapsed_ms(self.raw, end.raw, &mut ms)
-        })?;
+        check("CudaEvent::elapsed_ms", unsafe { ffi::bt_shim_cuda_event_elapsed_ms(self.raw, end.raw, &mut ms) })?;
         Ok(ms)
     }
 }
@@ -338,11 +288,7 @@ impl CudaGraph {
         require(OP, device)?;
         let mut raw = std::ptr::null_mut();
         check(OP, unsafe { ffi::bt_shim_cuda_graph_new(&mut raw) })?;
-        Ok(Self {
-            raw,
-            device,
-            _not_send: PhantomData,
-        })
+        Ok(Self { raw, device, _not_send: PhantomData })
     }
 
     /// Starts capturing work queued on this thread: `stream` (a side stream, never the default
@@ -355,38 +301,26 @@ impl CudaGraph {
             return Err(Error::Unsupported {
                 op: OP,
                 what: "capture stream device",
-                value: format!(
-                    "stream on cuda:{}, graph on cuda:{}",
-                    stream.device(),
-                    self.device
-                ),
+                value: format!("stream on cuda:{}, graph on cuda:{}", stream.device(), self.device),
             });
         }
-        check(OP, unsafe {
-            ffi::bt_shim_cuda_graph_capture_begin(self.raw, stream.id, stream.device)
-        })
+        check(OP, unsafe { ffi::bt_shim_cuda_graph_capture_begin(self.raw, stream.id, stream.device) })
     }
 
     /// Ends the capture, instantiates the graph and restores the previous current stream.
     pub fn capture_end(&mut self) -> Result<()> {
-        check("CudaGraph::capture_end", unsafe {
-            ffi::bt_shim_cuda_graph_capture_end(self.raw)
-        })
+        check("CudaGraph::capture_end", unsafe { ffi::bt_shim_cuda_graph_capture_end(self.raw) })
     }
 
     /// Launches the captured work on the current stream.
     pub fn replay(&self) -> Result<()> {
-        check("CudaGraph::replay", unsafe {
-            ffi::bt_shim_cuda_graph_replay(self.raw)
-        })
+        check("CudaGraph::replay", unsafe { ffi::bt_shim_cuda_graph_replay(self.raw) })
     }
 
     /// Drops the captured graph (and its private memory pool reference) so it can be captured
     /// again.
     pub fn reset(&mut self) -> Result<()> {
-        check("CudaGraph::reset", unsafe {
-            ffi::bt_shim_cuda_graph_reset(self.raw)
-        })
+        check("CudaGraph::reset", unsafe { ffi::bt_shim_cuda_graph_reset(self.raw) })
     }
 }
 

@@ -43,11 +43,7 @@ extern "C" {
         prev_enabled: *mut c_int,
         prev_dtype: *mut c_int,
     ) -> Err;
-    pub(crate) fn bt_shim_autocast_exit(
-        device_type: c_int,
-        prev_enabled: c_int,
-        prev_dtype: c_int,
-    ) -> Err;
+    pub(crate) fn bt_shim_autocast_exit(device_type: c_int, prev_enabled: c_int, prev_dtype: c_int) -> Err;
 
     pub(crate) fn bt_shim_set_cudnn_benchmark(on: c_int);
     pub(crate) fn bt_shim_cudnn_benchmark() -> c_int;
@@ -68,11 +64,7 @@ extern "C" {
         multiprocessors: *mut c_int,
     ) -> Err;
     pub(crate) fn bt_shim_cuda_synchronize(device: c_int) -> Err;
-    pub(crate) fn bt_shim_cuda_stream_from_pool(
-        device: c_int,
-        high_priority: c_int,
-        id: *mut i64,
-    ) -> Err;
+    pub(crate) fn bt_shim_cuda_stream_from_pool(device: c_int, high_priority: c_int, id: *mut i64) -> Err;
     pub(crate) fn bt_shim_cuda_current_stream(device: c_int, id: *mut i64) -> Err;
     pub(crate) fn bt_shim_cuda_default_stream(device: c_int, id: *mut i64) -> Err;
     pub(crate) fn bt_shim_cuda_exchange_stream(id: i64, device: c_int, prev: *mut i64) -> Err;
@@ -94,11 +86,7 @@ extern "C" {
     pub(crate) fn bt_shim_cuda_event_block(ev: *mut c_void, id: i64, device: c_int) -> Err;
     pub(crate) fn bt_shim_cuda_event_synchronize(ev: *mut c_void) -> Err;
     pub(crate) fn bt_shim_cuda_event_query(ev: *mut c_void, done: *mut c_int) -> Err;
-    pub(crate) fn bt_shim_cuda_event_elapsed_ms(
-        start: *mut c_void,
-        end: *mut c_void,
-        ms: *mut f64,
-    ) -> Err;
+    pub(crate) fn bt_shim_cuda_event_elapsed_ms(start: *mut c_void, end: *mut c_void, ms: *mut f64) -> Err;
 
     pub(crate) fn bt_shim_cuda_graph_new(out: *mut *mut c_void) -> Err;
     pub(crate) fn bt_shim_cuda_graph_free(g: *mut c_void);
@@ -115,9 +103,7 @@ pub(crate) fn check(op: &'static str, err: Err) -> Result<()> {
     }
     // SAFETY: a non-null return is a NUL-terminated string malloc'ed by bt_shim::dup_error,
     // owned by us from here on.
-    let message = unsafe { CStr::from_ptr(err) }
-        .to_string_lossy()
-        .into_owned();
+    let message = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
     unsafe { bt_shim_free_string(err) };
     Err(Error::Torch { op, message })
 }

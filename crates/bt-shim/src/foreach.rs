@@ -32,12 +32,7 @@ fn same_len<A, B>(op: &'static str, list: &'static str, xs: &[A], ys: &[B]) -> R
     if xs.len() == ys.len() {
         Ok(())
     } else {
-        Err(Error::LengthMismatch {
-            op,
-            list,
-            expected: xs.len(),
-            got: ys.len(),
-        })
+        Err(Error::LengthMismatch { op, list, expected: xs.len(), got: ys.len() })
     }
 }
 
@@ -45,9 +40,7 @@ fn same_len<A, B>(op: &'static str, list: &'static str, xs: &[A], ys: &[B]) -> R
 fn adopt(out: Vec<*mut C_tensor>) -> Vec<Tensor> {
     // SAFETY: each pointer was produced by `new at::Tensor(...)` in csrc/shim.cpp and is owned
     // by nobody else; tch frees it with `delete` on drop.
-    out.into_iter()
-        .map(|p| unsafe { Tensor::from_ptr(p) })
-        .collect()
+    out.into_iter().map(|p| unsafe { Tensor::from_ptr(p) }).collect()
 }
 
 /// `xs[i] *= s` for every i.
@@ -56,9 +49,7 @@ pub fn foreach_mul_scalar_<T: Borrow<Tensor>>(xs: &[T], s: f64) -> Result<()> {
     if p.is_empty() {
         return Ok(());
     }
-    check("foreach_mul_scalar_", unsafe {
-        ffi::bt_shim_foreach_mul_scalar_(p.as_ptr(), p.len(), s)
-    })
+    check("foreach_mul_scalar_", unsafe { ffi::bt_shim_foreach_mul_scalar_(p.as_ptr(), p.len(), s) })
 }
 
 /// `xs[i] += s` for every i.
@@ -67,9 +58,7 @@ pub fn foreach_add_scalar_<T: Borrow<Tensor>>(xs: &[T], s: f64) -> Result<()> {
     if p.is_empty() {
         return Ok(());
     }
-    check("foreach_add_scalar_", unsafe {
-        ffi::bt_shim_foreach_add_scalar_(p.as_ptr(), p.len(), s)
-    })
+    check("foreach_add_scalar_", unsafe { ffi::bt_shim_foreach_add_scalar_(p.as_ptr(), p.len(), s) })
 }
 
 /// `xs[i] *= s` with one 0-d tensor `s` (e.g. a learning rate that lives on the GPU, so the
@@ -79,25 +68,17 @@ pub fn foreach_mul_tensor_<T: Borrow<Tensor>>(xs: &[T], s: &Tensor) -> Result<()
     if p.is_empty() {
         return Ok(());
     }
-    check("foreach_mul_tensor_", unsafe {
-        ffi::bt_shim_foreach_mul_tensor_(p.as_ptr(), p.len(), s.as_ptr())
-    })
+    check("foreach_mul_tensor_", unsafe { ffi::bt_shim_foreach_mul_tensor_(p.as_ptr(), p.len(), s.as_ptr()) })
 }
 
 /// `xs[i] += alpha * ys[i]`.
-pub fn foreach_add_<T: Borrow<Tensor>, U: Borrow<Tensor>>(
-    xs: &[T],
-    ys: &[U],
-    alpha: f64,
-) -> Result<()> {
+pub fn foreach_add_<T: Borrow<Tensor>, U: Borrow<Tensor>>(xs: &[T], ys: &[U], alpha: f64) -> Result<()> {
     same_len("foreach_add_", "ys", xs, ys)?;
     let (p, q) = (ptrs(xs), ptrs(ys));
     if p.is_empty() {
         return Ok(());
     }
-    check("foreach_add_", unsafe {
-        ffi::bt_shim_foreach_add_(p.as_ptr(), q.as_ptr(), p.len(), alpha)
-    })
+    check("foreach_add_", unsafe { ffi::bt_shim_foreach_add_(p.as_ptr(), q.as_ptr(), p.len(), alpha) })
 }
 
 /// `xs[i] *= ys[i]` (element-wise; `ys[i]` may also be a 0-d tensor per entry, e.g. a
@@ -108,9 +89,7 @@ pub fn foreach_mul_<T: Borrow<Tensor>, U: Borrow<Tensor>>(xs: &[T], ys: &[U]) ->
     if p.is_empty() {
         return Ok(());
     }
-    check("foreach_mul_", unsafe {
-        ffi::bt_shim_foreach_mul_(p.as_ptr(), q.as_ptr(), p.len())
-    })
+    check("foreach_mul_", unsafe { ffi::bt_shim_foreach_mul_(p.as_ptr(), q.as_ptr(), p.len()) })
 }
 
 /// `xs[i] /= ys[i]`.
@@ -120,9 +99,7 @@ pub fn foreach_div_<T: Borrow<Tensor>, U: Borrow<Tensor>>(xs: &[T], ys: &[U]) ->
     if p.is_empty() {
         return Ok(());
     }
-    check("foreach_div_", unsafe {
-        ffi::bt_shim_foreach_div_(p.as_ptr(), q.as_ptr(), p.len())
-    })
+    check("foreach_div_", unsafe { ffi::bt_shim_foreach_div_(p.as_ptr(), q.as_ptr(), p.len()) })
 }
 
 /// `xs[i] += value * t1[i] * t2[i]` (Adam/LAMB second moment: `v += (1-b2) * g * g`).
@@ -162,35 +139,23 @@ pub fn foreach_addcdiv_<T: Borrow<Tensor>, U: Borrow<Tensor>, V: Borrow<Tensor>>
 }
 
 /// `xs[i] += weight * (ends[i] - xs[i])` (Adam's first moment: `m.lerp_(g, 1-b1)`).
-pub fn foreach_lerp_<T: Borrow<Tensor>, U: Borrow<Tensor>>(
-    xs: &[T],
-    ends: &[U],
-    weight: f64,
-) -> Result<()> {
+pub fn foreach_lerp_<T: Borrow<Tensor>, U: Borrow<Tensor>>(xs: &[T], ends: &[U], weight: f64) -> Result<()> {
     same_len("foreach_lerp_", "ends", xs, ends)?;
     let (p, q) = (ptrs(xs), ptrs(ends));
     if p.is_empty() {
         return Ok(());
     }
-    check("foreach_lerp_", unsafe {
-        ffi::bt_shim_foreach_lerp_(p.as_ptr(), q.as_ptr(), p.len(), weight)
-    })
+    check("foreach_lerp_", unsafe { ffi::bt_shim_foreach_lerp_(p.as_ptr(), q.as_ptr(), p.len(), weight) })
 }
 
 /// `xs[i].copy_(src[i])`, possibly across devices/dtypes.
-pub fn foreach_copy_<T: Borrow<Tensor>, U: Borrow<Tensor>>(
-    xs: &[T],
-    src: &[U],
-    non_blocking: bool,
-) -> Result<()> {
+pub fn foreach_copy_<T: Borrow<Tensor>, U: Borrow<Tensor>>(xs: &[T], src: &[U], non_blocking: bool) -> Result<()> {
     same_len("foreach_copy_", "src", xs, src)?;
     let (p, q) = (ptrs(xs), ptrs(src));
     if p.is_empty() {
         return Ok(());
     }
-    check("foreach_copy_", unsafe {
-        ffi::bt_shim_foreach_copy_(p.as_ptr(), q.as_ptr(), p.len(), non_blocking.into())
-    })
+    check("foreach_copy_", unsafe { ffi::bt_shim_foreach_copy_(p.as_ptr(), q.as_ptr(), p.len(), non_blocking.into()) })
 }
 
 /// `xs[i].zero_()`.
@@ -199,9 +164,7 @@ pub fn foreach_zero_<T: Borrow<Tensor>>(xs: &[T]) -> Result<()> {
     if p.is_empty() {
         return Ok(());
     }
-    check("foreach_zero_", unsafe {
-        ffi::bt_shim_foreach_zero_(p.as_ptr(), p.len())
-    })
+    check("foreach_zero_", unsafe { ffi::bt_shim_foreach_zero_(p.as_ptr(), p.len()) })
 }
 
 /// `xs[i].sqrt_()`.
@@ -210,9 +173,7 @@ pub fn foreach_sqrt_<T: Borrow<Tensor>>(xs: &[T]) -> Result<()> {
     if p.is_empty() {
         return Ok(());
     }
-    check("foreach_sqrt_", unsafe {
-        ffi::bt_shim_foreach_sqrt_(p.as_ptr(), p.len())
-    })
+    check("foreach_sqrt_", unsafe { ffi::bt_shim_foreach_sqrt_(p.as_ptr(), p.len()) })
 }
 
 /// `[xs[i].sqrt()]`: new tensors, inputs untouched.
@@ -222,9 +183,7 @@ pub fn foreach_sqrt<T: Borrow<Tensor>>(xs: &[T]) -> Result<Vec<Tensor>> {
         return Ok(Vec::new());
     }
     let mut out = vec![std::ptr::null_mut(); p.len()];
-    check("foreach_sqrt", unsafe {
-        ffi::bt_shim_foreach_sqrt(p.as_ptr(), p.len(), out.as_mut_ptr())
-    })?;
+    check("foreach_sqrt", unsafe { ffi::bt_shim_foreach_sqrt(p.as_ptr(), p.len(), out.as_mut_ptr()) })?;
     Ok(adopt(out))
 }
 
@@ -237,8 +196,6 @@ pub fn foreach_norm<T: Borrow<Tensor>>(xs: &[T]) -> Result<Vec<Tensor>> {
         return Ok(Vec::new());
     }
     let mut out = vec![std::ptr::null_mut(); p.len()];
-    check("foreach_norm", unsafe {
-        ffi::bt_shim_foreach_norm(p.as_ptr(), p.len(), 2.0, out.as_mut_ptr())
-    })?;
+    check("foreach_norm", unsafe { ffi::bt_shim_foreach_norm(p.as_ptr(), p.len(), 2.0, out.as_mut_ptr()) })?;
     Ok(adopt(out))
 }

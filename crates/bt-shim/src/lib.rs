@@ -42,20 +42,16 @@ mod ffi;
 mod foreach;
 mod tensor;
 
-pub use autocast::{
-    autocast_dtype, autocast_enabled, set_autocast_dtype, set_autocast_enabled, AutocastGuard,
-};
+pub use autocast::{autocast_dtype, autocast_enabled, set_autocast_dtype, set_autocast_enabled, AutocastGuard};
 pub use backend::{allow_tf32, cudnn_benchmark, set_allow_tf32, set_cudnn_benchmark};
 pub use cuda::{
     built_with_cuda, copy_on_stream, cuda_device_count, cuda_device_properties, cuda_synchronize,
-    current_stream_synchronize, record_stream, CudaEvent, CudaGraph, CudaStream, CudaStreamGuard,
-    DeviceProperties,
+    current_stream_synchronize, record_stream, CudaEvent, CudaGraph, CudaStream, CudaStreamGuard, DeviceProperties,
 };
 pub use error::{Error, Result};
 pub use foreach::{
-    foreach_add_, foreach_add_scalar_, foreach_addcdiv_, foreach_addcmul_, foreach_copy_,
-    foreach_div_, foreach_lerp_, foreach_mul_, foreach_mul_scalar_, foreach_mul_tensor_,
-    foreach_norm, foreach_sqrt, foreach_sqrt_, foreach_zero_,
+    foreach_add_, foreach_add_scalar_, foreach_addcdiv_, foreach_addcmul_, foreach_copy_, foreach_div_, foreach_lerp_,
+    foreach_mul_, foreach_mul_scalar_, foreach_mul_tensor_, foreach_norm, foreach_sqrt, foreach_sqrt_, foreach_zero_,
 };
 pub use tensor::{is_channels_last, is_pinned, pin_memory, set_data, set_grad, to_channels_last};
 

@@ -21,9 +21,7 @@ fn adopt(p: *mut C_tensor) -> Tensor {
 /// `t`: `[N, C, H, W]` (any other rank is an error). Result strides: `[H*W*C, 1, W*C, C]`.
 pub fn to_channels_last(t: &Tensor) -> Result<Tensor> {
     let mut out = std::ptr::null_mut();
-    check("to_channels_last", unsafe {
-        ffi::bt_shim_to_channels_last(t.as_ptr(), &mut out)
-    })?;
+    check("to_channels_last", unsafe { ffi::bt_shim_to_channels_last(t.as_ptr(), &mut out) })?;
     Ok(adopt(out))
 }
 
@@ -41,9 +39,7 @@ pub fn is_channels_last(t: &Tensor) -> bool {
 /// `grad = None` clears the gradient (Python's `param.grad = None`).
 pub fn set_grad(param: &Tensor, grad: Option<&Tensor>) -> Result<()> {
     let g = grad.map_or(std::ptr::null(), |g| g.as_ptr());
-    check("set_grad", unsafe {
-        ffi::bt_shim_set_grad(param.as_ptr(), g)
-    })
+    check("set_grad", unsafe { ffi::bt_shim_set_grad(param.as_ptr(), g) })
 }
 
 /// `var.data = data`: swaps the storage/strides of `var` (a variable, typically a parameter)
@@ -53,9 +49,7 @@ pub fn set_grad(param: &Tensor, grad: Option<&Tensor>) -> Result<()> {
 /// Why: converting a model's conv weights to channels-last in place (what PyTorch's
 /// `model.to(memory_format=torch.channels_last)` does) without rebuilding the `VarStore`.
 pub fn set_data(var: &Tensor, data: &Tensor) -> Result<()> {
-    check("set_data", unsafe {
-        ffi::bt_shim_set_data(var.as_ptr(), data.as_ptr())
-    })
+    check("set_data", unsafe { ffi::bt_shim_set_data(var.as_ptr(), data.as_ptr()) })
 }
 
 /// A copy of the CPU tensor `t` in page-locked (pinned) host memory, which makes host-to-device
@@ -63,17 +57,13 @@ pub fn set_data(var: &Tensor, data: &Tensor) -> Result<()> {
 /// libtorch refuses and this returns an error.
 pub fn pin_memory(t: &Tensor) -> Result<Tensor> {
     let mut out = std::ptr::null_mut();
-    check("pin_memory", unsafe {
-        ffi::bt_shim_pin_memory(t.as_ptr(), &mut out)
-    })?;
+    check("pin_memory", unsafe { ffi::bt_shim_pin_memory(t.as_ptr(), &mut out) })?;
     Ok(adopt(out))
 }
 
 /// Whether `t`'s storage is pinned host memory.
 pub fn is_pinned(t: &Tensor) -> Result<bool> {
     let mut pinned = 0;
-    check("is_pinned", unsafe {
-        ffi::bt_shim_is_pinned(t.as_ptr(), &mut pinned)
-    })?;
+    check("is_pinned", unsafe { ffi::bt_shim_is_pinned(t.as_ptr(), &mut pinned) })?;
     Ok(pinned != 0)
 }

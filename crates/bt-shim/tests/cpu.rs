@@ -12,19 +12,13 @@ fn shapes() -> Vec<Vec<i64>> {
 
 fn randn_list(seed: i64) -> Vec<Tensor> {
     tch::manual_seed(seed);
-    shapes()
-        .iter()
-        .map(|s| Tensor::randn(s.as_slice(), CPU))
-        .collect()
+    shapes().iter().map(|s| Tensor::randn(s.as_slice(), CPU)).collect()
 }
 
 /// Positive values (for sqrt and as divisors).
 fn rand_pos_list(seed: i64) -> Vec<Tensor> {
     tch::manual_seed(seed);
-    shapes()
-        .iter()
-        .map(|s| Tensor::rand(s.as_slice(), CPU) + 0.5)
-        .collect()
+    shapes().iter().map(|s| Tensor::rand(s.as_slice(), CPU) + 0.5).collect()
 }
 
 fn deep_copy(xs: &[Tensor]) -> Vec<Tensor> {
@@ -107,22 +101,12 @@ fn foreach_ternary_ops_match_per_tensor_ops() {
 
     let a = deep_copy(&xs);
     foreach_addcmul_(&a, &t1, &t2, 0.001).unwrap();
-    let want: Vec<_> = xs
-        .iter()
-        .zip(&t1)
-        .zip(&t2)
-        .map(|((x, a), b)| x + a * b * 0.001)
-        .collect();
+    let want: Vec<_> = xs.iter().zip(&t1).zip(&t2).map(|((x, a), b)| x + a * b * 0.001).collect();
     assert_lists_close("foreach_addcmul_", &a, &want, 1e-6);
 
     let a = deep_copy(&xs);
     foreach_addcdiv_(&a, &t1, &t2, -0.01).unwrap();
-    let want: Vec<_> = xs
-        .iter()
-        .zip(&t1)
-        .zip(&t2)
-        .map(|((x, a), b)| x + a / b * -0.01)
-        .collect();
+    let want: Vec<_> = xs.iter().zip(&t1).zip(&t2).map(|((x, a), b)| x + a / b * -0.01).collect();
     assert_lists_close("foreach_addcdiv_", &a, &want, 1e-6);
 }
 
@@ -143,17 +127,9 @@ fn foreach_sqrt_and_norm_match_per_tensor_ops() {
     // Reference computed without any norm kernel: sqrt(sum(x^2)) in f64.
     for (x, n) in xs.iter().zip(&norms) {
         assert_eq!(n.dim(), 0, "one 0-d norm per tensor");
-        let want = x
-            .to_kind(Kind::Double)
-            .square()
-            .sum(Kind::Double)
-            .sqrt()
-            .double_value(&[]);
+        let want = x.to_kind(Kind::Double).square().sum(Kind::Double).sqrt().double_value(&[]);
         let got = n.double_value(&[]);
-        assert!(
-            (got - want).abs() <= 1e-5 * want.max(1.0),
-            "norm {got} vs {want}"
-        );
+        assert!((got - want).abs() <= 1e-5 * want.max(1.0), "norm {got} vs {want}");
     }
 }
 
@@ -172,22 +148,9 @@ fn foreach_accepts_borrowed_handles_and_updates_every_handle() {
 fn foreach_rejects_lists_of_different_lengths() {
     let (xs, ys) = (randn_list(11), randn_list(12));
     let err = foreach_add_(&xs, &ys[..2], 1.0).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::LengthMismatch {
-                expected: 4,
-                got: 2,
-                ..
-            }
-        ),
-        "unexpected error {err}"
-    );
+    assert!(matches!(err, Error::LengthMismatch { expected: 4, got: 2, .. }), "unexpected error {err}");
     let err = foreach_addcmul_(&xs, &ys, &ys[..3], 1.0).unwrap_err();
-    assert!(
-        matches!(err, Error::LengthMismatch { list: "t2", .. }),
-        "unexpected error {err}"
-    );
+    assert!(matches!(err, Error::LengthMismatch { list: "t2", .. }), "unexpected error {err}");
 }
 
 #[test]
@@ -203,16 +166,7 @@ fn foreach_shape_mismatch_is_an_error_not_a_crash() {
     let xs = vec![Tensor::zeros([3], CPU)];
     let ys = vec![Tensor::zeros([4], CPU)];
     let err = foreach_mul_(&xs, &ys).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Torch {
-                op: "foreach_mul_",
-                ..
-            }
-        ),
-        "unexpected error {err}"
-    );
+    assert!(matches!(err, Error::Torch { op: "foreach_mul_", .. }), "unexpected error {err}");
 }
 
 #[test]
@@ -230,16 +184,7 @@ fn channels_last_sets_nhwc_strides_and_keeps_values() {
     assert_eq!(y.contiguous().stride(), vec![3 * 5 * 7, 5 * 7, 7, 1]);
 
     let err = to_channels_last(&Tensor::zeros([2, 3, 5], CPU)).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Torch {
-                op: "to_channels_last",
-                ..
-            }
-        ),
-        "unexpected error {err}"
-    );
+    assert!(matches!(err, Error::Torch { op: "to_channels_last", .. }), "unexpected error {err}");
     assert!(!is_channels_last(&Tensor::zeros([2, 3, 5], CPU)));
 }
 
@@ -255,11 +200,7 @@ fn conv_on_channels_last_input_equals_contiguous_result() {
     let wc = to_channels_last(&w).unwrap();
     let got = xc.conv2d(&wc, Some(&b), [1, 1], [1, 1], [1, 1], 1);
     // PyTorch propagates the input's memory format through convolution.
-    assert!(
-        is_channels_last(&got),
-        "conv output strides {:?}",
-        got.stride()
-    );
+    assert!(is_channels_last(&got), "conv output strides {:?}", got.stride());
     let d = max_abs_diff(&got, &want);
     assert!(d <= 1e-4, "channels-last conv differs by {d}");
 }
@@ -295,10 +236,7 @@ fn autocast_guard_on_cpu_runs_matmul_in_bf16_and_restores_state() {
         assert_eq!(y.kind(), Kind::BFloat16);
         // Same as casting the inputs by hand.
         let want = a.to_kind(Kind::BFloat16).matmul(&b.to_kind(Kind::BFloat16));
-        assert_eq!(
-            max_abs_diff(&y.to_kind(Kind::Float), &want.to_kind(Kind::Float)),
-            0.0
-        );
+        assert_eq!(max_abs_diff(&y.to_kind(Kind::Float), &want.to_kind(Kind::Float)), 0.0);
         {
             let _inner = AutocastGuard::new(Device::Cpu, Kind::BFloat16).unwrap();
         }
@@ -314,10 +252,7 @@ fn autocast_guard_on_cpu_runs_matmul_in_bf16_and_restores_state() {
     set_autocast_dtype(Device::Cpu, Kind::BFloat16).unwrap();
 
     let err = AutocastGuard::new(Device::Cpu, Kind::Double).err().unwrap();
-    assert!(
-        matches!(err, Error::Unsupported { .. }),
-        "unexpected error {err}"
-    );
+    assert!(matches!(err, Error::Unsupported { .. }), "unexpected error {err}");
 }
 
 #[test]
@@ -339,9 +274,7 @@ fn set_grad_makes_backward_accumulate_into_the_flat_buffer() {
     assert_eq!(w.grad().data_ptr(), gw.data_ptr());
     assert_eq!(b.grad().data_ptr(), gb.data_ptr());
     // d(sum(x w^T + b))/dw[i, j] = sum_n x[n, j]; d/db[i] = N.
-    let want_w = x
-        .sum_dim_intlist([0i64].as_slice(), true, Kind::Float)
-        .expand([3, 4], false);
+    let want_w = x.sum_dim_intlist([0i64].as_slice(), true, Kind::Float).expand([3, 4], false);
     let want_b = Tensor::full([3], 5.0, CPU);
     assert!(max_abs_diff(&flat.narrow(0, 0, 12).view([3, 4]), &want_w) <= 1e-5);
     assert_eq!(max_abs_diff(&flat.narrow(0, 12, 3), &want_b), 0.0);
@@ -355,15 +288,8 @@ fn set_grad_makes_backward_accumulate_into_the_flat_buffer() {
 
     // Python's checks: wrong shape or dtype is an error.
     let err = set_grad(&w, Some(&Tensor::zeros([4, 3], CPU))).unwrap_err();
-    assert!(
-        matches!(err, Error::Torch { op: "set_grad", .. }),
-        "unexpected error {err}"
-    );
-    let err = set_grad(
-        &w,
-        Some(&Tensor::zeros([3, 4], (Kind::Double, Device::Cpu))),
-    )
-    .unwrap_err();
+    assert!(matches!(err, Error::Torch { op: "set_grad", .. }), "unexpected error {err}");
+    let err = set_grad(&w, Some(&Tensor::zeros([3, 4], (Kind::Double, Device::Cpu)))).unwrap_err();
     assert!(err.to_string().contains("dtype"), "unexpected error {err}");
 
     set_grad(&w, None).unwrap();
@@ -404,21 +330,12 @@ fn cuda_functions_on_a_missing_device_are_errors() {
         other => panic!("{what}(device {missing}): expected CudaUnavailable, got {other:?}"),
     };
     unavailable(CudaStream::new(missing).map(drop), "CudaStream::new");
-    unavailable(
-        CudaStream::current(missing).map(drop),
-        "CudaStream::current",
-    );
+    unavailable(CudaStream::current(missing).map(drop), "CudaStream::current");
     unavailable(CudaEvent::new(missing, false).map(drop), "CudaEvent::new");
     unavailable(CudaGraph::new(missing).map(drop), "CudaGraph::new");
-    unavailable(
-        cuda_device_properties(missing).map(drop),
-        "cuda_device_properties",
-    );
+    unavailable(cuda_device_properties(missing).map(drop), "cuda_device_properties");
     unavailable(cuda_synchronize(missing), "cuda_synchronize");
-    unavailable(
-        current_stream_synchronize(missing),
-        "current_stream_synchronize",
-    );
+    unavailable(current_stream_synchronize(missing), "current_stream_synchronize");
     if missing > 0 {
         // With a driver, pinning works (tests/cuda.rs uses it); the error case below needs a
         // machine without one.
@@ -426,14 +343,5 @@ fn cuda_functions_on_a_missing_device_are_errors() {
         return;
     }
     let err = pin_memory(&Tensor::zeros([4], CPU)).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Torch {
-                op: "pin_memory",
-                ..
-            }
-        ),
-        "unexpected error {err}"
-    );
+    assert!(matches!(err, Error::Torch { op: "pin_memory", .. }), "unexpected error {err}");
 }

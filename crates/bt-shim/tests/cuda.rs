@@ -21,18 +21,14 @@ fn cuda() -> (Device, MutexGuard<'static, ()>) {
         "no CUDA device (built_with_cuda = {}): these tests need a GPU",
         built_with_cuda()
     );
-    (
-        Device::Cuda(0),
-        GPU.lock().unwrap_or_else(|e| e.into_inner()),
-    )
+    (Device::Cuda(0), GPU.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_device(Device::Cpu).to_kind(Kind::Double)
-        - b.to_device(Device::Cpu).to_kind(Kind::Double))
-    .abs()
-    .max()
-    .double_value(&[])
+    (a.to_device(Device::Cpu).to_kind(Kind::Double) - b.to_device(Device::Cpu).to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
 }
 
 #[test]
@@ -43,15 +39,9 @@ fn device_properties_are_reported() {
     let p = cuda_device_properties(0).unwrap();
     eprintln!("{p:?}");
     assert!(!p.name.is_empty());
-    assert!(
-        p.major >= 3 && p.total_memory > 0 && p.multiprocessors > 0,
-        "{p:?}"
-    );
+    assert!(p.major >= 3 && p.total_memory > 0 && p.multiprocessors > 0, "{p:?}");
     let n = cuda_device_count();
-    assert!(matches!(
-        cuda_device_properties(n),
-        Err(Error::CudaUnavailable { .. })
-    ));
+    assert!(matches!(cuda_device_properties(n), Err(Error::CudaUnavailable { .. })));
 }
 
 #[test]
@@ -125,18 +115,10 @@ fn foreach_on_cuda_matches_cpu() {
     let (dev, _gpu) = cuda();
     tch::manual_seed(3);
     let shapes: [&[i64]; 3] = [&[64, 3, 3, 3], &[64], &[512, 10]];
-    let xs: Vec<Tensor> = shapes
-        .iter()
-        .map(|s| Tensor::randn(*s, (Kind::Float, Device::Cpu)))
-        .collect();
-    let ys: Vec<Tensor> = shapes
-        .iter()
-        .map(|s| Tensor::rand(*s, (Kind::Float, Device::Cpu)) + 0.5)
-        .collect();
-    let (xg, yg): (Vec<_>, Vec<_>) = (
-        xs.iter().map(|t| t.to_device(dev)).collect(),
-        ys.iter().map(|t| t.to_device(dev)).collect(),
-    );
+    let xs: Vec<Tensor> = shapes.iter().map(|s| Tensor::randn(*s, (Kind::Float, Device::Cpu))).collect();
+    let ys: Vec<Tensor> = shapes.iter().map(|s| Tensor::rand(*s, (Kind::Float, Device::Cpu)) + 0.5).collect();
+    let (xg, yg): (Vec<_>, Vec<_>) =
+        (xs.iter().map(|t| t.to_device(dev)).collect(), ys.iter().map(|t| t.to_device(dev)).collect());
     for (x, y) in [(&xs, &ys), (&xg, &yg)] {
         foreach_lerp_(x, y, 0.1).unwrap();
         foreach_addcdiv_(x, y, y, -0.5).unwrap();
@@ -160,14 +142,8 @@ fn cuda_autocast_bf16_and_channels_last_conv() {
     let x = Tensor::randn([8, 3, 32, 32], (Kind::Float, dev));
     let w = Tensor::randn([16, 3, 3, 3], (Kind::Float, dev));
     let want = x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
-    let got = to_channels_last(&x).unwrap().conv2d(
-        &to_channels_last(&w).unwrap(),
-        None::<Tensor>,
-        [1, 1],
-        [1, 1],
-        [1, 1],
-        1,
-    );
+    let got =
+        to_channels_last(&x).unwrap().conv2d(&to_channels_last(&w).unwrap(), None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
     assert!(is_channels_last(&got));
     assert!(max_abs_diff(&got, &want) <= 1e-3);
 

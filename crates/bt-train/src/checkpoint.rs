@@ -86,12 +86,12 @@ pub fn copy_into_model(model: &BarlowTwins, tensors: &[(String, Tensor)], origin
             return Err(Error::checkpoint(
                 origin,
                 format!(
-                "`{}` is {:?} {:?}, the model expects {:?} {:?} (built from a different config?)",
-                v.name,
-                t.size(),
-                t.kind(),
-                v.tensor.size(),
-                v.tensor.kind()
+                    "`{}` is {:?} {:?}, the model expects {:?} {:?} (built from a different config?)",
+                    v.name,
+                    t.size(),
+                    t.kind(),
+                    v.tensor.size(),
+                    v.tensor.kind()
                 ),
             ));
         }

@@ -109,7 +109,8 @@ impl Uploader {
     /// CUDA.
     pub fn upload(&mut self, views: &[&[f32]], n: usize, side: usize) -> Result<Staged> {
         let shape = [n as i64, 3, side as i64, side as i64];
-        let host: Vec<Tensor> = views.iter().map(|v| Tensor::f_from_slice(v)?.f_view(shape)).collect::<std::result::Result<_, _>>()?;
+        let host: Vec<Tensor> =
+            views.iter().map(|v| Tensor::f_from_slice(v)?.f_view(shape)).collect::<std::result::Result<_, _>>()?;
         let Some(stream) = self.stream else {
             let tensors = host
                 .into_iter()

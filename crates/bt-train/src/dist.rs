@@ -115,7 +115,9 @@ impl Dist {
 pub fn local_device(device: Device) -> Device {
     match device {
         Device::Cuda(0) => match std::env::var("LOCAL_RANK").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
-            Some(r) if std::env::var("WORLD_SIZE").ok().and_then(|w| w.trim().parse::<usize>().ok()).unwrap_or(1) > 1 => {
+            Some(r)
+                if std::env::var("WORLD_SIZE").ok().and_then(|w| w.trim().parse::<usize>().ok()).unwrap_or(1) > 1 =>
+            {
                 Device::Cuda(r)
             }
             _ => device,
@@ -185,7 +187,8 @@ pub fn loss_options(cfg: &bt_config::LossConfig, dist: Option<&Dist>) -> bt_loss
 }
 
 fn timeout() -> Duration {
-    let s = std::env::var(TIMEOUT_VAR).ok().and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(DEFAULT_TIMEOUT_S as f64);
+    let s =
+        std::env::var(TIMEOUT_VAR).ok().and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(DEFAULT_TIMEOUT_S as f64);
     Duration::from_secs_f64(s.max(0.1))
 }
 
@@ -231,7 +234,8 @@ mod tests {
         let model = bt_model::BarlowTwins::new(&vs.root(), &cfg);
         let x = Tensor::rand([8, 3, 32, 32], (Kind::Float, Device::Cpu));
         let grouped = forward_grouped(&model, &x, 4);
-        let halves = Tensor::cat(&[model.forward(&x.narrow(0, 0, 4), true), model.forward(&x.narrow(0, 4, 4), true)], 0);
+        let halves =
+            Tensor::cat(&[model.forward(&x.narrow(0, 0, 4), true), model.forward(&x.narrow(0, 4, 4), true)], 0);
         assert!(grouped.allclose(&halves, 1e-6, 1e-6, false));
         let whole = forward_grouped(&model, &x, 0);
         assert!(!whole.allclose(&halves, 1e-3, 1e-3, false), "one group of 8 differs from two of 4");

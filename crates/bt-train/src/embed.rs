@@ -37,7 +37,13 @@ pub fn files_path(out: &Path) -> PathBuf {
 
 /// Writes `embeddings` (`N x F` f32), `labels` (`N` int64) and the row names (`N` lines) to
 /// `out` and beside it; returns the files written, `out` first. Creates `out`'s folder.
-pub fn write(out: &Path, embeddings: &Tensor, labels: &Tensor, names: &[String], metadata: HashMap<String, String>) -> Result<Vec<PathBuf>> {
+pub fn write(
+    out: &Path,
+    embeddings: &Tensor,
+    labels: &Tensor,
+    names: &[String],
+    metadata: HashMap<String, String>,
+) -> Result<Vec<PathBuf>> {
     let format = Format::of(out)?;
     if names.len() as i64 != embeddings.size()[0] {
         refuse!("{} row names for {} embeddings", names.len(), embeddings.size()[0]);
@@ -53,7 +59,10 @@ pub fn write(out: &Path, embeddings: &Tensor, labels: &Tensor, names: &[String],
             vec![out.to_path_buf(), lp]
         }
         Format::Safetensors => {
-            let t = [("embeddings".to_string(), embeddings.shallow_clone()), ("labels".to_string(), labels.shallow_clone())];
+            let t = [
+                ("embeddings".to_string(), embeddings.shallow_clone()),
+                ("labels".to_string(), labels.shallow_clone()),
+            ];
             atomic_write(out, &safetensors_bytes(&t, metadata)?)?;
             vec![out.to_path_buf()]
         }

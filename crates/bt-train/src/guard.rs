@@ -134,7 +134,9 @@ impl Guard {
                 terms.push(format!("redundancy = {red}"));
             }
             if terms.is_empty() {
-                terms.push(format!("both terms finite (invariance {inv}, redundancy {red}): the scale or the sum overflowed"));
+                terms.push(format!(
+                    "both terms finite (invariance {inv}, redundancy {red}): the scale or the sum overflowed"
+                ));
             }
             bad.push(format!("loss = {loss} ({})", terms.join(", ")));
         }
@@ -235,8 +237,7 @@ mod tests {
 
     #[test]
     fn skip_policy_returns_skip_and_nan_grad_is_caught() {
-        let mut run = RunConfig::default();
-        run.on_nonfinite = NonFinitePolicy::Skip;
+        let run = RunConfig { on_nonfinite: NonFinitePolicy::Skip, ..Default::default() };
         let mut g = Guard::new(&run);
         let ps = vec![leaf("w", &[f32::NAN, 1.0])];
         let (_, v) = g.check(2, 1, &out(1.0, 1.0, 1.0), &ps).unwrap();
@@ -245,10 +246,7 @@ mod tests {
 
     #[test]
     fn spike_detector_needs_patience_consecutive_spikes() {
-        let mut run = RunConfig::default();
-        run.spike_factor = 3.0;
-        run.spike_window = 4;
-        run.spike_patience = 2;
+        let run = RunConfig { spike_factor: 3.0, spike_window: 4, spike_patience: 2, ..Default::default() };
         let mut g = Guard::new(&run);
         for _ in 0..4 {
             g.observe_for_spikes(1, 10.0).unwrap();

@@ -20,11 +20,8 @@ pub struct MetricsWriter {
 impl MetricsWriter {
     /// Opens (creating or appending to) the file.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::io("opening", path, e))?;
+        let file =
+            OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io("opening", path, e))?;
         Ok(Self { file, path: path.into() })
     }
 
@@ -39,11 +36,7 @@ impl MetricsWriter {
 /// Every record in a metrics file (lines that do not parse, e.g. a torn last line, are skipped).
 pub fn read_all(path: &Path) -> Result<Vec<Value>> {
     let f = File::open(path).map_err(|e| Error::io("reading", path, e))?;
-    Ok(BufReader::new(f)
-        .lines()
-        .map_while(|l| l.ok())
-        .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
-        .collect())
+    Ok(BufReader::new(f).lines().map_while(|l| l.ok()).filter_map(|l| serde_json::from_str::<Value>(&l).ok()).collect())
 }
 
 /// Records of one kind.

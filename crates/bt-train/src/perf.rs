@@ -49,7 +49,11 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         for c in v["cases"].as_array().unwrap() {
             let cfg = bt_config::ModelConfig {
-                arch: if c["arch"] == "KerasResnet34" { bt_config::Arch::KerasResnet34 } else { bt_config::Arch::CifarResnet18 },
+                arch: if c["arch"] == "KerasResnet34" {
+                    bt_config::Arch::KerasResnet34
+                } else {
+                    bt_config::Arch::CifarResnet18
+                },
                 width: c["width"].as_i64().unwrap(),
                 projector: c["projector"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect(),
                 projector_bias: c["projector_bias"].as_bool().unwrap(),

@@ -119,7 +119,8 @@ impl Chart {
 /// [`atomic_write`](crate::atomic::atomic_write).
 pub fn png_bytes(img: &RgbImage, path: &Path) -> Result<Vec<u8>> {
     let mut buf = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut buf, image::ImageFormat::Png).map_err(|e| Error::io("encoding PNG for", path, std::io::Error::other(e)))?;
+    img.write_to(&mut buf, image::ImageFormat::Png)
+        .map_err(|e| Error::io("encoding PNG for", path, std::io::Error::other(e)))?;
     Ok(buf.into_inner())
 }
 
@@ -328,7 +329,12 @@ mod tests {
         let chart = Chart {
             title: "t".into(),
             x_label: "x".into(),
-            series: vec![Series { label: "a".into(), points: vec![(0.0, 1.0), (1.0, 1000.0)], color: [0, 0, 255], thick: 1 }],
+            series: vec![Series {
+                label: "a".into(),
+                points: vec![(0.0, 1.0), (1.0, 1000.0)],
+                color: [0, 0, 255],
+                thick: 1,
+            }],
             log_y_above_ratio: Some(20.0),
         };
         chart.save(&p).unwrap();

@@ -1,10 +1,10 @@
 //! `report.md`: the page a person reads first. Regenerated from the folder's own files
 //! (config, metrics, eval results) after pretraining and after every evaluation, so it is
 //! always a function of what the folder holds.
-use crate::metrics;
 use crate::atomic::atomic_write;
-use crate::runfolder::RunFolder;
 use crate::error::Result;
+use crate::metrics;
+use crate::runfolder::RunFolder;
 use serde_json::Value;
 use std::fmt::Write as _;
 
@@ -57,19 +57,22 @@ pub fn write(run: &RunFolder) -> Result<()> {
     if let Some(c) = &cfg {
         let data = match c.data.dataset {
             bt_config::DatasetKind::Cifar10 => format!("CIFAR-10 ({})", c.data.dir.display()),
-            bt_config::DatasetKind::Synthetic => format!("synthetic shapes ({} train / {} test)", c.data.synthetic_train, c.data.synthetic_test),
+            bt_config::DatasetKind::Synthetic => {
+                format!("synthetic shapes ({} train / {} test)", c.data.synthetic_train, c.data.synthetic_test)
+            }
             bt_config::DatasetKind::Stl10 => format!("STL-10 {:?} ({})", c.data.stl10_split, c.data.dir.display()),
             bt_config::DatasetKind::ImageFolder => {
-                let test = if c.data.test_dir.as_os_str().is_empty() { String::new() } else { format!(", evaluation {}", c.data.test_dir.display()) };
+                let test = if c.data.test_dir.as_os_str().is_empty() {
+                    String::new()
+                } else {
+                    format!(", evaluation {}", c.data.test_dir.display())
+                };
                 format!("image folder {}{test}", c.data.dir.display())
             }
         };
-        let _ = writeln!(s, "- data: {data}, {} px crops, augmentation policy `{}`", c.data.image_size, c.augment.policy);
-        let _ = writeln!(
-            s,
-            "- model: `{:?}` width {}, projector {:?}",
-            c.model.arch, c.model.width, c.model.projector
-        );
+        let _ =
+            writeln!(s, "- data: {data}, {} px crops, augmentation policy `{}`", c.data.image_size, c.augment.policy);
+        let _ = writeln!(s, "- model: `{:?}` width {}, projector {:?}", c.model.arch, c.model.width, c.model.projector);
         let _ = writeln!(
             s,
             "- loss: λ = {}, normalization `{:?}`; optimizer `{:?}` lr {} ({:?} schedule)",
@@ -124,13 +127,21 @@ pub fn write(run: &RunFolder) -> Result<()> {
     }
     let _ = writeln!(s, "## Curves\n\n![loss curve](loss.png)\n\nAugmented views (original | view A | view B):\n\n![augmentations](augment.png)\n");
     if !knn.is_empty() {
-        let _ = writeln!(s, "kNN monitor: {}\n", knn.iter().map(|r| format!("epoch {}: {}", r["epoch"], pct(&r["top1"]))).collect::<Vec<_>>().join(", "));
+        let _ = writeln!(
+            s,
+            "kNN monitor: {}\n",
+            knn.iter().map(|r| format!("epoch {}: {}", r["epoch"], pct(&r["top1"]))).collect::<Vec<_>>().join(", ")
+        );
     }
 
     let _ = writeln!(s, "## Accuracies (test set, top-1)\n");
     let ev = evals(run);
     if ev.is_empty() {
-        let _ = writeln!(s, "No evaluation yet: `bt-cli eval linear --run {0}` and `bt-cli eval knn --run {0}`.\n", run.dir().display());
+        let _ = writeln!(
+            s,
+            "No evaluation yet: `bt-cli eval linear --run {0}` and `bt-cli eval knn --run {0}`.\n",
+            run.dir().display()
+        );
     } else {
         let _ = writeln!(s, "| evaluation | weights | top-1 | details | file |\n|---|---|---|---|---|");
         for (file, v) in &ev {
@@ -139,7 +150,13 @@ pub fn write(run: &RunFolder) -> Result<()> {
                 _ => format!("linear `{}`", v["protocol"].as_str().unwrap_or("?")),
             };
             let details = match v["protocol"].as_str() {
-                Some("standard") => format!("{} epochs, lr {}, wd {}, val {}", v["epochs"], v["lr"], v["weight_decay"], pct(&v["val_top1"])),
+                Some("standard") => format!(
+                    "{} epochs, lr {}, wd {}, val {}",
+                    v["epochs"],
+                    v["lr"],
+                    v["weight_decay"],
+                    pct(&v["val_top1"])
+                ),
                 Some("keras-seed") => format!("{} epochs, batch {}, L2 {}", v["epochs"], v["batch_size"], v["l2"]),
                 _ => format!("{} features", v["features"].as_str().unwrap_or("encoder")),
             };

@@ -86,8 +86,9 @@ fn optim_checks(r: &mut Report, dev: Device) -> Result<()> {
     let shapes: Vec<Vec<i64>> = vec![vec![32, 3, 3, 3], vec![32], vec![32], vec![64, 32], vec![64], vec![5, 7, 1, 1]];
     tch::manual_seed(5);
     let init: Vec<Tensor> = shapes.iter().map(|s| Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu))).collect();
-    let grads: Vec<Vec<Tensor>> =
-        (0..3).map(|_| shapes.iter().map(|s| Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu))).collect()).collect();
+    let grads: Vec<Vec<Tensor>> = (0..3)
+        .map(|_| shapes.iter().map(|s| Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu))).collect())
+        .collect();
     for kind in [OptimKind::Lamb, OptimKind::Lars] {
         let cfg = bt_config::OptimConfig { name: kind, weight_decay: 1e-4, lr: 1e-2, ..Default::default() };
         let run = |device: Device| -> Result<Vec<Tensor>> {
@@ -201,4 +202,3 @@ fn train_checks(r: &mut Report, dev: Device) -> Result<()> {
     );
     Ok(())
 }
-

@@ -74,7 +74,12 @@ pub fn load_data(cfg: &Config) -> Result<Data> {
     }
     let s = bt_data::load_sources(cfg).with_context(|| format!("loading the {:?} dataset", cfg.data.dataset))?;
     let description = match cfg.data.dataset {
-        DatasetKind::Synthetic => format!("synthetic shapes ({} train, {} test, seed {})", s.train.len(), s.test.as_ref().map_or(0, |t| t.len()), cfg.run.seed),
+        DatasetKind::Synthetic => format!(
+            "synthetic shapes ({} train, {} test, seed {})",
+            s.train.len(),
+            s.test.as_ref().map_or(0, |t| t.len()),
+            cfg.run.seed
+        ),
         _ => s.description,
     };
     Ok(Data { train: s.train, test: s.test, description })

@@ -147,7 +147,11 @@ fn choose(a: &StartOptions, cfg: &Config, run: &RunFolder) -> Result<Decision> {
     let hash = store::config_hash(cfg);
     if meta.get("config_hash") != Some(&hash) {
         let diff = meta.get("config").map(|old| store::config_diff(old, cfg)).unwrap_or_default();
-        let diff = if diff.is_empty() { "  (keys unknown: an older checkpoint)".to_string() } else { format!("  {}", diff.join("\n  ")) };
+        let diff = if diff.is_empty() {
+            "  (keys unknown: an older checkpoint)".to_string()
+        } else {
+            format!("  {}", diff.join("\n  "))
+        };
         if !a.allow_config_change {
             refuse!(
                 "{} was written with a different config:\n{diff}\nresume with the original --preset/--config/--set, \
@@ -167,7 +171,8 @@ fn choose(a: &StartOptions, cfg: &Config, run: &RunFolder) -> Result<Decision> {
         );
     }
     if cfg.run.max_steps > 0 && pos.step >= cfg.run.max_steps {
-        let msg = format!("{} is at step {}, run.max_steps = {}: nothing to do", ckpt.display(), pos.step, cfg.run.max_steps);
+        let msg =
+            format!("{} is at step {}, run.max_steps = {}: nothing to do", ckpt.display(), pos.step, cfg.run.max_steps);
         return Ok(Decision { start: Start::NothingToDo(msg), notes });
     }
     // Work after the checkpoint was lost with the crash: its metrics go, the resumed run logs

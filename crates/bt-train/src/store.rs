@@ -58,7 +58,6 @@ pub fn fnv1a_hex(s: &str) -> String {
     format!("{h:016x}")
 }
 
-
 /// `cfg` with the keys that do not change the training trajectory reset to their defaults:
 /// they may differ between a run and its resumption (`run.max_steps` is how a run is stopped
 /// early on purpose): `data.workers`, `data.queue_capacity`, `run.device`,
@@ -173,7 +172,10 @@ fn header_of(bytes: &[u8]) -> std::result::Result<(usize, &str), String> {
     }
     let hlen = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
     if hlen > bytes.len() - 8 {
-        return Err(format!("truncated: header claims {hlen} bytes, the file has {} after the length", bytes.len() - 8));
+        return Err(format!(
+            "truncated: header claims {hlen} bytes, the file has {} after the length",
+            bytes.len() - 8
+        ));
     }
     let header = std::str::from_utf8(&bytes[8..8 + hlen]).map_err(|_| "header is not UTF-8".to_string())?;
     Ok((hlen, header))
@@ -370,14 +372,28 @@ mod tests {
 
     #[test]
     fn names_order_by_position_not_by_text() {
-        let names = ["epoch-0002.safetensors", "epoch-0001-b000003.safetensors", "epoch-0001.safetensors", "epoch-0010.safetensors"];
+        let names = [
+            "epoch-0002.safetensors",
+            "epoch-0001-b000003.safetensors",
+            "epoch-0001.safetensors",
+            "epoch-0010.safetensors",
+        ];
         let d = tempfile::tempdir().unwrap();
         for n in names {
             std::fs::write(d.path().join(n), b"x").unwrap();
         }
         std::fs::write(d.path().join(".epoch-0003.safetensors.tmp-1"), b"x").unwrap();
-        let got: Vec<String> = list(d.path()).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-        assert_eq!(got, ["epoch-0001.safetensors", "epoch-0001-b000003.safetensors", "epoch-0002.safetensors", "epoch-0010.safetensors"]);
+        let got: Vec<String> =
+            list(d.path()).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            got,
+            [
+                "epoch-0001.safetensors",
+                "epoch-0001-b000003.safetensors",
+                "epoch-0002.safetensors",
+                "epoch-0010.safetensors"
+            ]
+        );
         let pos = Position { epochs_done: 1, batch_in_epoch: 3, step: 11 };
         assert_eq!(file_name(pos), "epoch-0001-b000003.safetensors");
         remove_stale_temps(d.path());
@@ -422,7 +438,10 @@ mod tests {
         assert_ne!(config_hash(&a), config_hash(&b));
         let diff = config_diff(&a.to_toml(), &b);
         assert_eq!(diff.len(), 2, "{diff:?}");
-        assert!(diff[0].starts_with("optim.lr: 0.001 -> 0.5") && diff[1].starts_with("run.seed: 1024 -> 1"), "{diff:?}");
+        assert!(
+            diff[0].starts_with("optim.lr: 0.001 -> 0.5") && diff[1].starts_with("run.seed: 1024 -> 1"),
+            "{diff:?}"
+        );
     }
 
     #[test]

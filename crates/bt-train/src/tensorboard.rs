@@ -28,7 +28,8 @@ impl EventWriter {
     /// record.
     pub fn create(dir: &Path) -> Result<Self> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        let host =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
         let host = if host.is_empty() { "localhost".to_string() } else { host };
         let path = dir.join(format!("events.out.tfevents.{}.{host}.{}", now.as_secs(), std::process::id()));
         let file = File::create(&path).map_err(|e| Error::io("creating", &path, e))?;

@@ -69,8 +69,11 @@ pub fn safetensors_bytes(tensors: &[(String, Tensor)], metadata: HashMap<String,
     safetensors::tensor::serialize(views, &meta).map_err(|e| unsupported(format!("serializing safetensors: {e:?}")))
 }
 
-/// Reads every tensor (on CPU) and the metadata of a safetensors file.
-pub fn read_safetensors(path: &Path) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>)> {
+/// Named tensors and the string metadata of a safetensors file.
+pub type TensorsAndMeta = (Vec<(String, Tensor)>, HashMap<String, String>);
+
+/// Reads every tensor (on CPU) and the metadata of a safetensors file (sorted by name).
+pub fn read_safetensors(path: &Path) -> Result<TensorsAndMeta> {
     let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file: {e:?}")))?;
@@ -124,7 +127,12 @@ pub(crate) fn npy_header(bytes: &[u8]) -> std::result::Result<(String, Vec<usize
     let h = std::str::from_utf8(&bytes[10..10 + hlen]).map_err(|e| e.to_string())?;
     let descr = h.split("'descr': '").nth(1).and_then(|s| s.split('\'').next()).ok_or("no descr")?;
     let shape = h.split("'shape': (").nth(1).and_then(|s| s.split(')').next()).ok_or("no shape")?;
-    let shape = shape.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().map_err(|_| s.to_string())).collect::<std::result::Result<_, _>>()?;
+    let shape = shape
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| s.to_string()))
+        .collect::<std::result::Result<_, _>>()?;
     Ok((descr.to_string(), shape, 10 + hlen))
 }
 
@@ -149,7 +157,8 @@ mod tests {
     fn safetensors_metadata_round_trip() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("x.safetensors");
-        let t = vec![("a".to_string(), Tensor::from_slice(&[1f32, 2.])), ("b".to_string(), Tensor::from_slice(&[3i64]))];
+        let t =
+            vec![("a".to_string(), Tensor::from_slice(&[1f32, 2.])), ("b".to_string(), Tensor::from_slice(&[3i64]))];
         let meta = HashMap::from([("epoch".to_string(), "3".to_string())]);
         std::fs::write(&p, safetensors_bytes(&t, meta).unwrap()).unwrap();
         let (back, m) = read_safetensors(&p).unwrap();

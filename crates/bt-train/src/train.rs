@@ -27,9 +27,9 @@ use crate::metrics::{self, MetricsWriter};
 use crate::observer::{EpochMetrics, Event, Observer, StepMetrics};
 use crate::plot::{Chart, Series};
 use crate::runfolder::RunFolder;
+use crate::setup::Data;
 use crate::store::{self, Position};
 use bt_config::Config;
-use crate::setup::Data;
 use bt_data::{TwinBatch, TwinPipeline};
 use bt_model::BarlowTwins;
 use serde_json::json;
@@ -133,7 +133,6 @@ impl<'o> Trainer<'o> {
         self.dist.as_ref().is_none_or(|d| d.rank() == 0)
     }
 
-
     /// Pretrains on `data.train` (the kNN monitor evaluates on `data.test`) into `run`, from the
     /// training checkpoint `resume` when given (its config hash should match; a mismatch is
     /// reported as a warning: [`start::decide`](crate::start::decide) refuses it earlier unless
@@ -176,7 +175,8 @@ impl<'o> Trainer<'o> {
         settings.apply_backend(device)?;
         model.set_precision(settings.precision);
         let mut opt = bt_optim::build(&cfg.optim, bt_optim::trainable_named(&vs))?;
-        let schedule = bt_optim::Schedule::from_config(&cfg.schedule, &cfg.optim, cfg.data.batch_size, spe, cfg.run.epochs);
+        let schedule =
+            bt_optim::Schedule::from_config(&cfg.schedule, &cfg.optim, cfg.data.batch_size, spe, cfg.run.epochs);
         let loss_opts = crate::dist::loss_options(&cfg.loss, self.dist.as_deref());
         let mut guard = Guard::new(&cfg.run);
         // The optimizer's variables (views into its flat buffer since `build`): the guard reads
@@ -359,7 +359,16 @@ impl<'o> Trainer<'o> {
                         let stop = Stop { reason, checkpoint: path, step: pos.step };
                         let wall_s = t_start.elapsed().as_secs_f64();
                         let data_wait_fraction = if loop_s > 0.0 { wait_s_total / loop_s } else { 0.0 };
-                        return Ok(Outcome { vs, model, position: pos, stop: Some(stop), steps: steps_here, wall_s, final_loss, data_wait_fraction });
+                        return Ok(Outcome {
+                            vs,
+                            model,
+                            position: pos,
+                            stop: Some(stop),
+                            steps: steps_here,
+                            wall_s,
+                            final_loss,
+                            data_wait_fraction,
+                        });
                     }
                 }
             }
@@ -406,14 +415,17 @@ impl<'o> Trainer<'o> {
                 obs.emit(&Event::Checkpoint { path: &path, position: pos });
             }
             // After a stop request, stop without the (possibly long) kNN monitor.
-            if main && cfg.run.knn_every > 0 && pos.epochs_done % cfg.run.knn_every == 0 && token.requested().is_none() {
+            if main && cfg.run.knn_every > 0 && pos.epochs_done % cfg.run.knn_every == 0 && token.requested().is_none()
+            {
                 let t = Instant::now();
                 let acc = knn_monitor(&cfg, &model, data, device)?;
                 let seconds = t.elapsed().as_secs_f64();
                 mw.write(&json!({"kind": "knn", "epoch": pos.epochs_done, "step": pos.step, "top1": acc, "k": cfg.eval.knn_k, "temperature": cfg.eval.knn_temperature}))?;
                 obs.emit(&Event::Evaluated { name: "knn", epoch: pos.epochs_done, step: pos.step, top1: acc, seconds });
             }
-            if let Some(reason) = stop_reason(&token, dist.as_deref(), cfg.run.max_steps, pos)?.filter(|_| pos.epochs_done < cfg.run.epochs) {
+            if let Some(reason) = stop_reason(&token, dist.as_deref(), cfg.run.max_steps, pos)?
+                .filter(|_| pos.epochs_done < cfg.run.epochs)
+            {
                 let path = run.checkpoint(pos.epochs_done);
                 if main && !path.is_file() {
                     save(&path, &model, opt.as_ref(), pos)?;
@@ -423,7 +435,16 @@ impl<'o> Trainer<'o> {
                 let stop = Stop { reason, checkpoint: path, step: pos.step };
                 let wall_s = t_start.elapsed().as_secs_f64();
                 let data_wait_fraction = if loop_s > 0.0 { wait_s_total / loop_s } else { 0.0 };
-                return Ok(Outcome { vs, model, position: pos, stop: Some(stop), steps: steps_here, wall_s, final_loss, data_wait_fraction });
+                return Ok(Outcome {
+                    vs,
+                    model,
+                    position: pos,
+                    stop: Some(stop),
+                    steps: steps_here,
+                    wall_s,
+                    final_loss,
+                    data_wait_fraction,
+                });
             }
         }
         let wall_s = t_start.elapsed().as_secs_f64();
@@ -494,8 +515,12 @@ impl LossCurve {
     fn load(run: &RunFolder, steps_per_epoch: usize) -> Self {
         let recs = metrics::read_all(&run.metrics()).unwrap_or_default();
         let spe = steps_per_epoch.max(1) as f64;
-        let steps = metrics::of_kind(&recs, "step").filter_map(|r| Some((r["step"].as_f64()? / spe, r["loss"].as_f64()?))).collect();
-        let epochs = metrics::of_kind(&recs, "epoch").filter_map(|r| Some((r["epoch"].as_f64()?, r["loss"].as_f64()?))).collect();
+        let steps = metrics::of_kind(&recs, "step")
+            .filter_map(|r| Some((r["step"].as_f64()? / spe, r["loss"].as_f64()?)))
+            .collect();
+        let epochs = metrics::of_kind(&recs, "epoch")
+            .filter_map(|r| Some((r["epoch"].as_f64()?, r["loss"].as_f64()?)))
+            .collect();
         Self { steps, epochs }
     }
 

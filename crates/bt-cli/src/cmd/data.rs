@@ -73,7 +73,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let need = (a.batches + 1) * cfg.data.batch_size;
     cfg.data.synthetic_train = need.max(cfg.data.synthetic_train);
     let data = bt_train::setup::load_data(&cfg)?;
-    println!("dataset: {} ({} images), opened in {:.2}s", data.description, data.train.len(), t0.elapsed().as_secs_f64());
+    println!(
+        "dataset: {} ({} images), opened in {:.2}s",
+        data.description,
+        data.train.len(),
+        t0.elapsed().as_secs_f64()
+    );
     if data.train.len() < cfg.data.batch_size {
         bail!("dataset smaller than one batch of {}", cfg.data.batch_size);
     }
@@ -111,13 +116,24 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             rate = pairs as f64 / dt;
         }
         Some(secs) => {
-            let all = if cfg.data.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { cfg.data.workers };
+            let all = if cfg.data.workers == 0 {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            } else {
+                cfg.data.workers
+            };
             let mut counts = vec![1];
             if all > 1 {
                 counts.push(all);
             }
             for threads in counts {
-                let t = bt_data::bench::pairs_per_second(data.train.clone(), &cfg.data, &cfg.augment, cfg.run.seed, threads, secs)?;
+                let t = bt_data::bench::pairs_per_second(
+                    data.train.clone(),
+                    &cfg.data,
+                    &cfg.augment,
+                    cfg.run.seed,
+                    threads,
+                    secs,
+                )?;
                 println!(
                     "policy {} | {} px | batch {} | {threads} thread(s): {:.1} pairs/s ({:.1} per thread), {} pairs in {:.1}s",
                     cfg.augment.policy, cfg.data.image_size, cfg.data.batch_size, t.pairs_per_second, t.pairs_per_second / threads as f64, t.pairs, t.seconds

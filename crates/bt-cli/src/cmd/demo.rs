@@ -4,8 +4,8 @@
 //! initialization (the very weights pretraining started from).
 use crate::observer::CliObserver;
 use anyhow::Result;
-use bt_train::{setup, RunFolder};
 use bt_config::{ConfigBuilder, DatasetKind};
+use bt_train::{setup, RunFolder};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,7 +66,8 @@ pub fn run(a: Args) -> Result<()> {
     println!("demo: {} epochs of the `demo` preset on {} ({device:?})", cfg.run.epochs, data.description);
     let run = RunFolder::create(&a.out)?;
     let t = Instant::now();
-    let bt_train::demo::DemoResult { outcome: o, rows } = bt_train::demo::run(&cfg, &data, device, &run, CliObserver::default())?;
+    let bt_train::demo::DemoResult { outcome: o, rows } =
+        bt_train::demo::run(&cfg, &data, device, &run, CliObserver::default())?;
     tracing::info!("pretrained and evaluated in {:.1}s", t.elapsed().as_secs_f64());
     bt_train::report::write(&run)?;
     let acc = |v: &Value| v["test_top1"].as_f64().unwrap_or(f64::NAN);

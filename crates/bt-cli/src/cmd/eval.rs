@@ -84,7 +84,11 @@ pub struct Loaded {
 /// The run folder a checkpoint belongs to: its folder or, for `checkpoints/x`, the one above.
 fn run_of_checkpoint(ckpt: &Path) -> Option<RunFolder> {
     let dir = ckpt.parent()?;
-    [Some(dir), dir.parent()].into_iter().flatten().find(|d| d.join("config.toml").is_file()).and_then(|d| RunFolder::open(d).ok())
+    [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .find(|d| d.join("config.toml").is_file())
+        .and_then(|d| RunFolder::open(d).ok())
 }
 
 /// Config: the run's config.toml (or the preset), then --config, then --set.
@@ -116,7 +120,10 @@ impl Source {
                     run.model()
                 } else {
                     run.list_checkpoints().pop().with_context(|| {
-                        format!("{} has no model.safetensors and no checkpoint: pretraining did not finish an epoch", dir.display())
+                        format!(
+                            "{} has no model.safetensors and no checkpoint: pretraining did not finish an epoch",
+                            dir.display()
+                        )
                     })?
                 };
                 (Some(run), w)

@@ -4,10 +4,7 @@ use anyhow::Result;
 pub fn run() -> Result<()> {
     println!("bt-cli {}", env!("CARGO_PKG_VERSION"));
     println!("libtorch version: {}", env!("BT_LIBTORCH_VERSION"));
-    println!(
-        "libtorch lib dir (build time, rpath): {}",
-        env!("BT_LIBTORCH_LIB")
-    );
+    println!("libtorch lib dir (build time, rpath): {}", env!("BT_LIBTORCH_LIB"));
     let cuda = tch::Cuda::is_available();
     println!("cuda available: {cuda}");
     let n = tch::Cuda::device_count();

@@ -48,10 +48,7 @@ pub fn summary(a: SummaryArgs) -> Result<()> {
     );
     let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
     let k = rows.iter().map(|r| r.kind.len()).max().unwrap_or(4).max(4);
-    println!(
-        "{:<w$}  {:<k$}  {:<20}  {:>12}  {:>14}",
-        "name", "layer", "output shape", "params", "non-trainable"
-    );
+    println!("{:<w$}  {:<k$}  {:<20}  {:>12}  {:>14}", "name", "layer", "output shape", "params", "non-trainable");
     println!("{}", "-".repeat(w + k + 20 + 12 + 14 + 8));
     for r in &rows {
         println!(
@@ -65,9 +62,7 @@ pub fn summary(a: SummaryArgs) -> Result<()> {
     }
     let c = model.param_counts();
     // The table must account for every parameter the model holds.
-    let (tr, nt): (i64, i64) = rows
-        .iter()
-        .fold((0, 0), |(a, b), r| (a + r.trainable, b + r.non_trainable));
+    let (tr, nt): (i64, i64) = rows.iter().fold((0, 0), |(a, b), r| (a + r.trainable, b + r.non_trainable));
     if (tr, nt) != (c.total_trainable(), c.total_non_trainable()) {
         bail!("layer table sums ({tr}, {nt}) differ from the model's counts {c:?}");
     }

@@ -57,7 +57,12 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let run = RunFolder::create(&out)?;
-    let opts = StartOptions { fresh: a.fresh, force: a.force, resume: a.resume.clone(), allow_config_change: a.allow_config_change };
+    let opts = StartOptions {
+        fresh: a.fresh,
+        force: a.force,
+        resume: a.resume.clone(),
+        allow_config_change: a.allow_config_change,
+    };
     let decision = start::decide(&opts, &cfg, &run, dist.as_deref())?;
     for n in &decision.notes {
         tracing::info!("{n}");

@@ -15,7 +15,15 @@ pub fn run(a: Args) -> Result<()> {
     println!(
         "selftest: device under test {dev:?} against the CPU{}",
         if dev.is_cuda() {
-            format!(" ({})", bt_shim::cuda_device_properties(match dev { Device::Cuda(i) => i, _ => 0 }).map(|p| p.name).unwrap_or_default())
+            format!(
+                " ({})",
+                bt_shim::cuda_device_properties(match dev {
+                    Device::Cuda(i) => i,
+                    _ => 0,
+                })
+                .map(|p| p.name)
+                .unwrap_or_default()
+            )
         } else {
             " (CPU against itself: checks that the paths run)".into()
         }

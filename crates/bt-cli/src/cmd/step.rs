@@ -126,7 +126,8 @@ pub fn bench_step(a: BenchStepArgs) -> Result<()> {
         .map(|_| Vec::<f32>::try_from(Tensor::rand([batch * 3 * side * side], (Kind::Float, Device::Cpu))))
         .collect::<std::result::Result<_, _>>()?;
     let up = std::cell::RefCell::new(bt_train::device::Uploader::new(dev, settings.channels_last)?);
-    let next = std::cell::RefCell::new(Some(up.borrow_mut().upload(&[&host[0], &host[1]], batch as usize, side as usize)?));
+    let next =
+        std::cell::RefCell::new(Some(up.borrow_mut().upload(&[&host[0], &host[1]], batch as usize, side as usize)?));
     println!(
         "bench step: {:?} width {} projector {:?}, batch {batch} per view, device {dev:?}, {threads} threads, \
          loss {loss_impl:?}, precision {:?}, channels_last {}",
@@ -183,9 +184,7 @@ pub fn bench_step(a: BenchStepArgs) -> Result<()> {
     }
     let paired: Vec<f64> = py_times.iter().zip(&times).map(|(p, r)| p / r).collect();
     let spread = |v: &[f64]| {
-        let (lo, hi) = v
-            .iter()
-            .fold((f64::MAX, 0.0f64), |(l, h), &t| (l.min(t), h.max(t)));
+        let (lo, hi) = v.iter().fold((f64::MAX, 0.0f64), |(l, h), &t| (l.min(t), h.max(t)));
         format!("min {:.1} ms, max {:.1} ms", lo * 1e3, hi * 1e3)
     };
     let (rust_spread, py_spread) = (spread(&times), spread(&py_times));
@@ -225,11 +224,7 @@ pub fn bench_step(a: BenchStepArgs) -> Result<()> {
         let r = py_med / med;
         println!("ratio pytorch/rust step time: {r:.3} (>= 1.0: Rust at least as fast)");
         let mut paired = paired;
-        println!(
-            "median of the {} paired (back-to-back) ratios: {:.3}",
-            paired.len(),
-            median(&mut paired)
-        );
+        println!("median of the {} paired (back-to-back) ratios: {:.3}", paired.len(), median(&mut paired));
         ratio = Some(r);
     }
     let gpu = if dev.is_cuda() { format!(" input_wait_pct={wait_pct:.3} mfu={mfu:.4}") } else { String::new() };
@@ -250,6 +245,8 @@ struct PythonPeer {
 }
 
 impl PythonPeer {
+    // One argument per flag of bench/step_torch.py's command line.
+    #[allow(clippy::too_many_arguments)]
     fn start(
         py: &std::path::Path,
         cfg: &bt_config::Config,
@@ -299,14 +296,7 @@ impl PythonPeer {
             .args(["--lambda", &cfg.loss.lambda.to_string()])
             .args(["--scale", &cfg.loss.scale.to_string()])
             .args(["--normalization", &format!("{:?}", cfg.loss.normalization)])
-            .args([
-                "--loss-impl",
-                if loss_impl == LossImpl::Fused {
-                    "fused"
-                } else {
-                    "reference"
-                },
-            ])
+            .args(["--loss-impl", if loss_impl == LossImpl::Fused { "fused" } else { "reference" }])
             .args(["--batch", &batch.to_string()])
             .args(["--image-size", &side.to_string()])
             .args(["--warmup", &warmup.to_string()])
@@ -320,13 +310,7 @@ impl PythonPeer {
             .with_context(|| format!("running {} {}", py.display(), script.display()))?;
         let stdin = child.stdin.take().context("python stdin")?;
         let stdout = std::io::BufReader::new(child.stdout.take().context("python stdout")?);
-        let mut peer = Self {
-            child,
-            stdin,
-            stdout,
-            torch: String::new(),
-            threads: 0,
-        };
+        let mut peer = Self { child, stdin, stdout, torch: String::new(), threads: 0 };
         let v = peer.read()?;
         peer.torch = v["torch"].as_str().unwrap_or("?").to_string();
         peer.threads = v["threads"].as_i64().unwrap_or(0);
@@ -340,17 +324,14 @@ impl PythonPeer {
             let status = self.child.wait()?;
             bail!("bench/step_torch.py exited ({status}) before answering; see its stderr above");
         }
-        serde_json::from_str(line.trim())
-            .with_context(|| format!("bad line from step_torch.py: `{}`", line.trim()))
+        serde_json::from_str(line.trim()).with_context(|| format!("bad line from step_torch.py: `{}`", line.trim()))
     }
 
     fn step(&mut self) -> Result<f64> {
         use std::io::Write;
         writeln!(self.stdin, "step")?;
         self.stdin.flush()?;
-        self.read()?["step_s"]
-            .as_f64()
-            .context("no step_s in step_torch.py output")
+        self.read()?["step_s"].as_f64().context("no step_s in step_torch.py output")
     }
 }
 

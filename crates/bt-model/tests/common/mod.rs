@@ -58,9 +58,7 @@ pub fn fill_deterministic(model: &BarlowTwins) {
                 other => panic!("unexpected variable {} {other:?}", v.name),
             };
             let data = gen(&v.name, n, offset, scale);
-            let t = Tensor::from_slice(&data)
-                .reshape(&size)
-                .to_kind(Kind::Float);
+            let t = Tensor::from_slice(&data).reshape(&size).to_kind(Kind::Float);
             v.tensor.shallow_clone().copy_(&t);
         }
     });

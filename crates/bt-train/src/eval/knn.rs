@@ -9,7 +9,14 @@ use tch::{Kind, Tensor};
 /// # Shapes
 /// `train`: `N x F`, `train_labels`: `N` int64 in `0..classes`, `test`: `M x F` -> `M` int64.
 /// Test rows are processed in chunks of 256, so memory is `256 x N` similarities at a time.
-pub fn predict(train: &Tensor, train_labels: &Tensor, test: &Tensor, k: usize, temperature: f64, classes: i64) -> Tensor {
+pub fn predict(
+    train: &Tensor,
+    train_labels: &Tensor,
+    test: &Tensor,
+    k: usize,
+    temperature: f64,
+    classes: i64,
+) -> Tensor {
     tch::no_grad(|| {
         let train = normalize(train);
         let test = normalize(test);
@@ -36,7 +43,15 @@ fn normalize(x: &Tensor) -> Tensor {
 }
 
 /// Top-1 accuracy of [`predict`].
-pub fn accuracy(train: &Tensor, train_labels: &Tensor, test: &Tensor, test_labels: &Tensor, k: usize, temperature: f64, classes: i64) -> f64 {
+pub fn accuracy(
+    train: &Tensor,
+    train_labels: &Tensor,
+    test: &Tensor,
+    test_labels: &Tensor,
+    k: usize,
+    temperature: f64,
+    classes: i64,
+) -> f64 {
     let p = predict(train, train_labels, test, k, temperature, classes);
     p.eq_tensor(test_labels).to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
 }

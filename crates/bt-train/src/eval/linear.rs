@@ -11,15 +11,14 @@
 //!   SGD (momentum 0.9) with a per-step cosine schedule; learning rate and weight decay picked
 //!   on a validation split carved from train (`eval.val_fraction`), then the classifier is
 //!   retrained on all of train with the chosen pair and evaluated once on test.
-use crate::eval::top1;
 use crate::error::Result;
+use crate::eval::top1;
 use bt_config::{EvalConfig, OptimConfig};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use tch::{nn, nn::OptimizerConfig, Kind, Tensor};
-
 
 /// `tf.data.Dataset.shuffle(buffer)` order semantics over `0..n`: fill a buffer with the first
 /// `buffer` elements; then repeatedly emit a uniformly chosen slot and refill it with the next

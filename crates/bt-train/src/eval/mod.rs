@@ -36,7 +36,13 @@ pub fn num_classes(train_labels: &Tensor, test_labels: &Tensor) -> i64 {
 
 /// Linear probe of `model`; the JSON result (what is written to `eval_linear_<protocol>.json`).
 /// The notebook's protocol probes the projector output, the standard one the encoder's.
-pub fn linear_eval(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device, protocol: LinearProtocol) -> Result<Value> {
+pub fn linear_eval(
+    cfg: &Config,
+    model: &BarlowTwins,
+    data: &Data,
+    device: Device,
+    protocol: LinearProtocol,
+) -> Result<Value> {
     let t = Instant::now();
     let fk = match protocol {
         LinearProtocol::KerasSeed => FeatureKind::Projector,
