@@ -6,11 +6,19 @@ use std::process::Command;
 /// The libtorch version tch 0.24.0 binds.
 pub const NEED: &str = "2.11";
 /// What `.venv/` gets: torch for libtorch; torchvision, timm, numpy and safetensors for the tests
-/// that load our checkpoints into torchvision and timm.
-const PIP_PACKAGES: &[&str] = &["torch==2.11.0", "torchvision==0.26.0", "timm==1.0.31", "numpy", "safetensors"];
+/// that load our checkpoints into torchvision and timm; tensorboard for the test that reads our
+/// event files back with its own reader (`scripts/check_tensorboard.py`).
+const PIP_PACKAGES: &[&str] = &[
+    "torch==2.11.0",
+    "torchvision==0.26.0",
+    "timm==1.0.31",
+    "numpy",
+    "safetensors",
+    "tensorboard==2.21.0",
+];
 /// The test tools a Python must import to be used by `cargo xtask test` (kept in step with the
 /// list above).
-const TEST_TOOLS: &str = "import torchvision, timm, numpy, safetensors";
+const TEST_TOOLS: &str = "import torchvision, timm, numpy, safetensors, tensorboard";
 /// The CUDA 13 wheels leave out the `crt/` headers that `cuda_runtime.h` includes; bt-shim's CUDA
 /// half needs them to compile (without them it builds CPU-only). Installed `--no-deps` so pip
 /// can never touch torch. The version matches the wheel's nvidia-cuda-runtime 13.0. CCCL (`nv/target`)
@@ -25,7 +33,8 @@ pub struct Torch {
     pub version: String,
     /// How it was found, for the log.
     pub source: String,
-    /// A Python with this torch, torchvision, timm, numpy and safetensors (test tools), if any.
+    /// A Python with this torch, torchvision, timm, numpy, safetensors and tensorboard (test tools),
+    /// if any.
     pub python: Option<PathBuf>,
 }
 
@@ -192,7 +201,7 @@ fn find_python(root: &Path) -> Result<Option<(PathBuf, String, PathBuf)>> {
             if py == venv_py {
                 pip_install(&py)?;
             } else {
-                eprintln!("xtask: {} has torch {version} but lacks torchvision/timm/numpy/safetensors (test tools); skipping it", py.display());
+                eprintln!("xtask: {} has torch {version} but lacks torchvision/timm/numpy/safetensors/tensorboard (test tools); skipping it", py.display());
                 continue;
             }
         }
