@@ -8,14 +8,8 @@ pub const NEED: &str = "2.11";
 /// What `.venv/` gets: torch for libtorch; torchvision, timm, numpy and safetensors for the tests
 /// that load our checkpoints into torchvision and timm; tensorboard for the test that reads our
 /// event files back with its own reader (`scripts/check_tensorboard.py`).
-const PIP_PACKAGES: &[&str] = &[
-    "torch==2.11.0",
-    "torchvision==0.26.0",
-    "timm==1.0.31",
-    "numpy",
-    "safetensors",
-    "tensorboard==2.21.0",
-];
+const PIP_PACKAGES: &[&str] =
+    &["torch==2.11.0", "torchvision==0.26.0", "timm==1.0.31", "numpy", "safetensors", "tensorboard==2.21.0"];
 /// The test tools a Python must import to be used by `cargo xtask test` (kept in step with the
 /// list above).
 const TEST_TOOLS: &str = "import torchvision, timm, numpy, safetensors, tensorboard";

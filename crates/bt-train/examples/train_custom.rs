@@ -45,9 +45,7 @@ pub fn config() -> bt_config::Config {
 pub fn patterns(n: usize, seed: u64) -> Arc<Dataset> {
     let mut images = Vec::with_capacity(n * bt_data::IMAGE_BYTES);
     for i in 0..n {
-        let h = |k: u64| {
-            (((seed << 40) ^ ((i as u64) << 8) ^ k).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
-        };
+        let h = |k: u64| (((seed << 40) ^ ((i as u64) << 8) ^ k).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8;
         let (fg, bg, p) = ([h(1), h(2), h(3)], [h(4), h(5), h(6)], h(7) as usize % 8);
         for px in 0..bt_data::IMAGE_BYTES {
             let (c, y, x) = (px / 1024, px / 32 % 32, px % 32); // CHW order
@@ -82,8 +80,8 @@ impl Observer for StopAfter {
 }
 
 /// Pretrains into `run` (from `resume` if given), stopping after `stop_after` steps if given.
-// bt_train::Error is 144 bytes: clippy's result_large_err fires on every function returning it,
-// in the library too, until the library boxes its large variants.
+// bt_train::Error is large (it wraps every crate's error by value); the library allows clippy's
+// result_large_err for the same reason.
 #[allow(clippy::result_large_err)]
 pub fn pretrain(
     cfg: &bt_config::Config,
@@ -93,25 +91,17 @@ pub fn pretrain(
     resume: Option<&Path>,
 ) -> bt_train::Result<Outcome> {
     let token = StopToken::new();
-    let observer = StopAfter {
-        left: stop_after.unwrap_or(usize::MAX),
-        token: token.clone(),
-    };
+    let observer = StopAfter { left: stop_after.unwrap_or(usize::MAX), token: token.clone() };
     Trainer::new(cfg.clone(), tch::Device::Cpu)
         .with_stop_token(token)
         .with_observer(observer)
-        .pretrain(data.train.clone(), data.test.clone(), run, resume)
+        .pretrain(data, run, resume)
 }
 
 /// The training and test sets of the example.
 pub fn data() -> bt_train::setup::Data {
     let (train, test) = (patterns(320, 1), patterns(200, 2));
-    let description = "4 patterns, 320 train / 200 test".into();
-    bt_train::setup::Data {
-        train,
-        test,
-        description,
-    }
+    bt_train::setup::Data::new(train, Some(test), "4 patterns, 320 train / 200 test")
 }
 
 #[allow(clippy::result_large_err)] // see `pretrain`
@@ -120,25 +110,17 @@ fn main() -> bt_train::Result<()> {
     let dir = std::env::temp_dir().join(format!("bt-train-example-{}", std::process::id()));
     let run = RunFolder::create(&dir)?;
     let first = pretrain(&cfg, &data, &run, Some(STOP_AFTER), None)?;
-    let stop = first
-        .stop
-        .expect("the observer stops the run before its end");
+    let stop = first.stop.expect("the observer stops the run before its end");
     println!("{stop}");
     let end = pretrain(&cfg, &data, &run, None, Some(&stop.checkpoint))?;
     let (steps, loss) = (end.position.step, end.final_loss);
-    println!(
-        "resumed: {} more steps, to step {steps}; last epoch's mean loss {loss:.1}",
-        end.steps
-    );
+    println!("resumed: {} more steps, to step {steps}; last epoch's mean loss {loss:.1}", end.steps);
     // The same architecture at the weights pretraining started from (both come from run.seed).
     let (_vs, random) = bt_train::setup::build_model(&cfg, cpu)?;
     for (name, model) in [("pretrained", &end.model), ("random init", &random)] {
         let knn = bt_train::eval::knn_eval(&cfg, model, &data, cpu)?;
         let top1 = 100.0 * knn["test_top1"].as_f64().unwrap_or(f64::NAN);
-        println!(
-            "kNN top-1, {name} encoder, {} test images: {top1:.1}%",
-            data.test.len()
-        );
+        println!("kNN top-1, {name} encoder, {} test images: {top1:.1}%", data.test()?.len());
     }
     println!("run folder: {}", dir.display());
     Ok(())

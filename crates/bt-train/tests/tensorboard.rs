@@ -69,14 +69,8 @@ fn tensorboard_events_read_back_equal_metrics_jsonl() {
         .arg(run.dir())
         .output()
         .unwrap_or_else(|e| panic!("cannot run BT_PYTHON={python}: {e}"));
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success(),
-        "check_tensorboard.py failed\nstdout: {stdout}\nstderr: {stderr}"
-    );
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "check_tensorboard.py failed\nstdout: {stdout}\nstderr: {stderr}");
     let tb: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
 
     // Expected points per tag, in the order the run wrote them.
@@ -90,16 +84,10 @@ fn tensorboard_events_read_back_equal_metrics_jsonl() {
         for (_, key, tag) in tags {
             let v = r[*key].as_f64().unwrap_or_else(|| panic!("`{key}` of {r}"));
             assert!(v.is_finite(), "{r}");
-            want.entry(tag)
-                .or_default()
-                .push((r["step"].as_u64().unwrap(), v as f32));
+            want.entry(tag).or_default().push((r["step"].as_u64().unwrap(), v as f32));
         }
     }
-    assert_eq!(
-        want["knn/top1"].len(),
-        cfg.run.epochs,
-        "the monitor ran every epoch"
-    );
+    assert_eq!(want["knn/top1"].len(), cfg.run.epochs, "the monitor ran every epoch");
 
     let got: BTreeMap<&str, Vec<(u64, f32)>> = tb["scalars"]
         .as_object()
@@ -108,43 +96,19 @@ fn tensorboard_events_read_back_equal_metrics_jsonl() {
         .map(|(tag, pts)| {
             let pts = pts.as_array().unwrap();
             // A Python float of an f32 converts back to that f32 exactly.
-            (
-                tag.as_str(),
-                pts.iter()
-                    .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap() as f32))
-                    .collect(),
-            )
+            (tag.as_str(), pts.iter().map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap() as f32)).collect())
         })
         .collect();
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>(),
-        "tags"
-    );
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "tags");
     for (tag, w) in &want {
-        assert_eq!(
-            &got[tag], w,
-            "tag {tag}: (step, value) read back vs metrics.jsonl"
-        );
+        assert_eq!(&got[tag], w, "tag {tag}: (step, value) read back vs metrics.jsonl");
     }
 
     // One event file per invocation, each opened by the version record; every other record is one
     // event of the run (a logged step, an epoch, a kNN result).
     let files = tb["files"].as_array().unwrap();
     assert_eq!(files.len(), 2, "one file per invocation: {tb}");
-    assert!(
-        tb["file_versions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|v| v == "brain.Event:2"),
-        "{tb}"
-    );
-    let records: u64 = tb["records"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|n| n.as_u64().unwrap())
-        .sum();
+    assert!(tb["file_versions"].as_array().unwrap().iter().all(|v| v == "brain.Event:2"), "{tb}");
+    let records: u64 = tb["records"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
     assert_eq!(records as usize, files.len() + events, "{tb}");
 }
