@@ -50,7 +50,8 @@ pub fn run(root: &Path, t: &crate::torch::Torch, args: &[String]) -> Result<()> 
         }
     }
     crate::cargo(t, &["build", "--release", "-p", "bt-cli"])?;
-    // The CUDA-only test binary of the shim (returns early without a GPU; runs on the H200).
+    // The CUDA-only test binary of the shim (its tests are `#[ignore = "needs CUDA"]`; the GPU
+    // check runs them with `--include-ignored` on the H200).
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut c = Command::new(cargo);
     c.args(["test", "--release", "-p", "bt-shim", "--test", "cuda", "--no-run", "--message-format=json"])

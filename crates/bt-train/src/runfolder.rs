@@ -91,7 +91,7 @@ impl RunFolder {
         self.dir.join("report.md")
     }
 
-    /// Checkpoints present, oldest position first (mid-epoch ones included; see `ckpt_store`).
+    /// Checkpoints present, oldest position first (mid-epoch ones included; see `store`).
     pub fn list_checkpoints(&self) -> Vec<PathBuf> {
         crate::store::list(&self.checkpoints())
     }
