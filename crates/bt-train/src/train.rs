@@ -250,7 +250,8 @@ impl<'o> Trainer<'o> {
             run.prune_checkpoints(cfg.run.keep_checkpoints)
         };
 
-        for epoch in pos.epochs_done..cfg.run.epochs {
+        let mut stopped: Option<Stop> = None;
+        'epochs: for epoch in pos.epochs_done..cfg.run.epochs {
             let start_batch = if epoch == pos.epochs_done { pos.batch_in_epoch } else { 0 };
             let mut it = pipe.epoch(epoch as u64, start_batch);
             let t_epoch = Instant::now();
@@ -355,20 +356,8 @@ impl<'o> Trainer<'o> {
                     }
                     if let Some(reason) = stop {
                         obs.emit(&Event::Stopping { reason, step: pos.step });
-                        drop(it);
-                        let stop = Stop { reason, checkpoint: path, step: pos.step };
-                        let wall_s = t_start.elapsed().as_secs_f64();
-                        let data_wait_fraction = if loop_s > 0.0 { wait_s_total / loop_s } else { 0.0 };
-                        return Ok(Outcome {
-                            vs,
-                            model,
-                            position: pos,
-                            stop: Some(stop),
-                            steps: steps_here,
-                            wall_s,
-                            final_loss,
-                            data_wait_fraction,
-                        });
+                        stopped = Some(Stop { reason, checkpoint: path, step: pos.step });
+                        break 'epochs;
                     }
                 }
             }
@@ -432,27 +421,29 @@ impl<'o> Trainer<'o> {
                     obs.emit(&Event::Checkpoint { path: &path, position: pos });
                 }
                 obs.emit(&Event::Stopping { reason, step: pos.step });
-                let stop = Stop { reason, checkpoint: path, step: pos.step };
-                let wall_s = t_start.elapsed().as_secs_f64();
-                let data_wait_fraction = if loop_s > 0.0 { wait_s_total / loop_s } else { 0.0 };
-                return Ok(Outcome {
-                    vs,
-                    model,
-                    position: pos,
-                    stop: Some(stop),
-                    steps: steps_here,
-                    wall_s,
-                    final_loss,
-                    data_wait_fraction,
-                });
+                stopped = Some(Stop { reason, checkpoint: path, step: pos.step });
+                break 'epochs;
             }
         }
         let wall_s = t_start.elapsed().as_secs_f64();
+        let data_wait_fraction = if loop_s > 0.0 { wait_s_total / loop_s } else { 0.0 };
+        if stopped.is_some() {
+            // Stopped early: the checkpoint holds the position; no final model, no end record.
+            return Ok(Outcome {
+                vs,
+                model,
+                position: pos,
+                stop: stopped,
+                steps: steps_here,
+                wall_s,
+                final_loss,
+                data_wait_fraction,
+            });
+        }
         if main {
             crate::atomic::atomic_via(&run.model(), |p| Ok(model.save_full(p)?))?;
             crate::atomic::atomic_via(&run.encoder(), |p| Ok(model.save_encoder(p)?))?;
         }
-        let data_wait_fraction = if loop_s > 0.0 { wait_s_total / loop_s } else { 0.0 };
         mw.write(&json!({
             "kind": "run", "event": "end", "steps": steps_here, "wall_s": wall_s, "final_loss": final_loss,
             "data_wait_fraction": data_wait_fraction,
