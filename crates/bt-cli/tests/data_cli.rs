@@ -41,7 +41,7 @@ fn bad_inputs_exit_non_zero_with_a_message() {
         bt().args(["preview-augment", "--data"]).arg(tmp.path().join("nope")).arg("--out").arg(&out).output().unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("batches.meta.txt"), "{err}");
+    assert!(err.contains("CIFAR-10 not found") && err.contains("nope") && err.contains("fetch-cifar"), "{err}");
     // A label >= 10 in a written dataset.
     let dir = tmp.path().join("cifar");
     let train = bt_data::synthetic::generate(20, 0, bt_data::synthetic::Split::Train);
@@ -60,7 +60,8 @@ fn bad_inputs_exit_non_zero_with_a_message() {
     std::fs::write(&t, vec![0u8; 3073 * 2 + 5]).unwrap();
     let o = bt().args(["preview-augment", "--data"]).arg(&dir).arg("--out").arg(&out).output().unwrap();
     assert!(!o.status.success());
-    // Neither source given.
-    let o = bt().args(["preview-augment", "--out"]).arg(&out).output().unwrap();
+    // Neither source given: the config's data.dir (data/cifar-10-batches-bin, absent here).
+    let o = bt().args(["preview-augment", "--out"]).arg(&out).current_dir(tmp.path()).output().unwrap();
     assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("data/cifar-10-batches-bin"));
 }

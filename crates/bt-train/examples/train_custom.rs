@@ -11,8 +11,8 @@
 //! - `eval::knn_eval` scores the encoder's frozen features.
 //!
 //! Run: `eval "$(cargo xtask env)"; cargo run --release -p bt-train --example train_custom`
-//! (`cargo xtask env` sets `LD_LIBRARY_PATH` to libtorch's lib dir, which the example binary needs at
-//! run time; bt-train has no build script embedding an rpath as bt-cli's does).
+//! (`cargo xtask env` tells cargo where libtorch is; bt-train's build script gives the example an
+//! rpath to it, so the binary then also runs on its own).
 //!
 //! Expected output (about 20 s on one busy CPU core: 6 epochs of 10 steps, a width-4 ResNet-18;
 //! the accuracies may differ by a few points on another CPU or libtorch build):

@@ -24,15 +24,22 @@ pub struct EventWriter {
 }
 
 impl EventWriter {
-    /// Creates `dir/events.out.tfevents.<unix seconds>.<host>.<pid>` and writes the version
-    /// record.
+    /// Creates `dir/events.out.tfevents.<unix seconds>.<host>.<pid>.<n>` (`n` counts the writers
+    /// this process made, so a stop and a resume within one second never share a name; the file
+    /// is created new, never overwritten) and writes the version record.
     pub fn create(dir: &Path) -> Result<Self> {
+        static WRITERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let host =
             std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
         let host = if host.is_empty() { "localhost".to_string() } else { host };
-        let path = dir.join(format!("events.out.tfevents.{}.{host}.{}", now.as_secs(), std::process::id()));
-        let file = File::create(&path).map_err(|e| Error::io("creating", &path, e))?;
+        let n = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("events.out.tfevents.{}.{host}.{}.{n}", now.as_secs(), std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io("creating", &path, e))?;
         let mut w = Self { file, path };
         let mut ev = Vec::new();
         put_f64(&mut ev, 1, now.as_secs_f64());
@@ -182,6 +189,14 @@ mod tests {
         // zero bytes 0x8A9136AA.
         assert_eq!(crc32c(b"123456789"), 0xE306_9283);
         assert_eq!(crc32c(&[0u8; 32]), 0x8A91_36AA);
+    }
+
+    #[test]
+    fn two_writers_in_one_second_get_two_files() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (EventWriter::create(d.path()).unwrap(), EventWriter::create(d.path()).unwrap());
+        assert_ne!(a.path(), b.path());
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 2);
     }
 
     #[test]
