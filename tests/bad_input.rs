@@ -139,7 +139,7 @@ fn damaged_or_foreign_cifar_folders_are_refused_naming_the_file() {
             vec!["batches.meta.txt"],
         ),
         (
-            "not CIFAR at all",
+            "not CIFAR at all: a folder of files, one a broken PNG (detected as an image folder)",
             |d| {
                 for e in std::fs::read_dir(d).unwrap().flatten() {
                     std::fs::remove_file(e.path()).unwrap();
@@ -147,7 +147,7 @@ fn damaged_or_foreign_cifar_folders_are_refused_naming_the_file() {
                 std::fs::write(d.join("photo.png"), b"\x89PNG\r\n\x1a\n....").unwrap();
                 std::fs::write(d.join("notes.txt"), b"hello").unwrap();
             },
-            vec!["data_batch_1.bin", "fetch-cifar"],
+            vec!["photo.png", "skip_bad_images"],
         ),
         (
             "a foreign file under a CIFAR name",
