@@ -164,29 +164,13 @@ impl ViewConfig {
     /// PIL Gaussian blur sigma U(0.1, 2.0) with `blur_prob` (1.0 / 0.1), solarize
     /// `solarize_prob` (0.0 / 0.2).
     pub fn imagenet_official(blur_prob: f64, solarize_prob: f64) -> Self {
+        // solo-learn's asymmetric CIFAR view is this recipe at 32 px with blur off; here: Pillow's
+        // bicubic resize and Pillow's blur, with the blur probability of each view.
         Self {
-            crop: CropKind::RandomResized,
-            crop_min_side: 24,
-            crop_max_side: 32,
-            crop_scale: [0.08, 1.0],
-            crop_ratio: [0.75, 4.0 / 3.0],
-            flip_prob: 0.5,
-            flip_double_coin: false,
-            jitter_prob: 0.8,
-            jitter_style: JitterStyle::Torchvision,
-            brightness: 0.4,
-            contrast: 0.4,
-            saturation: 0.2,
-            hue: 0.1,
             blur_prob,
-            blur_sigma: [0.1, 2.0],
-            blur_sigma_once: false,
-            grayscale_prob: 0.2,
-            solarize_prob,
-            solarize_noop_quirk: false,
-            clip: true,
             interpolation: Interpolation::PilBicubic,
             blur_kind: BlurKind::Pil,
+            ..Self::cifar_asymmetric(solarize_prob)
         }
     }
 }
