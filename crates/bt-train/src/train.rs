@@ -21,7 +21,6 @@ use crate::checkpoint;
 use crate::control::{Interrupted, Stop, StopReason, StopToken};
 use crate::dist::Dist;
 use crate::error::{Result, ResultExt};
-use crate::eval::knn;
 use crate::guard::{self, Guard, Verdict};
 use crate::metrics::{self, MetricsWriter};
 use crate::observer::{EpochMetrics, Event, Observer, StepMetrics};
@@ -407,7 +406,7 @@ impl<'o> Trainer<'o> {
             if main && cfg.run.knn_every > 0 && pos.epochs_done % cfg.run.knn_every == 0 && token.requested().is_none()
             {
                 let t = Instant::now();
-                let acc = knn_monitor(&cfg, &model, data, device)?;
+                let acc = crate::eval::knn_top1(&cfg, &model, data, device)?;
                 let seconds = t.elapsed().as_secs_f64();
                 mw.write(&json!({"kind": "knn", "epoch": pos.epochs_done, "step": pos.step, "top1": acc, "k": cfg.eval.knn_k, "temperature": cfg.eval.knn_temperature}))?;
                 obs.emit(&Event::Evaluated { name: "knn", epoch: pos.epochs_done, step: pos.step, top1: acc, seconds });
@@ -480,15 +479,6 @@ impl ObserverPair<'_, '_> {
             tb.on_event(e);
         }
     }
-}
-
-/// kNN top-1 of the encoder features (test vs train, un-augmented).
-pub fn knn_monitor(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) -> Result<f64> {
-    use crate::setup::{labeled_features, FeatureKind};
-    let (tf, tl) = labeled_features(model, &data.train, &cfg.data, FeatureKind::Encoder, device)?;
-    let (vf, vl) = labeled_features(model, data.test()?, &cfg.data, FeatureKind::Encoder, device)?;
-    let classes = crate::eval::num_classes(&tl, &vl);
-    Ok(knn::accuracy(&tf, &tl, &vf, &vl, cfg.eval.knn_k, cfg.eval.knn_temperature, classes))
 }
 
 /// The points of `loss.png`: read from `metrics.jsonl` once at start (a resumed run's curve

@@ -34,6 +34,26 @@ pub fn num_classes(train_labels: &Tensor, test_labels: &Tensor) -> i64 {
     m(train_labels).max(m(test_labels)) + 1
 }
 
+/// Frozen labeled features of the training and the evaluation split:
+/// `(train x, train labels, test x, test labels)`, what every classifier here starts from.
+pub fn both_splits(
+    cfg: &Config,
+    model: &BarlowTwins,
+    data: &Data,
+    kind: FeatureKind,
+    device: Device,
+) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    let (tx, ty) = labeled_features(model, &data.train, &cfg.data, kind, device)?;
+    let (vx, vy) = labeled_features(model, data.test()?, &cfg.data, kind, device)?;
+    Ok((tx, ty, vx, vy))
+}
+
+/// kNN top-1 of the encoder features (test vs train, un-augmented): the pretraining monitor.
+pub fn knn_top1(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) -> Result<f64> {
+    let (tx, ty, vx, vy) = both_splits(cfg, model, data, FeatureKind::Encoder, device)?;
+    Ok(knn::accuracy(&tx, &ty, &vx, &vy, cfg.eval.knn_k, cfg.eval.knn_temperature, num_classes(&ty, &vy)))
+}
+
 /// Linear probe of `model`; the JSON result (what is written to `eval_linear_<protocol>.json`).
 /// The notebook's protocol probes the projector output, the standard one the encoder's.
 pub fn linear_eval(
@@ -48,8 +68,7 @@ pub fn linear_eval(
         LinearProtocol::KerasSeed => FeatureKind::Projector,
         LinearProtocol::Standard => FeatureKind::Encoder,
     };
-    let (tx, ty) = labeled_features(model, &data.train, &cfg.data, fk, device)?;
-    let (vx, vy) = labeled_features(model, data.test()?, &cfg.data, fk, device)?;
+    let (tx, ty, vx, vy) = both_splits(cfg, model, data, fk, device)?;
     let classes = num_classes(&ty, &vy);
     let t_feat = t.elapsed().as_secs_f64();
     let mut v = match protocol {
@@ -75,8 +94,7 @@ fn knn_value(cfg: &Config, tx: &Tensor, ty: &Tensor, vx: &Tensor, vy: &Tensor) -
 /// kNN evaluation of the encoder features.
 pub fn knn_eval(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) -> Result<Value> {
     let t = Instant::now();
-    let (tx, ty) = labeled_features(model, &data.train, &cfg.data, FeatureKind::Encoder, device)?;
-    let (vx, vy) = labeled_features(model, data.test()?, &cfg.data, FeatureKind::Encoder, device)?;
+    let (tx, ty, vx, vy) = both_splits(cfg, model, data, FeatureKind::Encoder, device)?;
     let mut v = knn_value(cfg, &tx, &ty, &vx, &vy);
     v["wall_s"] = json!(t.elapsed().as_secs_f64());
     Ok(v)
@@ -86,8 +104,7 @@ pub fn knn_eval(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) 
 /// each of its two encoders).
 pub fn encoder_evals(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) -> Result<(Value, Value)> {
     let t = Instant::now();
-    let (tx, ty) = labeled_features(model, &data.train, &cfg.data, FeatureKind::Encoder, device)?;
-    let (vx, vy) = labeled_features(model, data.test()?, &cfg.data, FeatureKind::Encoder, device)?;
+    let (tx, ty, vx, vy) = both_splits(cfg, model, data, FeatureKind::Encoder, device)?;
     let t_feat = t.elapsed().as_secs_f64();
     let mut lin = linear::standard(&tx, &ty, &vx, &vy, num_classes(&ty, &vy), &cfg.eval, cfg.run.seed)?;
     lin["eval"] = json!("linear");
