@@ -168,12 +168,28 @@ mod tests {
             ("loss.lambda=-1", "loss.lambda"),
             ("augment.view_b.solarize_prob=1.5", "augment.view_b.solarize_prob"),
             ("run.device=gpu", "run.device"),
+            ("eval.feature_memory_mb=0", "eval.feature_memory_mb"),
+            ("eval.feature_memory_mb=9999999999", "eval.feature_memory_mb"),
         ] {
             let mut b = ConfigBuilder::new();
             b.set(set).unwrap();
             let e = b.build().unwrap_err().to_string();
             assert!(e.contains(key), "{set}: {e}");
         }
+    }
+
+    #[test]
+    fn feature_store_keys_parse() {
+        let c = Config::default();
+        assert_eq!((c.eval.feature_memory_mb, c.eval.feature_precision), (2048, FeaturePrecision::Auto));
+        let mut b = ConfigBuilder::new();
+        b.set("eval.feature_precision=f16").unwrap().set("eval.feature_dir=/scratch/x").unwrap();
+        let c = b.build().unwrap();
+        assert_eq!(c.eval.feature_precision, FeaturePrecision::F16);
+        assert_eq!(c.eval.feature_dir, Path::new("/scratch/x"));
+        assert_eq!(Config::from_toml_str(&c.to_toml()).unwrap(), c);
+        let e = ConfigBuilder::new().set("eval.feature_precision=bf16").unwrap_err().to_string();
+        assert!(e.contains("eval.feature_precision") && e.contains("f16"), "{e}");
     }
 
     #[test]
