@@ -47,7 +47,8 @@ pub struct EvalConfig {
     /// kNN vote temperature.
     pub knn_temperature: f64,
     /// Memory budget of the frozen feature matrices of both splits, MiB: chunks past it are
-    /// spilled to a file in `eval.feature_dir` (removed when the evaluation ends).
+    /// spilled to a file in `eval.feature_dir` (removed when the evaluation ends); 0 = stream
+    /// everything from that file.
     pub feature_memory_mb: usize,
     /// Storage precision of frozen features.
     pub feature_precision: FeaturePrecision,

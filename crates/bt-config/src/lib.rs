@@ -168,7 +168,6 @@ mod tests {
             ("loss.lambda=-1", "loss.lambda"),
             ("augment.view_b.solarize_prob=1.5", "augment.view_b.solarize_prob"),
             ("run.device=gpu", "run.device"),
-            ("eval.feature_memory_mb=0", "eval.feature_memory_mb"),
             ("eval.feature_memory_mb=9999999999", "eval.feature_memory_mb"),
         ] {
             let mut b = ConfigBuilder::new();
@@ -188,6 +187,8 @@ mod tests {
         assert_eq!(c.eval.feature_precision, FeaturePrecision::F16);
         assert_eq!(c.eval.feature_dir, Path::new("/scratch/x"));
         assert_eq!(Config::from_toml_str(&c.to_toml()).unwrap(), c);
+        let e = ConfigBuilder::new().set("eval.feature_memory_mb=-1").unwrap_err().to_string();
+        assert!(e.contains("eval.feature_memory_mb"), "{e}");
         let e = ConfigBuilder::new().set("eval.feature_precision=bf16").unwrap_err().to_string();
         assert!(e.contains("eval.feature_precision") && e.contains("f16"), "{e}");
     }

@@ -196,13 +196,12 @@ impl Config {
         range("eval.val_fraction", e.val_fraction, 0.0, 0.9)?;
         at_least("eval.knn_k", e.knn_k, 1)?;
         positive("eval.knn_temperature", e.knn_temperature)?;
-        // 1 MiB still holds a few rows per chunk; 0 would make every run spill everything.
-        at_least("eval.feature_memory_mb", e.feature_memory_mb, 1)?;
+        // 0 is allowed: every chunk streams from the spill file.
         if e.feature_memory_mb > 1 << 30 {
             return Err(ConfigError::OutOfRange {
                 key: "eval.feature_memory_mb".into(),
                 value: e.feature_memory_mb.to_string(),
-                allowed: format!("an integer in [1, {}] (MiB)", 1usize << 30),
+                allowed: format!("an integer in [0, {}] (MiB)", 1usize << 30),
             });
         }
         Ok(())

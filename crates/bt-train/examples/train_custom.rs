@@ -118,7 +118,7 @@ fn main() -> bt_train::Result<()> {
     // The same architecture at the weights pretraining started from (both come from run.seed).
     let (_vs, random) = bt_train::setup::build_model(&cfg, cpu)?;
     for (name, model) in [("pretrained", &end.model), ("random init", &random)] {
-        let knn = bt_train::eval::knn_eval(&cfg, model, &data, cpu)?;
+        let knn = bt_train::eval::knn_eval(&cfg, model, &data, cpu, &mut ())?;
         let top1 = 100.0 * knn["test_top1"].as_f64().unwrap_or(f64::NAN);
         println!("kNN top-1, {name} encoder, {} test images: {top1:.1}%", data.test()?.len());
     }

@@ -111,6 +111,16 @@ pub enum Event<'a> {
         /// Seconds it took.
         seconds: f64,
     },
+    /// Progress of an evaluation (`bt_train::eval`): frozen features of a split, kNN over the
+    /// train chunks, epochs of a linear probe. Arrives often: cheap to handle.
+    EvalProgress {
+        /// `features train`, `features test`, `knn` or `linear`.
+        stage: &'a str,
+        /// Units done (images, train rows, epochs).
+        done: usize,
+        /// Units of the stage.
+        total: usize,
+    },
     /// The run stops early (a checkpoint holds the position).
     Stopping {
         /// Why.
@@ -166,7 +176,8 @@ impl<A: Observer, B: Observer> Observer for (A, B) {
     }
 }
 
-/// Records every event as a line of text (`Debug`), except [`Event::Progress`]. Handy in tests
+/// Records every event as a line of text (`Debug`), except [`Event::Progress`] and
+/// [`Event::EvalProgress`]. Handy in tests
 /// and for users who want a plain log.
 #[derive(Debug, Default, Clone)]
 pub struct Recorder {
@@ -176,7 +187,7 @@ pub struct Recorder {
 
 impl Observer for Recorder {
     fn on_event(&mut self, event: &Event<'_>) {
-        if !matches!(event, Event::Progress { .. }) {
+        if !matches!(event, Event::Progress { .. } | Event::EvalProgress { .. }) {
             self.lines.push(format!("{event:?}"));
         }
     }

@@ -1,15 +1,21 @@
 //! Evaluation of frozen features: weighted kNN ([`knn`]) and linear probes ([`linear`]). Both
-//! take feature tensors, not models: features are computed once ([`features`]) and every
-//! classifier runs on them, which is what makes a 100-epoch probe or a hyperparameter grid
-//! cheap. [`linear_eval`], [`knn_eval`] and [`encoder_evals`] put the two together for a model
-//! and a dataset; [`save_result`] writes the result next to a run (and refreshes its report).
+//! take features, not models: features of the center crop are computed once per split into a
+//! [`FeatureStore`] (bounded memory: chunks in f32 or f16, spilled to disk past
+//! `eval.feature_memory_mb`, see [`features`]) and every classifier runs on them, which is what
+//! makes a 100-epoch probe or a hyperparameter grid cheap. [`linear_eval`], [`knn_eval`] and
+//! [`encoder_evals`] put the two together for a model and a dataset, reporting
+//! [`Event::EvalProgress`]; [`save_result`] writes the result next to a run (and refreshes its
+//! report).
+pub mod features;
 pub mod knn;
 pub mod linear;
 
-pub use crate::setup::{features, labeled_features, FeatureKind};
+pub use crate::setup::{labeled_features, labeled_store, FeatureKind};
+pub use features::{Budget, FeatureStore, StoreOptions};
 
 use crate::atomic::atomic_write;
 use crate::error::Result;
+use crate::observer::{Event, Observer};
 use crate::runfolder::RunFolder;
 use crate::setup::Data;
 use bt_config::{Config, LinearProtocol};
@@ -29,73 +35,115 @@ pub fn top1(scores: &Tensor, labels: &Tensor) -> f64 {
 
 /// Number of classes the labels of both splits use (largest label + 1): the classifier's width
 /// comes from the data, never from a constant.
-pub fn num_classes(train_labels: &Tensor, test_labels: &Tensor) -> i64 {
-    let m = |t: &Tensor| if t.numel() == 0 { -1 } else { t.max().int64_value(&[]) };
-    m(train_labels).max(m(test_labels)) + 1
+pub fn num_classes(train_labels: &[i64], test_labels: &[i64]) -> i64 {
+    train_labels.iter().chain(test_labels).copied().max().unwrap_or(-1) + 1
 }
 
-/// Frozen labeled features of the training and the evaluation split:
-/// `(train x, train labels, test x, test labels)`, what every classifier here starts from.
+/// Frozen labeled features of the training and the evaluation split, `(train, test)`, what
+/// every classifier here starts from. The test split is extracted first so that it takes the
+/// memory budget first (kNN rereads it for every train chunk).
 pub fn both_splits(
     cfg: &Config,
     model: &BarlowTwins,
     data: &Data,
     kind: FeatureKind,
     device: Device,
-) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
-    let (tx, ty) = labeled_features(model, &data.train, &cfg.data, kind, device)?;
-    let (vx, vy) = labeled_features(model, data.test()?, &cfg.data, kind, device)?;
-    Ok((tx, ty, vx, vy))
+    obs: &mut dyn Observer,
+) -> Result<(FeatureStore, FeatureStore)> {
+    let budget = Budget::of(&cfg.eval);
+    let opts = StoreOptions::of(&cfg.eval);
+    let test =
+        labeled_store(model, data.test()?, &cfg.data, kind, device, &budget, opts.clone(), "features test", obs)?;
+    let train = labeled_store(model, &data.train, &cfg.data, kind, device, &budget, opts, "features train", obs)?;
+    let spilled: Vec<_> =
+        [&train, &test].iter().filter_map(|s| s.spill_path()).map(|p| p.display().to_string()).collect();
+    tracing::debug!("frozen features: {train:?}, {test:?}");
+    if !spilled.is_empty() {
+        tracing::info!("frozen features over eval.feature_memory_mb = {}: partly on disk", cfg.eval.feature_memory_mb);
+    }
+    Ok((train, test))
 }
 
 /// kNN top-1 of the encoder features (test vs train, un-augmented): the pretraining monitor.
 pub fn knn_top1(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) -> Result<f64> {
-    let (tx, ty, vx, vy) = both_splits(cfg, model, data, FeatureKind::Encoder, device)?;
-    Ok(knn::accuracy(&tx, &ty, &vx, &vy, cfg.eval.knn_k, cfg.eval.knn_temperature, num_classes(&ty, &vy)))
+    let (train, test) = both_splits(cfg, model, data, FeatureKind::Encoder, device, &mut ())?;
+    Ok(knn_value(cfg, &train, &test, device, &mut ())?["test_top1"].as_f64().unwrap_or(f64::NAN))
 }
 
 /// Linear probe of `model`; the JSON result (what is written to `eval_linear_<protocol>.json`).
-/// The notebook's protocol probes the projector output, the standard one the encoder's.
+/// The notebook's protocol probes the projector output, the standard one the encoder's. The
+/// probe trains on `device`, reading mini-batches from the feature stores.
 pub fn linear_eval(
     cfg: &Config,
     model: &BarlowTwins,
     data: &Data,
     device: Device,
     protocol: LinearProtocol,
+    obs: &mut dyn Observer,
 ) -> Result<Value> {
     let t = Instant::now();
     let fk = match protocol {
         LinearProtocol::KerasSeed => FeatureKind::Projector,
         LinearProtocol::Standard => FeatureKind::Encoder,
     };
-    let (tx, ty, vx, vy) = both_splits(cfg, model, data, fk, device)?;
-    let classes = num_classes(&ty, &vy);
+    let (train, test) = both_splits(cfg, model, data, fk, device, obs)?;
+    let classes = num_classes(train.labels(), test.labels());
     let t_feat = t.elapsed().as_secs_f64();
+    let mut progress = |done, total| obs.on_event(&Event::EvalProgress { stage: "linear", done, total });
+    let (e, seed) = (&cfg.eval, cfg.run.seed);
     let mut v = match protocol {
-        LinearProtocol::KerasSeed => linear::keras_seed(&tx, &ty, &vx, &vy, classes, &cfg.eval, cfg.run.seed)?,
-        LinearProtocol::Standard => linear::standard(&tx, &ty, &vx, &vy, classes, &cfg.eval, cfg.run.seed)?,
+        LinearProtocol::KerasSeed => linear::keras_seed_store(&train, &test, classes, e, seed, device, &mut progress)?,
+        LinearProtocol::Standard => linear::standard_store(&train, &test, classes, e, seed, device, &mut progress)?,
     };
     v["eval"] = json!("linear");
     v["features"] = json!(format!("{fk:?}").to_lowercase());
     v["features_s"] = json!(t_feat);
+    v["feature_storage"] = storage(&train);
     v["wall_s"] = json!(t.elapsed().as_secs_f64());
     Ok(v)
 }
 
-fn knn_value(cfg: &Config, tx: &Tensor, ty: &Tensor, vx: &Tensor, vy: &Tensor) -> Value {
-    let acc = knn::accuracy(tx, ty, vx, vy, cfg.eval.knn_k, cfg.eval.knn_temperature, num_classes(ty, vy));
-    json!({
-        "eval": "knn", "test_top1": acc, "k": cfg.eval.knn_k, "temperature": cfg.eval.knn_temperature,
-        "similarity": "cosine", "features": "encoder", "feature_dim": tx.size()[1],
-        "n_train": tx.size()[0], "n_test": vx.size()[0],
-    })
+/// How a store kept its features, for the result file.
+fn storage(s: &FeatureStore) -> Value {
+    json!({"kind": format!("{:?}", s.kind()).to_lowercase(), "memory_bytes": s.memory_bytes(), "spilled": s.spill_path().is_some()})
+}
+
+fn knn_value(
+    cfg: &Config,
+    train: &FeatureStore,
+    test: &FeatureStore,
+    device: Device,
+    obs: &mut dyn Observer,
+) -> Result<Value> {
+    let (k, temp) = (cfg.eval.knn_k, cfg.eval.knn_temperature);
+    let classes = num_classes(train.labels(), test.labels());
+    let mut progress = |done, total| obs.on_event(&Event::EvalProgress { stage: "knn", done, total });
+    let pred = knn::predict_store(train, test, k, temp, classes, device, &mut progress)?;
+    let acc = top1_of(&pred, test.labels());
+    Ok(json!({
+        "eval": "knn", "test_top1": acc, "k": k, "temperature": temp,
+        "similarity": "cosine", "features": "encoder", "feature_dim": train.dim(),
+        "n_train": train.len(), "n_test": test.len(), "feature_storage": storage(train),
+    }))
+}
+
+/// Fraction of `pred` (int64 predictions) equal to `labels`.
+fn top1_of(pred: &Tensor, labels: &[i64]) -> f64 {
+    let hits = Vec::<i64>::try_from(pred).unwrap_or_default().iter().zip(labels).filter(|(p, l)| p == l).count();
+    hits as f64 / labels.len().max(1) as f64
 }
 
 /// kNN evaluation of the encoder features.
-pub fn knn_eval(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) -> Result<Value> {
+pub fn knn_eval(
+    cfg: &Config,
+    model: &BarlowTwins,
+    data: &Data,
+    device: Device,
+    obs: &mut dyn Observer,
+) -> Result<Value> {
     let t = Instant::now();
-    let (tx, ty, vx, vy) = both_splits(cfg, model, data, FeatureKind::Encoder, device)?;
-    let mut v = knn_value(cfg, &tx, &ty, &vx, &vy);
+    let (train, test) = both_splits(cfg, model, data, FeatureKind::Encoder, device, obs)?;
+    let mut v = knn_value(cfg, &train, &test, device, obs)?;
     v["wall_s"] = json!(t.elapsed().as_secs_f64());
     Ok(v)
 }
@@ -104,13 +152,14 @@ pub fn knn_eval(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) 
 /// each of its two encoders).
 pub fn encoder_evals(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) -> Result<(Value, Value)> {
     let t = Instant::now();
-    let (tx, ty, vx, vy) = both_splits(cfg, model, data, FeatureKind::Encoder, device)?;
+    let (train, test) = both_splits(cfg, model, data, FeatureKind::Encoder, device, &mut ())?;
     let t_feat = t.elapsed().as_secs_f64();
-    let mut lin = linear::standard(&tx, &ty, &vx, &vy, num_classes(&ty, &vy), &cfg.eval, cfg.run.seed)?;
+    let classes = num_classes(train.labels(), test.labels());
+    let mut lin = linear::standard_store(&train, &test, classes, &cfg.eval, cfg.run.seed, device, &mut |_, _| {})?;
     lin["eval"] = json!("linear");
     lin["features"] = json!("encoder");
     lin["features_s"] = json!(t_feat);
-    Ok((lin, knn_value(cfg, &tx, &ty, &vx, &vy)))
+    Ok((lin, knn_value(cfg, &train, &test, device, &mut ())?))
 }
 
 /// Writes an evaluation result as `eval_<name>.json` into `run` (and refreshes its
