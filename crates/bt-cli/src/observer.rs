@@ -2,11 +2,13 @@
 use crate::progress::Bar;
 use bt_train::{Event, Observer};
 
-/// Draws the bar (when stderr is a terminal) and logs the run's milestones with tracing.
+/// Draws the bar (when stderr is a terminal; one per evaluation stage too) and logs the run's
+/// milestones with tracing.
 #[derive(Default)]
 pub struct CliObserver {
     bar: Option<Bar>,
     last_msg: String,
+    eval_stage: String,
 }
 
 impl Observer for CliObserver {
@@ -43,6 +45,14 @@ impl Observer for CliObserver {
             }
             Event::Evaluated { name, epoch, top1, seconds, .. } => {
                 tracing::info!("{name} monitor after epoch {epoch}: top-1 {:.2}% ({seconds:.1}s)", 100.0 * top1)
+            }
+            Event::EvalProgress { stage, done, total } => {
+                if self.eval_stage != *stage {
+                    (self.eval_stage, self.bar) = (stage.to_string(), Some(Bar::new(*total as u64, 0)));
+                }
+                if let Some(b) = &self.bar {
+                    b.update(*done as u64, stage.to_string(), String::new());
+                }
             }
             Event::Stopping { .. } => self.bar = None,
             Event::Warning(w) => tracing::warn!("{w}"),

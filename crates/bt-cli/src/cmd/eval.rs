@@ -1,5 +1,6 @@
 //! `bt-cli eval linear|knn`: evaluate a run folder or a checkpoint.
 use super::config::{ConfigArgs, DataArgs};
+use crate::observer::CliObserver;
 use anyhow::{bail, Context, Result};
 use bt_config::{Config, ConfigBuilder, LinearProtocol};
 use bt_model::BarlowTwins;
@@ -168,7 +169,7 @@ pub fn run(cmd: EvalCmd) -> Result<()> {
                 bail!("the keras-seed protocol probes the projector output, but {} holds the encoder alone: pass model.safetensors or a training checkpoint", l.weights.display());
             }
             let data = setup::load_data(&l.cfg)?;
-            let v = linear_eval(&l.cfg, &l.model, &data, l.device, protocol)?;
+            let v = linear_eval(&l.cfg, &l.model, &data, l.device, protocol, &mut CliObserver::default())?;
             let name = match protocol {
                 LinearProtocol::KerasSeed => "linear_keras-seed",
                 LinearProtocol::Standard => "linear_standard",
@@ -185,7 +186,7 @@ pub fn run(cmd: EvalCmd) -> Result<()> {
         EvalCmd::Knn(a) => {
             let l = a.src.load()?;
             let data = setup::load_data(&l.cfg)?;
-            let v = knn_eval(&l.cfg, &l.model, &data, l.device)?;
+            let v = knn_eval(&l.cfg, &l.model, &data, l.device, &mut CliObserver::default())?;
             let summary = format!(
                 "knn (k={}, T={}): test top-1 {:.2}%",
                 l.cfg.eval.knn_k,

@@ -179,3 +179,56 @@ pub fn save_result(run: Option<&RunFolder>, weights: &Path, name: &str, value: &
     }
     Ok(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::setup::{build_model, load_data};
+    use bt_config::FeaturePrecision;
+
+    /// Watches the spill folder while the evaluation runs.
+    #[derive(Default)]
+    struct Watch {
+        dir: PathBuf,
+        stages: Vec<String>,
+        files_during_knn: usize,
+        last: (usize, usize),
+    }
+
+    impl Observer for Watch {
+        fn on_event(&mut self, e: &Event<'_>) {
+            if let Event::EvalProgress { stage, done, total } = e {
+                if self.stages.last().map(String::as_str) != Some(*stage) {
+                    self.stages.push(stage.to_string());
+                }
+                if *stage == "knn" {
+                    let n = std::fs::read_dir(&self.dir).map_or(0, |d| d.count());
+                    self.files_during_knn = self.files_during_knn.max(n);
+                }
+                self.last = (*done, *total);
+            }
+        }
+    }
+
+    #[test]
+    fn a_zero_budget_spills_to_eval_feature_dir_gives_the_same_knn_and_cleans_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = Config::preset("demo").unwrap();
+        (cfg.data.synthetic_train, cfg.data.synthetic_test) = (300, 100);
+        cfg.eval.feature_precision = FeaturePrecision::F32;
+        cfg.eval.feature_dir = tmp.path().join("spill");
+        let data = load_data(&cfg).unwrap();
+        let (_vs, model) = build_model(&cfg, Device::Cpu).unwrap();
+        let in_memory = knn_eval(&cfg, &model, &data, Device::Cpu, &mut ()).unwrap();
+        assert_eq!(in_memory["feature_storage"]["spilled"], json!(false), "{in_memory}");
+        cfg.eval.feature_memory_mb = 0;
+        let mut w = Watch { dir: cfg.eval.feature_dir.clone(), ..Default::default() };
+        let spilled = knn_eval(&cfg, &model, &data, Device::Cpu, &mut w).unwrap();
+        assert_eq!(spilled["feature_storage"]["spilled"], json!(true), "{spilled}");
+        assert_eq!(spilled["test_top1"], in_memory["test_top1"]);
+        assert_eq!(w.stages, ["features test", "features train", "knn"]);
+        assert_eq!(w.last, (300, 300));
+        assert_eq!(w.files_during_knn, 2, "one spill file per split while kNN runs");
+        assert_eq!(std::fs::read_dir(&cfg.eval.feature_dir).unwrap().count(), 0, "spill files left behind");
+    }
+}
