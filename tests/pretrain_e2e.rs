@@ -27,6 +27,8 @@ const TINY: &[&str] = &[
     "run.keep_checkpoints=5",
     "--set",
     "data.workers=2",
+    "--set",
+    "run.log_every=1",
     "--device",
     "cpu",
 ];

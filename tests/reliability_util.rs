@@ -30,6 +30,9 @@ pub const TINY: &[&str] = &[
     "run.epochs=8",
     "--set",
     "data.workers=1",
+    // Every step's record: the reference comparisons and the signal tests count step lines.
+    "--set",
+    "run.log_every=1",
     "--device",
     "cpu",
 ];

@@ -263,8 +263,10 @@ fn loss_f32(z_a: &Tensor, z_b: &Tensor, opts: &LossOptions) -> Result<LossOutput
     let (n_local, d) = (z_a.size()[0], z_a.size()[1]);
     let n = match reducer {
         Some(_) => {
+            // A host read per step in data-parallel runs (counted by bt-host; the graph-capturable
+            // step does not run data-parallel).
             let n = sum("all_reduce_sum(row count)", Tensor::from(n_local as f64))?;
-            torch("count", n.f_double_value(&[]))?.round() as i64
+            torch("count", bt_host::read_f64(&n))?.round() as i64
         }
         None => n_local,
     };

@@ -153,6 +153,21 @@ impl FlatParams {
         })
     }
 
+    /// Per-parameter count (`[P]`, f64) of chunks of a flat-layout tensor that hold a NaN or an
+    /// inf: one `aminmax` over the `[chunks, CHUNK]` view (NaN propagates through both; unlike a
+    /// sum, neither can overflow on large finite values), then a `[chunks]` `index_add`.
+    pub fn segment_nonfinite(&self, x: &Tensor) -> Result<Tensor> {
+        chain("segment nonfinite", || {
+            let (lo, hi) = x.f_view([-1, CHUNK])?.f_aminmax(Some(1), false)?;
+            let bad = lo.f_isfinite()?.f_logical_and(&hi.f_isfinite()?)?.f_logical_not()?.f_to_kind(Kind::Double)?;
+            Tensor::f_zeros([self.params.len() as i64], (Kind::Double, self.device))?.f_index_add(
+                0,
+                &self.chunk_seg,
+                &bad,
+            )
+        })
+    }
+
     /// Per-parameter squared L2 norms of a flat-layout tensor (`[P]`, f64).
     pub fn segment_sq_norms(&self, x: &Tensor) -> Result<Tensor> {
         self.segment_sums(&torch("square", x.f_square())?)

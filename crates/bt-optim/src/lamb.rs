@@ -1,6 +1,9 @@
 //! LAMB, grouped over a flat buffer.
 use crate::flat::FlatParams;
-use crate::{chain, step_from_state, torch, LrPair, Optimizer, ParamFilter, Result};
+use crate::{
+    chain, mask_skipped, step_counter, step_from_state, step_value, torch, LrPair, OptimError, Optimizer, ParamFilter,
+    Result,
+};
 use bt_config::OptimConfig;
 use tch::{Kind, Tensor};
 
@@ -73,7 +76,18 @@ pub struct Lamb {
     g: Tensor,
     t: Tensor,
     u: Tensor,
-    step: i64,
+    /// Steps taken, when known on the host (`None` after [`Optimizer::step_device`] with a flag:
+    /// then only `t` knows).
+    step: Option<i64>,
+    /// `[1]` i64 on the device: steps taken (the index into `bias_corr`).
+    t_dev: Tensor,
+    /// `[L + 1, 2]` f32 on the device: row `t` holds `(1 − β1ᵗ, 1 − β2ᵗ)` as f32, computed on the
+    /// host with the same `powf` as [`Optimizer::step`] (so the device step is bit-identical), up
+    /// to the first `L` where both are 1.0 (a clamped index serves every later step); row 0 is
+    /// `(1, 1)` so a skipped first step divides by 1, not 0.
+    bias_corr: Tensor,
+    /// `L`, the last row of `bias_corr`.
+    bias_last: i64,
     /// `[P]` bool: rank ≤ 1 parameters (bias learning rate).
     is_bias: Tensor,
     /// `[chunks, 1]` decay rate per parameter (0 where excluded); `None`: no decay at all.
@@ -96,13 +110,22 @@ impl Lamb {
             false => None,
         };
         let adapt = flat.segment_mask(|n, s| !p.adapt_filter().excludes(n, s))?;
+        let rows = bias_corrections(p.beta1, p.beta2)?;
+        let bias_last = rows.len() as i64 / 2 - 1;
+        // Built once: a one-off upload, not a per-step one.
+        let bias_corr = chain("bias corrections", || {
+            bt_host::from_f64s(&rows, Kind::Float, flat.device())?.f_view([bias_last + 1, 2])
+        })?;
         Ok(Self {
+            t_dev: step_counter(flat.device(), 0)?,
+            bias_corr,
+            bias_last,
             m: flat.zeros_like()?,
             v: flat.zeros_like()?,
             g: flat.zeros_like()?,
             t: flat.zeros_like()?,
             u: flat.zeros_like()?,
-            step: 0,
+            step: Some(0),
             p,
             flat,
             is_bias,
@@ -121,37 +144,117 @@ fn t_step(step: i64) -> f64 {
     step as f64
 }
 
-/// `[P]` f64 learning rate per parameter.
+/// Most rows of the bias-correction table (β = 0.9999 needs ~1.7e5).
+const BIAS_TABLE_CAP: usize = 1 << 22;
+
+/// The rows `(1 − β1ᵗ, 1 − β2ᵗ)` (as f32 values, flattened) for `t = 0..=L`; see `Lamb::bias_corr`.
+fn bias_corrections(b1: f64, b2: f64) -> Result<Vec<f64>> {
+    let mut rows = vec![1.0, 1.0];
+    for t in 1..=BIAS_TABLE_CAP {
+        let c1 = (1.0 - b1.powf(t_step(t as i64))) as f32;
+        let c2 = (1.0 - b2.powf(t_step(t as i64))) as f32;
+        rows.extend([c1 as f64, c2 as f64]);
+        if c1 == 1.0 && c2 == 1.0 {
+            return Ok(rows);
+        }
+    }
+    let (key, value) = if (1.0 - b1.powf(BIAS_TABLE_CAP as f64)) as f32 != 1.0 { ("beta1", b1) } else { ("beta2", b2) };
+    Err(OptimError::BetaTooClose { key, value, cap: BIAS_TABLE_CAP })
+}
+
+/// `[P]` f64 learning rate per parameter from host values: two host-to-device copies (the
+/// compatibility path of [`Optimizer::step`]; [`Optimizer::step_device`] has none).
 pub(crate) fn lr_per_segment(is_bias: &Tensor, lr: &LrPair) -> Result<Tensor> {
     chain("learning rates", || {
-        let w = Tensor::from(lr.weights).f_to_kind(Kind::Double)?.f_to_device(is_bias.device())?;
-        let b = Tensor::from(lr.biases).f_to_kind(Kind::Double)?.f_to_device(is_bias.device())?;
+        let w = bt_host::scalar_tensor(lr.weights, Kind::Double, is_bias.device())?;
+        let b = bt_host::scalar_tensor(lr.biases, Kind::Double, is_bias.device())?;
         b.f_where_self(is_bias, &w)
     })
 }
 
-impl Optimizer for Lamb {
-    fn step(&mut self, lr: &LrPair) -> Result<()> {
+/// `[P]` f64 learning rate per parameter from a device `[2]` (weights, biases): no transfer.
+pub(crate) fn lr_per_segment_dev(is_bias: &Tensor, lr: &Tensor) -> Result<Tensor> {
+    chain("learning rates", || lr.f_select(0, 1)?.f_where_self(is_bias, &lr.f_select(0, 0)?))
+}
+
+/// Where a step's scalars come from.
+pub(crate) enum Scalars<'a> {
+    /// Host values ([`Optimizer::step`], the path every existing caller and test uses).
+    Host(&'a LrPair),
+    /// Device memory ([`Optimizer::step_device`]).
+    Device { lr: &'a Tensor, apply: Option<&'a Tensor> },
+}
+
+impl Lamb {
+    fn update(&mut self, s: Scalars<'_>) -> Result<()> {
         let _guard = tch::no_grad_guard();
-        self.step += 1;
         let (b1, b2) = (self.p.beta1, self.p.beta2);
         let (g, t, u) = (&self.g, &self.t, &self.u);
-        self.flat.grads_into(g)?;
-        // β m + (1−β) g as one lerp: m + (1−β)(g − m).
-        let _ = chain("lamb moments", || {
-            let _ = self.m.f_lerp_(g, 1.0 - b1)?;
-            let _ = g.f_square_out(t)?;
-            self.v.f_lerp_(t, 1.0 - b2)
+        let apply = match s {
+            Scalars::Device { apply, .. } => apply,
+            Scalars::Host(_) => None,
+        };
+        // The step count: host path as before (the device counter follows with a fill kernel);
+        // device path in place, by the flag when there is one.
+        let host_step = match s {
+            Scalars::Host(_) => {
+                let n = step_value(self.step, &self.t_dev)? + 1;
+                let _ = torch("step counter", self.t_dev.f_fill_(n))?;
+                Some(n)
+            }
+            Scalars::Device { apply: None, .. } => {
+                let _ = torch("step counter", self.t_dev.f_add_scalar_(1))?;
+                self.step.map(|n| n + 1)
+            }
+            Scalars::Device { apply: Some(f), .. } => {
+                let _ = torch("step counter", self.t_dev.f_add_(f))?;
+                None
+            }
+        };
+        self.step = host_step;
+        if let Some(f) = apply {
+            mask_skipped(g, f)?;
+        }
+        // β m + (1−β) g as one lerp: m + (1−β)(g − m). A skipped step has g = 0 and weight 0:
+        // m + 0·(0 − m) = m exactly.
+        let _ = chain("lamb moments", || match apply {
+            None => {
+                let _ = self.m.f_lerp_(g, 1.0 - b1)?;
+                let _ = g.f_square_out(t)?;
+                self.v.f_lerp_(t, 1.0 - b2)
+            }
+            Some(f) => {
+                let f = f.f_to_kind(Kind::Float)?;
+                let _ = self.m.f_lerp_tensor_(g, &f.f_mul_scalar(1.0 - b1)?)?;
+                let _ = g.f_square_out(t)?;
+                self.v.f_lerp_tensor_(t, &f.f_mul_scalar(1.0 - b2)?)
+            }
         })?;
         // t = sqrt(v / (1 − β2ᵗ)) + ε;  u = m / t / (1 − β1ᵗ)
-        let bc2 = Tensor::from((1.0 - b2.powf(t_step(self.step))) as f32);
-        let _ = chain("lamb update", || {
-            let _ = self.v.f_div_out(t, &bc2)?;
-            let _ = t.shallow_clone().f_sqrt_()?;
-            let _ = t.shallow_clone().f_add_scalar_(self.p.eps)?;
-            let _ = self.m.f_div_out(u, t)?;
-            u.shallow_clone().f_div_scalar_(1.0 - b1.powf(t_step(self.step)))
-        })?;
+        match s {
+            Scalars::Host(_) => {
+                let n = t_step(host_step.expect("host step"));
+                let bc2 = Tensor::from((1.0 - b2.powf(n)) as f32);
+                let _ = chain("lamb update", || {
+                    let _ = self.v.f_div_out(t, &bc2)?;
+                    let _ = t.shallow_clone().f_sqrt_()?;
+                    let _ = t.shallow_clone().f_add_scalar_(self.p.eps)?;
+                    let _ = self.m.f_div_out(u, t)?;
+                    u.shallow_clone().f_div_scalar_(1.0 - b1.powf(n))
+                })?;
+            }
+            Scalars::Device { .. } => {
+                let _ = chain("lamb update", || {
+                    let row = self.bias_corr.f_index_select(0, &self.t_dev.f_clamp_max(self.bias_last)?)?;
+                    let (bc1, bc2) = (row.f_select(1, 0)?, row.f_select(1, 1)?);
+                    let _ = self.v.f_div_out(t, &bc2)?;
+                    let _ = t.shallow_clone().f_sqrt_()?;
+                    let _ = t.shallow_clone().f_add_scalar_(self.p.eps)?;
+                    let _ = self.m.f_div_out(u, t)?;
+                    u.shallow_clone().f_div_(&bc1)
+                })?;
+            }
+        }
         let w = self.flat.flat();
         let (w2, mut u2) =
             chain("view", || Ok((w.f_view([-1, crate::flat::CHUNK])?, u.f_view([-1, crate::flat::CHUNK])?)))?;
@@ -166,10 +269,45 @@ impl Optimizer for Lamb {
             let ok = self.adapt.f_logical_and(&wn.f_gt(0.0)?)?.f_logical_and(&un.f_gt(0.0)?)?;
             wn.f_div(&un)?.f_where_self(&ok, &wn.f_ones_like()?)
         })?;
-        let lr_seg = lr_per_segment(&self.is_bias, lr)?;
-        let coef = self.flat.chunk_column(&chain("coefficients", || ratio.f_mul(&lr_seg)?.f_mul_scalar(-1.0))?)?;
+        let lr_seg = match s {
+            Scalars::Host(lr) => lr_per_segment(&self.is_bias, lr)?,
+            Scalars::Device { lr, .. } => lr_per_segment_dev(&self.is_bias, lr)?,
+        };
+        let coef = chain("coefficients", || {
+            let c = ratio.f_mul(&lr_seg)?.f_mul_scalar(-1.0)?;
+            match apply {
+                None => Ok(c),
+                // w + 0·u = w: the skipped step's update is finite (g was masked), so this is exact.
+                Some(f) => c.f_mul(&f.f_to_kind(Kind::Double)?),
+            }
+        })?;
+        let coef = self.flat.chunk_column(&coef)?;
         let _ = torch("apply", w2.shallow_clone().f_addcmul_(&u2, &coef))?;
         Ok(())
+    }
+}
+
+impl Optimizer for Lamb {
+    fn step(&mut self, lr: &LrPair) -> Result<()> {
+        self.flat.grads_into(&self.g)?;
+        self.update(Scalars::Host(lr))
+    }
+
+    fn gather_grads(&mut self) -> Result<Tensor> {
+        self.flat.grads_into(&self.g)?;
+        Ok(self.g.shallow_clone())
+    }
+
+    fn nonfinite_grads(&self) -> Result<Tensor> {
+        self.flat.segment_nonfinite(&self.g)
+    }
+
+    fn param_names(&self) -> Vec<String> {
+        self.flat.names().to_vec()
+    }
+
+    fn step_device(&mut self, lr: &Tensor, apply: Option<&Tensor>) -> Result<()> {
+        self.update(Scalars::Device { lr, apply })
     }
 
     fn zero_grad(&mut self) {
@@ -177,11 +315,11 @@ impl Optimizer for Lamb {
     }
 
     fn step_count(&self) -> i64 {
-        self.step
+        step_value(self.step, &self.t_dev).unwrap_or(-1)
     }
 
     fn try_state(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut s = vec![("lamb.step".to_string(), Tensor::from_slice(&[self.step]))];
+        let mut s = vec![("lamb.step".to_string(), Tensor::from_slice(&[step_value(self.step, &self.t_dev)?]))];
         s.extend(self.flat.export(&self.m, "lamb.m.")?);
         s.extend(self.flat.export(&self.v, "lamb.v.")?);
         Ok(s)
@@ -191,7 +329,8 @@ impl Optimizer for Lamb {
         let step = step_from_state(state, "lamb.step")?;
         self.flat.load_into(&self.m, state, "lamb.m.")?;
         self.flat.load_into(&self.v, state, "lamb.v.")?;
-        self.step = step;
+        let _ = torch("step counter", self.t_dev.f_fill_(step))?;
+        self.step = Some(step);
         Ok(())
     }
 }

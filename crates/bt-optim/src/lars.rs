@@ -1,7 +1,9 @@
 //! LARS (official Barlow Twins and solo-learn), grouped over a flat buffer.
 use crate::flat::{FlatParams, CHUNK};
-use crate::lamb::lr_per_segment;
-use crate::{chain, step_from_state, torch, LrPair, Optimizer, ParamFilter, Result};
+use crate::lamb::{lr_per_segment, lr_per_segment_dev, Scalars};
+use crate::{
+    chain, mask_skipped, step_counter, step_from_state, step_value, torch, LrPair, Optimizer, ParamFilter, Result,
+};
 use bt_config::{LarsVariant, OptimConfig};
 use tch::{Kind, Tensor};
 
@@ -71,7 +73,13 @@ pub struct Lars {
     /// and a temporary for the squares.
     g: Tensor,
     t: Tensor,
-    step: i64,
+    /// Steps taken, when known on the host (see `Lamb`).
+    step: Option<i64>,
+    /// `[1]` i64 on the device: steps taken.
+    t_dev: Tensor,
+    /// 0-d f64 1.0 on the device, made once: a CPU `one` in `where` would be copied over every
+    /// step (ATen moves a CPU 0-d `other` to the device, blocking).
+    one: Tensor,
     is_bias: Tensor,
     adapt: Tensor,
 }
@@ -86,7 +94,9 @@ impl Lars {
             mu: flat.zeros_like()?,
             g: flat.zeros_like()?,
             t: flat.zeros_like()?,
-            step: 0,
+            step: Some(0),
+            t_dev: step_counter(flat.device(), 0)?,
+            one: torch("one", Tensor::f_ones([], (Kind::Double, flat.device())))?,
             p,
             flat,
             is_bias,
@@ -100,17 +110,40 @@ impl Lars {
     }
 }
 
-impl Optimizer for Lars {
-    fn step(&mut self, lr: &LrPair) -> Result<()> {
+impl Lars {
+    fn update(&mut self, s: Scalars<'_>) -> Result<()> {
         let _guard = tch::no_grad_guard();
-        self.step += 1;
+        let apply = match s {
+            Scalars::Device { apply, .. } => apply,
+            Scalars::Host(_) => None,
+        };
+        self.step = match s {
+            Scalars::Host(_) => {
+                let n = step_value(self.step, &self.t_dev)? + 1;
+                let _ = torch("step counter", self.t_dev.f_fill_(n))?;
+                Some(n)
+            }
+            Scalars::Device { apply: None, .. } => {
+                let _ = torch("step counter", self.t_dev.f_add_scalar_(1))?;
+                self.step.map(|n| n + 1)
+            }
+            Scalars::Device { apply: Some(f), .. } => {
+                let _ = torch("step counter", self.t_dev.f_add_(f))?;
+                None
+            }
+        };
         let (g, t) = (&self.g, &self.t);
-        self.flat.grads_into(g)?;
+        if let Some(f) = apply {
+            mask_skipped(g, f)?;
+        }
         let w = self.flat.flat();
         let (w2, mut g2) = chain("view", || Ok((w.f_view([-1, CHUNK])?, g.f_view([-1, CHUNK])?)))?;
-        let lr_seg = lr_per_segment(&self.is_bias, lr)?;
+        let lr_seg = match s {
+            Scalars::Host(lr) => lr_per_segment(&self.is_bias, lr)?,
+            Scalars::Device { lr, .. } => lr_per_segment_dev(&self.is_bias, lr)?,
+        };
         let wd = self.p.weight_decay;
-        let one = torch("one", Tensor::from(1.0).f_to_kind(Kind::Double))?;
+        let one = &self.one;
         let _ = torch("square", w.f_square_out(t))?;
         let pn = torch("sqrt", self.flat.segment_sums(t)?.f_sqrt())?;
         // After this match, g holds the direction d and `scale` its per-tensor multiplier.
@@ -124,7 +157,7 @@ impl Optimizer for Lars {
                 let dn = torch("sqrt", self.flat.segment_sums(t)?.f_sqrt())?;
                 chain("trust ratio", || {
                     let ok = self.adapt.f_logical_and(&pn.f_gt(0.0)?)?.f_logical_and(&dn.f_gt(0.0)?)?;
-                    pn.f_mul_scalar(self.p.eta)?.f_div(&dn)?.f_where_self(&ok, &one)
+                    pn.f_mul_scalar(self.p.eta)?.f_div(&dn)?.f_where_self(&ok, one)
                 })?
             }
             LarsVariant::SoloLearn => {
@@ -143,16 +176,56 @@ impl Optimizer for Lars {
                     let rate = chain("decay rates", || ok.f_to_kind(Kind::Double)?.f_mul_scalar(wd))?;
                     let _ = torch("decay", g2.f_addcmul_(&w2, &self.flat.chunk_column(&rate)?))?;
                 }
-                torch("where", s.f_where_self(&ok, &one))?
+                torch("where", s.f_where_self(&ok, one))?
             }
         };
         let d = g2;
         let mut mu2 = torch("view", self.mu.f_view([-1, CHUNK]))?;
-        let _ = torch("momentum", mu2.f_mul_scalar_(self.p.momentum))?;
+        // A skipped step: μ·1 + 0 = μ and w + 0·μ = w exactly (d was masked to 0).
+        let coef = match apply {
+            None => {
+                let _ = torch("momentum", mu2.f_mul_scalar_(self.p.momentum))?;
+                torch("-lr", lr_seg.f_mul_scalar(-1.0))?
+            }
+            Some(f) => {
+                let m = torch("momentum", Tensor::f_where_scalar(f, self.p.momentum, 1.0))?;
+                let _ = torch("momentum", mu2.f_mul_(&m))?;
+                chain("-lr", || lr_seg.f_mul_scalar(-1.0)?.f_mul(&f.f_to_kind(Kind::Double)?))?
+            }
+        };
+        // The decay made d nonzero again on a skipped step: its multiplier is what goes to 0.
+        let scale = match apply {
+            None => scale,
+            Some(f) => chain("skip", || scale.f_mul(&f.f_to_kind(Kind::Double)?))?,
+        };
         let _ = torch("momentum", mu2.f_addcmul_(&d, &self.flat.chunk_column(&scale)?))?;
-        let coef = self.flat.chunk_column(&torch("-lr", lr_seg.f_mul_scalar(-1.0))?)?;
+        let coef = self.flat.chunk_column(&coef)?;
         let _ = torch("apply", w2.shallow_clone().f_addcmul_(&mu2, &coef))?;
         Ok(())
+    }
+}
+
+impl Optimizer for Lars {
+    fn step(&mut self, lr: &LrPair) -> Result<()> {
+        self.flat.grads_into(&self.g)?;
+        self.update(Scalars::Host(lr))
+    }
+
+    fn gather_grads(&mut self) -> Result<Tensor> {
+        self.flat.grads_into(&self.g)?;
+        Ok(self.g.shallow_clone())
+    }
+
+    fn nonfinite_grads(&self) -> Result<Tensor> {
+        self.flat.segment_nonfinite(&self.g)
+    }
+
+    fn param_names(&self) -> Vec<String> {
+        self.flat.names().to_vec()
+    }
+
+    fn step_device(&mut self, lr: &Tensor, apply: Option<&Tensor>) -> Result<()> {
+        self.update(Scalars::Device { lr, apply })
     }
 
     fn zero_grad(&mut self) {
@@ -160,11 +233,11 @@ impl Optimizer for Lars {
     }
 
     fn step_count(&self) -> i64 {
-        self.step
+        step_value(self.step, &self.t_dev).unwrap_or(-1)
     }
 
     fn try_state(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut s = vec![("lars.step".to_string(), Tensor::from_slice(&[self.step]))];
+        let mut s = vec![("lars.step".to_string(), Tensor::from_slice(&[step_value(self.step, &self.t_dev)?]))];
         s.extend(self.flat.export(&self.mu, "lars.mu.")?);
         Ok(s)
     }
@@ -172,7 +245,8 @@ impl Optimizer for Lars {
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
         let step = step_from_state(state, "lars.step")?;
         self.flat.load_into(&self.mu, state, "lars.mu.")?;
-        self.step = step;
+        let _ = torch("step counter", self.t_dev.f_fill_(step))?;
+        self.step = Some(step);
         Ok(())
     }
 }

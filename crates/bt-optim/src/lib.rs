@@ -86,6 +86,20 @@ pub enum OptimError {
         /// The gradient's shape, kind and device.
         found: String,
     },
+    /// An operation this optimizer does not implement (the per-tensor reference optimizers have
+    /// no flat buffer and no device-side step).
+    #[error("this optimizer does not implement `{0}`")]
+    Unsupported(&'static str),
+    /// A β so close to 1 that the bias-correction table would exceed its cap.
+    #[error("optim.{key} = {value}: its bias correction does not reach 1.0 within {cap} steps; use a smaller value")]
+    BetaTooClose {
+        /// `beta1` or `beta2`.
+        key: &'static str,
+        /// The value.
+        value: f64,
+        /// The table cap.
+        cap: usize,
+    },
     /// An error from libtorch (out of memory, a device mismatch, ...).
     #[error("libtorch error in {op}: {source}")]
     Torch {
@@ -161,6 +175,45 @@ pub trait Optimizer: Send {
     fn step(&mut self, lr: &LrPair) -> Result<()>;
     /// Zeroes every parameter's gradient in place.
     fn zero_grad(&mut self);
+    /// Gathers the parameters' current `.grad()` into the optimizer's flat gradient buffer and
+    /// returns it (a handle to the same memory, flat layout), for a guard to inspect before
+    /// [`step_device`](Self::step_device) uses it. One `cat_out`, no host transfer.
+    ///
+    /// # Errors
+    /// [`OptimError::Unsupported`] for the per-tensor reference optimizers; as [`step`](Self::step).
+    fn gather_grads(&mut self) -> Result<Tensor> {
+        Err(OptimError::Unsupported("gather_grads"))
+    }
+    /// `[P]` f64 on the device: the number of `CHUNK`-element chunks of each parameter's gathered
+    /// gradient holding a NaN or inf (0 = finite), in [`param_names`](Self::param_names) order.
+    /// One `aminmax` over the flat buffer plus a `[chunks]` `index_add`; no host transfer.
+    ///
+    /// # Errors
+    /// [`OptimError::Unsupported`] for the per-tensor reference optimizers; libtorch errors.
+    fn nonfinite_grads(&self) -> Result<Tensor> {
+        Err(OptimError::Unsupported("nonfinite_grads"))
+    }
+    /// Parameter names in layout order.
+    fn param_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// One update from the gradients of the last [`gather_grads`](Self::gather_grads), with every
+    /// step-dependent scalar read from device memory: `lr` is `[2]` f64 (weights, biases) on the
+    /// parameters' device; the step count and bias corrections live on the device too. No host
+    /// transfer and no value that changes between steps is passed from the host, so the call can
+    /// be recorded into a CUDA graph.
+    ///
+    /// `apply`: `None` applies the update (bit-identical to [`step`](Self::step) on CPU);
+    /// `Some(flag)` (0-d bool on the device) applies it only where `flag` is true, and otherwise
+    /// leaves parameters, moments and step count exactly as they were (a skipped step, decided on
+    /// the device without a sync).
+    ///
+    /// # Errors
+    /// [`OptimError::Unsupported`] for the per-tensor reference optimizers; libtorch errors.
+    fn step_device(&mut self, lr: &Tensor, apply: Option<&Tensor>) -> Result<()> {
+        let _ = (lr, apply);
+        Err(OptimError::Unsupported("step_device"))
+    }
     /// Steps taken so far.
     fn step_count(&self) -> i64;
     /// Moments and step count, keyed `<prefix>.<what>.<param name>` and `<prefix>.step`
@@ -265,9 +318,28 @@ pub(crate) fn state_entry<'a>(state: &'a [(String, Tensor)], key: &str, shape: &
     Ok(t)
 }
 
+/// A device step counter (`[1]` i64) holding `step`: a fill kernel, no host transfer.
+pub(crate) fn step_counter(device: tch::Device, step: i64) -> Result<Tensor> {
+    chain("step counter", || Tensor::f_zeros([1], (tch::Kind::Int64, device))?.f_fill_(step))
+}
+
+/// The host mirror of a step count, or the device counter read back (one counted read).
+pub(crate) fn step_value(mirror: Option<i64>, counter: &Tensor) -> Result<i64> {
+    match mirror {
+        Some(s) => Ok(s),
+        None => Ok(torch("read step", bt_host::read_i64s(counter))?[0]),
+    }
+}
+
+/// `g` with every element zeroed where `apply` is false (a skipped step must not feed NaN into
+/// the moments: `0 * NaN` is NaN, a masked fill is not).
+pub(crate) fn mask_skipped(g: &Tensor, apply: &Tensor) -> Result<()> {
+    chain("mask skipped", || g.shallow_clone().f_masked_fill_(&apply.f_logical_not()?, 0.0).map(|_| ()))
+}
+
 pub(crate) fn step_from_state(state: &[(String, Tensor)], key: &str) -> Result<i64> {
     let t = state_entry(state, key, &[1])?;
-    torch("step", t.f_int64_value(&[0]))
+    Ok(torch("step", bt_host::read_i64s(t))?[0])
 }
 
 #[cfg(test)]

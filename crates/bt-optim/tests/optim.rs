@@ -345,3 +345,101 @@ fn a_gradient_that_does_not_fit_its_parameter_is_an_error() {
         }
     }
 }
+
+/// The optimizers to compare: LAMB with decay and exclusions, both LARS variants (clip on).
+fn device_cases() -> Vec<(&'static str, OptimConfig)> {
+    let lamb =
+        OptimConfig { name: OptimKind::Lamb, weight_decay: 1e-2, exclude_bias_and_norm: true, ..Default::default() };
+    let lars = OptimConfig { name: OptimKind::Lars, weight_decay: 1e-4, ..Default::default() };
+    let solo = OptimConfig { lars_variant: LarsVariant::SoloLearn, clip_lr: true, ..lars.clone() };
+    vec![("lamb", lamb), ("lars-official", lars), ("lars-solo", solo)]
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    Vec::<f32>::try_from(t.detach().reshape([-1])).unwrap().iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn device_step_is_bit_identical_to_the_host_step_and_transfers_nothing() {
+    let f = load("optim_ref.safetensors");
+    for (case, cfg) in device_cases() {
+        let (a, b) = (Model::new(&f), Model::new(&f));
+        let mut host = build(&cfg, a.named()).unwrap();
+        let mut dev = build(&cfg, b.named()).unwrap();
+        let sched = Schedule::from_config(
+            &ScheduleConfig { kind: ScheduleKind::WarmupCosine, warmup_epochs: 1.0, ..Default::default() },
+            &cfg,
+            256,
+            5,
+            4,
+        );
+        // The whole schedule on the device once, as the trainer keeps it.
+        let table: Vec<f64> = (0..20).flat_map(|s| [sched.lr_at(s).weights, sched.lr_at(s).biases * 0.5]).collect();
+        let table = Tensor::from_slice(&table).view([20, 2]);
+        for step in 0..20 {
+            let lr = sched.lr_at(step);
+            host.zero_grad();
+            a.loss().backward();
+            host.step(&LrPair { weights: lr.weights, biases: lr.biases * 0.5 }).unwrap();
+            dev.zero_grad();
+            b.loss().backward();
+            let before = bt_host::counts();
+            let _ = dev.gather_grads().unwrap();
+            dev.step_device(&table.get(step as i64), None).unwrap();
+            assert_eq!(bt_host::counts(), before, "{case}: step_device transferred");
+            for n in NAMES {
+                assert_eq!(bits(a.p(n)), bits(b.p(n)), "{case} step {} {n}", step + 1);
+            }
+        }
+        assert_eq!(dev.step_count(), 20);
+        let (sa, sb) = (host.state(), dev.state());
+        for ((ka, ta), (kb, tb)) in sa.iter().zip(&sb) {
+            assert_eq!(ka, kb);
+            assert!(ta.equal(tb), "{case}: state {ka}");
+        }
+    }
+}
+
+#[test]
+fn a_false_apply_flag_leaves_weights_moments_and_step_unchanged() {
+    let f = load("optim_ref.safetensors");
+    for (case, cfg) in device_cases() {
+        let m = Model::new(&f);
+        let mut opt = build(&cfg, m.named()).unwrap();
+        let lr = Tensor::from_slice(&[0.05f64, 0.02]);
+        for step in 0..4 {
+            opt.zero_grad();
+            m.loss().backward();
+            let skip = step == 2;
+            if skip {
+                // A poisoned gradient, as the guard would see it.
+                let _ = m.p("l1.weight").grad().view([-1]).get(0).fill_(f64::NAN);
+            }
+            let before = opt.state();
+            let w0: Vec<Tensor> = NAMES.iter().map(|n| m.p(n).detach().copy()).collect();
+            let g = opt.gather_grads().unwrap();
+            let bad = opt.nonfinite_grads().unwrap();
+            let names = opt.param_names();
+            let bad: Vec<f64> = Vec::try_from(&bad).unwrap();
+            let flagged: Vec<&String> = names.iter().zip(&bad).filter(|(_, c)| **c > 0.0).map(|(n, _)| n).collect();
+            assert_eq!(flagged, if skip { vec!["l1.weight"] } else { vec![] }, "{case}");
+            let flag = Tensor::from(!skip);
+            opt.step_device(&lr, Some(&flag)).unwrap();
+            drop(g);
+            let after = opt.state();
+            let changed: Vec<&String> =
+                before.iter().zip(&after).filter(|((_, t0), (_, t1))| !t0.equal(t1)).map(|((k, _), _)| k).collect();
+            if skip {
+                assert!(changed.is_empty(), "{case}: a skipped step changed {changed:?}");
+                for (n, w) in NAMES.iter().zip(&w0) {
+                    assert!(m.p(n).detach().equal(w), "{case}: a skipped step moved {n}");
+                }
+            } else {
+                assert!(changed.iter().any(|k| k.ends_with(".step")) && changed.len() > 1, "{case}: {changed:?}");
+            }
+            let w: Vec<f64> = Vec::try_from(m.p("l1.weight").reshape([-1]).to_kind(Kind::Double)).unwrap();
+            assert!(w.iter().all(|v| v.is_finite()), "{case} step {step}");
+        }
+        assert_eq!(opt.step_count(), 3, "{case}: the skipped step is not counted");
+    }
+}

@@ -1,16 +1,24 @@
-//! The non-finite guard and the loss-spike detector of the training loop.
+//! The non-finite guard and the loss-spike detector of the training loop, without a host sync
+//! per step.
 //!
-//! Every step, after `backward` and before the optimizer touches the weights, the loss, its two
-//! terms and the largest |gradient| of every trainable parameter are gathered into one small
-//! tensor and read back with a single device sync (`amax(|g|)` is NaN or inf exactly when the
-//! gradient holds one, and unlike a sum it cannot overflow on large finite values). A bad value
-//! either stops the run (`run.on_nonfinite = "stop"`: no checkpoint of the poisoned state is
-//! written, so the last good one is what a resume starts from) or skips the step (`"skip"`: no
-//! update, and the batch-norm running statistics the two forward passes already moved are put
-//! back from a snapshot). The message names the step and the term: `invariance`, `redundancy`,
-//! or the parameters whose gradient went bad.
+//! Every step, after `backward` and before the optimizer touches the weights, [`Guard::record`]
+//! builds on the device one `[3 + P]` f64 row: the loss, its two terms, and for each of the P
+//! trainable parameters the number of chunks of its gradient holding a NaN or inf (one
+//! `aminmax` over the optimizer's flat gradient buffer, `Optimizer::nonfinite_grads`: NaN
+//! propagates through both, and unlike a sum neither can overflow on large finite values), and
+//! from it a 0-d bool "finite" flag. Nothing is read back then. With `run.on_nonfinite = "skip"`
+//! the flag goes to `Optimizer::step_device`, which leaves weights, moments and step count as
+//! they were on a bad step, and [`restore_buffers_where`] puts back the batch-norm statistics the
+//! two forward passes moved, all on the device.
 //!
-//! The cost on CUDA is one host sync per step (the loop already syncs for its logged loss).
+//! The rows wait in [`Pending`] and are read back in one batch ([`Guard::flush`]) at each log
+//! point and before every checkpoint write, epoch end and stop; the stop policy and the spike
+//! detector then run over them in step order. A bad step under `"stop"` is an error naming the
+//! step and the term: `invariance`, `redundancy`, or the parameters whose gradient went bad; the
+//! update of that step (and the few after it, up to the flush) did happen, but since every
+//! checkpoint write flushes first, no checkpoint of that state is written and the last good one
+//! is what a resume starts from. Same messages and the same checkpoints as the per-step check
+//! this replaced; only the moment of the error moves to the next flush.
 //!
 //! # Test-only fault hook
 //! `BT_FAULT_NONFINITE=loss@K` makes the invariance term (and so the loss) NaN at step K
@@ -34,6 +42,32 @@ pub enum Verdict {
 enum Fault {
     Loss(usize),
     Grad(usize),
+}
+
+/// One recorded step, waiting for the next [`Guard::flush`].
+#[derive(Debug)]
+pub struct PendingStep {
+    /// 1-based step.
+    pub step: usize,
+    /// 1-based epoch.
+    pub epoch: usize,
+    row: Tensor,
+}
+
+/// The steps recorded since the last flush.
+pub type Pending = Vec<PendingStep>;
+
+/// What a flush found for one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judged {
+    /// 1-based step.
+    pub step: usize,
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Loss, invariance, redundancy as computed (NaN/inf on a bad step).
+    pub loss: [f64; 3],
+    /// The verdict (a stop is the error `flush` returns instead).
+    pub verdict: Verdict,
 }
 
 /// Per-run guard state.
@@ -98,34 +132,51 @@ impl Guard {
         }
     }
 
-    /// Checks step `step` (1-based, the one just computed) of epoch `epoch` (1-based): the loss
-    /// terms of `out` and the gradients of `params`. Returns the loss value (for logging) and
-    /// the verdict; a stop is an error whose message names the step and the bad term(s).
-    pub fn check(
-        &mut self,
+    /// Records step `step` of epoch `epoch` (1-based) on the device: the loss terms of `out`
+    /// and the non-finite chunk counts of the optimizer's gathered gradients (call after
+    /// `Optimizer::gather_grads`). Returns the 0-d bool flag "everything finite". No host transfer.
+    pub fn record(
+        &self,
+        pending: &mut Pending,
         step: usize,
         epoch: usize,
         out: &bt_loss::LossOutput,
-        params: &[(String, Tensor)],
-    ) -> Result<(f64, Verdict)> {
-        let mut parts = vec![
-            out.loss.detach().to_kind(Kind::Double).reshape([1]),
-            out.invariance.detach().to_kind(Kind::Double).reshape([1]),
-            out.redundancy.detach().to_kind(Kind::Double).reshape([1]),
-        ];
-        let mut names = Vec::with_capacity(params.len());
-        for (name, p) in params {
-            let g = p.grad();
-            if g.defined() {
-                parts.push(g.detach().abs().amax([] as [i64; 0], false).to_kind(Kind::Double).reshape([1]));
-                names.push(name.as_str());
-            }
+        opt: &dyn bt_optim::Optimizer,
+    ) -> Result<Tensor> {
+        let (row, flag) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
+            let terms = Tensor::f_stack(&[out.loss.detach(), out.invariance.detach(), out.redundancy.detach()], 0)?
+                .f_to_kind(Kind::Double)?;
+            let bad = opt.nonfinite_grads()?;
+            let flag = terms.f_isfinite()?.f_all()?.f_logical_and(&bad.f_sum(Kind::Double)?.f_eq(0.0)?)?;
+            Ok((Tensor::f_cat(&[terms, bad], 0)?, flag))
+        })?;
+        pending.push(PendingStep { step, epoch, row });
+        Ok(flag)
+    }
+
+    /// Reads every pending row back in one transfer and judges the steps in order (`names`: the
+    /// optimizer's parameter names). A stop (non-finite under `"stop"`, or a sustained spike)
+    /// is an error naming the first such step.
+    pub fn flush(&mut self, pending: &mut Pending, names: &[String]) -> Result<Vec<Judged>> {
+        if pending.is_empty() {
+            return Ok(Vec::new());
         }
-        // One sync for everything.
-        let vals: Vec<f64> = Vec::<f64>::try_from(Tensor::cat(&parts, 0).to_device(tch::Device::Cpu))?;
+        let rows: Vec<Tensor> = pending.iter().map(|p| p.row.shallow_clone()).collect();
+        let vals = bt_host::read_f64s(&Tensor::f_stack(&rows, 0)?)?;
+        let width = 3 + names.len();
+        let mut out = Vec::with_capacity(pending.len());
+        for (p, v) in pending.drain(..).zip(vals.chunks(width)) {
+            let verdict = self.judge(p.step, p.epoch, v, names)?;
+            out.push(Judged { step: p.step, epoch: p.epoch, loss: [v[0], v[1], v[2]], verdict });
+        }
+        Ok(out)
+    }
+
+    /// Judges one step from its row (`[loss, invariance, redundancy, bad chunks per parameter]`).
+    fn judge(&mut self, step: usize, epoch: usize, vals: &[f64], names: &[String]) -> Result<Verdict> {
         let (loss, inv, red) = (vals[0], vals[1], vals[2]);
         let mut bad = Vec::new();
-        if !loss.is_finite() {
+        if !(loss.is_finite() && inv.is_finite() && red.is_finite()) {
             let mut terms = Vec::new();
             if !inv.is_finite() {
                 terms.push(format!("invariance = {inv}"));
@@ -141,7 +192,7 @@ impl Guard {
             bad.push(format!("loss = {loss} ({})", terms.join(", ")));
         }
         let bad_grads: Vec<&str> =
-            names.iter().zip(&vals[3..]).filter(|(_, v)| !v.is_finite()).map(|(n, _)| *n).collect();
+            names.iter().zip(&vals[3..]).filter(|(_, v)| **v != 0.0).map(|(n, _)| n.as_str()).collect();
         if !bad_grads.is_empty() {
             let shown: Vec<String> = bad_grads.iter().take(5).map(|n| format!("`{n}`")).collect();
             let more = if bad_grads.len() > 5 { format!(" and {} more", bad_grads.len() - 5) } else { String::new() };
@@ -154,11 +205,11 @@ impl Guard {
                     "non-finite value at {what}. Stopping; no checkpoint of this state was written, so the last \
                      good checkpoint stays (lower optim.lr, or set run.on_nonfinite=skip to skip such steps)"
                 ))),
-                NonFinitePolicy::Skip => Ok((loss, Verdict::Skip(what))),
+                NonFinitePolicy::Skip => Ok(Verdict::Skip(what)),
             };
         }
         self.observe_for_spikes(step, loss)?;
-        Ok((loss, Verdict::Apply))
+        Ok(Verdict::Apply)
     }
 
     fn observe_for_spikes(&mut self, step: usize, loss: f64) -> Result<()> {
@@ -199,49 +250,68 @@ pub fn snapshot_buffers(model: &bt_model::BarlowTwins) -> Vec<Tensor> {
     tch::no_grad(|| model.variables().iter().filter(|v| !v.tensor.requires_grad()).map(|v| v.tensor.copy()).collect())
 }
 
-/// Puts back what [`snapshot_buffers`] took.
-pub fn restore_buffers(model: &bt_model::BarlowTwins, snap: &[Tensor]) {
-    tch::no_grad(|| {
+/// Puts back what [`snapshot_buffers`] took where `apply` (0-d bool, device) is false, on the
+/// device: `where(apply, current, snapshot)`, no host read of the flag.
+pub fn restore_buffers_where(model: &bt_model::BarlowTwins, snap: &[Tensor], apply: &Tensor) -> Result<()> {
+    tch::no_grad(|| -> Result<()> {
         for (v, s) in model.variables().iter().filter(|v| !v.tensor.requires_grad()).zip(snap) {
-            v.tensor.shallow_clone().copy_(s);
+            let keep = v.tensor.f_where_self(apply, s)?;
+            v.tensor.shallow_clone().f_copy_(&keep)?;
         }
-    });
+        Ok(())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn out(loss: f64, inv: f64, red: f64) -> bt_loss::LossOutput {
-        bt_loss::LossOutput { loss: Tensor::from(loss), invariance: Tensor::from(inv), redundancy: Tensor::from(red) }
-    }
-
-    fn leaf(name: &str, grad: &[f32]) -> (String, Tensor) {
-        let p = Tensor::zeros([grad.len() as i64], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
-        (&p * Tensor::from_slice(grad)).sum(Kind::Float).backward();
-        (name.to_string(), p)
+    /// A 1-parameter-per-name run of `record` + `flush` on real tensors.
+    fn run(g: &mut Guard, step: usize, loss: [f64; 3], grads: &[(&str, &[f32])]) -> Result<Vec<Judged>> {
+        let params: Vec<(String, Tensor)> = grads
+            .iter()
+            .map(|(n, _)| (n.to_string(), Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true)))
+            .collect();
+        for ((_, p), (_, g)) in params.iter().zip(grads) {
+            (p * Tensor::from_slice(g)).sum(Kind::Float).backward();
+        }
+        let mut opt = bt_optim::build(&bt_config::OptimConfig::default(), params).unwrap();
+        let _ = opt.gather_grads().unwrap();
+        let out = bt_loss::LossOutput {
+            loss: Tensor::from(loss[0]),
+            invariance: Tensor::from(loss[1]),
+            redundancy: Tensor::from(loss[2]),
+        };
+        let mut pending = Pending::new();
+        let before = bt_host::counts();
+        let flag = g.record(&mut pending, step, 1, &out, opt.as_ref()).unwrap();
+        assert_eq!(bt_host::counts(), before, "record reads nothing back");
+        let ok = loss.iter().all(|v| v.is_finite()) && grads.iter().all(|(_, g)| g.iter().all(|v| v.is_finite()));
+        assert_eq!(bool::try_from(&flag).unwrap(), ok);
+        let mut sorted = opt.param_names();
+        sorted.sort();
+        g.flush(&mut pending, &sorted)
     }
 
     #[test]
     fn stop_names_the_step_and_the_bad_term() {
         let mut g = Guard::new(&RunConfig::default());
-        let ps = vec![leaf("a.weight", &[1.0, 2.0]), leaf("b.bias", &[f32::INFINITY, 0.0])];
-        let e = g.check(17, 3, &out(1.0, 1.0, 0.0), &ps).unwrap_err().to_string();
+        let e = run(&mut g, 17, [1.0, 1.0, 0.0], &[("a.weight", &[1.0, 2.0]), ("b.bias", &[f32::INFINITY, 0.0])])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("step 17") && e.contains("`b.bias`") && !e.contains("a.weight"), "{e}");
-        let ok = vec![leaf("a.weight", &[1.0, 2.0])];
-        let e = g.check(5, 1, &out(f64::NAN, f64::NAN, 2.0), &ok).unwrap_err().to_string();
+        let e = run(&mut g, 5, [f64::NAN, f64::NAN, 2.0], &[("a.weight", &[1.0, 2.0])]).unwrap_err().to_string();
         assert!(e.contains("step 5") && e.contains("invariance = NaN") && !e.contains("redundancy ="), "{e}");
-        let (l, v) = g.check(6, 1, &out(3.0, 2.0, 100.0), &ok).unwrap();
-        assert_eq!((l, v), (3.0, Verdict::Apply));
+        let j = run(&mut g, 6, [3.0, 2.0, 100.0], &[("a.weight", &[1.0, 2.0])]).unwrap();
+        assert_eq!((j[0].loss[0], &j[0].verdict), (3.0, &Verdict::Apply));
     }
 
     #[test]
     fn skip_policy_returns_skip_and_nan_grad_is_caught() {
-        let run = RunConfig { on_nonfinite: NonFinitePolicy::Skip, ..Default::default() };
-        let mut g = Guard::new(&run);
-        let ps = vec![leaf("w", &[f32::NAN, 1.0])];
-        let (_, v) = g.check(2, 1, &out(1.0, 1.0, 1.0), &ps).unwrap();
-        assert!(matches!(v, Verdict::Skip(ref s) if s.contains("`w`")), "{v:?}");
+        let run_cfg = RunConfig { on_nonfinite: NonFinitePolicy::Skip, ..Default::default() };
+        let mut g = Guard::new(&run_cfg);
+        let j = run(&mut g, 2, [1.0, 1.0, 1.0], &[("w", &[f32::NAN, 1.0])]).unwrap();
+        assert!(matches!(j[0].verdict, Verdict::Skip(ref s) if s.contains("`w`")), "{j:?}");
     }
 
     #[test]

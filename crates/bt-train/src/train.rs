@@ -178,9 +178,11 @@ impl<'o> Trainer<'o> {
             bt_optim::Schedule::from_config(&cfg.schedule, &cfg.optim, cfg.data.batch_size, spe, cfg.run.epochs);
         let loss_opts = crate::dist::loss_options(&cfg.loss, self.dist.as_deref());
         let mut guard = Guard::new(&cfg.run);
-        // The optimizer's variables (views into its flat buffer since `build`): the guard reads
-        // their gradients.
+        // The optimizer's variables (views into its flat buffer since `build`): the fault hook
+        // poisons their gradients; the guard reads the optimizer's gathered copy.
         let guard_params = bt_optim::trainable_named(&vs);
+        let param_names = opt.param_names();
+        let mut pending = guard::Pending::new();
 
         let mut pos = Position::default();
         if let Some(path) = resume {
@@ -255,8 +257,17 @@ impl<'o> Trainer<'o> {
             let mut it = pipe.epoch(epoch as u64, start_batch);
             let t_epoch = Instant::now();
             let (mut ep_wait, mut ep_pairs, mut ep_steps) = (0.0f64, 0usize, 0usize);
-            let zero = || Tensor::zeros([], (Kind::Double, device));
-            let (mut sum_loss, mut sum_inv, mut sum_red) = (zero(), zero(), zero());
+            // Summed on the host from the flushed rows: no device accumulator to read back.
+            let mut sums = [0.0f64; 3];
+            // This epoch's learning rates as one device table (one upload per epoch): the
+            // optimizer reads its step's row from device memory (bt_optim::Optimizer::step_device).
+            let lr_rows: Vec<f64> = (0..spe)
+                .flat_map(|b| {
+                    let lr = schedule.lr_at(epoch * spe + b);
+                    [lr.weights, lr.biases]
+                })
+                .collect();
+            let lr_table = bt_host::from_f64s(&lr_rows, Kind::Double, device)?.f_view([spe as i64, 2])?;
             let mut win_t = Instant::now();
             let mut win_pairs = 0usize;
             let mut win_wait = 0.0f64;
@@ -270,39 +281,27 @@ impl<'o> Trainer<'o> {
                 let z_b = crate::dist::forward_grouped(&model, &x[1], cfg.run.bn_batch);
                 let mut out = bt_loss::barlow_twins_loss(&z_a, &z_b, &loss_opts)?;
                 guard.inject_loss_fault(pos.step + 1, &mut out);
-                opt.zero_grad();
+                zero_grads(&params)?;
                 out.loss.f_backward()?;
                 // Data-parallel: the full-batch gradient on every rank, before the guard reads it.
                 if let Some(d) = &dist {
                     d.average_grads(&params)?;
                 }
                 guard.inject_grad_fault(pos.step + 1, &guard_params);
-                // Non-finite guard and spike detector, before the update touches the weights.
-                let skipped = match guard.check(pos.step + 1, epoch + 1, &out, &guard_params)? {
-                    (_, Verdict::Apply) => {
-                        opt.step(&lr)?;
-                        false
-                    }
-                    (_, Verdict::Skip(why)) => {
-                        if let Some(s) = &snap {
-                            guard::restore_buffers(&model, s);
-                        }
-                        opt.zero_grad();
-                        obs.emit(&Event::Skipped { step: pos.step + 1, reason: &why });
-                        mw.write(&json!({"kind": "skip", "epoch": epoch + 1, "step": pos.step + 1, "reason": why}))?;
-                        true
-                    }
-                };
+                // Non-finite guard, before the update touches the weights: recorded on the device,
+                // judged at the next flush (guard.rs); a skip is applied on the device.
+                let _ = opt.gather_grads()?;
+                let finite = guard.record(&mut pending, pos.step + 1, epoch + 1, &out, opt.as_ref())?;
+                let lr_dev = lr_table.f_get(pos.batch_in_epoch as i64)?;
+                if let Some(s) = &snap {
+                    opt.step_device(&lr_dev, Some(&finite))?;
+                    guard::restore_buffers_where(&model, s, &finite)?;
+                } else {
+                    opt.step_device(&lr_dev, None)?;
+                }
                 // Enqueued (CUDA) or done (CPU): get the next batch while the device works.
                 next = fetch(&mut it, &mut up)?;
                 let wait = next.as_ref().map_or(0.0, |b| b.wait_s) + if ep_steps == 0 { cur.wait_s } else { 0.0 };
-                tch::no_grad(|| {
-                    if !skipped {
-                        sum_loss += out.loss.detach().to_kind(Kind::Double);
-                        sum_inv += out.invariance.detach().to_kind(Kind::Double);
-                        sum_red += out.redundancy.detach().to_kind(Kind::Double);
-                    }
-                });
                 pos.step += 1;
                 pos.batch_in_epoch += 1;
                 ep_steps += 1;
@@ -317,36 +316,49 @@ impl<'o> Trainer<'o> {
                     wait_s_total += wait;
                     loop_s += t_step.elapsed().as_secs_f64();
                 }
-                if !skipped && (pos.step % cfg.run.log_every == 0 || pos.step == total_steps) {
-                    let dt = win_t.elapsed().as_secs_f64();
-                    let m = StepMetrics {
-                        epoch: epoch + 1,
-                        step: pos.step,
-                        loss: out.loss.f_double_value(&[])?, // syncs the device
-                        invariance: out.invariance.f_double_value(&[])?,
-                        redundancy: out.redundancy.f_double_value(&[])?,
-                        lr: lr.weights,
-                        pairs_per_s: win_pairs as f64 / dt.max(1e-9),
-                        data_wait_s: win_wait,
-                    };
-                    mw.write(&json!({
-                        "kind": "step", "epoch": m.epoch, "step": m.step, "loss": m.loss,
-                        "invariance": m.invariance, "redundancy": m.redundancy,
-                        "lr": m.lr, "pairs_per_s": m.pairs_per_s, "data_wait_s": m.data_wait_s, "window_s": dt,
-                        "wall_s": t_start.elapsed().as_secs_f64(),
-                    }))?;
-                    curve.steps.push((m.step as f64 / spe as f64, m.loss));
-                    obs.emit(&Event::Step(&m));
-                    win_t = Instant::now();
-                    win_pairs = 0;
-                    win_wait = 0.0;
+                let due = cfg.run.checkpoint_every_steps > 0 && pos.step % cfg.run.checkpoint_every_steps == 0;
+                let log_point = pos.step % cfg.run.log_every == 0 || pos.step == total_steps;
+                // The one read-back of the window: at log points, and before anything that writes a
+                // checkpoint (a due checkpoint, the epoch's end; a stop below), so no bad state is saved.
+                if log_point || due || pos.batch_in_epoch == spe {
+                    for j in guard.flush(&mut pending, &param_names)? {
+                        absorb(&j, &mut sums, &mut obs, &mut mw)?;
+                        if log_point && j.step == pos.step && j.verdict == Verdict::Apply {
+                            let dt = win_t.elapsed().as_secs_f64();
+                            let m = StepMetrics {
+                                epoch: epoch + 1,
+                                step: pos.step,
+                                loss: j.loss[0],
+                                invariance: j.loss[1],
+                                redundancy: j.loss[2],
+                                lr: lr.weights,
+                                pairs_per_s: win_pairs as f64 / dt.max(1e-9),
+                                data_wait_s: win_wait,
+                            };
+                            mw.write(&json!({
+                                "kind": "step", "epoch": m.epoch, "step": m.step, "loss": m.loss,
+                                "invariance": m.invariance, "redundancy": m.redundancy,
+                                "lr": m.lr, "pairs_per_s": m.pairs_per_s, "data_wait_s": m.data_wait_s, "window_s": dt,
+                                "wall_s": t_start.elapsed().as_secs_f64(),
+                            }))?;
+                            curve.steps.push((m.step as f64 / spe as f64, m.loss));
+                            obs.emit(&Event::Step(&m));
+                            win_t = Instant::now();
+                            win_pairs = 0;
+                            win_wait = 0.0;
+                        }
+                    }
                 }
                 obs.emit(&Event::Progress { step: pos.step, total_steps, epoch: epoch + 1, epochs: cfg.run.epochs });
                 // Mid-epoch checkpoint (a stop request, run.max_steps, run.checkpoint_every_steps);
                 // at the epoch's last batch the epoch-end code below writes it.
                 // Every rank asks at every step (data-parallel: the ranks agree, see stop_reason).
                 let stop = stop_reason(&token, dist.as_deref(), cfg.run.max_steps, pos)?;
-                let due = cfg.run.checkpoint_every_steps > 0 && pos.step % cfg.run.checkpoint_every_steps == 0;
+                if stop.is_some() {
+                    for j in guard.flush(&mut pending, &param_names)? {
+                        absorb(&j, &mut sums, &mut obs, &mut mw)?;
+                    }
+                }
                 if (stop.is_some() || due) && pos.batch_in_epoch < spe {
                     let path = run.checkpoints().join(store::file_name(pos));
                     if main {
@@ -361,12 +373,14 @@ impl<'o> Trainer<'o> {
                 }
             }
             drop(it);
+            for j in guard.flush(&mut pending, &param_names)? {
+                absorb(&j, &mut sums, &mut obs, &mut mw)?;
+            }
             pos.epochs_done = epoch + 1;
             pos.batch_in_epoch = 0;
             let ep_s = t_epoch.elapsed().as_secs_f64();
             let n = ep_steps.max(1) as f64;
-            let (l, inv, red) =
-                (sum_loss.f_double_value(&[])? / n, sum_inv.f_double_value(&[])? / n, sum_red.f_double_value(&[])? / n);
+            let (l, inv, red) = (sums[0] / n, sums[1] / n, sums[2] / n);
             final_loss = l;
             let em = EpochMetrics {
                 epoch: epoch + 1,
@@ -452,7 +466,33 @@ impl<'o> Trainer<'o> {
     }
 }
 
-/// The caller's observer and the run's own TensorBoard writer.
+/// Takes one judged step into the epoch sums (applied) or the log (skipped).
+fn absorb(
+    j: &guard::Judged,
+    sums: &mut [f64; 3],
+    obs: &mut ObserverPair<'_, '_>,
+    mw: &mut MetricsWriter,
+) -> Result<()> {
+    match &j.verdict {
+        Verdict::Apply => {
+            for (s, v) in sums.iter_mut().zip(j.loss) {
+                *s += v;
+            }
+        }
+        Verdict::Skip(why) => {
+            obs.emit(&Event::Skipped { step: j.step, reason: why });
+            mw.write(&json!({"kind": "skip", "epoch": j.epoch, "step": j.step, "reason": why}))?;
+        }
+    }
+    Ok(())
+}
+
+/// Zeroes the gradients that exist (none before the first backward) with one `_foreach_zero_`.
+fn zero_grads(params: &[Tensor]) -> Result<()> {
+    let grads: Vec<Tensor> = params.iter().map(Tensor::grad).filter(Tensor::defined).collect();
+    Ok(bt_shim::foreach_zero_(&grads)?)
+}
+
 /// Whether the run must stop now (after the step that brought it to `pos`). A collective in a
 /// data-parallel run: every rank calls it at the same points.
 fn stop_reason(token: &StopToken, dist: Option<&Dist>, max_steps: usize, pos: Position) -> Result<Option<StopReason>> {
@@ -467,6 +507,7 @@ fn stop_reason(token: &StopToken, dist: Option<&Dist>, max_steps: usize, pos: Po
     Ok((max_steps > 0 && pos.step >= max_steps).then_some(StopReason::MaxSteps(max_steps)))
 }
 
+/// The caller's observer and the run's own TensorBoard writer.
 struct ObserverPair<'a, 'o> {
     user: &'a mut (dyn Observer + 'o),
     tb: Option<&'a mut crate::tensorboard::TensorBoard>,

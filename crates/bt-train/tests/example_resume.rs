@@ -37,6 +37,7 @@ fn records(run: &RunFolder, kind: &str) -> Vec<Value> {
 fn stop_and_resume_from_the_observer_is_bit_identical_to_an_uninterrupted_run() {
     let (mut cfg, data) = (example::config(), example::data());
     cfg.run.epochs = 3; // half the example's run: the same code, less test time
+    cfg.run.log_every = 1; // every step's record is compared below
     let spe = data.train.len() / cfg.data.batch_size; // drop_remainder: 10 steps per epoch
     let total = spe * cfg.run.epochs;
 
