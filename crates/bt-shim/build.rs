@@ -25,7 +25,7 @@ fn main() {
         build.define("BT_SHIM_CUDA", None);
         println!("cargo:rustc-cfg=bt_shim_cuda");
     }
-    build.files(["csrc/shim.cpp", "csrc/cuda.cpp"]);
+    build.files(["csrc/shim.cpp", "csrc/cuda.cpp", "csrc/opcount.cpp"]);
     build.compile("bt_shim");
 
     // cuda.cpp calls into torch_cuda/c10_cuda (streams, events, graphs, device properties); the

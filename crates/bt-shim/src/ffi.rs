@@ -13,6 +13,9 @@ extern "C" {
     pub(crate) fn bt_shim_free_string(s: *mut c_char);
     pub(crate) fn bt_shim_built_with_cuda() -> c_int;
 
+    pub(crate) fn bt_shim_opcount_start() -> Err;
+    pub(crate) fn bt_shim_opcount_stop(ops: *mut u64, names: *mut *mut c_char) -> Err;
+
     pub(crate) fn bt_shim_foreach_mul_scalar_(xs: TL, n: usize, s: f64) -> Err;
     pub(crate) fn bt_shim_foreach_add_scalar_(xs: TL, n: usize, s: f64) -> Err;
     pub(crate) fn bt_shim_foreach_mul_tensor_(xs: TL, n: usize, s: *const C_tensor) -> Err;

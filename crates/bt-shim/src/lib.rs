@@ -40,6 +40,7 @@ mod cuda;
 mod error;
 mod ffi;
 mod foreach;
+mod opcount;
 mod tensor;
 
 pub use autocast::{autocast_dtype, autocast_enabled, set_autocast_dtype, set_autocast_enabled, AutocastGuard};
@@ -53,6 +54,7 @@ pub use foreach::{
     foreach_add_, foreach_add_scalar_, foreach_addcdiv_, foreach_addcmul_, foreach_copy_, foreach_div_, foreach_lerp_,
     foreach_mul_, foreach_mul_scalar_, foreach_mul_tensor_, foreach_norm, foreach_sqrt, foreach_sqrt_, foreach_zero_,
 };
+pub use opcount::{count_ops, OpCounts};
 pub use tensor::{is_channels_last, is_pinned, pin_memory, set_data, set_grad, to_channels_last};
 
 /// The CUDA runtime include directory the shim was compiled against, if it was built with CUDA.

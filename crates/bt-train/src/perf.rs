@@ -1,4 +1,5 @@
-//! Model FLOPs for MFU accounting: what `bt-cli bench step` and `model-summary` report.
+//! Model FLOPs for MFU accounting (what `bt-cli bench step` and `model-summary` report), and the
+//! operators one trainer step dispatches ([`step_op_counts`], for docs/GPU.md).
 use bt_model::BarlowTwins;
 
 /// Forward FLOPs of one image through the convolution and linear layers, from the model's
@@ -35,6 +36,63 @@ pub fn train_step_flops(model: &BarlowTwins, cfg: &bt_config::ModelConfig, batch
 /// The measured bf16 dense matrix-product peak of the H200 the GPU check runs on
 /// (../shared/GPU.md), the MFU denominator.
 pub const PEAK_FLOPS: f64 = 790e12;
+
+/// The ATen operators one step of [`Trainer::pretrain`](crate::Trainer::pretrain) dispatches,
+/// averaged over steps: the kernels and host syncs a GPU step would launch (docs/GPU.md).
+#[derive(Debug, Clone)]
+pub struct StepOpCounts {
+    /// Steps the average is over.
+    pub steps: usize,
+    /// Operators of every depth per step.
+    pub ops: f64,
+    /// Kernel operators per step ([`bt_shim::OpCounts::kernels`]).
+    pub kernels: f64,
+    /// `.item()`-style scalar reads per step (`aten::_local_scalar_dense`): each is a blocking
+    /// device-to-host sync on CUDA.
+    pub scalar_reads: f64,
+    /// `aten::copy_` per step (device-to-device, and the host-device copies on CUDA).
+    pub copies: f64,
+    /// The most frequent kernel operators per step, most frequent first.
+    pub top: Vec<(String, f64)>,
+}
+
+/// Counts what one trainer step dispatches: the whole `pretrain` loop runs twice on `data`, for
+/// `n` and `3n` steps (`n` = `2 * run.log_every`), and the difference is divided by `2n`, so
+/// model construction, the first-step warm-up and the final checkpoint cancel and what is left is
+/// the steady-state step, logging included at its `log_every` rate. Run with data whose epoch
+/// is longer than `3n` steps (an epoch end inside the window would be counted too).
+pub fn step_op_counts(
+    cfg: &bt_config::Config,
+    data: &crate::setup::Data,
+    device: tch::Device,
+) -> crate::Result<StepOpCounts> {
+    let n = 2 * cfg.run.log_every.max(1);
+    let run = |steps: usize| -> crate::Result<bt_shim::OpCounts> {
+        let mut c = cfg.clone();
+        (c.run.max_steps, c.run.knn_every, c.run.tensorboard) = (steps, 0, false);
+        // A scratch run folder, removed afterwards (its checkpoints are not wanted).
+        let dir = std::env::temp_dir().join(format!("bt-step-op-counts-{}-{steps}", std::process::id()));
+        let folder = crate::RunFolder::create(&dir)?;
+        let (out, counts) = bt_shim::count_ops(|| crate::Trainer::new(c, device).pretrain(data, &folder, None))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        out?;
+        Ok(counts)
+    };
+    let (a, b) = (run(n)?, run(3 * n)?);
+    let per = |x: u64, y: u64| (y as f64 - x as f64) / (2 * n) as f64;
+    let mut top: Vec<(String, f64)> =
+        b.leaves.iter().map(|(name, cb)| (name.clone(), per(a.count(name), *cb))).filter(|(_, v)| *v > 0.0).collect();
+    top.sort_by(|x, y| y.1.total_cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+    top.truncate(15);
+    Ok(StepOpCounts {
+        steps: 2 * n,
+        ops: per(a.ops, b.ops),
+        kernels: per(a.kernels(), b.kernels()),
+        scalar_reads: per(a.count("aten::_local_scalar_dense"), b.count("aten::_local_scalar_dense")),
+        copies: per(a.count("aten::copy_"), b.count("aten::copy_")),
+        top,
+    })
+}
 
 #[cfg(test)]
 mod tests {
