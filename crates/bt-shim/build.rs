@@ -18,7 +18,16 @@ fn main() {
 
     let (lib, torch) = libtorch_dirs();
     let forced_off = std::env::var_os("BT_SHIM_NO_CUDA").is_some_and(|v| v != "0");
-    let cuda_include = if libtorch_has_cuda(&lib) && !forced_off { find_cuda_include(&torch) } else { None };
+    let wants_cuda = libtorch_has_cuda(&lib) && !forced_off;
+    let cuda_include = if wants_cuda { find_cuda_include(&torch) } else { None };
+    if wants_cuda && cuda_include.is_none() {
+        // Not an error (a CPU build is valid), but never silent: a GPU bundle built like this
+        // would run nothing on CUDA (`cargo xtask gpu-bundle` refuses it).
+        println!(
+            "cargo:warning=bt-shim: libtorch has CUDA but no usable CUDA runtime headers were found; \
+             building WITHOUT CUDA support (set BT_SHIM_CUDA_INCLUDE=<dir with cuda_runtime_api.h>)"
+        );
+    }
 
     let mut build = libtorch_cc(&torch, cuda_include.as_slice());
     if cuda_include.is_some() {

@@ -1,7 +1,8 @@
 //! `cargo xtask gpu-bundle [--dataset DIR] [--out DIR]`: everything one GPU-machine run needs, in
 //! one git-ignored folder (default `.gpu/`), under the 64 MiB the transfer allows:
 //!
-//! - `bt-cli` (release, stripped) and the CUDA test binaries (`tests/`: bt-shim's `cuda` test),
+//! - `bt-cli` (release, stripped; refused unless its shim has the CUDA half) and the test binaries
+//!   with CUDA-only tests (`tests/`: bt-shim's `cuda` test, bt-train's unit tests),
 //! - `gpu-check.sh` (scripts/gpu-check.sh, the run itself) and `bench/*.py` (the PyTorch peers),
 //! - `cifar10-jpeg-q75.pack` + `unpack.py` from `--dataset DIR` (default
 //!   `../shared/datasets/cifar10-jpeg`) when present.
@@ -21,6 +22,49 @@ fn strip(path: &Path) -> Result<()> {
     let st = Command::new("strip").arg(path).status().context("running strip (binutils)")?;
     if !st.success() {
         bail!("strip {} failed ({st})", path.display());
+    }
+    Ok(())
+}
+
+/// Whether `bt-cli info` says its shim was compiled with the CUDA half (`csrc/cuda.cpp` with
+/// `BT_SHIM_CUDA`); without it every CUDA path of the bundle would return "built without CUDA
+/// support" on the GPU machine, after the transfer.
+fn shim_has_cuda(info: &str) -> bool {
+    info.lines().any(|l| l.starts_with("bt-shim CUDA support: yes"))
+}
+
+/// The shared libraries an ELF binary needs and its run path, from `readelf -d`.
+fn dynamic_section(readelf: &str) -> (Vec<String>, Option<String>) {
+    let bracketed = |l: &str| Some(l[l.find('[')? + 1..l.rfind(']')?].to_string());
+    let needed = readelf.lines().filter(|l| l.contains("(NEEDED)")).filter_map(bracketed).collect();
+    let rpath = readelf.lines().find(|l| l.contains("(RUNPATH)") || l.contains("(RPATH)")).and_then(bracketed);
+    (needed, rpath)
+}
+
+/// Refuses a `bt-cli` without the shim's CUDA half and prints the libraries it needs (they must
+/// resolve on the GPU machine through its torch's `lib/`, which gpu-check.sh puts first).
+fn check_binary(t: &crate::torch::Torch, bin: &Path) -> Result<()> {
+    let mut c = Command::new(bin);
+    c.arg("info");
+    for (k, v) in t.env() {
+        c.env(k, v);
+    }
+    let o = c.output().with_context(|| format!("running {} info", bin.display()))?;
+    let info = String::from_utf8_lossy(&o.stdout);
+    if !o.status.success() || !shim_has_cuda(&info) {
+        bail!(
+            "{} was built without bt-shim's CUDA half (no CUDA runtime headers at build time; see the \
+             bt-shim build warning, set BT_SHIM_CUDA_INCLUDE, `cargo clean -p bt-shim` and rebuild):\n{info}{}",
+            bin.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let o = Command::new("readelf").args(["-d"]).arg(bin).output().context("running readelf (binutils)")?;
+    let (needed, rpath) = dynamic_section(&String::from_utf8_lossy(&o.stdout));
+    println!("bt-cli needs: {}", needed.join(" "));
+    println!("bt-cli run path: {}", rpath.as_deref().unwrap_or("(none)"));
+    if !needed.iter().any(|l| l.starts_with("libtorch_cuda")) {
+        bail!("{} does not link libtorch_cuda (needs: {})", bin.display(), needed.join(" "));
     }
     Ok(())
 }
@@ -50,20 +94,29 @@ pub fn run(root: &Path, t: &crate::torch::Torch, args: &[String]) -> Result<()> 
         }
     }
     crate::cargo(t, &["build", "--release", "-p", "bt-cli"])?;
-    // The CUDA-only test binary of the shim (its tests are `#[ignore = "needs CUDA"]`; the GPU
-    // check runs them with `--include-ignored` on the H200).
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut c = Command::new(cargo);
-    c.args(["test", "--release", "-p", "bt-shim", "--test", "cuda", "--no-run", "--message-format=json"])
-        .current_dir(root);
-    for (k, v) in t.env() {
-        c.env(k, v);
+    check_binary(t, &root.join("target/release/bt-cli"))?;
+    // Test binaries with `#[ignore = "needs CUDA"]` tests: bt-shim's CUDA tests and bt-train's
+    // unit tests (the uploader's pinned staging); the GPU check runs them with `--ignored`.
+    let mut tests = Vec::new();
+    for (pkg, target, name) in
+        [("bt-shim", ["--test", "cuda"], "bt-shim-cuda"), ("bt-train", ["--lib", ""], "bt-train-lib")]
+    {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut c = Command::new(cargo);
+        c.args(["test", "--release", "-p", pkg]).args(target.iter().filter(|a| !a.is_empty()));
+        c.args(["--no-run", "--message-format=json"]).current_dir(root);
+        for (k, v) in t.env() {
+            c.env(k, v);
+        }
+        let o = c.output().context("building the CUDA test binaries")?;
+        if !o.status.success() {
+            bail!("cargo test -p {pkg} --no-run failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        match test_executables(&String::from_utf8_lossy(&o.stdout)).as_slice() {
+            [exe] => tests.push((exe.clone(), name)),
+            other => bail!("expected one test executable from {pkg} {target:?}, cargo reported {other:?}"),
+        }
     }
-    let o = c.output().context("building the CUDA test binaries")?;
-    if !o.status.success() {
-        bail!("cargo test --no-run failed: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    let tests = test_executables(&String::from_utf8_lossy(&o.stdout));
 
     if out.exists() {
         std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
@@ -73,11 +126,9 @@ pub fn run(root: &Path, t: &crate::torch::Torch, args: &[String]) -> Result<()> 
     let bin = out.join("bt-cli");
     copy(&root.join("target/release/bt-cli"), &bin)?;
     strip(&bin)?;
-    for exe in &tests {
-        let name = exe.file_name().context("test binary name")?.to_string_lossy().to_string();
-        // cargo names them `<target>-<hash>`; the script runs whatever is in tests/.
-        let short = name.split('-').next().unwrap_or(&name).to_string();
-        let dst = out.join("tests").join(format!("bt-shim-{short}"));
+    for (exe, name) in &tests {
+        // The script runs whatever is in tests/.
+        let dst = out.join("tests").join(name);
         copy(exe, &dst)?;
         strip(&dst)?;
     }
@@ -121,6 +172,24 @@ pub fn run(root: &Path, t: &crate::torch::Torch, args: &[String]) -> Result<()> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reads_the_shim_cuda_line_of_info() {
+        assert!(super::shim_has_cuda("cuda devices: 0\nbt-shim CUDA support: yes (built against /x)\n"));
+        assert!(!super::shim_has_cuda("bt-shim CUDA support: no (built without CUDA headers)\n"));
+        assert!(!super::shim_has_cuda("cuda available: false\n"));
+    }
+
+    #[test]
+    fn reads_needed_libraries_and_run_path() {
+        let out = " 0x0000000000000001 (NEEDED)             Shared library: [libtorch_cuda.so]\n \
+                   0x0000000000000001 (NEEDED)             Shared library: [libc.so.6]\n \
+                   0x000000000000001d (RUNPATH)            Library runpath: [/venv/torch/lib]\n";
+        let (needed, rpath) = super::dynamic_section(out);
+        assert_eq!(needed, ["libtorch_cuda.so", "libc.so.6"]);
+        assert_eq!(rpath.as_deref(), Some("/venv/torch/lib"));
+        assert_eq!(super::dynamic_section("").1, None);
+    }
+
     #[test]
     fn finds_test_executables_in_cargo_json() {
         let json = "{\"reason\":\"compiler-artifact\",\"executable\":null}\n\

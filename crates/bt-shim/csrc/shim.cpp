@@ -190,6 +190,13 @@ bt_err bt_shim_set_allow_tf32(int on) {
   })
 }
 
+bt_err bt_shim_set_allow_tf32_each(int matmul, int cudnn) {
+  BT_TRY({
+    at::globalContext().setAllowTF32CuBLAS(matmul != 0);
+    at::globalContext().setAllowTF32CuDNN(cudnn != 0);
+  })
+}
+
 bt_err bt_shim_allow_tf32(int* matmul, int* cudnn) {
   BT_TRY({
     *matmul = at::globalContext().allowTF32CuBLAS() ? 1 : 0;

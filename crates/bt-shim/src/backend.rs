@@ -22,6 +22,12 @@ pub fn set_allow_tf32(on: bool) -> Result<()> {
     check("set_allow_tf32", unsafe { ffi::bt_shim_set_allow_tf32(on.into()) })
 }
 
+/// Sets the two TF32 switches separately (PyTorch's defaults differ: matmul off, cuDNN on), so
+/// a value read with [`allow_tf32`] can be put back exactly.
+pub fn set_allow_tf32_each(matmul: bool, cudnn: bool) -> Result<()> {
+    check("set_allow_tf32_each", unsafe { ffi::bt_shim_set_allow_tf32_each(matmul.into(), cudnn.into()) })
+}
+
 /// The TF32 switches: `(matmul (cuBLAS), convolutions (cuDNN))`.
 pub fn allow_tf32() -> Result<(bool, bool)> {
     let (mut m, mut c) = (0, 0);

@@ -51,6 +51,7 @@ extern "C" {
     pub(crate) fn bt_shim_set_cudnn_benchmark(on: c_int);
     pub(crate) fn bt_shim_cudnn_benchmark() -> c_int;
     pub(crate) fn bt_shim_set_allow_tf32(on: c_int) -> Err;
+    pub(crate) fn bt_shim_set_allow_tf32_each(matmul: c_int, cudnn: c_int) -> Err;
     pub(crate) fn bt_shim_allow_tf32(matmul: *mut c_int, cudnn: *mut c_int) -> Err;
 
     pub(crate) fn bt_shim_pin_memory(t: *const C_tensor, out: *mut *mut C_tensor) -> Err;

@@ -44,7 +44,7 @@ mod opcount;
 mod tensor;
 
 pub use autocast::{autocast_dtype, autocast_enabled, set_autocast_dtype, set_autocast_enabled, AutocastGuard};
-pub use backend::{allow_tf32, cudnn_benchmark, set_allow_tf32, set_cudnn_benchmark};
+pub use backend::{allow_tf32, cudnn_benchmark, set_allow_tf32, set_allow_tf32_each, set_cudnn_benchmark};
 pub use cuda::{
     built_with_cuda, copy_on_stream, cuda_device_count, cuda_device_properties, cuda_synchronize,
     current_stream_synchronize, record_stream, CudaEvent, CudaGraph, CudaStream, CudaStreamGuard, DeviceProperties,

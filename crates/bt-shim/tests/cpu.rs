@@ -312,6 +312,11 @@ fn backend_switches_round_trip() {
     // libtorch's defaults differ (matmul off, cuDNN on), so `set_allow_tf32(false)` changed at
     // least one of them: the getter is not a constant.
     assert!(m0 != c0 || m0, "defaults were {m0}, {c0}");
+    // Each switch on its own: both mixed states, then the defaults put back exactly.
+    for (m, c) in [(true, false), (false, true), (m0, c0)] {
+        set_allow_tf32_each(m, c).unwrap();
+        assert_eq!(allow_tf32().unwrap(), (m, c));
+    }
 }
 
 #[test]

@@ -98,13 +98,7 @@ impl RunFolder {
 
     /// Removes all but the newest `keep` checkpoints.
     pub fn prune_checkpoints(&self, keep: usize) -> Result<()> {
-        let all = self.list_checkpoints();
-        if all.len() > keep {
-            for p in &all[..all.len() - keep] {
-                std::fs::remove_file(p).map_err(|e| Error::io("removing old checkpoint", p, e))?;
-            }
-        }
-        Ok(())
+        crate::store::prune(&self.checkpoints(), keep)
     }
 
     /// The config the run was made with.

@@ -33,12 +33,21 @@ impl Report {
 
 /// Runs every check of `dev` against the CPU.
 pub fn run(dev: Device) -> Result<Vec<Check>> {
-    let mut r = Report::default();
-    loss_checks(&mut r, dev)?;
-    optim_checks(&mut r, dev)?;
-    upload_check(&mut r, dev)?;
-    train_checks(&mut r, dev)?;
-    Ok(r.checks)
+    // The f32 comparisons run with TF32 off (a 10-bit mantissa would fail the 1e-3 tolerances
+    // for the wrong reason); `train` switches it off again after `apply_backend`. The caller's
+    // switches are put back whatever happens.
+    let tf32 = bt_shim::allow_tf32()?;
+    let res = (|| {
+        let mut r = Report::default();
+        bt_shim::set_allow_tf32(false)?;
+        loss_checks(&mut r, dev)?;
+        optim_checks(&mut r, dev)?;
+        upload_check(&mut r, dev)?;
+        train_checks(&mut r, dev)?;
+        Ok(r.checks)
+    })();
+    bt_shim::set_allow_tf32_each(tf32.0, tf32.1)?;
+    res
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
@@ -152,6 +161,10 @@ fn train(cfg: &Config, dev: Device, settings: StepSettings, steps: usize) -> Res
     vs.set_device(dev);
     model.set_precision(settings.precision);
     settings.apply_backend(dev)?;
+    if settings.precision == Precision::F32 {
+        // apply_backend turns TF32 on for f32 training runs; this run is a 1e-3 comparison.
+        bt_shim::set_allow_tf32(false)?;
+    }
     let mut opt = bt_optim::build(&cfg.optim, bt_optim::trainable_named(&vs))?;
     let opts = bt_loss::LossOptions::from_config(&cfg.loss);
     let mut up = Uploader::new(dev, settings.channels_last)?;
@@ -201,4 +214,18 @@ fn train_checks(r: &mut Report, dev: Device) -> Result<()> {
         format!("losses f32 cpu {lc:.4?} bf16 device {lb:.4?} (max rel {berr:.1e}, tolerance 5e-2)"),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn selftest_passes_on_cpu_and_puts_the_tf32_switches_back() {
+        // A state neither libtorch's default nor what the selftest sets.
+        bt_shim::set_allow_tf32_each(true, false).unwrap();
+        // Whether the CPU-vs-CPU checks agree is not asserted here: other tests of this binary
+        // draw from libtorch's global RNG concurrently (the `bt-cli selftest` run checks that).
+        let checks = super::run(tch::Device::Cpu).unwrap();
+        assert_eq!(checks.len(), 9, "{:?}", checks.iter().map(|c| &c.name).collect::<Vec<_>>());
+        assert_eq!(bt_shim::allow_tf32().unwrap(), (true, false), "the caller's TF32 switches are back");
+    }
 }

@@ -217,6 +217,17 @@ pub fn latest_valid(dir: &Path) -> (Option<PathBuf>, Vec<(PathBuf, String)>) {
     (None, rejected)
 }
 
+/// Removes all but the newest `keep` checkpoints of `dir` (by position, see [`list`]).
+pub fn prune(dir: &Path, keep: usize) -> Result<()> {
+    let all = list(dir);
+    if all.len() > keep {
+        for p in &all[..all.len() - keep] {
+            std::fs::remove_file(p).map_err(|e| Error::io("removing old checkpoint", p, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes temporary files of interrupted writes (`.NAME.tmp-PID`) from `dir`.
 pub fn remove_stale_temps(dir: &Path) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {

@@ -51,22 +51,39 @@ pub fn raw_bytes(t: &Tensor) -> Result<Vec<u8>> {
 
 /// A safetensors file image of `tensors` with `metadata`.
 pub fn safetensors_bytes(tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
-    let raw: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(n, t)| {
-            let shape = t.size().iter().map(|&d| d as usize).collect();
-            Ok((n.clone(), dtype(t.kind())?, shape, raw_bytes(t).with_context(|| format!("tensor `{n}`"))?))
-        })
-        .collect::<Result<_>>()?;
-    let views = raw
-        .iter()
-        .map(|(n, d, s, b)| {
-            let v = TensorView::new(*d, s.clone(), b).map_err(|e| unsupported(format!("tensor `{n}`: {e:?}")))?;
-            Ok((n.as_str(), v))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let meta = if metadata.is_empty() { None } else { Some(metadata) };
-    safetensors::tensor::serialize(views, &meta).map_err(|e| unsupported(format!("serializing safetensors: {e:?}")))
+    HostTensors::copy(tensors)?.serialize(metadata)
+}
+
+/// Named tensors copied to host memory (name, dtype, shape, bytes): what a background thread
+/// serializes while the originals keep changing on the device.
+pub struct HostTensors(Vec<(String, Dtype, Vec<usize>, Vec<u8>)>);
+
+impl HostTensors {
+    /// Copies every tensor to a host buffer (a device-to-host copy on CUDA, a memcpy on CPU).
+    pub fn copy(tensors: &[(String, Tensor)]) -> Result<Self> {
+        let raw = tensors
+            .iter()
+            .map(|(n, t)| {
+                let shape = t.size().iter().map(|&d| d as usize).collect();
+                Ok((n.clone(), dtype(t.kind())?, shape, raw_bytes(t).with_context(|| format!("tensor `{n}`"))?))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self(raw))
+    }
+
+    /// The safetensors file image with `metadata`.
+    pub fn serialize(&self, metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+        let views = self
+            .0
+            .iter()
+            .map(|(n, d, s, b)| {
+                let v = TensorView::new(*d, s.clone(), b).map_err(|e| unsupported(format!("tensor `{n}`: {e:?}")))?;
+                Ok((n.as_str(), v))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let meta = if metadata.is_empty() { None } else { Some(metadata) };
+        safetensors::tensor::serialize(views, &meta).map_err(|e| unsupported(format!("serializing safetensors: {e:?}")))
+    }
 }
 
 /// Named tensors and the string metadata of a safetensors file.

@@ -32,6 +32,7 @@ use bt_config::Config;
 use bt_data::{TwinBatch, TwinPipeline};
 use bt_model::BarlowTwins;
 use serde_json::json;
+use std::cell::RefCell;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -246,9 +247,12 @@ impl<'o> Trainer<'o> {
         let mut final_loss = f64::NAN;
         let mut steps_here = 0usize;
         let mut up = crate::device::Uploader::new(device, settings.channels_last)?;
-        let save = |path: &Path, model: &BarlowTwins, opt: &dyn bt_optim::Optimizer, pos: Position| -> Result<()> {
-            checkpoint::save(path, model, opt.state(), pos, &cfg_hash, cfg.run.seed, &cfg_text)?;
-            run.prune_checkpoints(cfg.run.keep_checkpoints)
+        // Checkpoints are written on a background thread, one at a time (`checkpoint::Writer`);
+        // `Event::Checkpoint` is emitted once a file is on disk (polled after every step).
+        let id = checkpoint::RunIdentity { config_hash: cfg_hash.clone(), seed: cfg.run.seed, config_toml: cfg_text };
+        let ckpt = RefCell::new(checkpoint::Writer::new(run.checkpoints(), cfg.run.keep_checkpoints, id));
+        let save = |path: &Path, model: &BarlowTwins, opt: &dyn bt_optim::Optimizer, pos: Position| {
+            ckpt.borrow_mut().save(path, model, opt.state(), pos)
         };
 
         let mut stopped: Option<Stop> = None;
@@ -350,6 +354,9 @@ impl<'o> Trainer<'o> {
                     }
                 }
                 obs.emit(&Event::Progress { step: pos.step, total_steps, epoch: epoch + 1, epochs: cfg.run.epochs });
+                if let Some(w) = ckpt.borrow_mut().poll()? {
+                    obs.emit(&Event::Checkpoint { path: &w.path, position: w.position });
+                }
                 // Mid-epoch checkpoint (a stop request, run.max_steps, run.checkpoint_every_steps);
                 // at the epoch's last batch the epoch-end code below writes it.
                 // Every rank asks at every step (data-parallel: the ranks agree, see stop_reason).
@@ -362,8 +369,9 @@ impl<'o> Trainer<'o> {
                 if (stop.is_some() || due) && pos.batch_in_epoch < spe {
                     let path = run.checkpoints().join(store::file_name(pos));
                     if main {
-                        save(&path, &model, opt.as_ref(), pos)?;
-                        obs.emit(&Event::Checkpoint { path: &path, position: pos });
+                        if let Some(w) = save(&path, &model, opt.as_ref(), pos)? {
+                            obs.emit(&Event::Checkpoint { path: &w.path, position: w.position });
+                        }
                     }
                     if let Some(reason) = stop {
                         obs.emit(&Event::Stopping { reason, step: pos.step });
@@ -413,8 +421,9 @@ impl<'o> Trainer<'o> {
             let due = cfg.run.checkpoint_every_steps > 0 && pos.step % cfg.run.checkpoint_every_steps == 0;
             if main && (pos.epochs_done % cfg.run.checkpoint_every == 0 || pos.epochs_done == cfg.run.epochs || due) {
                 let path = run.checkpoint(pos.epochs_done);
-                save(&path, &model, opt.as_ref(), pos)?;
-                obs.emit(&Event::Checkpoint { path: &path, position: pos });
+                if let Some(w) = save(&path, &model, opt.as_ref(), pos)? {
+                    obs.emit(&Event::Checkpoint { path: &w.path, position: w.position });
+                }
             }
             // After a stop request, stop without the (possibly long) kNN monitor.
             if main && cfg.run.knn_every > 0 && pos.epochs_done % cfg.run.knn_every == 0 && token.requested().is_none()
@@ -429,14 +438,20 @@ impl<'o> Trainer<'o> {
                 .filter(|_| pos.epochs_done < cfg.run.epochs)
             {
                 let path = run.checkpoint(pos.epochs_done);
-                if main && !path.is_file() {
-                    save(&path, &model, opt.as_ref(), pos)?;
-                    obs.emit(&Event::Checkpoint { path: &path, position: pos });
+                if main && !path.is_file() && !ckpt.borrow().in_flight(&path) {
+                    if let Some(w) = save(&path, &model, opt.as_ref(), pos)? {
+                        obs.emit(&Event::Checkpoint { path: &w.path, position: w.position });
+                    }
                 }
                 obs.emit(&Event::Stopping { reason, step: pos.step });
                 stopped = Some(Stop { reason, checkpoint: path, step: pos.step });
                 break 'epochs;
             }
+        }
+        // The run ends (or stops) only once its last checkpoint is on disk; a failed write is
+        // this run's error.
+        if let Some(w) = ckpt.borrow_mut().wait()? {
+            obs.emit(&Event::Checkpoint { path: &w.path, position: w.position });
         }
         let wall_s = t_start.elapsed().as_secs_f64();
         let data_wait_fraction = if loop_s > 0.0 { wait_s_total / loop_s } else { 0.0 };
