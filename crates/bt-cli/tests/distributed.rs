@@ -11,6 +11,8 @@
 //! - SyncBN (`model.projector_sync_bn`): 2 ranks equal one process whose projector normalizes
 //!   over the whole global batch (encoder in groups of B), parameters and the projector's
 //!   running statistics alike.
+//! - Full SyncBN (`model.sync_bn = "all"`): 2 ranks equal one process on the global batch,
+//!   parameters and every running statistic (encoder and projector) to 1e-5.
 //! - A signal delivered to one rank only stops both at the same step, with a checkpoint.
 //! - Failure: SIGKILL one worker mid-run; the launcher exits non-zero naming the lost rank well
 //!   within the timeout, and nothing hangs (every wait has a deadline).
