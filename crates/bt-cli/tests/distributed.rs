@@ -11,6 +11,8 @@
 //! - SyncBN (`model.projector_sync_bn`): 2 ranks equal one process whose projector normalizes
 //!   over the whole global batch (encoder in groups of B), parameters and the projector's
 //!   running statistics alike.
+//! - Full SyncBN (`model.sync_bn = "all"`): 2 ranks equal one process on the global batch,
+//!   parameters and every running statistic (encoder and projector) to 1e-5.
 //! - A signal delivered to one rank only stops both at the same step, with a checkpoint.
 //! - Failure: SIGKILL one worker mid-run; the launcher exits non-zero naming the lost rank well
 //!   within the timeout, and nothing hangs (every wait has a deadline).
@@ -344,8 +346,6 @@ fn a_signal_to_one_rank_stops_both_at_the_same_step_with_a_checkpoint() {
 }
 
 #[test]
-#[ignore = "open bug (issue 14): with model.sync_bn = \"all\" two Gloo ranks end 1.7e-2 away from one process \
-            (encoder.bn1.bias after 4 steps); bt-model's simulated-replica test of the same SyncBN passes"]
 fn full_sync_bn_two_ranks_equal_one_process_on_the_global_batch() {
     // `model.sync_bn = "all"` (the official recipe's convert_sync_batchnorm): every batch norm,
     // encoder included, normalizes over the global batch, so 2 ranks of B rows equal one process

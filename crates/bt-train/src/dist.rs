@@ -137,23 +137,6 @@ impl Dist {
         Ok(if self.world() > 1 { pipe.with_shard(self.rank(), self.world())? } else { pipe })
     }
 
-    /// `model.sync_bn` (or the older `model.projector_sync_bn`): the projector's, or every,
-    /// batch norm takes its statistics over the global batch (an all-reduce with sum backward,
-    /// as the loss reducer's), as `nn.SyncBatchNorm` does.
-    pub fn sync_bn(&self, model: &mut bt_model::BarlowTwins, cfg: &bt_config::ModelConfig) {
-        let scope = cfg.sync_bn_scope();
-        if scope != bt_config::SyncBn::Off {
-            let pg = self.pg.clone();
-            model.set_sync_bn(
-                scope,
-                Some(Box::new(move |x: &Tensor| {
-                    // The loss reducer fails the same way: a lost peer is a panic the trainer reports.
-                    bt_dist::all_reduce_sum_autograd(&pg, x).unwrap_or_else(|e| panic!("{e}"))
-                })),
-            );
-        }
-    }
-
     /// Agrees across ranks on a stop request: a stop requested on one rank, or seen by the
     /// ranks at different steps, must stop all of them at the same step, or the others would
     /// wait in the next collective for a rank that is gone. Returns this rank's own request if
@@ -176,6 +159,31 @@ impl Dist {
 
 const SIGINT: i32 = 2;
 const SIGTERM: i32 = 15;
+
+/// `model.sync_bn` (or the older `model.projector_sync_bn`): the projector's, or every, batch
+/// norm takes its statistics over the global batch, as `nn.SyncBatchNorm` does. In a
+/// data-parallel run the cross-replica sum is an all-reduce with sum backward (as the loss
+/// reducer's); in a single process it is the identity, so that one process runs the very
+/// arithmetic of W ranks (statistics summed in f64, bt-model's `forward_synced`) rather than
+/// libtorch's batch-norm kernel, whose f32 statistics round differently: with `"all"` that
+/// rounding alone made one process and two ranks diverge (issue 14).
+pub fn sync_bn(dist: Option<&Dist>, model: &mut bt_model::BarlowTwins, cfg: &bt_config::ModelConfig) {
+    let scope = cfg.sync_bn_scope();
+    if scope == bt_config::SyncBn::Off {
+        return;
+    }
+    let sum: bt_model::CrossReplicaSum = match dist {
+        Some(d) => {
+            let pg = d.pg.clone();
+            Box::new(move |x: &Tensor| {
+                // The loss reducer fails the same way: a lost peer is a panic the trainer reports.
+                bt_dist::all_reduce_sum_autograd(&pg, x).unwrap_or_else(|e| panic!("{e}"))
+            })
+        }
+        None => Box::new(|x: &Tensor| x.shallow_clone()),
+    };
+    model.set_sync_bn(scope, Some(sum));
+}
 
 /// The loss options of `cfg`, with the cross-replica reducer in a data-parallel run.
 pub fn loss_options(cfg: &bt_config::LossConfig, dist: Option<&Dist>) -> bt_loss::LossOptions {

@@ -204,8 +204,8 @@ impl<'o> Trainer<'o> {
         // Every rank starts from rank 0's weights.
         if let Some(d) = &self.dist {
             d.broadcast_model(&model)?;
-            d.sync_bn(&mut model, &cfg.model);
         }
+        crate::dist::sync_bn(self.dist.as_deref(), &mut model, &cfg.model);
         let params = model.trainable_variables();
         // Only rank 0 writes the run folder; the other ranks' records go nowhere.
         let mut mw = MetricsWriter::open(&if main { run.metrics() } else { std::path::PathBuf::from("/dev/null") })?;
