@@ -82,6 +82,7 @@ pub mod eval;
 pub mod folder;
 pub mod ops;
 pub mod pil;
+pub mod pil_color;
 pub mod pipeline;
 pub mod policy;
 pub mod preview;
