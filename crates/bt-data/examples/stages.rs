@@ -90,5 +90,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         all + dec,
         1e3 / (all + dec)
     );
+    // Each u8 op alone on one rendered view (best of 3 rounds of 50).
+    let mut view = vec![0u8; 3 * size * size];
+    pol.a.render_u8(&imgs[0], params[0].0, &bare(&params[0].1), &mut view, size);
+    let mut f32v = vec![0f32; view.len()];
+    type Op = Box<dyn Fn(&mut [u8])>;
+    let ops: Vec<(&str, Op)> = vec![
+        ("brightness", Box::new(|v| bt_data::pil_color::brightness(v, 1.2))),
+        ("contrast", Box::new(|v| bt_data::pil_color::contrast(v, 0.8))),
+        ("saturation", Box::new(|v| bt_data::pil_color::saturation(v, 1.1))),
+        ("hue", Box::new(|v| bt_data::pil_color::hue(v, 0.05))),
+        ("grayscale", Box::new(bt_data::pil_color::grayscale)),
+        ("blur sigma 1.0", Box::new(move |v| bt_data::pil::gaussian_blur(v, size, size, 1.0))),
+        ("solarize", Box::new(|v| bt_data::pil_color::solarize(v, 128))),
+    ];
+    for (name, op) in &ops {
+        let best = (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..50 {
+                    let mut v = view.clone();
+                    op(&mut v);
+                }
+                t.elapsed().as_secs_f64() * 1e3 / 50.0
+            })
+            .fold(f64::INFINITY, f64::min);
+        println!("  {name}: {best:.3} ms/view");
+    }
+    let t = Instant::now();
+    for _ in 0..50 {
+        bt_data::pil_color::to_tensor(&view, &mut f32v, Some(([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])));
+    }
+    println!("  to_tensor+normalize: {:.3} ms/view", t.elapsed().as_secs_f64() * 1e3 / 50.0);
     Ok(())
 }

@@ -122,8 +122,8 @@ fn rgb_to_hsv(r: u8, g: u8, b: u8) -> (u8, u8, u8) {
     (uh, us, maxc)
 }
 
-/// Pillow's `hsv2rgb` of one pixel.
-#[inline]
+/// Pillow's `hsv2rgb` of one pixel: the transcription [`hue_pixel`] is tested against.
+#[cfg(test)]
 fn hsv_to_rgb(h: u8, s: u8, v: u8) -> (u8, u8, u8) {
     if s == 0 {
         return (v, v, v);
@@ -148,14 +148,109 @@ fn hsv_to_rgb(h: u8, s: u8, v: u8) -> (u8, u8, u8) {
     }
 }
 
+/// Tables that make [`hue`] division-free, each entry computed by the reference functions
+/// above, so the fast path returns their exact bits.
+struct HueTables {
+    /// `us` of `rgb2hsv` by `maxc * 256 + (maxc - minc)`.
+    s: Vec<u8>,
+    /// `uh` of `rgb2hsv` by `(case * 256 + (maxc - minc)) * 256 + (maxc - mid)`; `case` is the
+    /// max channel (first in R, G, B order, as the C branches) times 2 plus whether the min
+    /// channel is the later of the other two. `h` depends on nothing else.
+    h: Vec<u8>,
+    /// `hsv2rgb`'s sextant `i` and remainder `f` by hue byte.
+    sextant: [(u8, f32); 256],
+    /// `hsv2rgb`'s `fs` by saturation byte.
+    fs: [f32; 256],
+}
+
+fn hue_tables() -> &'static HueTables {
+    static T: std::sync::OnceLock<HueTables> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let mut s = vec![0u8; 65536];
+        for maxc in 1..256usize {
+            for cr in 1..=maxc {
+                s[maxc * 256 + cr] = rgb_to_hsv(maxc as u8, (maxc - cr) as u8, (maxc - cr) as u8).1;
+            }
+        }
+        let mut h = vec![0u8; 6 * 65536];
+        for case in 0..6usize {
+            let (maxch, later_min) = (case / 2, case % 2 == 1);
+            let others = [(maxch + 1) % 3, (maxch + 2) % 3];
+            let (first, second) = (others[0].min(others[1]), others[0].max(others[1]));
+            let minch = if later_min { second } else { first };
+            let midch = if later_min { first } else { second };
+            for cr in 1..256usize {
+                for d in 0..=cr {
+                    let mut px = [0u8; 3];
+                    px[maxch] = 255;
+                    px[minch] = (255 - cr) as u8;
+                    px[midch] = (255 - d) as u8;
+                    h[(case * 256 + cr) * 256 + d] = rgb_to_hsv(px[0], px[1], px[2]).0;
+                }
+            }
+        }
+        let sextant = std::array::from_fn(|h| {
+            let hh = h as f32 as f64 * 6.0 / 255.0;
+            let i = hh as i32;
+            (i as u8, (hh - i as f32 as f64) as f32)
+        });
+        let fs = std::array::from_fn(|s| (s as f32 as f64 / 255.0) as f32);
+        HueTables { s, h, sextant, fs }
+    })
+}
+
+/// [`rgb_to_hsv`] + hue shift + [`hsv_to_rgb`] through [`HueTables`].
+#[inline]
+fn hue_pixel(t: &HueTables, r: u8, g: u8, b: u8, shift: u8) -> (u8, u8, u8) {
+    let maxc = r.max(g).max(b);
+    let minc = r.min(g).min(b);
+    if maxc == minc {
+        // h = s = 0: gray stays gray whatever the shift.
+        return (maxc, maxc, maxc);
+    }
+    let cr = (maxc - minc) as usize;
+    // The C branches test R, then G: the first channel equal to the max.
+    let (maxch, a, b2) = if r == maxc {
+        (0, g, b)
+    } else if g == maxc {
+        (1, r, b)
+    } else {
+        (2, r, g)
+    };
+    // `a` and `b2` are the other two in R, G, B order; ties give q = 1 for both either way.
+    let (later_min, mid) = if b2 < a { (1, a) } else { (0, b2) };
+    let case = maxch * 2 + later_min;
+    let uh = t.h[(case * 256 + cr) * 256 + (maxc - mid) as usize];
+    let us = t.s[maxc as usize * 256 + cr];
+    if us == 0 {
+        return (maxc, maxc, maxc);
+    }
+    let (i, f) = t.sextant[uh.wrapping_add(shift) as usize];
+    let fs = t.fs[us as usize];
+    let v = maxc;
+    let vf = v as f64;
+    let c = |x: f64| round_nonneg(x).clamp(0, 255) as u8;
+    let p = c(vf * (1.0 - fs as f64));
+    let q = c(vf * (1.0 - (fs * f) as f64));
+    let tt = c(vf * (1.0 - fs as f64 * (1.0 - f as f64)));
+    match i % 6 {
+        0 => (v, tt, p),
+        1 => (q, v, p),
+        2 => (p, v, tt),
+        3 => (p, q, v),
+        4 => (tt, p, v),
+        _ => (v, p, q),
+    }
+}
+
 /// torchvision's `adjust_hue` on a PIL RGB image (`hue` in `[-0.5, 0.5]`).
 pub fn hue(img: &mut [u8], hue: f64) {
     // np.int32(hue * 255) truncates toward zero; .astype(uint8) wraps.
     let shift = (hue * 255.0) as i32 as u8;
+    let t = hue_tables();
     let (r, g, b) = planes(img);
     for ((r, g), b) in r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut()) {
-        let (h, s, v) = rgb_to_hsv(*r, *g, *b);
-        (*r, *g, *b) = hsv_to_rgb(h.wrapping_add(shift), s, v);
+        (*r, *g, *b) = hue_pixel(t, *r, *g, *b, shift);
     }
 }
 
@@ -226,6 +321,24 @@ mod tests {
         for px in [(255u8, 0u8, 0u8), (0, 255, 0), (0, 0, 255)] {
             let (h, s, v) = rgb_to_hsv(px.0, px.1, px.2);
             assert_eq!(hsv_to_rgb(h, s, v), px);
+        }
+    }
+
+    #[test]
+    fn table_hue_equals_the_transcription() {
+        // Every 5th level per channel plus the ends (ties, grays, primaries), every 17th shift.
+        let levels: Vec<u8> = (0..=255u8).step_by(5).chain([1, 2, 254, 255]).collect();
+        let t = hue_tables();
+        for shift in (0..=255u8).step_by(17) {
+            for &r in &levels {
+                for &g in &levels {
+                    for &b in &levels {
+                        let (h, s, v) = rgb_to_hsv(r, g, b);
+                        let want = hsv_to_rgb(h.wrapping_add(shift), s, v);
+                        assert_eq!(hue_pixel(t, r, g, b, shift), want, "{r} {g} {b} shift {shift}");
+                    }
+                }
+            }
         }
     }
 
