@@ -48,6 +48,20 @@ pub enum BlurKind {
     Pil,
 }
 
+/// The arithmetic of the colour ops after the crop (jitter, grayscale, blur, solarize).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ColorMath {
+    /// On f32 views, with TensorFlow's or torchvision's tensor arithmetic (per `jitter_style`):
+    /// the seed's and the CIFAR presets'.
+    F32,
+    /// On u8 images with Pillow's integer arithmetic, what torchvision does to PIL images:
+    /// `ImageEnhance` blends, HSV hue, `convert("L")`, `ImageOps.solarize`, then
+    /// `ToTensor` + `Normalize` once at the end. The official ImageNet recipe's; needs a Pillow
+    /// `interpolation`, `blur_kind = "pil"`, `jitter_style = "torchvision"` and no seed quirk.
+    PilU8,
+}
+
 /// One view's augmentation policy (`[augment.view_a]`, `[augment.view_b]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -100,6 +114,8 @@ pub struct ViewConfig {
     pub interpolation: Interpolation,
     /// Which Gaussian blur (and its place in the op order).
     pub blur_kind: BlurKind,
+    /// The arithmetic of the colour ops (see [`ColorMath`]).
+    pub color_math: ColorMath,
 }
 
 impl ViewConfig {
@@ -128,6 +144,7 @@ impl ViewConfig {
             clip: true,
             interpolation: Interpolation::TfBilinear,
             blur_kind: BlurKind::Tfa3x3,
+            color_math: ColorMath::F32,
         }
     }
 
@@ -156,6 +173,7 @@ impl ViewConfig {
             clip: true,
             interpolation: Interpolation::TfBilinear,
             blur_kind: BlurKind::Tfa3x3,
+            color_math: ColorMath::F32,
         }
     }
 
@@ -170,6 +188,7 @@ impl ViewConfig {
             blur_prob,
             interpolation: Interpolation::PilBicubic,
             blur_kind: BlurKind::Pil,
+            color_math: ColorMath::PilU8,
             ..Self::cifar_asymmetric(solarize_prob)
         }
     }

@@ -108,6 +108,27 @@ impl Config {
             range(&format!("{name}.saturation"), v.saturation, 0.0, 1.0)?;
             range(&format!("{name}.hue"), v.hue, 0.0, 0.5)?;
             ordered(&format!("{name}.blur_sigma"), v.blur_sigma, 0.0, 100.0)?;
+            if v.color_math == crate::ColorMath::PilU8 {
+                // The u8 path is torchvision-on-PIL only: the other semantics have no u8 form.
+                let bad = if v.interpolation == crate::Interpolation::TfBilinear {
+                    Some(("interpolation", "\"tf-bilinear\""))
+                } else if v.blur_kind != crate::BlurKind::Pil {
+                    Some(("blur_kind", "\"tfa3x3\""))
+                } else if v.jitter_style != crate::JitterStyle::Torchvision {
+                    Some(("jitter_style", "\"tf\""))
+                } else if v.solarize_noop_quirk {
+                    Some(("solarize_noop_quirk", "true"))
+                } else {
+                    None
+                };
+                if let Some((k, value)) = bad {
+                    return Err(ConfigError::OutOfRange {
+                        key: format!("{name}.{k}"),
+                        value: value.into(),
+                        allowed: "with color_math = \"pil-u8\": a Pillow interpolation, blur_kind \"pil\", jitter_style \"torchvision\", solarize_noop_quirk false".into(),
+                    });
+                }
+            }
         }
 
         let m = &self.model;

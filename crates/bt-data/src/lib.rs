@@ -14,7 +14,9 @@
 //! - [`synthetic`]: an embedded 10-class shape dataset for tests and the CPU demo.
 //! - [`ops`]: each augmentation as a pure function with explicit parameters, reproducing the
 //!   arithmetic of TensorFlow's kernels or torchvision's, checked against both to 1e-5.
-//!   [`pil`]: Pillow's resize (BILINEAR/BICUBIC, box) and GaussianBlur, **bit-exact**.
+//!   [`pil`]: Pillow's resize (BILINEAR/BICUBIC, box) and GaussianBlur, **bit-exact**;
+//!   [`pil_color`]: torchvision's colour ops on PIL images (u8, Pillow's arithmetic), and the
+//!   fused `ToTensor` + `Normalize` write, **bit-exact**.
 //! - [`policy`]: `bt_config::ViewConfig` -> [`ViewPolicy`], which samples a [`ViewParams`]
 //!   on the source's native size and renders it at `data.image_size`.
 //! - [`pipeline`]: [`TwinPipeline`] -> [`EpochIter`] of [`TwinBatch`]es over a bounded channel.
@@ -28,20 +30,27 @@
 //! 1/4 or 1/8 scale, a JPEG is decoded at that scale in the DCT domain (`data.jpeg_draft`, PIL's
 //! `draft` idea), and the crop becomes a fractional Pillow box on the smaller image.
 //!
-//! # Decoder choice and throughput (measured, 2 shared cores, load average ~6)
-//! On `imagenet-sample` (1000 ImageNet JPEGs), one thread: `image`/zune-jpeg full decode
-//! 3.0 ms/image, `jpeg-decoder` full 2.3 ms, 1/2 scale 3.1 ms, 1/4 scale 1.9 ms. Full decodes go
-//! through `image` (all formats, EXIF, CMYK); reduced ones through `jpeg-decoder`'s
-//! `Decoder::scale`, the only pure-Rust decoder with DCT scaling. Official recipe at 224 px
-//! (`examples/folder_bench.rs`): 86 pairs/s with 1 thread and draft decoding (48 without);
-//! the official PIL/DataLoader peer measured 45-48 pairs/s in the same session. Numbers on
-//! this contended machine are noisy (2 threads measured slower than 1).
+//! # Decoder choice and throughput (measured, 2 shared cores, load average 8-11)
+//! On `imagenet-sample` (1000 ImageNet JPEGs), one thread, 300 files: `jpeg-decoder` full
+//! 7.6-8.3 ms/image (wall, loaded machine; 2.3 ms on a quieter one), 1/4 scale 5.5-5.7 ms;
+//! libjpeg-turbo's C decoder without its SIMD (`mozjpeg-sys`, no nasm here or in CI) full
+//! 8.6-9.7 ms, 1/4 scale 4.9-5.3 ms, 1/8 3.1-3.5 ms: no faster where it matters, and it would add
+//! a C build and longjmp-style error handling, so `jpeg-decoder` stays (`zune-jpeg`, behind
+//! `image`, has no DCT scaling). Full decodes go through `image` (all formats, EXIF, CMYK);
+//! reduced ones through `jpeg-decoder`'s `Decoder::scale`. Per-stage costs of the official
+//! recipe at 224 px (`examples/stages.rs`, thread CPU time, best of 3, still noisy): decode
+//! 2.2-2.8 ms/image, crop + bicubic resize 2.3-2.6 ms/pair, jitter ~2 ms/pair (hue 0.9 ms per
+//! view: the rest are table lookups), blur sigma 1 ~1.1 ms/view, the fused normalize write
+//! 0.08 ms/view. Throughput against the official pipeline: `docs/BENCHMARKS.md`.
 //!
-//! # Where the pipeline differs from torchvision on PIL images
-//! Colour jitter, grayscale and solarize run on f32 views (torchvision's tensor arithmetic,
-//! grayscale weights 0.2989/0.587/0.114) instead of PIL's u8 `ImageEnhance`/`convert("L")`;
-//! the PIL blur quantizes the view to u8 (`round(x * 255)`), blurs bit-exactly and reads it
-//! back. The crop resize, the blur kernel and the evaluation resize/crop are Pillow's exactly.
+//! # The official recipe runs on u8, as on PIL images
+//! With `color_math = "pil-u8"` (the ImageNet presets) a view stays a u8 image from the resize
+//! to the end, every op is Pillow's integer/float arithmetic exactly
+//! ([`ViewPolicy::render_u8`]), and `ToTensor` + `Normalize` is one table lookup per value into
+//! the batch: the crop resize, jitter, grayscale, blur, solarize and the evaluation
+//! resize/crop are the official pipeline's bit for bit. The CIFAR presets keep `"f32"`: colour
+//! jitter, grayscale (weights 0.2989/0.587/0.114) and solarize on f32 views, as torchvision's
+//! tensor ops or TensorFlow's, and their batches are unchanged bit for bit.
 //!
 //! # Randomness keyed by coordinates, not drawn from a shared generator
 //! Every random number of view `v` of image `i` in epoch `e` comes from a counter-based stream
@@ -82,6 +91,7 @@ pub mod eval;
 pub mod folder;
 pub mod ops;
 pub mod pil;
+pub mod pil_color;
 pub mod pipeline;
 pub mod policy;
 pub mod preview;

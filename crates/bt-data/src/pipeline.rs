@@ -342,6 +342,11 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+thread_local! {
+    /// A pool thread's u8 view buffer (see `Producer::views`).
+    static U8_VIEW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Producer {
     fn buffer(&self, len: usize) -> Vec<f32> {
         let mut v = self.free_rx.try_recv().unwrap_or_default();
@@ -370,11 +375,21 @@ impl Producer {
                 src.load(i, LoadHint { max_reduction: k })?
             }
         };
-        self.policy.a.render(&img, native, &pa, a, self.image_size);
-        self.policy.b.render(&img, native, &pb, b, self.image_size);
-        if let Some(n) = self.norm {
-            normalize(a, n);
-            normalize(b, n);
+        for (pol, p, out) in [(&self.policy.a, &pa, a), (&self.policy.b, &pb, b)] {
+            if pol.renders_u8() {
+                // PIL images until the end: the view stays u8 in a per-thread buffer, and
+                // ToTensor + Normalize is one table lookup per value into the batch.
+                U8_VIEW.with_borrow_mut(|v| {
+                    v.resize(out.len(), 0);
+                    pol.render_u8(&img, native, p, v, self.image_size);
+                    crate::pil_color::to_tensor(v, out, self.norm);
+                });
+            } else {
+                pol.render(&img, native, p, out, self.image_size);
+                if let Some(n) = self.norm {
+                    normalize(out, n);
+                }
+            }
         }
         Ok(())
     }

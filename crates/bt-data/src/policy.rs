@@ -8,7 +8,7 @@ use crate::ops::{self, CropRect};
 use crate::pil;
 use crate::rng::{stream, SampleRng};
 use crate::source::Image;
-use bt_config::{BlurKind, CropKind, Interpolation, JitterStyle, ViewConfig};
+use bt_config::{BlurKind, ColorMath, CropKind, Interpolation, JitterStyle, ViewConfig};
 
 /// Colour-jitter parameters of one view.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -139,6 +139,17 @@ impl ViewPolicy {
         let [b0, b1] = cfg.blur_sigma;
         if cfg.blur_prob > 0.0 && !(0.0 <= b0 && b0 <= b1 && b1 > 0.0) {
             return Err(bad("blur_sigma", format!("need 0 <= lo <= hi, hi > 0, got [{b0}, {b1}]")));
+        }
+        if cfg.color_math == ColorMath::PilU8
+            && (cfg.interpolation == Interpolation::TfBilinear
+                || cfg.blur_kind != BlurKind::Pil
+                || cfg.jitter_style != JitterStyle::Torchvision
+                || cfg.solarize_noop_quirk)
+        {
+            return Err(bad(
+                "color_math",
+                "\"pil-u8\" needs a Pillow interpolation, blur_kind \"pil\", jitter_style \"torchvision\" and solarize_noop_quirk false".into(),
+            ));
         }
         let mut p = Self { cfg: cfg.clone(), fixed_sigma: None };
         if cfg.blur_sigma_once {
@@ -284,7 +295,8 @@ pub fn max_reduction(crops: &[CropRect], size: usize) -> u32 {
 
 impl ViewPolicy {
     /// Renders view `p` of `img` into `out` (`3 x size x size` f32 CHW): crop + resize (+ flip)
-    /// with this policy's interpolation, then the colour ops. `native = (width, height)` is the
+    /// with this policy's interpolation, then the colour ops (with [`ColorMath::PilU8`]:
+    /// [`ViewPolicy::render_u8`], then `x / 255`). `native = (width, height)` is the
     /// size the crop was sampled on; `img` may be smaller (a reduced decode), and the crop is
     /// then scaled into its coordinates.
     pub fn render(&self, img: &Image, native: (usize, usize), p: &ViewParams, out: &mut [f32], size: usize) {
@@ -296,30 +308,14 @@ impl ViewPolicy {
                 ops::crop_resize_u8(&img.data, img.height, img.width, crop, p.flip, out, size, size);
             }
             Interpolation::PilBilinear | Interpolation::PilBicubic => {
-                let filter = if self.cfg.interpolation == Interpolation::PilBicubic {
-                    pil::Filter::Bicubic
-                } else {
-                    pil::Filter::Bilinear
-                };
-                let c = p.crop;
-                let (region, bx) = if same {
-                    // torchvision on PIL: `img.crop(box).resize(size)`.
-                    let r = pil::Region { left: c.left, top: c.top, width: c.width, height: c.height };
-                    (r, [0.0, 0.0, c.width as f32, c.height as f32])
-                } else {
-                    // Reduced decode: the crop as a fractional box of the smaller image.
-                    let (sx, sy) = (img.width as f64 / nw as f64, img.height as f64 / nh as f64);
-                    let r = pil::Region { left: 0, top: 0, width: img.width, height: img.height };
-                    let bx = [
-                        (c.left as f64 * sx) as f32,
-                        (c.top as f64 * sy) as f32,
-                        (((c.left + c.width) as f64 * sx) as f32).min(img.width as f32),
-                        (((c.top + c.height) as f64 * sy) as f32).min(img.height as f32),
-                    ];
-                    (r, bx)
-                };
+                if self.cfg.color_math == ColorMath::PilU8 {
+                    let mut u8out = vec![0u8; 3 * size * size];
+                    self.render_u8(img, native, p, &mut u8out, size);
+                    crate::pil_color::to_tensor(&u8out, out, None);
+                    return;
+                }
                 let mut u8out = vec![0u8; 3 * size * size];
-                pil::resize(&img.data, img.width, img.height, region, bx, filter, p.flip, &mut u8out, size, size);
+                self.pil_crop(img, native, p, &mut u8out, size);
                 let lut = ops::u8_to_unit();
                 for (o, &v) in out.iter_mut().zip(&u8out) {
                     *o = lut[v as usize];
@@ -327,6 +323,70 @@ impl ViewPolicy {
             }
         }
         apply_after_crop_sized(out, p, size, self.cfg.blur_kind);
+    }
+}
+
+impl ViewPolicy {
+    /// `true` when views are made on u8 images with Pillow's arithmetic
+    /// ([`ColorMath::PilU8`]): render them with [`ViewPolicy::render_u8`].
+    pub fn renders_u8(&self) -> bool {
+        self.cfg.color_math == ColorMath::PilU8
+    }
+
+    /// The official recipe on a PIL image: `3 x size x size` u8 CHW view `p` of `img` into
+    /// `out`: Pillow crop + resize (+ mirror), then torchvision's `ColorJitter` (random order),
+    /// `RandomGrayscale`, Pillow `GaussianBlur` and `ImageOps.solarize`, each on u8 exactly as
+    /// Pillow computes it ([`crate::pil_color`]). `ToTensor`/`Normalize` are left to the caller
+    /// ([`crate::pil_color::to_tensor`]). `native` as in [`ViewPolicy::render`].
+    ///
+    /// # Panics
+    /// When the policy resizes with `tf-bilinear` (validation rejects `pil-u8` with it).
+    pub fn render_u8(&self, img: &Image, native: (usize, usize), p: &ViewParams, out: &mut [u8], size: usize) {
+        use crate::pil_color as pc;
+        self.pil_crop(img, native, p, out, size);
+        if let Some(JitterParams::Torchvision { order, brightness, contrast, saturation, hue }) = p.jitter {
+            pc::color_jitter(out, order, brightness, contrast, saturation, hue);
+        }
+        if p.grayscale {
+            pc::grayscale(out);
+        }
+        if let Some(s) = p.blur_sigma {
+            if s > 0.0 {
+                pil::gaussian_blur(out, size, size, s);
+            }
+        }
+        if p.solarize.is_some() {
+            pc::solarize(out, 128);
+        }
+    }
+
+    /// Pillow crop + resize (+ mirror) of view `p` into the u8 `out`: `img.crop(box).resize`
+    /// on the native image, or the crop as a fractional box of a reduced decode.
+    fn pil_crop(&self, img: &Image, native: (usize, usize), p: &ViewParams, out: &mut [u8], size: usize) {
+        let filter = match self.cfg.interpolation {
+            Interpolation::PilBilinear => pil::Filter::Bilinear,
+            Interpolation::PilBicubic => pil::Filter::Bicubic,
+            Interpolation::TfBilinear => panic!("pil_crop: the policy resizes with tf-bilinear"),
+        };
+        let (nw, nh) = native;
+        let c = p.crop;
+        let (region, bx) = if img.width == nw && img.height == nh {
+            // torchvision on PIL: `img.crop(box).resize(size)`.
+            let r = pil::Region { left: c.left, top: c.top, width: c.width, height: c.height };
+            (r, [0.0, 0.0, c.width as f32, c.height as f32])
+        } else {
+            // Reduced decode: the crop as a fractional box of the smaller image.
+            let (sx, sy) = (img.width as f64 / nw as f64, img.height as f64 / nh as f64);
+            let r = pil::Region { left: 0, top: 0, width: img.width, height: img.height };
+            let bx = [
+                (c.left as f64 * sx) as f32,
+                (c.top as f64 * sy) as f32,
+                (((c.left + c.width) as f64 * sx) as f32).min(img.width as f32),
+                (((c.top + c.height) as f64 * sy) as f32).min(img.height as f32),
+            ];
+            (r, bx)
+        };
+        pil::resize(&img.data, img.width, img.height, region, bx, filter, p.flip, out, size, size);
     }
 }
 
