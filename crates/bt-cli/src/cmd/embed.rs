@@ -1,7 +1,7 @@
 //! `bt-cli embed`: frozen embeddings and labels of a split, as `.npy` or `.safetensors`.
 use super::eval::Source;
 use anyhow::Result;
-use bt_train::setup::{self, FeatureKind};
+use bt_train::eval::{self, FeatureKind};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -40,7 +40,7 @@ pub fn run(a: Args) -> Result<()> {
     // A bad --out is refused before the model is loaded.
     bt_train::embed::Format::of(&a.out)?;
     let l = a.src.load()?;
-    let data = setup::load_data(&l.cfg)?;
+    let data = bt_train::setup::load_data(&l.cfg)?;
     let ds = match a.split {
         Split::Train => &data.train,
         Split::Test => data.test()?,
@@ -49,7 +49,7 @@ pub fn run(a: Args) -> Result<()> {
         Features::Encoder => FeatureKind::Encoder,
         Features::Projector => FeatureKind::Projector,
     };
-    let (x, y) = setup::features(&l.model, ds, &l.cfg.data, kind, 256, false, l.device)?;
+    let (x, y) = eval::features(&l.model, ds, &l.cfg.data, kind, 256, false, l.device)?;
     // Row i is image i of the source: its file (or record) names the row.
     let names: Vec<String> = (0..ds.len()).map(|i| ds.describe(i)).collect();
     let meta = HashMap::from([

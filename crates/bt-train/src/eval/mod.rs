@@ -6,11 +6,12 @@
 //! [`encoder_evals`] put the two together for a model and a dataset, reporting
 //! [`Event::EvalProgress`]; [`save_result`] writes the result next to a run (and refreshes its
 //! report).
+mod extract;
 pub mod features;
 pub mod knn;
 pub mod linear;
 
-pub use crate::setup::{labeled_features, labeled_store, FeatureKind};
+pub use extract::{features, labeled_features, labeled_store, FeatureKind};
 pub use features::{Budget, FeatureStore, StoreOptions};
 
 use crate::atomic::atomic_write;
