@@ -403,7 +403,7 @@ mod tests {
             if pending.is_full() {
                 seen.extend(g.flush(&mut pending, &names).unwrap());
             }
-            g.record(&mut pending, step, 1, &loss(step as f64), opt.as_ref()).unwrap();
+            let _ = g.record(&mut pending, step, 1, &loss(step as f64), opt.as_ref()).unwrap();
         }
         assert!(g.record(&mut pending, 6, 1, &loss(6.0), opt.as_ref()).is_ok());
         let e = g.record(&mut pending, 7, 1, &loss(7.0), opt.as_ref()).unwrap_err().to_string();

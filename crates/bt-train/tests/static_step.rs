@@ -13,6 +13,10 @@ use bt_train::step::{StaticStep, StepParts};
 use tch::{Device, Kind, Tensor};
 
 const SPE: usize = 5;
+
+/// Model init and the batches draw from libtorch's global generator (`manual_seed`): the tests
+/// of this file run one at a time so a parallel one cannot reseed it midway.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const EPOCHS: usize = 4;
 
 fn config(policy: NonFinitePolicy) -> Config {
@@ -116,6 +120,7 @@ fn static_step(cfg: &Config) -> (Run, Vec<[f64; 3]>) {
 }
 
 fn assert_identical(policy: NonFinitePolicy) {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cfg = config(policy);
     let (want_vars, want_state, want_steps) = reference(&cfg);
     let ((got_vars, got_state, got_steps), losses) = static_step(&cfg);
@@ -157,6 +162,7 @@ fn static_step_with_skip_policy_is_bit_identical_to_the_previous_device_step() {
 #[ignore = "needs CUDA"]
 fn cuda_graph_replay_matches_eager_steps() {
     assert!(bt_shim::cuda_device_count() > 0, "no CUDA device: this test needs a GPU");
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let run = |graph: bool| {
         let mut cfg = config(NonFinitePolicy::Skip);
         (cfg.run.fast_cuda, cfg.run.cuda_graph) = (false, graph);
