@@ -148,7 +148,7 @@ impl StaticStep {
             match &self.lr_table {
                 // Same size every epoch: copied into the table a captured graph reads.
                 Some(table) if table.size() == t.size() => {
-                    let _ = table.shallow_clone().f_copy_(&t)?;
+                    table.shallow_clone().f_copy_(&t)?;
                 }
                 _ => self.lr_table = Some(t),
             }
@@ -254,7 +254,7 @@ impl StaticStep {
         let inputs = self.inputs.as_ref().expect("allocated before loading");
         tch::no_grad(|| -> Result<()> {
             for (dst, src) in inputs.iter().zip(views) {
-                let _ = dst.shallow_clone().f_copy_(src)?;
+                dst.shallow_clone().f_copy_(src)?;
             }
             Ok(())
         })
@@ -266,7 +266,7 @@ impl StaticStep {
         if let Some((bufs, copies)) = &self.snapshot {
             tch::no_grad(|| -> Result<()> {
                 for (c, b) in copies.iter().zip(bufs) {
-                    let _ = c.shallow_clone().f_copy_(b)?;
+                    c.shallow_clone().f_copy_(b)?;
                 }
                 Ok(())
             })?;
