@@ -68,6 +68,12 @@ pub struct RunConfig {
     /// GPU without a GPU-specific config. `false`: honor `precision`/`channels_last` exactly (e.g.
     /// an f32 CUDA run). No effect on CPU.
     pub fast_cuda: bool,
+    /// On a CUDA device, capture the train step (both forwards, loss, backward, guard, optimizer)
+    /// into a CUDA graph after a few eager warm-up steps and replay it every step (one launch
+    /// instead of thousands). Where the step cannot be captured (data parallelism, a fault hook,
+    /// a shim built without CUDA) the run falls back to eager steps with a warning saying why.
+    /// `false`: always eager. No effect on CPU, where the same static step runs eagerly.
+    pub cuda_graph: bool,
     /// Also write TensorBoard event files (`events.out.tfevents.*`) into the run folder: loss,
     /// its two terms, lr, pairs/s, data wait and the kNN monitor (`tensorboard --logdir runs/`).
     pub tensorboard: bool,
@@ -104,6 +110,7 @@ impl Default for RunConfig {
             spike_patience: 3,
             bn_batch: 0,
             fast_cuda: true,
+            cuda_graph: true,
             tensorboard: false,
         }
     }

@@ -314,6 +314,10 @@ impl Optimizer for Lamb {
         self.flat.zero_grad();
     }
 
+    fn forget_host_step(&mut self) {
+        self.step = None;
+    }
+
     fn step_count(&self) -> i64 {
         step_value(self.step, &self.t_dev).unwrap_or(-1)
     }

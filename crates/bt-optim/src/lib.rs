@@ -214,6 +214,10 @@ pub trait Optimizer: Send {
         let _ = (lr, apply);
         Err(OptimError::Unsupported("step_device"))
     }
+    /// Forgets the host's copy of the step count, so the next [`step_count`](Self::step_count)
+    /// or state export reads the device counter. Call it once the steps are replayed from a CUDA
+    /// graph: a replay advances the device counter but runs none of this object's host code.
+    fn forget_host_step(&mut self) {}
     /// Steps taken so far.
     fn step_count(&self) -> i64;
     /// Moments and step count, keyed `<prefix>.<what>.<param name>` and `<prefix>.step`

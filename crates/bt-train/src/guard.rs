@@ -11,8 +11,10 @@
 //! they were on a bad step, and [`restore_buffers_where`] puts back the batch-norm statistics the
 //! two forward passes moved, all on the device.
 //!
-//! The rows wait in [`Pending`] and are read back in one batch ([`Guard::flush`]) at each log
-//! point and before every checkpoint write, epoch end and stop; the stop policy and the spike
+//! The rows go into [`Pending`], a fixed-size device ring (`[capacity, 3 + P]`, written at a
+//! slot held in device memory, so a CUDA graph replay writes the next row, not the captured
+//! one), and are read back in one batch ([`Guard::flush`]) at each log
+//! point and before every checkpoint write, epoch end and stop, or when the ring is full; the stop policy and the spike
 //! detector then run over them in step order. A bad step under `"stop"` is an error naming the
 //! step and the term: `invariance`, `redundancy`, or the parameters whose gradient went bad; the
 //! update of that step (and the few after it, up to the flush) did happen, but since every
@@ -44,18 +46,71 @@ enum Fault {
     Grad(usize),
 }
 
-/// One recorded step, waiting for the next [`Guard::flush`].
+/// The steps recorded since the last flush: their rows in a fixed device ring, their step and
+/// epoch numbers on the host. Nothing here is allocated per step.
 #[derive(Debug)]
-pub struct PendingStep {
-    /// 1-based step.
-    pub step: usize,
-    /// 1-based epoch.
-    pub epoch: usize,
-    row: Tensor,
+pub struct Pending {
+    /// `[capacity, 3 + P]` f64 on the device; allocated by the first record (P is known then).
+    ring: Option<Tensor>,
+    /// `[1]` i64 on the device: the slot the next record writes (`index_copy_` reads it there).
+    slot: Tensor,
+    /// `(step, epoch, slot)` of each recorded step not flushed yet, in order.
+    steps: Vec<(usize, usize, usize)>,
+    /// The host's mirror of `slot`.
+    next: usize,
+    capacity: usize,
 }
 
-/// The steps recorded since the last flush.
-pub type Pending = Vec<PendingStep>;
+impl Pending {
+    /// An empty ring of `capacity` rows (at least 1) on `device`.
+    pub fn new(capacity: usize, device: tch::Device) -> Result<Self> {
+        let slot = Tensor::f_zeros([1], (Kind::Int64, device))?;
+        Ok(Self { ring: None, slot, steps: Vec::new(), next: 0, capacity: capacity.max(1) })
+    }
+
+    /// Whether the next record would overwrite a row not read back yet: flush first.
+    pub fn is_full(&self) -> bool {
+        self.steps.len() >= self.capacity
+    }
+
+    /// Whether no step waits.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// The host half of a record: step `step` of epoch `epoch` (1-based) took the next slot.
+    /// [`Guard::record_device`] (or a graph replay of it) wrote the row there.
+    ///
+    /// # Errors
+    /// When the ring is full: a row would be lost, so this is a bug in the caller's flush cadence.
+    pub fn note(&mut self, step: usize, epoch: usize) -> Result<()> {
+        self.check_room(step)?;
+        self.steps.push((step, epoch, self.next));
+        self.next = (self.next + 1) % self.capacity;
+        Ok(())
+    }
+
+    fn check_room(&self, step: usize) -> Result<()> {
+        if self.is_full() {
+            return Err(Error::Refused(format!(
+                "guard ring full ({} rows) at step {step}: the loop must flush before recording more",
+                self.capacity
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes `row` at the device slot and advances the slot, on the device.
+    fn write(&mut self, row: &Tensor) -> Result<()> {
+        if self.ring.is_none() {
+            self.ring = Some(Tensor::f_zeros([self.capacity as i64, row.size()[0]], (Kind::Double, row.device()))?);
+        }
+        let ring = self.ring.as_ref().expect("allocated above");
+        let _ = ring.shallow_clone().f_index_copy_(0, &self.slot, &row.f_unsqueeze(0)?)?;
+        let _ = self.slot.f_add_scalar_(1)?.f_remainder_(self.capacity as i64)?;
+        Ok(())
+    }
+}
 
 /// What a flush found for one step.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +160,12 @@ impl Guard {
         }
     }
 
+    /// Whether a test-only fault hook (`BT_FAULT_NONFINITE`) is set: it decides on the host per
+    /// step, so such a step cannot be replayed from a CUDA graph.
+    pub fn fault_hook_set(&self) -> bool {
+        self.fault.is_some()
+    }
+
     /// Whether the loop must snapshot batch-norm buffers before the forward passes.
     pub fn needs_snapshot(&self) -> bool {
         self.policy == NonFinitePolicy::Skip
@@ -143,31 +204,47 @@ impl Guard {
         out: &bt_loss::LossOutput,
         opt: &dyn bt_optim::Optimizer,
     ) -> Result<Tensor> {
-        let (row, flag) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
+        // Checked before the device write, so a full ring is never overwritten.
+        pending.check_room(step)?;
+        let flag = self.record_device(pending, out, opt)?;
+        pending.note(step, epoch)?;
+        Ok(flag)
+    }
+
+    /// The device half of [`record`](Self::record): builds the row, writes it at the ring's
+    /// device slot and returns the flag; only kernels, so a CUDA graph can capture it. The
+    /// caller notes the step with [`Pending::note`] (on every replay, too).
+    pub fn record_device(
+        &self,
+        pending: &mut Pending,
+        out: &bt_loss::LossOutput,
+        opt: &dyn bt_optim::Optimizer,
+    ) -> Result<Tensor> {
+        tch::no_grad(|| -> Result<Tensor> {
             let terms = Tensor::f_stack(&[out.loss.detach(), out.invariance.detach(), out.redundancy.detach()], 0)?
                 .f_to_kind(Kind::Double)?;
             let bad = opt.nonfinite_grads()?;
             let flag = terms.f_isfinite()?.f_all()?.f_logical_and(&bad.f_sum(Kind::Double)?.f_eq(0.0)?)?;
-            Ok((Tensor::f_cat(&[terms, bad], 0)?, flag))
-        })?;
-        pending.push(PendingStep { step, epoch, row });
-        Ok(flag)
+            pending.write(&Tensor::f_cat(&[terms, bad], 0)?)?;
+            Ok(flag)
+        })
     }
 
-    /// Reads every pending row back in one transfer and judges the steps in order (`names`: the
+    /// Reads the ring back in one transfer and judges the pending steps in order (`names`: the
     /// optimizer's parameter names). A stop (non-finite under `"stop"`, or a sustained spike)
     /// is an error naming the first such step.
     pub fn flush(&mut self, pending: &mut Pending, names: &[String]) -> Result<Vec<Judged>> {
-        if pending.is_empty() {
+        let Some(ring) = pending.ring.as_ref().filter(|_| !pending.steps.is_empty()) else {
             return Ok(Vec::new());
-        }
-        let rows: Vec<Tensor> = pending.iter().map(|p| p.row.shallow_clone()).collect();
-        let vals = bt_host::read_f64s(&Tensor::f_stack(&rows, 0)?)?;
+        };
+        // The whole ring (capacity x width f64, a few KB): one read, no index upload.
+        let vals = bt_host::read_f64s(ring)?;
         let width = 3 + names.len();
-        let mut out = Vec::with_capacity(pending.len());
-        for (p, v) in pending.drain(..).zip(vals.chunks(width)) {
-            let verdict = self.judge(p.step, p.epoch, v, names)?;
-            out.push(Judged { step: p.step, epoch: p.epoch, loss: [v[0], v[1], v[2]], verdict });
+        let mut out = Vec::with_capacity(pending.steps.len());
+        for (step, epoch, slot) in pending.steps.drain(..) {
+            let v = &vals[slot * width..(slot + 1) * width];
+            let verdict = self.judge(step, epoch, v, names)?;
+            out.push(Judged { step, epoch, loss: [v[0], v[1], v[2]], verdict });
         }
         Ok(out)
     }
@@ -282,7 +359,7 @@ mod tests {
             invariance: Tensor::from(loss[1]),
             redundancy: Tensor::from(loss[2]),
         };
-        let mut pending = Pending::new();
+        let mut pending = Pending::new(4, tch::Device::Cpu).unwrap();
         let before = bt_host::counts();
         let flag = g.record(&mut pending, step, 1, &out, opt.as_ref()).unwrap();
         assert_eq!(bt_host::counts(), before, "record reads nothing back");
@@ -304,6 +381,38 @@ mod tests {
         assert!(e.contains("step 5") && e.contains("invariance = NaN") && !e.contains("redundancy ="), "{e}");
         let j = run(&mut g, 6, [3.0, 2.0, 100.0], &[("a.weight", &[1.0, 2.0])]).unwrap();
         assert_eq!((j[0].loss[0], &j[0].verdict), (3.0, &Verdict::Apply));
+    }
+
+    #[test]
+    fn ring_wraps_and_refuses_to_overwrite_unread_rows() {
+        let mut g = Guard::new(&RunConfig::default());
+        let p = Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        (&p * Tensor::from_slice(&[1.0f32, 2.0])).sum(Kind::Float).backward();
+        let mut opt = bt_optim::build(&bt_config::OptimConfig::default(), vec![("w".to_string(), p)]).unwrap();
+        let _ = opt.gather_grads().unwrap();
+        let names = opt.param_names();
+        let mut pending = Pending::new(2, tch::Device::Cpu).unwrap();
+        let loss = |v: f64| bt_loss::LossOutput {
+            loss: Tensor::from(v),
+            invariance: Tensor::from(v / 2.0),
+            redundancy: Tensor::from(v / 4.0),
+        };
+        let mut seen = Vec::new();
+        // 5 steps through a 2-row ring: slots 0 1 | 0 1 | 0, flushed when full.
+        for step in 1..=5usize {
+            if pending.is_full() {
+                seen.extend(g.flush(&mut pending, &names).unwrap());
+            }
+            let _ = g.record(&mut pending, step, 1, &loss(step as f64), opt.as_ref()).unwrap();
+        }
+        assert!(g.record(&mut pending, 6, 1, &loss(6.0), opt.as_ref()).is_ok());
+        let e = g.record(&mut pending, 7, 1, &loss(7.0), opt.as_ref()).unwrap_err().to_string();
+        assert!(e.contains("step 7") && e.contains("full"), "{e}");
+        seen.extend(g.flush(&mut pending, &names).unwrap());
+        let got: Vec<(usize, [f64; 3])> = seen.iter().map(|j| (j.step, j.loss)).collect();
+        let want: Vec<(usize, [f64; 3])> = (1..=6).map(|k| (k, [k as f64, k as f64 / 2.0, k as f64 / 4.0])).collect();
+        assert_eq!(got, want);
+        assert!(pending.is_empty());
     }
 
     #[test]

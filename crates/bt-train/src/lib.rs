@@ -13,7 +13,9 @@
 //! 3. backpropagates, averages gradients across ranks, and lets the [`guard`] check the loss
 //!    terms and every gradient for non-finite values (stop, or skip the step) before the
 //!    optimizer touches the weights;
-//! 4. steps the optimizer at the schedule's learning rate for this step index;
+//! 4. steps the optimizer at the schedule's learning rate for this step index (steps 2-4 are
+//!    one [`step::StaticStep`]: fixed buffers, no host transfer, replayed from a CUDA graph on
+//!    CUDA with `run.cuda_graph`);
 //! 5. every `run.log_every` steps writes a `metrics.jsonl` record and emits [`Event::Step`];
 //!    after every step it polls the caller's [`StopToken`] and `run.max_steps`.
 //!
@@ -56,6 +58,7 @@ pub mod runfolder;
 pub mod selftest;
 pub mod setup;
 pub mod start;
+pub mod step;
 pub mod store;
 pub mod tensorboard;
 pub mod tensors;

@@ -36,7 +36,7 @@ use std::cell::RefCell;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device};
 
 /// What a run produced.
 pub struct Outcome {
@@ -177,13 +177,10 @@ impl<'o> Trainer<'o> {
         let mut opt = bt_optim::build(&cfg.optim, bt_optim::trainable_named(&vs))?;
         let schedule =
             bt_optim::Schedule::from_config(&cfg.schedule, &cfg.optim, cfg.data.batch_size, spe, cfg.run.epochs);
-        let loss_opts = crate::dist::loss_options(&cfg.loss, self.dist.as_deref());
         let mut guard = Guard::new(&cfg.run);
-        // The optimizer's variables (views into its flat buffer since `build`): the fault hook
-        // poisons their gradients; the guard reads the optimizer's gathered copy.
-        let guard_params = bt_optim::trainable_named(&vs);
         let param_names = opt.param_names();
-        let mut pending = guard::Pending::new();
+        // Flushed at least every log_every steps and at each epoch end: never more rows pending.
+        let mut pending = guard::Pending::new(cfg.run.log_every.min(spe), device)?;
 
         let mut pos = Position::default();
         if let Some(path) = resume {
@@ -206,7 +203,8 @@ impl<'o> Trainer<'o> {
             d.broadcast_model(&model)?;
         }
         crate::dist::sync_bn(self.dist.as_deref(), &mut model, &cfg.model);
-        let params = model.trainable_variables();
+        // The step with fixed buffers (step.rs), CUDA-graph replayed where it can be.
+        let mut step = crate::step::StaticStep::new(&cfg, &model, &vs, settings, &guard, self.dist.as_deref())?;
         // Only rank 0 writes the run folder; the other ranks' records go nowhere.
         let mut mw = MetricsWriter::open(&if main { run.metrics() } else { std::path::PathBuf::from("/dev/null") })?;
         let mut tb = match (main && cfg.run.tensorboard, run.dir()) {
@@ -264,14 +262,14 @@ impl<'o> Trainer<'o> {
             // Summed on the host from the flushed rows: no device accumulator to read back.
             let mut sums = [0.0f64; 3];
             // This epoch's learning rates as one device table (one upload per epoch): the
-            // optimizer reads its step's row from device memory (bt_optim::Optimizer::step_device).
+            // optimizer reads its step's row at the step's device index (step.rs).
             let lr_rows: Vec<f64> = (0..spe)
                 .flat_map(|b| {
                     let lr = schedule.lr_at(epoch * spe + b);
                     [lr.weights, lr.biases]
                 })
                 .collect();
-            let lr_table = bt_host::from_f64s(&lr_rows, Kind::Double, device)?.f_view([spe as i64, 2])?;
+            step.set_epoch_lrs(&lr_rows, start_batch)?;
             let mut win_t = Instant::now();
             let mut win_pairs = 0usize;
             let mut win_wait = 0.0f64;
@@ -279,29 +277,17 @@ impl<'o> Trainer<'o> {
             while let Some(mut cur) = next.take() {
                 let t_step = Instant::now();
                 let lr = schedule.lr_at(pos.step);
-                let snap = guard.needs_snapshot().then(|| guard::snapshot_buffers(&model));
                 let x = cur.staged.take().expect("a staged batch").ready(&mut up)?;
-                let z_a = crate::dist::forward_grouped(&model, &x[0], cfg.run.bn_batch);
-                let z_b = crate::dist::forward_grouped(&model, &x[1], cfg.run.bn_batch);
-                let mut out = bt_loss::barlow_twins_loss(&z_a, &z_b, &loss_opts)?;
-                guard.inject_loss_fault(pos.step + 1, &mut out);
-                zero_grads(&params)?;
-                out.loss.f_backward()?;
-                // Data-parallel: the full-batch gradient on every rank, before the guard reads it.
-                if let Some(d) = &dist {
-                    d.average_grads(&params)?;
-                }
-                guard.inject_grad_fault(pos.step + 1, &guard_params);
-                // Non-finite guard, before the update touches the weights: recorded on the device,
-                // judged at the next flush (guard.rs); a skip is applied on the device.
-                let _ = opt.gather_grads()?;
-                let finite = guard.record(&mut pending, pos.step + 1, epoch + 1, &out, opt.as_ref())?;
-                let lr_dev = lr_table.f_get(pos.batch_in_epoch as i64)?;
-                if let Some(s) = &snap {
-                    opt.step_device(&lr_dev, Some(&finite))?;
-                    guard::restore_buffers_where(&model, s, &finite)?;
-                } else {
-                    opt.step_device(&lr_dev, None)?;
+                let mut parts = crate::step::StepParts {
+                    model: &model,
+                    opt: opt.as_mut(),
+                    guard: &guard,
+                    pending: &mut pending,
+                    dist: dist.as_deref(),
+                };
+                step.run_step(&mut parts, &x, pos.step + 1, epoch + 1)?;
+                if let Some(w) = step.take_warning() {
+                    obs.emit(&Event::Warning(&w));
                 }
                 // Enqueued (CUDA) or done (CPU): get the next batch while the device works.
                 next = fetch(&mut it, &mut up)?;
@@ -322,9 +308,9 @@ impl<'o> Trainer<'o> {
                 }
                 let due = cfg.run.checkpoint_every_steps > 0 && pos.step % cfg.run.checkpoint_every_steps == 0;
                 let log_point = pos.step % cfg.run.log_every == 0 || pos.step == total_steps;
-                // The one read-back of the window: at log points, and before anything that writes a
+                // The one read-back of the window: at log points (or a full guard ring), and before anything that writes a
                 // checkpoint (a due checkpoint, the epoch's end; a stop below), so no bad state is saved.
-                if log_point || due || pos.batch_in_epoch == spe {
+                if log_point || due || pos.batch_in_epoch == spe || pending.is_full() {
                     for j in guard.flush(&mut pending, &param_names)? {
                         absorb(&j, &mut sums, &mut obs, &mut mw)?;
                         if log_point && j.step == pos.step && j.verdict == Verdict::Apply {
@@ -500,12 +486,6 @@ fn absorb(
         }
     }
     Ok(())
-}
-
-/// Zeroes the gradients that exist (none before the first backward) with one `_foreach_zero_`.
-fn zero_grads(params: &[Tensor]) -> Result<()> {
-    let grads: Vec<Tensor> = params.iter().map(Tensor::grad).filter(Tensor::defined).collect();
-    Ok(bt_shim::foreach_zero_(&grads)?)
 }
 
 /// Whether the run must stop now (after the step that brought it to `pos`). A collective in a

@@ -1,14 +1,13 @@
-//! `bt-cli bench step`: the train step (both views' forward, the loss, backward and, on CUDA,
-//! the optimizer) timed step by step, interleaved with the PyTorch eager peer
-//! (`bench/step_torch.py`) on the same libtorch when `--compare-python` is given.
+//! `bt-cli bench step`: the trainer's own step (`bt_train::step::StepBench`: the `StaticStep`,
+//! the guard ring flushed every `run.log_every` steps, the uploader; a CUDA graph replay where the
+//! trainer would use one) timed window by window, interleaved with the PyTorch eager peer
+//! (`bench/step_torch.py`, same steps per window) on the same libtorch when `--compare-python`.
 use super::config::ConfigArgs;
 use anyhow::{bail, Context, Result};
 use bt_config::{LossImpl, Precision};
-use bt_model::BarlowTwins;
 use bt_train::perf::{train_step_flops, PEAK_FLOPS};
 use std::path::PathBuf;
-use std::time::Instant;
-use tch::{nn, Device, Kind, Tensor};
+use tch::Device;
 
 #[derive(clap::Args)]
 pub struct BenchStepArgs {
@@ -23,7 +22,8 @@ pub struct BenchStepArgs {
     /// Images per view (default: the config's data.batch_size).
     #[arg(long)]
     pub batch: Option<i64>,
-    /// Timed steps (the median is reported).
+    /// Timed steps, in windows of `run.log_every` (the median of the windows' mean step time is
+    /// reported).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
     /// Untimed steps first (allocator and oneDNN/cuDNN warm-up).
@@ -36,11 +36,6 @@ pub struct BenchStepArgs {
     /// Python, same libtorch version, same threads, and print the ratio.
     #[arg(long, value_name = "PYTHON")]
     pub compare_python: Option<PathBuf>,
-    /// Include the optimizer step (the config's flat LAMB/LARS; the Python peer runs a foreach
-    /// LAMB/LARS): `auto` = on for CUDA (the whole train step), off for CPU (forward + backward,
-    /// the CPU figures recorded before the CUDA work).
-    #[arg(long, value_enum, default_value_t = OptimMode::Auto)]
-    pub optim: OptimMode,
     /// Memory layout of the Python peer: `same` as bt-cli's step (`run.channels_last`), or
     /// `nchw`, PyTorch's default (what eager code gets without `.to(memory_format=...)`).
     #[arg(long, value_enum, default_value_t = PeerLayout::Same)]
@@ -54,23 +49,6 @@ pub enum PeerLayout {
     Same,
     /// Contiguous NCHW (PyTorch's default).
     Nchw,
-}
-
-/// `bench step --optim`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OptimMode {
-    /// On for CUDA, off for CPU.
-    Auto,
-    /// Always.
-    On,
-    /// Never.
-    Off,
-}
-
-fn sync(d: Device) {
-    if let Device::Cuda(i) = d {
-        tch::Cuda::synchronize(i as i64);
-    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -98,67 +76,22 @@ pub fn bench_step(a: BenchStepArgs) -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    tch::manual_seed(cfg.run.seed as i64);
-    let vs = nn::VarStore::new(dev);
-    let mut model = BarlowTwins::try_new(&vs.root(), &cfg.model)?;
-    // The trainer's settings on this device (CUDA: bf16 + channels-last unless run.fast_cuda=false).
+    let mut bench = bt_train::step::StepBench::new(&cfg, dev, batch as usize, side as usize)?;
     let settings = bt_train::device::StepSettings::for_run(&cfg, dev)?;
-    settings.apply_backend(dev)?;
-    model.set_precision(settings.precision);
-    let with_optim = match a.optim {
-        OptimMode::Auto => dev.is_cuda(),
-        OptimMode::On => true,
-        OptimMode::Off => false,
-    };
-    let flops = train_step_flops(&model, &cfg.model, batch, side);
-    let loss_impl = bt_loss::resolve_impl(cfg.loss.implementation, batch, model.embed_dim());
-    let opts = bt_loss::LossOptions::from_config(&cfg.loss).with_implementation(loss_impl);
-    let params = model.trainable_variables();
-    let opt = if with_optim {
-        Some(std::cell::RefCell::new(bt_optim::build(&cfg.optim, bt_optim::trainable_named(&vs))?))
-    } else {
-        None
-    };
-    let lr = bt_optim::LrPair::same(cfg.optim.lr);
-    // Inputs go through the trainer's uploader every step (CUDA: pinned host memory, side-stream
-    // copy of the next batch while this one computes, GPU wait measured with events).
-    let host: Vec<Vec<f32>> = (0..2)
-        .map(|_| Vec::<f32>::try_from(Tensor::rand([batch * 3 * side * side], (Kind::Float, Device::Cpu))))
-        .collect::<std::result::Result<_, _>>()?;
-    let up = std::cell::RefCell::new(bt_train::device::Uploader::new(dev, settings.channels_last)?);
-    let next =
-        std::cell::RefCell::new(Some(up.borrow_mut().upload(&[&host[0], &host[1]], batch as usize, side as usize)?));
+    let flops = train_step_flops(bench.model(), &cfg.model, batch, side);
+    let loss_impl = bt_loss::resolve_impl(cfg.loss.implementation, batch, bench.model().embed_dim());
     println!(
         "bench step: {:?} width {} projector {:?}, batch {batch} per view, device {dev:?}, {threads} threads, \
          loss {loss_impl:?}, precision {:?}, channels_last {}",
         cfg.model.arch, cfg.model.width, cfg.model.projector, settings.precision, settings.channels_last
     );
     println!(
-        "model FLOPs per step (conv + linear, 2 views, fwd + 2x bwd): {:.3e}; optimizer step {}",
-        flops,
-        if with_optim { format!("{:?} (flat)", cfg.optim.name) } else { "not timed".into() }
+        "model FLOPs per step (conv + linear, 2 views, fwd + 2x bwd): {flops:.3e}; the trainer's step: {:?} (flat), \
+         guard, flush every {} steps (run.log_every)",
+        cfg.optim.name, cfg.run.log_every
     );
-    let step = || -> Result<f64> {
-        let t = Instant::now();
-        for p in &params {
-            p.shallow_clone().zero_grad();
-        }
-        let staged = next.borrow_mut().take().expect("a staged batch");
-        let x = staged.ready(&mut up.borrow_mut())?;
-        let z_a = model.forward(&x[0], true);
-        let z_b = model.forward(&x[1], true);
-        let out = bt_loss::barlow_twins_loss(&z_a, &z_b, &opts)?;
-        out.loss.backward();
-        if let Some(o) = &opt {
-            o.borrow_mut().step(&lr)?;
-        }
-        // The next batch's copy overlaps this step's queued kernels.
-        *next.borrow_mut() = Some(up.borrow_mut().upload(&[&host[0], &host[1]], batch as usize, side as usize)?);
-        sync(dev);
-        Ok(t.elapsed().as_secs_f64())
-    };
     // The Python peer starts first (its model build and warm-up run before ours), then the two
-    // alternate step by step: on a shared machine, load drifts hit both sides alike.
+    // alternate window by window: on a shared machine, load drifts hit both sides alike.
     let mut peer = match &a.compare_python {
         Some(py) => {
             let peer = bt_train::device::StepSettings {
@@ -166,20 +99,36 @@ pub fn bench_step(a: BenchStepArgs) -> Result<()> {
                 ..settings
             };
             println!("python peer layout: {}", if peer.channels_last { "channels-last" } else { "NCHW (contiguous)" });
-            Some(PythonPeer::start(py, &cfg, loss_impl, batch, side, a.warmup, threads, dev, peer, with_optim)?)
+            Some(PythonPeer::start(py, &cfg, loss_impl, batch, side, a.warmup, threads, dev, peer)?)
         }
         None => None,
     };
-    for _ in 0..a.warmup {
-        step()?;
+    // Windows of run.log_every steps: the trainer's unit between two host syncs.
+    let windows = |total: usize| {
+        let w = cfg.run.log_every;
+        (0..total.div_ceil(w)).map(move |i| w.min(total - i * w))
+    };
+    // On CUDA the capture happens after bt_train::step::WARMUP eager steps: keep it out of the timing.
+    let warmup = if dev.is_cuda() { a.warmup.max(bt_train::step::WARMUP + 1) } else { a.warmup };
+    for w in windows(warmup) {
+        bench.window(w)?;
     }
-    let wait0 = up.borrow_mut().final_wait_ms()?;
-    let mut times = Vec::with_capacity(a.steps);
-    let mut py_times = Vec::with_capacity(a.steps);
-    for _ in 0..a.steps {
-        times.push(step()?);
+    if let Some(why) = bench.take_warning() {
+        println!("warning: {why}");
+    }
+    let wait0 = bench.uploader().final_wait_ms()?;
+    let (mut times, mut py_times) = (Vec::new(), Vec::new());
+    let mut total_s = 0.0;
+    for w in windows(a.steps) {
+        let s = bench.window(w)?;
+        total_s += s;
+        times.push(s / w as f64);
         if let Some(p) = peer.as_mut() {
-            py_times.push(p.step()?);
+            let mut py = 0.0;
+            for _ in 0..w {
+                py += p.step()?;
+            }
+            py_times.push(py / w as f64);
         }
     }
     let paired: Vec<f64> = py_times.iter().zip(&times).map(|(p, r)| p / r).collect();
@@ -188,14 +137,15 @@ pub fn bench_step(a: BenchStepArgs) -> Result<()> {
         format!("min {:.1} ms, max {:.1} ms", lo * 1e3, hi * 1e3)
     };
     let (rust_spread, py_spread) = (spread(&times), spread(&py_times));
-    let total_s: f64 = times.iter().sum();
+    let n_windows = times.len();
     let med = median(&mut times);
     let pairs = batch as f64 / med;
-    let (wait1, measured) = up.borrow_mut().final_wait_ms()?;
+    let (wait1, measured) = bench.uploader().final_wait_ms()?;
     let wait_pct = 100.0 * (wait1 - wait0.0) / 1e3 / total_s.max(1e-12);
     let mfu = flops / med / PEAK_FLOPS;
+    let graph = if bench.replaying() { ", CUDA graph replay" } else { "" };
     println!(
-        "rust (tch):      median step {:.1} ms over {} steps ({rust_spread}), {:.1} pairs/s",
+        "rust (tch):      median step {:.1} ms over {} steps in {n_windows} window(s) ({rust_spread}){graph}, {:.1} pairs/s",
         med * 1e3,
         a.steps,
         pairs
@@ -257,7 +207,6 @@ impl PythonPeer {
         threads: i32,
         dev: Device,
         settings: bt_train::device::StepSettings,
-        with_optim: bool,
     ) -> Result<Self> {
         use std::process::Stdio;
         // BT_BENCH_DIR: where a shipped bundle keeps bench/*.py (the GPU machine has no source tree).
@@ -265,15 +214,12 @@ impl PythonPeer {
             Some(d) => PathBuf::from(d).join("step_torch.py"),
             None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/step_torch.py"),
         };
-        let mut extra: Vec<String> = Vec::new();
-        if with_optim {
-            let name = match cfg.optim.name {
-                bt_config::OptimKind::Lamb => "lamb",
-                bt_config::OptimKind::Lars => "lars",
-            };
-            extra.extend(["--optim".into(), name.into(), "--lr".into(), cfg.optim.lr.to_string()]);
-            extra.extend(["--weight-decay".into(), cfg.optim.weight_decay.to_string()]);
-        }
+        let name = match cfg.optim.name {
+            bt_config::OptimKind::Lamb => "lamb",
+            bt_config::OptimKind::Lars => "lars",
+        };
+        let mut extra: Vec<String> = vec!["--optim".into(), name.into(), "--lr".into(), cfg.optim.lr.to_string()];
+        extra.extend(["--weight-decay".into(), cfg.optim.weight_decay.to_string()]);
         if settings.precision == Precision::Bf16 {
             extra.push("--bf16".into());
         }
