@@ -2,7 +2,7 @@
 //! one git-ignored folder (default `.gpu/`), under the 64 MiB the transfer allows:
 //!
 //! - `bt-cli` (release, stripped; refused unless its shim has the CUDA half) and the test binaries
-//!   with CUDA-only tests (`tests/`: bt-shim's `cuda` test, bt-train's unit tests),
+//!   with CUDA-only tests (`tests/`: bt-shim's `cuda` test, bt-train's unit tests and `static_step`),
 //! - `gpu-check.sh` (scripts/gpu-check.sh, the run itself) and `bench/*.py` (the PyTorch peers),
 //! - `cifar10-jpeg-q75.pack` + `unpack.py` from `--dataset DIR` (default
 //!   `../shared/datasets/cifar10-jpeg`) when present.
@@ -95,12 +95,15 @@ pub fn run(root: &Path, t: &crate::torch::Torch, args: &[String]) -> Result<()> 
     }
     crate::cargo(t, &["build", "--release", "-p", "bt-cli"])?;
     check_binary(t, &root.join("target/release/bt-cli"))?;
-    // Test binaries with `#[ignore = "needs CUDA"]` tests: bt-shim's CUDA tests and bt-train's
-    // unit tests (the uploader's pinned staging); the GPU check runs them with `--ignored`.
+    // Test binaries with `#[ignore = "needs CUDA"]` tests: bt-shim's CUDA tests, bt-train's
+    // unit tests (the uploader's pinned staging) and its static step (CUDA graph replay vs eager);
+    // the GPU check runs them with `--ignored`.
     let mut tests = Vec::new();
-    for (pkg, target, name) in
-        [("bt-shim", ["--test", "cuda"], "bt-shim-cuda"), ("bt-train", ["--lib", ""], "bt-train-lib")]
-    {
+    for (pkg, target, name) in [
+        ("bt-shim", ["--test", "cuda"], "bt-shim-cuda"),
+        ("bt-train", ["--lib", ""], "bt-train-lib"),
+        ("bt-train", ["--test", "static_step"], "bt-train-static-step"),
+    ] {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut c = Command::new(cargo);
         c.args(["test", "--release", "-p", pkg]).args(target.iter().filter(|a| !a.is_empty()));
