@@ -281,6 +281,7 @@ impl<'o> Trainer<'o> {
                 let lr = schedule.lr_at(pos.step);
                 let snap = guard.needs_snapshot().then(|| guard::snapshot_buffers(&model));
                 let x = cur.staged.take().expect("a staged batch").ready(&mut up)?;
+                model.refresh_low_precision_weights(settings.channels_last)?; // bf16 weights, once a step
                 let z_a = crate::dist::forward_grouped(&model, &x[0], cfg.run.bn_batch);
                 let z_b = crate::dist::forward_grouped(&model, &x[1], cfg.run.bn_batch);
                 let mut out = bt_loss::barlow_twins_loss(&z_a, &z_b, &loss_opts)?;
