@@ -170,12 +170,6 @@ impl LowPrecision {
             _ => (slot.weight.to_kind(Kind::BFloat16), slot.bias.as_ref().map(|b| b.to_kind(Kind::BFloat16))),
         }
     }
-
-    /// Whether copies are held (tests).
-    #[cfg(test)]
-    pub(crate) fn is_cached(&self) -> bool {
-        self.slot().cached.is_some()
-    }
 }
 
 /// A model output handed to the caller: f32 whatever the compute kind (bf16 only inside).
