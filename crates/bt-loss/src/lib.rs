@@ -216,7 +216,8 @@ pub fn resolve_impl(implementation: LossImpl, n: i64, d: i64) -> LossImpl {
 ///
 /// # Shapes
 /// `z_a`, `z_b`: `N x D` (this replica's rows when a reducer is set), any floating kind; the
-/// computation runs in f32 (f64 stays f64). Output: three scalars.
+/// computation runs in f32 (f64 stays f64), provided the caller has not switched CUDA autocast
+/// on around the call. Output: three scalars.
 ///
 /// # Errors
 /// Shape mismatch ([`LossError::Shape`], naming both shapes), fewer than 2 rows in the global
@@ -227,9 +228,12 @@ pub fn barlow_twins_loss(z_a: &Tensor, z_b: &Tensor, opts: &LossOptions) -> Resu
     if sa.len() != 2 || sa != sb {
         return Err(LossError::Shape { a: sa, b: sb });
     }
-    // Autocast would run the matmuls below in bf16 and the cancellation in the fused path
-    // would eat the redundancy term; `autocast(false, ..)` is a no-op without CUDA.
-    tch::autocast(false, || loss_f32(z_a, z_b, opts))
+    // No autocast exit here: nothing in the workspace turns autocast on (bt-model's mixed
+    // precision casts in the model and hands f32 embeddings over), and tch's `autocast(false, ..)`
+    // calls libtorch 2.11's deprecated device-less API, which logs a warning on every call on
+    // CUDA. A caller running this under its own CUDA autocast would get bf16 matmuls below, and
+    // the fused path's cancellation would eat the redundancy term: call it outside autocast.
+    loss_f32(z_a, z_b, opts)
 }
 
 fn compute_kind(z: &Tensor) -> Kind {

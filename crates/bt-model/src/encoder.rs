@@ -1,9 +1,10 @@
 //! The encoder as a model of its own: the backbone without the projector.
-use crate::layers::{Ctx, NamedVar, Registry, Scope};
+use crate::layers::{output_f32, refresh_all, Ctx, LowPrecision, NamedVar, Registry, Scope};
 use crate::resnet::{KerasResnet34, Stem, TorchResnet};
 use crate::{Arch, LayerRow, ModelConfig, ModelError, Precision, Result};
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 use tch::{nn, Tensor};
 
 enum Net {
@@ -31,6 +32,8 @@ pub struct Encoder {
     pub(crate) vars: Vec<NamedVar>,
     feature_dim: i64,
     pub(crate) bf16: bool,
+    /// The bf16 weight slots of the convolutions (see [`Encoder::refresh_low_precision_weights`]).
+    pub(crate) low: Vec<Arc<LowPrecision>>,
     arch: Arch,
 }
 
@@ -78,6 +81,7 @@ impl Encoder {
         let mut enc = Self::build(&Scope::root(vs, reg.clone()), cfg);
         take_error(&reg)?;
         enc.vars = std::mem::take(&mut reg.borrow_mut().vars);
+        enc.low = std::mem::take(&mut reg.borrow_mut().low);
         Ok(enc)
     }
 
@@ -109,7 +113,7 @@ impl Encoder {
                 (Net::Torch(e), f)
             }
         };
-        Encoder { net, vars: Vec::new(), feature_dim, bf16: false, arch: cfg.arch }
+        Encoder { net, vars: Vec::new(), feature_dim, bf16: false, low: Vec::new(), arch: cfg.arch }
     }
 
     /// The architecture.
@@ -125,6 +129,18 @@ impl Encoder {
     /// As [`crate::BarlowTwins::set_precision`].
     pub fn set_precision(&mut self, p: Precision) {
         self.bf16 = p == Precision::Bf16;
+        if !self.bf16 {
+            // Nothing fails when clearing.
+            let _ = refresh_all(&self.low, None);
+        }
+    }
+
+    /// As [`crate::BarlowTwins::refresh_low_precision_weights`], for the encoder's convolutions.
+    pub fn refresh_low_precision_weights(&self, channels_last: bool) -> Result<()> {
+        if self.bf16 {
+            refresh_all(&self.low, Some(channels_last))?;
+        }
+        Ok(())
     }
 
     /// Every variable in creation order, under its torchvision name (no `encoder.` prefix).
@@ -142,7 +158,7 @@ impl Encoder {
     /// Features `N x F`. `train`: batch norm uses batch statistics and updates its running
     /// statistics.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        self.forward_ctx(x, &Ctx::plain(train, self.bf16))
+        output_f32(self.forward_ctx(x, &Ctx::plain(train, self.bf16)))
     }
 
     /// Per-layer rows traced by an inference-mode forward of one `3 x h x w` zero image.

@@ -3,6 +3,7 @@
 //! registry that gives every tensor its PyTorch state-dict name.
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use tch::{nn, Kind, Tensor};
 
 /// What a variable is, for counting and for the optimizer.
@@ -48,8 +49,10 @@ pub struct LayerRow {
 /// Per-forward settings threaded through every layer.
 pub(crate) struct Ctx<'a> {
     pub train: bool,
-    /// Run convolutions and linear layers in bfloat16 (inputs and weights cast, output cast back
-    /// to f32); batch norm and the residual adds stay in f32, as autocast does.
+    /// Mixed precision as PyTorch's autocast: convolutions and linear layers take bf16 inputs and
+    /// bf16 copies of the weights and return bf16; batch norm takes bf16 and computes in f32
+    /// (f32 affine parameters and statistics) and returns bf16; ReLU, pools and residual adds run
+    /// in bf16 (autocast leaves them in their input's kind).
     pub bf16: bool,
     pub trace: Option<&'a RefCell<Vec<LayerRow>>>,
     /// Cross-replica sum for synchronized batch norm (training mode only): batch statistics
@@ -86,7 +89,120 @@ impl Ctx<'_> {
 #[derive(Default)]
 pub(crate) struct Registry {
     pub(crate) vars: Vec<NamedVar>,
+    /// The low-precision weight slot of every convolution and linear layer, in creation order.
+    pub(crate) low: Vec<Arc<LowPrecision>>,
     pub(crate) error: Option<(String, tch::TchError)>,
+}
+
+/// The bf16 copy of one layer's f32 weight (and bias), cast once per training step.
+///
+/// The f32 tensors stay the parameters (the optimizer's flat buffer holds them: re-pointing them
+/// at a bf16 tensor would cut them off it), and the copy is a differentiable cast of them: its
+/// backward casts the gradient back and accumulates it into the f32 `.grad`. Both forwards of a
+/// step (the two views) use the same copy, as autocast's weight-cast cache does, so the weight is
+/// read and cast once per step instead of once per forward, and its two gradients meet in bf16
+/// before the one cast back (autocast's rounding too).
+pub(crate) struct LowPrecision {
+    /// The layer's state-dict prefix (`encoder.conv1`): which model part it belongs to.
+    pub(crate) name: String,
+    /// Behind a `Mutex` because the slot is shared (`Arc`) between the layer and the model's
+    /// list, and an `Arc` is `Send` (as `nn::ModuleT` requires) only over a `Sync` value.
+    slot: Mutex<Slot>,
+}
+
+struct Slot {
+    /// The f32 master weight and bias (shallow clones of the variables).
+    weight: Tensor,
+    bias: Option<Tensor>,
+    /// The bf16 copies: `Some` between [`LowPrecision::refresh`] and [`LowPrecision::clear`].
+    cached: Option<(Tensor, Option<Tensor>)>,
+}
+
+impl LowPrecision {
+    fn new(name: &str, weight: &Tensor, bias: Option<&Tensor>) -> Self {
+        let slot = Slot { weight: weight.shallow_clone(), bias: bias.map(Tensor::shallow_clone), cached: None };
+        Self { name: name.to_string(), slot: Mutex::new(slot) }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        // A panic while the lock was held left at worst a stale `cached`; the tensors are valid.
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Casts the weight (channels-last when `channels_last` and 4-D) and the bias to bf16 under
+    /// autograd and keeps them for the training-mode forwards until the next refresh.
+    pub(crate) fn refresh(&self, channels_last: bool) -> Result<(), tch::TchError> {
+        let mut slot = self.slot();
+        let (w, b) = tch::with_grad(|| -> Result<_, tch::TchError> {
+            let weight = &slot.weight;
+            let w = if channels_last && weight.dim() == 4 {
+                // tch has no `to(dtype, memory_format)`: an NHWC-strided bf16 tensor filled by a
+                // differentiable `copy_` is the same single kernel as PyTorch's
+                // `w.to(torch.bfloat16, memory_format=torch.channels_last)`.
+                let size = weight.size();
+                let (c, h, w) = (size[1], size[2], size[3]);
+                let mut out =
+                    Tensor::f_empty_strided(&size, [h * w * c, 1, w * c, c], (Kind::BFloat16, weight.device()))?;
+                out.f_copy_(weight)?;
+                out
+            } else {
+                weight.f_to_kind(Kind::BFloat16)?
+            };
+            let b = slot.bias.as_ref().map(|b| b.f_to_kind(Kind::BFloat16)).transpose()?;
+            Ok((w, b))
+        })?;
+        slot.cached = Some((w, b));
+        Ok(())
+    }
+
+    /// Drops the copies (the layer casts per call again).
+    pub(crate) fn clear(&self) {
+        self.slot().cached = None;
+    }
+
+    /// The bf16 weight and bias for a forward: the step's copies in a training-mode forward after
+    /// a refresh, else a cast made now. Inference-mode forwards (evaluation between steps, after
+    /// the optimizer changed the f32 weights) never read the copies, so they cannot see stale ones.
+    fn get(&self, train: bool) -> (Tensor, Option<Tensor>) {
+        let slot = self.slot();
+        match (&slot.cached, train) {
+            (Some((w, b)), true) => (w.shallow_clone(), b.as_ref().map(Tensor::shallow_clone)),
+            _ => (slot.weight.to_kind(Kind::BFloat16), slot.bias.as_ref().map(|b| b.to_kind(Kind::BFloat16))),
+        }
+    }
+}
+
+/// A model output handed to the caller: f32 whatever the compute kind (bf16 only inside).
+pub(crate) fn output_f32(y: Tensor) -> Tensor {
+    if y.kind() == Kind::BFloat16 {
+        y.to_kind(Kind::Float)
+    } else {
+        y
+    }
+}
+
+/// Refreshes (`Some(channels_last)`) or clears (`None`) the low-precision copies of `layers`.
+pub(crate) fn refresh_all(layers: &[Arc<LowPrecision>], channels_last: Option<bool>) -> crate::Result<()> {
+    for l in layers {
+        match channels_last {
+            Some(cl) => l.refresh(cl).map_err(|source| crate::ModelError::Torch {
+                op: "casting to bf16",
+                name: format!("{}.weight", l.name),
+                source,
+            })?,
+            None => l.clear(),
+        }
+    }
+    Ok(())
+}
+
+/// `x` in bf16 (a no-op when it already is: activations stay bf16 from layer to layer).
+fn bf16(x: &Tensor) -> Tensor {
+    if x.kind() == Kind::BFloat16 {
+        x.shallow_clone()
+    } else {
+        x.to_kind(Kind::BFloat16)
+    }
 }
 
 /// A `nn::Path` that also records each variable's relative name and role.
@@ -115,6 +231,13 @@ impl<'a> Scope<'a> {
     }
     pub(crate) fn name(&self) -> &str {
         &self.rel
+    }
+    /// The low-precision slot of a layer's `weight` (and `bias`), registered for
+    /// `BarlowTwins::refresh_low_precision_weights`.
+    fn low_precision(&self, weight: &Tensor, bias: Option<&Tensor>) -> Arc<LowPrecision> {
+        let low = Arc::new(LowPrecision::new(&self.rel, weight, bias));
+        self.reg.borrow_mut().low.push(low.clone());
+        low
     }
     /// Registers `made` under `name`, or records its error: after the first error nothing more
     /// is allocated or added to the `VarStore`, and an empty CPU tensor stands in (layer
@@ -191,6 +314,7 @@ pub(crate) struct Conv2d {
     name: String,
     pub(crate) weight: Tensor,
     bias: Option<Tensor>,
+    low: Arc<LowPrecision>,
     k: i64,
     stride: i64,
     padding: Padding,
@@ -213,11 +337,14 @@ impl Conv2d {
     ) -> Self {
         let weight = s.float("weight", &[c_out, c_in, k, k], init, Role::Trainable);
         let bias = bias.then(|| s.float("bias", &[c_out], Init::Zeros, Role::Trainable));
-        Self { name: s.name().to_string(), weight, bias, k, stride, padding }
+        let low = s.low_precision(&weight, bias.as_ref());
+        Self { name: s.name().to_string(), weight, bias, low, k, stride, padding }
     }
 
     pub(crate) fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         let (h, w) = (x.size()[2], x.size()[3]);
+        // Cast before padding: the pad then moves half the bytes.
+        let x = if ctx.bf16 { bf16(x) } else { x.shallow_clone() };
         let (x, pad) = match self.padding {
             Padding::Symmetric(p) => (x.shallow_clone(), p),
             Padding::Valid => (x.shallow_clone(), 0),
@@ -233,9 +360,8 @@ impl Conv2d {
         };
         let s = [self.stride, self.stride];
         let y = if ctx.bf16 {
-            let bf = Kind::BFloat16;
-            let b = self.bias.as_ref().map(|b| b.to_kind(bf));
-            x.to_kind(bf).conv2d(&self.weight.to_kind(bf), b.as_ref(), s, [pad, pad], [1, 1], 1).to_kind(Kind::Float)
+            let (w, b) = self.low.get(ctx.train);
+            x.conv2d(&w, b.as_ref(), s, [pad, pad], [1, 1], 1)
         } else {
             x.conv2d(&self.weight, self.bias.as_ref(), s, [pad, pad], [1, 1], 1)
         };
@@ -308,6 +434,8 @@ impl BatchNorm {
         }
     }
 
+    /// `x` f32, or bf16 under mixed precision: the kernels (CPU and CUDA) then compute in f32
+    /// with the f32 parameters and statistics and return bf16, as autocast's batch norm does.
     pub(crate) fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         let (w, b) = (Some(&self.weight), Some(&self.bias));
         let (rm, rv) = (Some(&self.running_mean), Some(&self.running_var));
@@ -392,7 +520,10 @@ impl BatchNorm {
         // activations.
         let scale = (&var + self.eps).rsqrt() * self.weight.view(shape.as_slice());
         let shift = self.bias.view(shape.as_slice()) - (&mean - mean.detach()) * &scale;
+        // A bf16 input (mixed precision) makes `xc` and `y` f32 by type promotion: the
+        // normalization runs in f32 and only its result is rounded, as the fused kernels do.
         let y = xc * &scale + shift;
+        let y = if x.kind() == Kind::BFloat16 { y.to_kind(Kind::BFloat16) } else { y };
         let n = n.to_kind(stat);
         tch::no_grad(|| {
             let m = self.momentum;
@@ -417,6 +548,7 @@ pub(crate) struct Linear {
     name: String,
     weight: Tensor,
     bias: Option<Tensor>,
+    low: Arc<LowPrecision>,
 }
 
 impl Linear {
@@ -426,14 +558,14 @@ impl Linear {
         let weight = s.float("weight", &[c_out, c_in], init, Role::Trainable);
         let bias_init = if torch_bias_init { Init::Uniform(1.0 / (c_in as f64).sqrt()) } else { Init::Zeros };
         let bias = bias.then(|| s.float("bias", &[c_out], bias_init, Role::Trainable));
-        Self { name: s.name().to_string(), weight, bias }
+        let low = s.low_precision(&weight, bias.as_ref());
+        Self { name: s.name().to_string(), weight, bias, low }
     }
 
     pub(crate) fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         let y = if ctx.bf16 {
-            let bf = Kind::BFloat16;
-            let b = self.bias.as_ref().map(|b| b.to_kind(bf));
-            x.to_kind(bf).linear(&self.weight.to_kind(bf), b.as_ref()).to_kind(Kind::Float)
+            let (w, b) = self.low.get(ctx.train);
+            bf16(x).linear(&w, b.as_ref())
         } else {
             x.linear(&self.weight, self.bias.as_ref())
         };

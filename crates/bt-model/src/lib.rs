@@ -61,9 +61,13 @@
 //!
 //! # Speed hooks
 //! Inputs may be channels-last (`x.permute([0,2,3,1]).contiguous().permute([0,3,1,2])`); every
-//! op here accepts them. [`BarlowTwins::set_precision`] with `Bf16` runs convolutions and linear
-//! layers in bfloat16 on any device: tch's `autocast` only acts on CUDA (and in float16 there),
-//! so CPU bf16 needs the casts in the model. The forward also runs inside a caller's
+//! op here accepts them. [`BarlowTwins::set_precision`] with `Bf16` is mixed precision the way
+//! PyTorch's autocast does it, on any device (tch's `autocast` only acts on CUDA, and in float16
+//! there, so CPU bf16 needs the casts in the model): bf16 convolutions and linear layers, bf16
+//! activations between layers, batch norm computing in f32 on bf16 input, f32 outputs, f32
+//! master weights. [`BarlowTwins::refresh_low_precision_weights`] casts the weights once per
+//! step (channels-last for the convolutions on request) into bf16 copies that both views'
+//! forwards reuse, as autocast's weight-cast cache does. The forward also runs inside a caller's
 //! `tch::autocast(true, ..)` (the model never switches autocast itself, so it cannot undo the
 //! caller's setting).
 //!
@@ -80,11 +84,12 @@ mod resnet;
 /// The config types the constructors and [`BarlowTwins::set_precision`] take, so that a user
 /// needs no direct `bt-config` dependency.
 pub use bt_config::{Arch, ModelConfig, Precision, SyncBn};
-use layers::{glorot, BatchNorm, Ctx, Init, Linear, Registry, Scope};
+use layers::{glorot, output_f32, refresh_all, BatchNorm, Ctx, Init, Linear, LowPrecision, Registry, Scope};
 pub use layers::{tf_same_pad, LayerRow, NamedVar, Role};
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use tch::{nn, Tensor};
 
 pub use checkpoint::CheckpointKind;
@@ -220,6 +225,8 @@ pub struct BarlowTwins {
     vars: Vec<NamedVar>,
     embed_dim: i64,
     bf16: bool,
+    /// The bf16 weight slots of every convolution and linear layer (encoder's included).
+    low: Vec<Arc<LowPrecision>>,
     cfg: ModelConfig,
     sync_scope: SyncBn,
     sync_sum: Option<CrossReplicaSum>,
@@ -290,6 +297,8 @@ impl BarlowTwins {
         encoder::take_error(&reg)?;
         // The scopes still hold the registry; take its contents rather than unwrapping the Rc.
         let vars = std::mem::take(&mut reg.borrow_mut().vars);
+        let low = std::mem::take(&mut reg.borrow_mut().low);
+        encoder.low = low.iter().filter(|l| l.name.starts_with(checkpoint::ENC)).cloned().collect();
         encoder.vars = vars
             .iter()
             .filter_map(|v| {
@@ -306,6 +315,7 @@ impl BarlowTwins {
             vars,
             embed_dim: c_in,
             bf16: false,
+            low,
             cfg: cfg.clone(),
             sync_scope: SyncBn::Off,
             sync_sum: None,
@@ -333,11 +343,43 @@ impl BarlowTwins {
         self.embed_dim
     }
 
-    /// `Bf16`: convolutions and linear layers compute in bfloat16 (weights stay f32, outputs
-    /// come back as f32, batch norm stays f32), on CPU and CUDA alike. `F32`: full precision.
+    /// `Bf16`: mixed precision as PyTorch's autocast, on CPU and CUDA alike. Convolutions and
+    /// linear layers compute in bfloat16 with bf16 copies of the f32 weights; activations flow in
+    /// bf16 between layers; batch norm computes in f32 (f32 parameters and running statistics)
+    /// on its bf16 input and returns bf16; the outputs of [`forward`](Self::forward),
+    /// [`encode`](Self::encode) and [`project`](Self::project) are f32. The trainable variables
+    /// stay f32 (the master weights); see
+    /// [`refresh_low_precision_weights`](Self::refresh_low_precision_weights). `F32`: full
+    /// precision (drops any bf16 copies).
     pub fn set_precision(&mut self, p: Precision) {
         self.bf16 = p == Precision::Bf16;
         self.encoder.set_precision(p);
+        if !self.bf16 {
+            // Nothing fails when clearing.
+            let _ = refresh_all(&self.low, None);
+        }
+    }
+
+    /// Under `Bf16`, casts every convolution and linear weight (and bias) to its bf16 copy,
+    /// NHWC-strided for the 4-D convolution weights when `channels_last` (cuDNN then runs its
+    /// NHWC kernels without transforming the weight on every call). Call it once per training
+    /// step, after the optimizer updated the weights and before the step's forwards: every
+    /// training-mode forward until the next call reuses these copies, so the two views of a step
+    /// cast each weight once, not twice. The casts are recorded by autograd (they run with
+    /// gradients enabled whatever the caller's mode), so the backward pass accumulates each
+    /// weight's gradient into the f32 variable's `.grad` as before.
+    ///
+    /// Inference-mode forwards never use the copies (they cast per call, so an evaluation after
+    /// an optimizer step sees the new weights); a training-mode forward with no refresh since
+    /// [`set_precision`](Self::set_precision) casts per call too. A no-op under `F32`.
+    ///
+    /// # Errors
+    /// [`ModelError::Torch`] when libtorch cannot allocate a copy (out of memory).
+    pub fn refresh_low_precision_weights(&self, channels_last: bool) -> Result<()> {
+        if self.bf16 {
+            refresh_all(&self.low, Some(channels_last))?;
+        }
+        Ok(())
     }
 
     /// Synchronized batch norm (PyTorch's `SyncBatchNorm`): training-mode batch norms in
@@ -396,25 +438,27 @@ impl BarlowTwins {
     /// Encoder features (`N x F`). `train`: batch norm uses batch statistics and updates its
     /// running statistics.
     pub fn encode(&self, x: &Tensor, train: bool) -> Tensor {
-        self.encode_ctx(x, &Ctx::plain(train, self.bf16))
+        output_f32(self.encode_ctx(x, &Ctx::plain(train, self.bf16)))
     }
 
-    /// Embeddings (`N x D`): encoder then projector.
+    /// Embeddings (`N x D`, f32): encoder then projector.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        self.forward_features(x, train).1
+        let ctx = Ctx::plain(train, self.bf16);
+        // The features stay in the compute kind between encoder and projector.
+        output_f32(self.project_ctx(&self.encode_ctx(x, &ctx), &ctx))
     }
 
-    /// Features and embeddings of one pass: `(N x F, N x D)`.
+    /// Features and embeddings of one pass: `(N x F, N x D)`, both f32.
     pub fn forward_features(&self, x: &Tensor, train: bool) -> (Tensor, Tensor) {
         let ctx = Ctx::plain(train, self.bf16);
         let h = self.encode_ctx(x, &ctx);
         let z = self.project_ctx(&h, &ctx);
-        (h, z)
+        (output_f32(h), output_f32(z))
     }
 
-    /// Projector only (`N x F -> N x D`).
+    /// Projector only (`N x F -> N x D`, f32).
     pub fn project(&self, h: &Tensor, train: bool) -> Tensor {
-        self.project_ctx(h, &Ctx::plain(train, self.bf16))
+        output_f32(self.project_ctx(h, &Ctx::plain(train, self.bf16)))
     }
 
     /// Every variable (parameters, BN buffers, counters) in creation order, under its

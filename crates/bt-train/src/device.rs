@@ -1,20 +1,21 @@
 //! The CUDA side of the train step: precision and memory-format choice, backend switches, and
 //! the input uploader that copies the next batch on a side stream while the current step runs.
 //!
-//! # Precision: bt-model's casts, not autocast
-//! bf16 comes from [`bt_model::BarlowTwins::set_precision`] (convolutions and linear layers cast
-//! their inputs and f32 weights to bf16 and return f32; batch norm, residual adds and the loss
-//! stay f32), not from a `bt_shim::AutocastGuard` around the forward. Both give bf16 tensor-core
-//! math with f32 master weights; the model's casts also work on CPU, so the CPU tests and
-//! `bt-cli selftest` exercise the very code path the GPU runs, and the loss needs no autocast
-//! exit (bt-loss switches CUDA autocast off inside anyway).
+//! # Precision: mixed precision as PyTorch AMP does it, in bt-model
+//! bf16 comes from [`bt_model::BarlowTwins::set_precision`], not from a `bt_shim::AutocastGuard`:
+//! convolutions and linear layers run in bf16 on bf16 activations, batch norm computes in f32 on
+//! bf16 input and returns bf16, the embeddings handed to the loss are f32, and the loss reduces
+//! in f32. Each step, [`bt_model::BarlowTwins::refresh_low_precision_weights`] casts every weight
+//! once into a bf16 copy (channels-last for conv weights when `channels_last`) that both views'
+//! forwards reuse; the f32 variables stay the master weights in bt-optim's flat buffer, and the
+//! casts' backward accumulates the gradient into their f32 `.grad`. The casts work on CPU too, so
+//! the CPU tests and `bt-cli selftest` exercise the code path the GPU runs.
 //!
-//! # Channels-last: activations only
-//! Inputs are converted to NHWC on the side stream; cuDNN then picks its NHWC kernels (it uses
-//! channels-last when the input *or* the weight is). The conv weights are *not* converted with
-//! `bt_shim::set_data`: the flat LAMB/LARS optimizer (bt-optim) made every parameter a view into
-//! one flat buffer with `set_data`, and re-pointing a weight at an NHWC copy would detach it from
-//! the buffer the optimizer updates. cuDNN's per-call weight transform is a few MB per step.
+//! # Channels-last
+//! Inputs are converted to NHWC on the side stream, and the per-step bf16 weight copies are NHWC
+//! too, so cuDNN neither relays the weights out on every call nor mixes layouts. The f32 weights
+//! themselves are not converted with `bt_shim::set_data`: the flat LAMB/LARS optimizer made every
+//! parameter a view into one flat buffer, and re-pointing one would detach it from that buffer.
 //!
 //! # `run.fast_cuda` ("auto" on CUDA)
 //! On a CUDA device, [`StepSettings::for_run`] uses bf16 and channels-last unless the config

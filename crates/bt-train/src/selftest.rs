@@ -176,6 +176,8 @@ fn train(cfg: &Config, dev: Device, settings: StepSettings, steps: usize) -> Res
         let xb = (&xa * 0.7 + Tensor::rand([n as i64, 3, 32, 32], (Kind::Float, Device::Cpu)) * 0.3).contiguous();
         let (va, vb): (Vec<f32>, Vec<f32>) = (Vec::try_from(xa.reshape([-1]))?, Vec::try_from(xb.reshape([-1]))?);
         let ts = up.upload(&[&va, &vb], n, 32)?.ready(&mut up)?;
+        // The trainer's precision scheme: bf16 weight copies made once per step.
+        model.refresh_low_precision_weights(settings.channels_last)?;
         let out = bt_loss::barlow_twins_loss(&model.forward(&ts[0], true), &model.forward(&ts[1], true), &opts)?;
         opt.zero_grad();
         out.loss.backward();

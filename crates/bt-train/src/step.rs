@@ -271,6 +271,8 @@ impl StaticStep {
                 Ok(())
             })?;
         }
+        // bf16: every weight cast once per step, shared by both forwards (f32: nothing).
+        p.model.refresh_low_precision_weights(self.channels_last)?;
         let z_a = crate::dist::forward_grouped(p.model, &x[0], self.bn_batch);
         let z_b = crate::dist::forward_grouped(p.model, &x[1], self.bn_batch);
         let mut out = bt_loss::barlow_twins_loss(&z_a, &z_b, &self.loss)?;
