@@ -87,8 +87,9 @@ pub fn saturation(img: &mut [u8], factor: f32) {
 }
 
 /// C `round` (half away from zero) of a non-negative double: the fraction `x - trunc(x)` is
-/// exact, so this is the libm result without a libm call per value.
-#[inline]
+/// exact, so this is the libm result without a libm call per value. (Used by the
+/// transcription; [`hue_pixel`] inlines it with [`trunc_small`].)
+#[cfg(test)]
 fn round_nonneg(x: f64) -> i32 {
     let i = x as i32;
     i + (x - i as f64 >= 0.5) as i32
@@ -149,6 +150,17 @@ fn hsv_to_rgb(h: u8, s: u8, v: u8) -> (u8, u8, u8) {
     }
 }
 
+/// `x as i32` for an `x` in `[0, 256]`, which every float-to-int conversion of [`hue_pixel`]
+/// has (the divisors are never zero, so no NaN either): Rust's saturating `as` costs compares
+/// and blends per vector that can never fire there. Same truncation, same bits.
+#[inline(always)]
+fn trunc_small(x: f64) -> i32 {
+    debug_assert!((0.0..=256.0).contains(&x), "{x}");
+    // SAFETY: `x` is finite and far inside the i32 range (see above; checked in debug builds,
+    // and every RGB value is run through `hue_pixel` by the tests).
+    unsafe { x.to_int_unchecked() }
+}
+
 /// [`rgb_to_hsv`] + hue shift + [`hsv_to_rgb`] of one pixel, as straight-line arithmetic
 /// (no branches, no tables) so that [`hue`]'s loop vectorizes. The same IEEE operations in
 /// the same order as the two transcriptions, with their branches turned into selects:
@@ -182,17 +194,20 @@ fn hue_pixel(r: u8, g: u8, b: u8, shift: u8) -> (u8, u8, u8) {
     // fmod(x, 1.0) for x = h / 6 + 1 in [5/6, 11/6]: subtracting 1 is exact there.
     let xh = h as f64 / 6.0 + 1.0;
     let h = (if xh >= 1.0 { xh - 1.0 } else { xh }) as f32;
-    let uh = ((h as f64 * 255.0) as i32).clamp(0, 255) as u8;
+    let uh = trunc_small(h as f64 * 255.0).clamp(0, 255) as u8;
     let s = cr as f32 / maxc.max(1) as f32;
-    let us = ((s as f64 * 255.0) as i32).clamp(0, 255) as u8;
+    let us = trunc_small(s as f64 * 255.0).clamp(0, 255) as u8;
     // hsv2rgb of (uh + shift, us, maxc).
     let hh = uh.wrapping_add(shift) as f32 as f64 * 6.0 / 255.0;
-    let i = hh as i32;
+    let i = trunc_small(hh);
     let f = (hh - i as f32 as f64) as f32;
     let fs = (us as f32 as f64 / 255.0) as f32;
     let v = maxc;
     let vf = v as f64;
-    let c = |x: f64| round_nonneg(x).clamp(0, 255) as u8;
+    let c = |x: f64| {
+        let i = trunc_small(x);
+        (i + (x - i as f64 >= 0.5) as i32).clamp(0, 255) as u8
+    };
     let p = c(vf * (1.0 - fs as f64));
     let q = c(vf * (1.0 - (fs * f) as f64));
     let t = c(vf * (1.0 - fs as f64 * (1.0 - f as f64)));
