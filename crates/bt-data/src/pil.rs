@@ -107,6 +107,96 @@ fn coeffs(in_size: usize, in0: f32, in1: f32, out_size: usize, filter: Filter) -
     Coeffs { ksize, bounds, k }
 }
 
+/// Output pixels per block of the horizontal pass: one AVX2 register of i32 accumulators.
+const LANES: usize = 8;
+
+/// The horizontal taps regrouped for [`LANES`] output pixels at a time. Per output pixel the
+/// taps start at a different input index, so a per-pixel dot product cannot run across
+/// pixels; here each block of `LANES` outputs gets the union of its input windows, and per
+/// input pixel of that window the `LANES` taps (zero where the pixel is outside an output's
+/// window). The inner loop is then one broadcast pixel times one row of taps into `LANES`
+/// accumulators, which vectorizes. The extra terms are `p * 0`, and integer sums do not
+/// depend on the order, so each output is Pillow's i32 sum exactly.
+struct HBlocks {
+    /// `(first input index, window length, offset into taps)` per block.
+    blocks: Vec<(usize, usize, usize)>,
+    taps: Vec<[i32; LANES]>,
+    out_w: usize,
+}
+
+impl HBlocks {
+    fn new(c: &Coeffs) -> Self {
+        let out_w = c.bounds.len();
+        let mut blocks = Vec::with_capacity(out_w.div_ceil(LANES));
+        let mut taps = Vec::new();
+        for b0 in (0..out_w).step_by(LANES) {
+            let lanes = &c.bounds[b0..(b0 + LANES).min(out_w)];
+            let start = lanes.iter().map(|b| b.0).min().unwrap_or(0);
+            let end = lanes.iter().map(|b| b.0 + b.1).max().unwrap_or(0).max(start);
+            let off = taps.len();
+            taps.resize(off + end - start, [0i32; LANES]);
+            for (l, &(xmin, n)) in lanes.iter().enumerate() {
+                let k = &c.k[(b0 + l) * c.ksize..][..n];
+                for (j, &kk) in k.iter().enumerate() {
+                    taps[off + xmin + j - start][l] = kk;
+                }
+            }
+            blocks.push((start, end - start, off));
+        }
+        HBlocks { blocks, taps, out_w }
+    }
+
+    /// One row: `out_row[xx] = clip8(sum over taps)`, as `ImagingResampleHorizontal_8bpc`.
+    #[inline(always)]
+    fn apply(&self, row: &[u8], out_row: &mut [u8]) {
+        debug_assert_eq!(out_row.len(), self.out_w);
+        for (&(start, n, off), out) in self.blocks.iter().zip(out_row.chunks_mut(LANES)) {
+            let mut acc = [1i32 << (PRECISION_BITS - 1); LANES];
+            for (&p, t) in row[start..start + n].iter().zip(&self.taps[off..off + n]) {
+                let p = p as i32;
+                for (a, &k) in acc.iter_mut().zip(t) {
+                    *a += p * k;
+                }
+            }
+            for (o, &a) in out.iter_mut().zip(&acc) {
+                *o = clip8(a);
+            }
+        }
+    }
+
+    /// [`HBlocks::apply`] with AVX2 intrinsics: LLVM's auto-vectorizer picks the wrong loop
+    /// (it vectorizes along the taps and reduces horizontally), so the lanes are spelled out:
+    /// broadcast pixel, `vpmulld` by the taps' row, `vpaddd`. The same i32 products and sums.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn apply_avx2(&self, row: &[u8], out_row: &mut [u8]) {
+        use std::arch::x86_64::*;
+        assert_eq!(out_row.len(), self.out_w);
+        for (&(start, n, off), out) in self.blocks.iter().zip(out_row.chunks_mut(LANES)) {
+            let px = &row[start..start + n];
+            let taps = &self.taps[off..off + n];
+            let mut acc = _mm256_set1_epi32(1i32 << (PRECISION_BITS - 1));
+            for (&p, t) in px.iter().zip(taps) {
+                // SAFETY: `t` is 8 i32 (32 bytes); unaligned load.
+                let k = unsafe { _mm256_loadu_si256(t.as_ptr().cast()) };
+                acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_set1_epi32(p as i32), k));
+            }
+            // clip8: arithmetic shift, then saturating packs (i32 -> i16 -> u8) clamp to 0..=255
+            // exactly as `clamp(0, 255)` does.
+            let v = _mm256_srai_epi32::<{ PRECISION_BITS as i32 }>(acc);
+            let w16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let b8 = _mm_packus_epi16(w16, w16);
+            let mut lanes = [0u8; 16];
+            // SAFETY: `lanes` is 16 bytes.
+            unsafe { _mm_storeu_si128(lanes.as_mut_ptr().cast(), b8) };
+            out.copy_from_slice(&lanes[..out.len()]);
+        }
+    }
+}
+
 #[inline]
 fn clip8(v: i32) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
@@ -154,7 +244,7 @@ pub fn resize(
         // SAFETY: the CPU has AVX2 (checked just above).
         return unsafe { resize_avx2(args, out, out_w, out_h) };
     }
-    resize_impl(args, out, out_w, out_h)
+    resize_impl(args, out, out_w, out_h, false)
 }
 
 /// The arguments of [`resize`] before the output.
@@ -165,11 +255,13 @@ type ResizeArgs<'a> = (&'a [u8], usize, usize, Region, [f32; 4], Filter, bool);
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn resize_avx2(args: ResizeArgs<'_>, out: &mut [u8], out_w: usize, out_h: usize) {
-    resize_impl(args, out, out_w, out_h)
+    resize_impl(args, out, out_w, out_h, true)
 }
 
 #[inline(always)]
-fn resize_impl(args: ResizeArgs<'_>, out: &mut [u8], out_w: usize, out_h: usize) {
+// `avx2`: the caller is `resize_avx2` (the CPU has it), so the explicit AVX2 kernel may run.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn resize_impl(args: ResizeArgs<'_>, out: &mut [u8], out_w: usize, out_h: usize, avx2: bool) {
     let (src, src_w, src_h, region, bx, filter, flip) = args;
     assert_eq!(src.len(), 3 * src_w * src_h, "pil::resize: source must be 3 x {src_h} x {src_w}");
     assert_eq!(out.len(), 3 * out_w * out_h, "pil::resize: out must be 3 x {out_h} x {out_w}");
@@ -186,38 +278,17 @@ fn resize_impl(args: ResizeArgs<'_>, out: &mut [u8], out_w: usize, out_h: usize)
     // Pillow >= 11 runs the vertical pass first when the height shrinks by more than twice
     // what the width does (`ImagingResampleInner`); the order changes the u8 intermediate.
     let vertical_first = rh - out_h as i64 > 0 && rh - out_h as i64 > (rw - out_w as i64) * 2;
+    let hb = HBlocks::new(&ch);
     let hpass = |row: &[u8], out_row: &mut [u8]| {
-        for (xx, t) in out_row.iter_mut().enumerate() {
-            let (xmin, n) = ch.bounds[xx];
-            let k = &ch.k[xx * ch.ksize..xx * ch.ksize + n];
-            let mut ss = 1i32 << (PRECISION_BITS - 1);
-            for (&p, &kk) in row[xmin..xmin + n].iter().zip(k) {
-                ss += p as i32 * kk;
-            }
-            *t = clip8(ss);
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: `avx2` is only true on the `resize_avx2` path, after the CPU check.
+            return unsafe { hb.apply_avx2(row, out_row) };
         }
+        hb.apply(row, out_row)
     };
-    // Vertical pass of output row `yy`: input row `r` is `plane` row `r + y0` (`y0` may be
-    // negative: the horizontal-first intermediate starts at row `y_first`). Tap by tap over
-    // whole rows (not pixel by pixel over taps) so the inner loop is contiguous and
-    // vectorizes; integer sums do not depend on the order, so the result is Pillow's exactly.
+    // Scratch of the vertical pass ([`vpass`]).
     let mut acc = vec![0i32; region.width.max(out_w)];
-    let mut vpass = |plane: &[u8], stride: usize, x0: usize, y0: isize, width: usize, yy: usize, out_row: &mut [u8]| {
-        let (ymin, n) = cv.bounds[yy];
-        let k = &cv.k[yy * cv.ksize..yy * cv.ksize + n];
-        let acc = &mut acc[..width];
-        acc.fill(1i32 << (PRECISION_BITS - 1));
-        for (y, &kk) in k.iter().enumerate() {
-            let r = ((ymin + y) as isize + y0) as usize;
-            let row = &plane[r * stride + x0..][..width];
-            for (a, &p) in acc.iter_mut().zip(row) {
-                *a += p as i32 * kk;
-            }
-        }
-        for (o, &a) in out_row[..width].iter_mut().zip(acc.iter()) {
-            *o = clip8(a);
-        }
-    };
     let mirror = |row: &mut [u8]| {
         if flip {
             row.reverse();
@@ -228,7 +299,7 @@ fn resize_impl(args: ResizeArgs<'_>, out: &mut [u8], out_w: usize, out_h: usize)
         for c in 0..3 {
             let plane = &src[c * src_w * src_h..(c + 1) * src_w * src_h];
             for (yy, trow) in tmp.chunks_exact_mut(region.width).enumerate() {
-                vpass(plane, src_w, region.left, region.top as isize, region.width, yy, trow);
+                vpass(&cv, &mut acc, plane, src_w, region.left, region.top as isize, region.width, yy, trow);
             }
             let oplane = &mut out[c * out_w * out_h..(c + 1) * out_w * out_h];
             for (trow, orow) in tmp.chunks_exact(region.width).zip(oplane.chunks_exact_mut(out_w)) {
@@ -251,10 +322,46 @@ fn resize_impl(args: ResizeArgs<'_>, out: &mut [u8], out_w: usize, out_h: usize)
             let oplane = &mut out[c * out_w * out_h..(c + 1) * out_w * out_h];
             for (yy, orow) in oplane.chunks_exact_mut(out_w).enumerate() {
                 // `tmp` row 0 is region row `y_first`.
-                vpass(&tmp, out_w, 0, -(y_first as isize), out_w, yy, orow);
+                vpass(&cv, &mut acc, &tmp, out_w, 0, -(y_first as isize), out_w, yy, orow);
                 mirror(orow);
             }
         }
+    }
+}
+
+/// Vertical pass of output row `yy`: input row `r` is `plane` row `r + y0` (`y0` may be
+/// negative: the horizontal-first intermediate starts at row `y_first`). Tap by tap over whole
+/// rows (not pixel by pixel over taps) so the inner loop is contiguous and vectorizes; integer
+/// sums do not depend on the order, so the result is Pillow's exactly. A function, not a
+/// closure in [`resize_impl`]: closures are not compiled with the AVX2 of `resize_avx2`
+/// (they stay separate SSE2 functions), inlined functions are.
+// Geometry spelled out, as the pass itself needs it.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn vpass(
+    cv: &Coeffs,
+    acc: &mut [i32],
+    plane: &[u8],
+    stride: usize,
+    x0: usize,
+    y0: isize,
+    width: usize,
+    yy: usize,
+    out_row: &mut [u8],
+) {
+    let (ymin, n) = cv.bounds[yy];
+    let k = &cv.k[yy * cv.ksize..yy * cv.ksize + n];
+    let acc = &mut acc[..width];
+    acc.fill(1i32 << (PRECISION_BITS - 1));
+    for (y, &kk) in k.iter().enumerate() {
+        let r = ((ymin + y) as isize + y0) as usize;
+        let row = &plane[r * stride + x0..][..width];
+        for (a, &p) in acc.iter_mut().zip(row) {
+            *a += p as i32 * kk;
+        }
+    }
+    for (o, &a) in out_row[..width].iter_mut().zip(acc.iter()) {
+        *o = clip8(a);
     }
 }
 
@@ -364,22 +471,26 @@ fn gaussian_blur_impl(img: &mut [u8], w: usize, h: usize, sigma: f32) {
     let mut t = vec![0u8; w * h];
     let mut tmp = vec![0u8; w * h];
     let mut acc = vec![0u32; w.max(h)];
-    // Three passes down the columns of `a` (`rows x cols`), ping-ponging with `b`; the result
-    // ends in `a`.
-    let three = |a: &mut [u8], b: &mut [u8], rows: usize, cols: usize, acc: &mut [u32]| {
-        box_rows(a, b, cols, rows, r, ww, fw, &mut acc[..cols]);
-        box_rows(b, a, cols, rows, r, ww, fw, &mut acc[..cols]);
-        box_rows(a, b, cols, rows, r, ww, fw, &mut acc[..cols]);
-        a.copy_from_slice(b);
-    };
     for plane in img.chunks_exact_mut(w * h) {
         // Horizontal passes as column passes of the transposed plane: the same recurrence per
         // line, vectorized across lines.
         transpose(plane, &mut t, h, w);
-        three(&mut t, &mut tmp, w, h, &mut acc);
+        three(&mut t, &mut tmp, w, h, (r, ww, fw), &mut acc);
         transpose(&t, plane, w, h);
-        three(plane, &mut tmp, h, w, &mut acc);
+        three(plane, &mut tmp, h, w, (r, ww, fw), &mut acc);
     }
+}
+
+/// Three box passes down the columns of `a` (`rows x cols`), ping-ponging with `b`; the result
+/// ends in `a`. A function (inlined into `gaussian_blur_avx2`, so compiled with AVX2), not a
+/// closure: closures are compiled without the caller's target features.
+#[inline(always)]
+fn three(a: &mut [u8], b: &mut [u8], rows: usize, cols: usize, wts: (usize, u32, u32), acc: &mut [u32]) {
+    let (r, ww, fw) = wts;
+    box_rows(a, b, cols, rows, r, ww, fw, &mut acc[..cols]);
+    box_rows(b, a, cols, rows, r, ww, fw, &mut acc[..cols]);
+    box_rows(a, b, cols, rows, r, ww, fw, &mut acc[..cols]);
+    a.copy_from_slice(b);
 }
 
 /// `out` (`cols x rows`) = `inp` (`rows x cols`) transposed.
@@ -395,6 +506,21 @@ fn transpose(inp: &[u8], out: &mut [u8], rows: usize, cols: usize) {
                 }
             }
         }
+    }
+}
+
+/// One output line of [`box_rows`]: `acc += add - sub`, then the fractional edge pixels
+/// `l`, `r` weighted in. A function rather than a closure so that it is inlined into (and
+/// compiled with the AVX2 of) `gaussian_blur_avx2`; closures stay SSE2.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn box_step(acc: &mut [u32], s: &[u8], ad: &[u8], lr: &[u8], rr: &[u8], ww: u32, fw: u32, o: &mut [u8]) {
+    // Zipped iterators (no indexing): no bounds checks, so the loop vectorizes.
+    for ((((a, o), &s), &ad), (&l, &r)) in acc.iter_mut().zip(o).zip(s).zip(ad).zip(lr.iter().zip(rr)) {
+        let v = a.wrapping_add(ad as u32).wrapping_sub(s as u32);
+        *a = v;
+        let bulk = v.wrapping_mul(ww).wrapping_add((l as u32 + r as u32).wrapping_mul(fw));
+        *o = (bulk.wrapping_add(1 << 23) >> 24) as u8;
     }
 }
 
@@ -421,16 +547,6 @@ fn box_rows(inp: &[u8], out: &mut [u8], w: usize, h: usize, radius: usize, ww: u
     for (a, &p) in acc.iter_mut().zip(row(lastx)) {
         *a = a.wrapping_add((p as u32).wrapping_mul(m));
     }
-    let step = |acc: &mut [u32], sub: usize, add: usize, l: usize, r: usize, o: &mut [u8]| {
-        let (s, ad, lr, rr) = (row(sub), row(add), row(l), row(r));
-        // Zipped iterators (no indexing): no bounds checks, so the loop vectorizes.
-        for ((((a, o), &s), &ad), (&l, &r)) in acc.iter_mut().zip(o).zip(s).zip(ad).zip(lr.iter().zip(rr)) {
-            let v = a.wrapping_add(ad as u32).wrapping_sub(s as u32);
-            *a = v;
-            let bulk = v.wrapping_mul(ww).wrapping_add((l as u32 + r as u32).wrapping_mul(fw));
-            *o = (bulk.wrapping_add(1 << 23) >> 24) as u8;
-        }
-    };
     for (y, o) in out.chunks_exact_mut(w).enumerate() {
         let (sub, add, l, r) = if edge_a <= edge_b {
             if y < edge_a {
@@ -447,7 +563,7 @@ fn box_rows(inp: &[u8], out: &mut [u8], w: usize, h: usize, radius: usize, ww: u
         } else {
             (y - radius - 1, lastx, y - radius - 1, lastx)
         };
-        step(acc, sub, add, l, r, o);
+        box_step(acc, row(sub), row(add), row(l), row(r), ww, fw, o);
     }
 }
 
@@ -466,6 +582,45 @@ mod tests {
             assert_eq!(out, src);
             resize(&src, w, h, full, [0.0, 0.0, w as f32, h as f32], f, true, &mut out, w, h);
             assert_eq!(out[..w].iter().rev().copied().collect::<Vec<_>>(), src[..w]);
+        }
+    }
+
+    #[test]
+    fn blocked_horizontal_pass_equals_per_pixel_dot_products() {
+        // Down- and upscales, widths that do not fill the last block, boxes off the grid.
+        let row: Vec<u8> = (0..613).map(|i| (i * 131 % 256) as u8).collect();
+        for (in_w, in0, in1, out_w) in [
+            (613, 0.0, 613.0, 224),
+            (57, 0.0, 57.0, 224),
+            (300, 3.5, 290.25, 101),
+            (9, 0.0, 9.0, 3),
+            (224, 0.0, 224.0, 224),
+        ] {
+            for f in [Filter::Bilinear, Filter::Bicubic] {
+                let c = coeffs(in_w, in0, in1, out_w, f);
+                let want: Vec<u8> = (0..out_w)
+                    .map(|xx| {
+                        let (xmin, n) = c.bounds[xx];
+                        let k = &c.k[xx * c.ksize..][..n];
+                        let mut ss = 1i32 << (PRECISION_BITS - 1);
+                        for (&p, &kk) in row[xmin..xmin + n].iter().zip(k) {
+                            ss += p as i32 * kk;
+                        }
+                        clip8(ss)
+                    })
+                    .collect();
+                let mut got = vec![0u8; out_w];
+                let hb = HBlocks::new(&c);
+                hb.apply(&row[..in_w], &mut got);
+                assert_eq!(got, want, "{in_w} -> {out_w} {f:?}");
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    got.fill(0);
+                    // SAFETY: the CPU has AVX2 (checked just above).
+                    unsafe { hb.apply_avx2(&row[..in_w], &mut got) };
+                    assert_eq!(got, want, "avx2 {in_w} -> {out_w} {f:?}");
+                }
+            }
         }
     }
 

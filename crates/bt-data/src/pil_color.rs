@@ -87,15 +87,17 @@ pub fn saturation(img: &mut [u8], factor: f32) {
 }
 
 /// C `round` (half away from zero) of a non-negative double: the fraction `x - trunc(x)` is
-/// exact, so this is the libm result without a libm call per value.
-#[inline]
+/// exact, so this is the libm result without a libm call per value. (Used by the
+/// transcription; [`hue_pixel`] inlines it with [`trunc_small`].)
+#[cfg(test)]
 fn round_nonneg(x: f64) -> i32 {
     let i = x as i32;
     i + (x - i as f64 >= 0.5) as i32
 }
 
-/// Pillow's `rgb2hsv` of one pixel (`Convert.c`, after Python's `colorsys`).
-#[inline]
+/// Pillow's `rgb2hsv` of one pixel (`Convert.c`, after Python's `colorsys`): with
+/// [`hsv_to_rgb`], the transcription [`hue_pixel`] is tested against.
+#[cfg(test)]
 fn rgb_to_hsv(r: u8, g: u8, b: u8) -> (u8, u8, u8) {
     let maxc = r.max(g).max(b);
     let minc = r.min(g).min(b);
@@ -148,109 +150,125 @@ fn hsv_to_rgb(h: u8, s: u8, v: u8) -> (u8, u8, u8) {
     }
 }
 
-/// Tables that make [`hue`] division-free, each entry computed by the reference functions
-/// above, so the fast path returns their exact bits.
-struct HueTables {
-    /// `us` of `rgb2hsv` by `maxc * 256 + (maxc - minc)`.
-    s: Vec<u8>,
-    /// `uh` of `rgb2hsv` by `(case * 256 + (maxc - minc)) * 256 + (maxc - mid)`; `case` is the
-    /// max channel (first in R, G, B order, as the C branches) times 2 plus whether the min
-    /// channel is the later of the other two. `h` depends on nothing else.
-    h: Vec<u8>,
-    /// `hsv2rgb`'s sextant `i` and remainder `f` by hue byte.
-    sextant: [(u8, f32); 256],
-    /// `hsv2rgb`'s `fs` by saturation byte.
-    fs: [f32; 256],
+/// `x as i32` for an `x` in `[0, 256]`, which every float-to-int conversion of [`hue_pixel`]
+/// has (the divisors are never zero, so no NaN either): Rust's saturating `as` costs compares
+/// and blends per vector that can never fire there. Same truncation, same bits.
+#[inline(always)]
+fn trunc_small(x: f64) -> i32 {
+    debug_assert!((0.0..=256.0).contains(&x), "{x}");
+    // SAFETY: `x` is finite and far inside the i32 range (see above; checked in debug builds,
+    // and every RGB value is run through `hue_pixel` by the tests).
+    unsafe { x.to_int_unchecked() }
 }
 
-fn hue_tables() -> &'static HueTables {
-    static T: std::sync::OnceLock<HueTables> = std::sync::OnceLock::new();
-    T.get_or_init(|| {
-        let mut s = vec![0u8; 65536];
-        for maxc in 1..256usize {
-            for cr in 1..=maxc {
-                s[maxc * 256 + cr] = rgb_to_hsv(maxc as u8, (maxc - cr) as u8, (maxc - cr) as u8).1;
-            }
-        }
-        let mut h = vec![0u8; 6 * 65536];
-        for case in 0..6usize {
-            let (maxch, later_min) = (case / 2, case % 2 == 1);
-            let others = [(maxch + 1) % 3, (maxch + 2) % 3];
-            let (first, second) = (others[0].min(others[1]), others[0].max(others[1]));
-            let minch = if later_min { second } else { first };
-            let midch = if later_min { first } else { second };
-            for cr in 1..256usize {
-                for d in 0..=cr {
-                    let mut px = [0u8; 3];
-                    px[maxch] = 255;
-                    px[minch] = (255 - cr) as u8;
-                    px[midch] = (255 - d) as u8;
-                    h[(case * 256 + cr) * 256 + d] = rgb_to_hsv(px[0], px[1], px[2]).0;
-                }
-            }
-        }
-        let sextant = std::array::from_fn(|h| {
-            let hh = h as f32 as f64 * 6.0 / 255.0;
-            let i = hh as i32;
-            (i as u8, (hh - i as f32 as f64) as f32)
-        });
-        let fs = std::array::from_fn(|s| (s as f32 as f64 / 255.0) as f32);
-        HueTables { s, h, sextant, fs }
-    })
-}
-
-/// [`rgb_to_hsv`] + hue shift + [`hsv_to_rgb`] through [`HueTables`].
-#[inline]
-fn hue_pixel(t: &HueTables, r: u8, g: u8, b: u8, shift: u8) -> (u8, u8, u8) {
+/// [`rgb_to_hsv`] + hue shift + [`hsv_to_rgb`] of one pixel, as straight-line arithmetic
+/// (no branches, no tables) so that [`hue`]'s loop vectorizes. The same IEEE operations in
+/// the same order as the two transcriptions, with their branches turned into selects:
+///
+/// - the three hue branches are one expression `(off + q(x) as f64 - q(y) as f64) as f32`;
+///   for the red branch (`off = 0`) that is the f32 `q(b) - q(g)` exactly, because the
+///   difference of two f32 in `[0, 1]` that are multiples of at least `2^-32` is exact in
+///   f64, and the one rounding to f32 is then the f32 subtraction's;
+/// - grays (`maxc == minc`) need no branch: `s = 0`, so `fs = 0` and `p = q = t = v`,
+///   which is `hsv2rgb`'s `s == 0` result (the divisors are kept non-zero so no NaN arises);
+/// - `hsv2rgb`'s `i % 6` only matters for hue byte 255 (`hh == 6.0`, `i = 6`, `f = 0`).
+///
+/// `tests` checks it against the transcriptions on every RGB value.
+#[inline(always)]
+fn hue_pixel(r: u8, g: u8, b: u8, shift: u8) -> (u8, u8, u8) {
     let maxc = r.max(g).max(b);
     let minc = r.min(g).min(b);
-    if maxc == minc {
-        // h = s = 0: gray stays gray whatever the shift.
-        return (maxc, maxc, maxc);
-    }
-    let cr = (maxc - minc) as usize;
-    // The C branches test R, then G: the first channel equal to the max.
-    let (maxch, a, b2) = if r == maxc {
-        (0, g, b)
+    let cr = maxc - minc;
+    // rgb2hsv's branches test R, then G: the first channel equal to the max decides.
+    let (x, y, off) = if r == maxc {
+        (b, g, 0.0f64)
     } else if g == maxc {
-        (1, r, b)
+        (r, b, 2.0)
     } else {
-        (2, r, g)
+        (g, r, 4.0)
     };
-    // `a` and `b2` are the other two in R, G, B order; ties give q = 1 for both either way.
-    let (later_min, mid) = if b2 < a { (1, a) } else { (0, b2) };
-    let case = maxch * 2 + later_min;
-    let uh = t.h[(case * 256 + cr) * 256 + (maxc - mid) as usize];
-    let us = t.s[maxc as usize * 256 + cr];
-    if us == 0 {
-        return (maxc, maxc, maxc);
-    }
-    let (i, f) = t.sextant[uh.wrapping_add(shift) as usize];
-    let fs = t.fs[us as usize];
+    let crf = cr.max(1) as f32;
+    let qx = (maxc - x) as f32 / crf;
+    let qy = (maxc - y) as f32 / crf;
+    let h = (off + qx as f64 - qy as f64) as f32;
+    // fmod(x, 1.0) for x = h / 6 + 1 in [5/6, 11/6]: subtracting 1 is exact there.
+    let xh = h as f64 / 6.0 + 1.0;
+    let h = (if xh >= 1.0 { xh - 1.0 } else { xh }) as f32;
+    let uh = trunc_small(h as f64 * 255.0).clamp(0, 255) as u8;
+    let s = cr as f32 / maxc.max(1) as f32;
+    let us = trunc_small(s as f64 * 255.0).clamp(0, 255) as u8;
+    // hsv2rgb of (uh + shift, us, maxc).
+    let hh = uh.wrapping_add(shift) as f32 as f64 * 6.0 / 255.0;
+    let i = trunc_small(hh);
+    let f = (hh - i as f32 as f64) as f32;
+    let fs = (us as f32 as f64 / 255.0) as f32;
     let v = maxc;
     let vf = v as f64;
-    let c = |x: f64| round_nonneg(x).clamp(0, 255) as u8;
+    let c = |x: f64| {
+        let i = trunc_small(x);
+        (i + (x - i as f64 >= 0.5) as i32).clamp(0, 255) as u8
+    };
     let p = c(vf * (1.0 - fs as f64));
     let q = c(vf * (1.0 - (fs * f) as f64));
-    let tt = c(vf * (1.0 - fs as f64 * (1.0 - f as f64)));
-    match i % 6 {
-        0 => (v, tt, p),
-        1 => (q, v, p),
-        2 => (p, v, tt),
-        3 => (p, q, v),
-        4 => (tt, p, v),
-        _ => (v, p, q),
-    }
+    let t = c(vf * (1.0 - fs as f64 * (1.0 - f as f64)));
+    // hsv2rgb's table by sextant 0..=5 (6 wraps to 0): R = v q p p t v, G = t v v q p p,
+    // B = p p t v v q.
+    let i = if i == 6 { 0 } else { i };
+    let ro = if i == 0 || i == 5 {
+        v
+    } else if i == 1 {
+        q
+    } else if i == 4 {
+        t
+    } else {
+        p
+    };
+    let go = if i == 1 || i == 2 {
+        v
+    } else if i == 0 {
+        t
+    } else if i == 3 {
+        q
+    } else {
+        p
+    };
+    let bo = if i == 3 || i == 4 {
+        v
+    } else if i == 2 {
+        t
+    } else if i == 5 {
+        q
+    } else {
+        p
+    };
+    (ro, go, bo)
 }
 
 /// torchvision's `adjust_hue` on a PIL RGB image (`hue` in `[-0.5, 0.5]`).
 pub fn hue(img: &mut [u8], hue: f64) {
     // np.int32(hue * 255) truncates toward zero; .astype(uint8) wraps.
     let shift = (hue * 255.0) as i32 as u8;
-    let t = hue_tables();
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { hue_avx2(img, shift) };
+    }
+    hue_impl(img, shift)
+}
+
+/// [`hue_impl`] compiled for AVX2: the same IEEE operations (no FMA contraction in Rust), so
+/// the same bits, 4 to 8 pixels per instruction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn hue_avx2(img: &mut [u8], shift: u8) {
+    hue_impl(img, shift)
+}
+
+#[inline(always)]
+fn hue_impl(img: &mut [u8], shift: u8) {
     let (r, g, b) = planes(img);
     for ((r, g), b) in r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut()) {
-        (*r, *g, *b) = hue_pixel(t, *r, *g, *b, shift);
+        (*r, *g, *b) = hue_pixel(*r, *g, *b, shift);
     }
 }
 
@@ -325,19 +343,48 @@ mod tests {
     }
 
     #[test]
-    fn table_hue_equals_the_transcription() {
-        // Every 5th level per channel plus the ends (ties, grays, primaries), every 17th shift.
-        let levels: Vec<u8> = (0..=255u8).step_by(5).chain([1, 2, 254, 255]).collect();
-        let t = hue_tables();
-        for shift in (0..=255u8).step_by(17) {
+    fn hue_pixel_equals_the_transcription_on_every_color() {
+        // All 2^24 RGB values, the shift varying with the pixel so every shift is seen on
+        // every hue region; plus the shifts the recipe can draw on a coarser grid.
+        for r in 0..=255u8 {
+            for g in 0..=255u8 {
+                for b in 0..=255u8 {
+                    let shift = (r as u32 * 7 + g as u32 * 13 + b as u32 * 29) as u8;
+                    let (h, s, v) = rgb_to_hsv(r, g, b);
+                    let want = hsv_to_rgb(h.wrapping_add(shift), s, v);
+                    assert_eq!(hue_pixel(r, g, b, shift), want, "{r} {g} {b} shift {shift}");
+                }
+            }
+        }
+        let levels: Vec<u8> = (0..=255u8).step_by(3).chain([1, 254, 255]).collect();
+        for shift in [0u8, 1, 12, 127, 128, 243, 255] {
             for &r in &levels {
                 for &g in &levels {
                     for &b in &levels {
                         let (h, s, v) = rgb_to_hsv(r, g, b);
-                        let want = hsv_to_rgb(h.wrapping_add(shift), s, v);
-                        assert_eq!(hue_pixel(t, r, g, b, shift), want, "{r} {g} {b} shift {shift}");
+                        assert_eq!(hue_pixel(r, g, b, shift), hsv_to_rgb(h.wrapping_add(shift), s, v));
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn hue_on_an_image_equals_per_pixel() {
+        // The dispatched (AVX2) loop against the scalar function, on a CHW image holding every
+        // RGB value (plus 3 pixels, so the loop has a remainder).
+        let hw = (1 << 24) + 3;
+        let mut img = vec![0u8; 3 * hw];
+        for j in 0..hw {
+            (img[j], img[hw + j], img[2 * hw + j]) = ((j >> 16) as u8, (j >> 8) as u8, j as u8);
+        }
+        for hue_f in [-0.5, -0.05, 0.05, 0.5] {
+            let mut got = img.clone();
+            hue(&mut got, hue_f);
+            let shift = (hue_f * 255.0) as i32 as u8;
+            for j in 0..hw {
+                let want = hue_pixel(img[j], img[hw + j], img[2 * hw + j], shift);
+                assert_eq!((got[j], got[hw + j], got[2 * hw + j]), want, "pixel {j} hue {hue_f}");
             }
         }
     }
