@@ -11,8 +11,9 @@
 //! - **Reduced JPEG decoding** ([`decode`] with `max_reduction > 1`): `jpeg-decoder`'s
 //!   `Decoder::scale` runs the inverse DCT at 1/2, 1/4 or 1/8 size (like libjpeg-turbo's
 //!   scaled decoding behind PIL's `Image.draft`), skipping most of the IDCT and colour
-//!   conversion work. Full-size decoding uses the `image` crate (zune-jpeg); see the crate doc
-//!   for the measurements behind this split.
+//!   conversion work. Full-size JPEGs go to `zune-jpeg` directly (the decoder behind `image`,
+//!   without its wrapper's repeated header parses and copies), everything else through the
+//!   `image` crate; see the crate doc for the measurements behind this split.
 use crate::error::{DataError, Result};
 use crate::source::Image;
 use image::metadata::Orientation;
@@ -135,8 +136,13 @@ pub fn decode_file(path: &Path, max_reduction: u32) -> Result<Image> {
 /// other formats always come back at full size. The error is the decoder's message.
 pub fn decode(bytes: &[u8], max_reduction: u32) -> std::result::Result<Image, String> {
     let format = sniff(bytes).ok_or("not a JPEG, PNG or WebP file")?;
-    if format == Format::Jpeg && max_reduction >= 2 {
-        if let Some(img) = decode_jpeg_reduced(bytes, max_reduction) {
+    if format == Format::Jpeg {
+        if max_reduction >= 2 {
+            if let Some(img) = decode_jpeg_reduced(bytes, max_reduction) {
+                return Ok(img);
+            }
+        }
+        if let Some(img) = decode_jpeg_full(bytes) {
             return Ok(img);
         }
     }
@@ -148,6 +154,58 @@ pub fn decode(bytes: &[u8], max_reduction: u32) -> std::result::Result<Image, St
     img.apply_orientation(o);
     let rgb = img.into_rgb8();
     Image::from_hwc(rgb.width() as usize, rgb.height() as usize, rgb.as_raw()).map_err(|e| e.to_string())
+}
+
+thread_local! {
+    /// A pool thread's interleaved decoder output, reused from image to image.
+    static HWC: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Full-size JPEG decoding with `zune-jpeg` called directly: the decoder `image` wraps, with
+/// the same options (lenient mode, RGB out), so the same pixels, but one header parse instead
+/// of three, no copy of the file and a reused output buffer. `None` (the `image` path decides,
+/// and words any error) for CMYK/YCCK or anything the decoder refuses.
+fn decode_jpeg_full(bytes: &[u8]) -> Option<Image> {
+    use zune_core::colorspace::ColorSpace;
+    let opts = zune_core::options::DecoderOptions::default()
+        .set_strict_mode(false)
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX);
+    let mut d = zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(bytes), opts);
+    d.decode_headers().ok()?;
+    let out = match d.input_colorspace()? {
+        ColorSpace::YCbCr | ColorSpace::RGB => ColorSpace::RGB,
+        ColorSpace::Luma => ColorSpace::Luma,
+        _ => return None,
+    };
+    d.set_options(opts.jpeg_set_out_colorspace(out));
+    let (w, h) = d.dimensions()?;
+    let o = d.exif().and_then(|e| Orientation::from_exif_chunk(e)).unwrap_or(Orientation::NoTransforms);
+    HWC.with_borrow_mut(|buf| {
+        buf.resize(d.output_buffer_size()?, 0);
+        d.decode_into(buf).ok()?;
+        if out == ColorSpace::Luma {
+            let mut data = Vec::with_capacity(3 * w * h);
+            for _ in 0..3 {
+                data.extend_from_slice(&buf[..w * h]);
+            }
+            let img = Image::new(w, h, data).ok()?;
+            return if o == Orientation::NoTransforms { Some(img) } else { oriented(&img.to_hwc(), w, h, o) };
+        }
+        if o == Orientation::NoTransforms {
+            Image::from_hwc(w, h, buf).ok()
+        } else {
+            oriented(buf, w, h, o)
+        }
+    })
+}
+
+/// Interleaved RGB with an EXIF orientation applied, as CHW.
+fn oriented(hwc: &[u8], w: usize, h: usize, o: Orientation) -> Option<Image> {
+    let mut img = DynamicImage::ImageRgb8(image::RgbImage::from_raw(w as u32, h as u32, hwc.to_vec())?);
+    img.apply_orientation(o);
+    let rgb = img.into_rgb8();
+    Image::from_hwc(rgb.width() as usize, rgb.height() as usize, rgb.as_raw()).ok()
 }
 
 /// The DCT-reduced path; `None` (fall back to the full decoder) for CMYK, 16-bit or any
@@ -173,8 +231,5 @@ fn decode_jpeg_reduced(bytes: &[u8], max_reduction: u32) -> Option<Image> {
     if o == Orientation::NoTransforms {
         return Image::from_hwc(w as usize, h as usize, &rgb).ok();
     }
-    let mut img = DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, rgb)?);
-    img.apply_orientation(o);
-    let rgb = img.into_rgb8();
-    Image::from_hwc(rgb.width() as usize, rgb.height() as usize, rgb.as_raw()).ok()
+    oriented(&rgb, w as usize, h as usize, o)
 }

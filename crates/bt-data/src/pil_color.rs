@@ -22,12 +22,43 @@
 //!
 //! Images are CHW planar (`3 x h x w`, see [`crate::Image`]); `hw = h * w`.
 
+/// `$vis fn $name(args)` running `$imp(args)`, compiled a second time for AVX2 and dispatched
+/// on the CPU at run time. The arithmetic is the same in either build (integer ops and IEEE
+/// `f32`/`f64` operations round identically at any vector width, and Rust never fuses a
+/// multiply-add), so the bits are too; only the loops get wider.
+macro_rules! avx2_dispatch {
+    ($(#[$m:meta])* $vis:vis fn $name:ident => $imp:ident($($a:ident: $t:ty),*)) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($a: $t),*) {
+                    $imp($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2 (checked just above).
+                    return unsafe { avx2($($a),*) };
+                }
+            }
+            $imp($($a),*)
+        }
+    };
+}
+
 /// `ImagingBlend`'s per-value expression (C `float`): interpolation truncates, extrapolation
 /// clips to `[0, 255]` first. Rust's saturating float-to-int cast is exactly that clip
 /// followed by the truncation, so one branch-free expression serves both (and vectorizes).
-#[inline]
+#[inline(always)]
 fn blend(a: u8, b: u8, alpha: f32) -> u8 {
-    (a as f32 + alpha * (b as i32 - a as i32) as f32) as u8
+    let x = a as f32 + alpha * (b as i32 - a as i32) as f32;
+    // `x as u8` (clip, then truncate) spelled as a clip and an i32 truncation: the same value,
+    // but LLVM vectorizes this form (its saturating cast to u8 it does one value at a time).
+    // `max` first: a NaN (impossible for finite factors) would become 0, as `as u8` makes it.
+    #[allow(clippy::manual_clamp)] // `clamp` would keep a NaN, and NaN must not reach the cast
+    let c = x.max(0.0).min(255.0);
+    // SAFETY: `c` is finite and in [0, 255].
+    unsafe { c.to_int_unchecked::<i32>() as u8 }
 }
 
 /// Pillow's `convert("L")` of one pixel.
@@ -44,30 +75,47 @@ fn planes(img: &mut [u8]) -> (&mut [u8], &mut [u8], &mut [u8]) {
     (r, g, b)
 }
 
-fn apply_lut(img: &mut [u8], lut: &[u8; 256]) {
+/// `blend(a, v, alpha)` for every value `v`: the per-value float expression, which vectorizes
+/// (8 values per instruction under AVX2) where a 256-entry table lookup would not.
+#[inline(always)]
+fn blend_all(img: &mut [u8], a: u8, alpha: f32) {
     for v in img.iter_mut() {
-        *v = lut[*v as usize];
+        *v = blend(a, *v, alpha);
     }
 }
 
-/// `ImageEnhance.Brightness(img).enhance(factor)` (torchvision `adjust_brightness`).
-pub fn brightness(img: &mut [u8], factor: f32) {
-    let lut: [u8; 256] = std::array::from_fn(|v| blend(0, v as u8, factor));
-    apply_lut(img, &lut);
+avx2_dispatch! {
+    /// `ImageEnhance.Brightness(img).enhance(factor)` (torchvision `adjust_brightness`).
+    pub fn brightness => brightness_impl(img: &mut [u8], factor: f32)
 }
 
-/// `ImageEnhance.Contrast(img).enhance(factor)` (torchvision `adjust_contrast`).
-pub fn contrast(img: &mut [u8], factor: f32) {
+#[inline(always)]
+fn brightness_impl(img: &mut [u8], factor: f32) {
+    blend_all(img, 0, factor);
+}
+
+avx2_dispatch! {
+    /// `ImageEnhance.Contrast(img).enhance(factor)` (torchvision `adjust_contrast`).
+    pub fn contrast => contrast_impl(img: &mut [u8], factor: f32)
+}
+
+#[inline(always)]
+fn contrast_impl(img: &mut [u8], factor: f32) {
     let (r, g, b) = planes(img);
     // ImageStat's mean comes from the histogram: an exact integer sum, divided in double.
-    let sum: u64 = r.iter().zip(g.iter()).zip(b.iter()).map(|((&r, &g), &b)| luma(r, g, b) as u64).sum();
+    let sum: u64 = r.iter().zip(g.iter()).zip(b.iter()).map(|((&r, &g), &b)| luma(r, g, b) as u32 as u64).sum();
     let mean = (sum as f64 / r.len() as f64 + 0.5) as u8;
-    let lut: [u8; 256] = std::array::from_fn(|v| blend(mean, v as u8, factor));
-    apply_lut(img, &lut);
+    blend_all(img, mean, factor);
 }
 
-/// `ImageEnhance.Color(img).enhance(factor)` (torchvision `adjust_saturation`).
-pub fn saturation(img: &mut [u8], factor: f32) {
+avx2_dispatch! {
+    /// `ImageEnhance.Color(img).enhance(factor)` (torchvision `adjust_saturation`): blends with
+    /// the image's own `L` conversion.
+    pub fn saturation => saturation_impl(img: &mut [u8], factor: f32)
+}
+
+#[inline(always)]
+fn saturation_impl(img: &mut [u8], factor: f32) {
     let (r, g, b) = planes(img);
     // Row by row: the luma of a row first, then three straight blend loops that vectorize.
     const ROW: usize = 256;
@@ -86,9 +134,6 @@ pub fn saturation(img: &mut [u8], factor: f32) {
     }
 }
 
-/// C `round` (half away from zero) of a non-negative double: the fraction `x - trunc(x)` is
-/// exact, so this is the libm result without a libm call per value. (Used by the
-/// transcription; [`hue_pixel`] inlines it with [`trunc_small`].)
 #[cfg(test)]
 fn round_nonneg(x: f64) -> i32 {
     let i = x as i32;
@@ -247,21 +292,12 @@ fn hue_pixel(r: u8, g: u8, b: u8, shift: u8) -> (u8, u8, u8) {
 /// torchvision's `adjust_hue` on a PIL RGB image (`hue` in `[-0.5, 0.5]`).
 pub fn hue(img: &mut [u8], hue: f64) {
     // np.int32(hue * 255) truncates toward zero; .astype(uint8) wraps.
-    let shift = (hue * 255.0) as i32 as u8;
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { hue_avx2(img, shift) };
-    }
-    hue_impl(img, shift)
+    hue_shift(img, (hue * 255.0) as i32 as u8)
 }
 
-/// [`hue_impl`] compiled for AVX2: the same IEEE operations (no FMA contraction in Rust), so
-/// the same bits, 4 to 8 pixels per instruction.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn hue_avx2(img: &mut [u8], shift: u8) {
-    hue_impl(img, shift)
+avx2_dispatch! {
+    /// Every pixel through [`hue_pixel`] (4 to 8 pixels per instruction under AVX2).
+    fn hue_shift => hue_impl(img: &mut [u8], shift: u8)
 }
 
 #[inline(always)]
@@ -272,8 +308,13 @@ fn hue_impl(img: &mut [u8], shift: u8) {
     }
 }
 
-/// torchvision `Grayscale(3)` / `RandomGrayscale` on PIL: `convert("L")` in every band.
-pub fn grayscale(img: &mut [u8]) {
+avx2_dispatch! {
+    /// torchvision `Grayscale(3)` / `RandomGrayscale` on PIL: `convert("L")` in every band.
+    pub fn grayscale => grayscale_impl(img: &mut [u8])
+}
+
+#[inline(always)]
+fn grayscale_impl(img: &mut [u8]) {
     let (r, g, b) = planes(img);
     for ((r, g), b) in r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut()) {
         let l = luma(*r, *g, *b);
@@ -281,12 +322,16 @@ pub fn grayscale(img: &mut [u8]) {
     }
 }
 
-/// `ImageOps.solarize(img, threshold)`: values `>= threshold` are inverted.
-pub fn solarize(img: &mut [u8], threshold: u8) {
+avx2_dispatch! {
+    /// `ImageOps.solarize(img, threshold)`: values `>= threshold` are inverted.
+    pub fn solarize => solarize_impl(img: &mut [u8], threshold: u8)
+}
+
+#[inline(always)]
+fn solarize_impl(img: &mut [u8], threshold: u8) {
     for v in img.iter_mut() {
-        if *v >= threshold {
-            *v = 255 - *v;
-        }
+        // `255 - v` is `v ^ 0xFF`: a mask instead of a branch, so the loop vectorizes.
+        *v ^= ((*v >= threshold) as u8).wrapping_neg();
     }
 }
 
@@ -385,6 +430,33 @@ mod tests {
             for j in 0..hw {
                 let want = hue_pixel(img[j], img[hw + j], img[2 * hw + j], shift);
                 assert_eq!((got[j], got[hw + j], got[2 * hw + j]), want, "pixel {j} hue {hue_f}");
+            }
+        }
+    }
+
+    #[test]
+    fn dispatched_blends_equal_the_scalar_expression_on_every_value() {
+        // The AVX2 builds of brightness/contrast/saturation against `blend` per value, for
+        // interpolating and extrapolating factors (the clip), on an image holding every value
+        // in every band.
+        let hw = 256 * 3 + 5;
+        let img: Vec<u8> = (0..3 * hw).map(|j| (j * 7 + j / 256) as u8).collect();
+        for f in [0.0f32, 0.2, 0.5, 0.99, 1.0, 1.01, 1.37, 1.8, 2.5] {
+            let mut got = img.clone();
+            brightness(&mut got, f);
+            assert!(got.iter().zip(&img).all(|(&g, &v)| g == blend(0, v, f)), "brightness {f}");
+            let (r, gb) = img.split_at(hw);
+            let (g, b) = gb.split_at(hw);
+            let sum: u64 = (0..hw).map(|j| luma(r[j], g[j], b[j]) as u64).sum();
+            let mean = (sum as f64 / hw as f64 + 0.5) as u8;
+            let mut got = img.clone();
+            contrast(&mut got, f);
+            assert!(got.iter().zip(&img).all(|(&g, &v)| g == blend(mean, v, f)), "contrast {f}");
+            let mut got = img.clone();
+            saturation(&mut got, f);
+            for j in 0..3 * hw {
+                let p = j % hw;
+                assert_eq!(got[j], blend(luma(r[p], g[p], b[p]), img[j], f), "saturation {f} value {j}");
             }
         }
     }

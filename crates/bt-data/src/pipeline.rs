@@ -12,8 +12,9 @@
 //!   the batches (same images, same augmentations, same order) one process would see, so a
 //!   data-parallel run and a single-process run of the same config consume the same samples, and
 //!   a checkpoint's `(epoch, batch)` position means the same thing for any world size.
-//! - **Bounded memory.** At most `queue_capacity` batches wait in the channel and one more is
-//!   being filled; a slow consumer blocks the producer. Batch buffers are recycled through a
+//! - **Bounded memory.** At most `queue_capacity` batches wait in the channel and
+//!   [`IN_FLIGHT`] more are being filled (their views share the pool, so a batch boundary never
+//!   idles a thread); a slow consumer blocks the producer. Batch buffers are recycled through a
 //!   small free list when a [`TwinBatch`] is dropped, so a steady state allocates nothing.
 //! - **Shutdown.** Dropping the [`EpochIter`] drops the receiver; the producer's next `send`
 //!   fails and it returns; the drop then joins it.
@@ -26,6 +27,7 @@ use crate::rng::{stream, SampleRng};
 use crate::source::{ImageSource, IntoSource, LoadHint};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use rayon::prelude::*;
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -81,6 +83,12 @@ impl Drop for TwinBatch {
         }
     }
 }
+
+/// Batches being filled at once. A batch's views are spread over the pool, but its last few
+/// (a large JPEG decodes for tens of milliseconds) would leave the other threads idle at every
+/// batch boundary; with the next batch already started they steal its views instead. On 2
+/// cores at 224 px this is 1.3x the pairs/s of one batch at a time (`docs/BENCHMARKS.md`).
+pub const IN_FLIGHT: usize = 2;
 
 /// Per-channel `(mean, std)` in f32, applied as torchvision's `Normalize`: `(x - m) / s`.
 type Norm = ([f32; 3], [f32; 3]);
@@ -436,24 +444,52 @@ impl Producer {
         })
     }
 
+    /// Fills batches `start..end` in order, [`IN_FLIGHT`] at a time on the pool, and sends
+    /// each when it and all before it are done. Returns when the consumer is gone, after the
+    /// first error, or at the end; in every case only after the batches it started are done
+    /// (so nothing runs on the pool once the [`EpochIter`] is dropped).
     fn run(self, epoch: u64, order: Vec<u32>, start: usize, end: usize, tx: Sender<Result<TwinBatch>>) {
-        for b in start..end {
-            match std::panic::catch_unwind(AssertUnwindSafe(|| self.fill(epoch, &order, b))) {
-                Ok(Err(e)) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-                Ok(Ok(batch)) => {
-                    self.produced.fetch_add(1, Ordering::SeqCst);
-                    if tx.send(Ok(batch)).is_err() {
-                        return; // consumer gone: normal shutdown
-                    }
-                }
-                Err(p) => {
-                    let _ = tx.send(Err(DataError::WorkerPanic { batch: b, message: panic_message(&*p) }));
-                    return;
-                }
+        type Filled = std::thread::Result<Result<TwinBatch>>;
+        let me = Arc::new(self);
+        let order = Arc::new(order);
+        let mut pending: VecDeque<(usize, Receiver<Filled>)> = VecDeque::with_capacity(IN_FLIGHT);
+        let mut next = start;
+        let mut open = true;
+        while open {
+            while next < end && pending.len() < IN_FLIGHT {
+                let (done_tx, done_rx) = bounded::<Filled>(1);
+                let (p, o, b) = (me.clone(), order.clone(), next);
+                me.pool.spawn(move || {
+                    // A full `done_rx` is impossible (one send); a dropped one means shutdown.
+                    let _ = done_tx.send(std::panic::catch_unwind(AssertUnwindSafe(|| p.fill(epoch, &o, b))));
+                });
+                pending.push_back((b, done_rx));
+                next += 1;
             }
+            let Some((b, done_rx)) = pending.pop_front() else { break };
+            let sent = match done_rx.recv() {
+                Ok(Ok(Ok(batch))) => {
+                    me.produced.fetch_add(1, Ordering::SeqCst);
+                    tx.send(Ok(batch)).is_ok() // Err: consumer gone, a normal shutdown
+                }
+                Ok(Ok(Err(e))) => {
+                    let _ = tx.send(Err(e));
+                    false
+                }
+                Ok(Err(p)) => {
+                    let _ = tx.send(Err(DataError::WorkerPanic { batch: b, message: panic_message(&*p) }));
+                    false
+                }
+                // The job was dropped unrun (the pool is going away): the consumer sees
+                // `Disconnected` when the producer ends.
+                Err(_) => false,
+            };
+            open = sent;
+        }
+        // Wait for the batches still being filled; their results are dropped (buffers go back
+        // to the free list).
+        for (_, done_rx) in pending {
+            let _ = done_rx.recv();
         }
     }
 }

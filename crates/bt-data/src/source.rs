@@ -62,15 +62,8 @@ impl Image {
                 got: hwc.len(),
             });
         }
-        let hw = width * height;
-        let mut data = vec![0u8; 3 * hw];
-        let (r, gb) = data.split_at_mut(hw);
-        let (g, b) = gb.split_at_mut(hw);
-        for (i, px) in hwc.chunks_exact(3).enumerate() {
-            r[i] = px[0];
-            g[i] = px[1];
-            b[i] = px[2];
-        }
+        let mut data = vec![0u8; 3 * width * height];
+        deinterleave(hwc, &mut data);
         Self::new(width, height, data)
     }
 
@@ -282,5 +275,31 @@ impl ImageSource for MemoryImages {
     }
     fn describe(&self, index: usize) -> String {
         format!("{} {index}", self.what)
+    }
+}
+
+/// Interleaved RGB (HWC) into three planes (CHW) of `chw.len() / 3` values each.
+fn deinterleave(hwc: &[u8], chw: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { deinterleave_avx2(hwc, chw) };
+    }
+    deinterleave_impl(hwc, chw)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn deinterleave_avx2(hwc: &[u8], chw: &mut [u8]) {
+    deinterleave_impl(hwc, chw)
+}
+
+#[inline(always)]
+fn deinterleave_impl(hwc: &[u8], chw: &mut [u8]) {
+    let hw = chw.len() / 3;
+    let (r, gb) = chw.split_at_mut(hw);
+    let (g, b) = gb.split_at_mut(hw);
+    for (((px, r), g), b) in hwc.chunks_exact(3).zip(r).zip(g).zip(b) {
+        (*r, *g, *b) = (px[0], px[1], px[2]);
     }
 }
