@@ -223,42 +223,87 @@ fn trunc_small(x: f64) -> i32 {
 fn hue_pixel(r: u8, g: u8, b: u8, shift: u8) -> (u8, u8, u8) {
     let maxc = r.max(g).max(b);
     let minc = r.min(g).min(b);
-    let cr = maxc - minc;
     // rgb2hsv's branches test R, then G: the first channel equal to the max decides.
-    let (x, y, off) = if r == maxc {
-        (b, g, 0.0f64)
+    let (x, y, branch) = if r == maxc {
+        (b, g, 0)
     } else if g == maxc {
-        (r, b, 2.0)
+        (r, b, 1)
     } else {
-        (g, r, 4.0)
+        (g, r, 2)
     };
-    let crf = cr.max(1) as f32;
-    let qx = (maxc - x) as f32 / crf;
-    let qy = (maxc - y) as f32 / crf;
+    let uh = hue_byte(branch, maxc - x, maxc - y);
+    let us = saturation_byte(maxc - minc, maxc);
+    hsv_to_rgb_bytes(uh.wrapping_add(shift), us, maxc)
+}
+
+/// `rgb2hsv`'s hue byte from the sextant `branch` (0: R is the max, 1: G, 2: B) and the
+/// distances `mx = maxc - x`, `my = maxc - y` of the branch's two channels from the max. The
+/// channel range `maxc - minc` is `max(mx, my)`: the min is always `x` or `y`.
+#[inline(always)]
+fn hue_byte(branch: u8, mx: u8, my: u8) -> u8 {
+    let off = if branch == 0 {
+        0.0f64
+    } else if branch == 1 {
+        2.0
+    } else {
+        4.0
+    };
+    let crf = mx.max(my).max(1) as f32;
+    let qx = mx as f32 / crf;
+    let qy = my as f32 / crf;
     let h = (off + qx as f64 - qy as f64) as f32;
     // fmod(x, 1.0) for x = h / 6 + 1 in [5/6, 11/6]: subtracting 1 is exact there.
     let xh = h as f64 / 6.0 + 1.0;
     let h = (if xh >= 1.0 { xh - 1.0 } else { xh }) as f32;
-    let uh = trunc_small(h as f64 * 255.0).clamp(0, 255) as u8;
+    trunc_small(h as f64 * 255.0).clamp(0, 255) as u8
+}
+
+/// `rgb2hsv`'s saturation byte from the channel range `cr` and the max.
+#[inline(always)]
+fn saturation_byte(cr: u8, maxc: u8) -> u8 {
     let s = cr as f32 / maxc.max(1) as f32;
-    let us = trunc_small(s as f64 * 255.0).clamp(0, 255) as u8;
-    // hsv2rgb of (uh + shift, us, maxc).
-    let hh = uh.wrapping_add(shift) as f32 as f64 * 6.0 / 255.0;
+    trunc_small(s as f64 * 255.0).clamp(0, 255) as u8
+}
+
+/// `hsv2rgb`'s sextant (0..=5; 6 wraps to 0 after `f` is taken) and fraction of a hue byte.
+#[inline(always)]
+fn sextant(h: u8) -> (i32, f32) {
+    let hh = h as f32 as f64 * 6.0 / 255.0;
     let i = trunc_small(hh);
     let f = (hh - i as f32 as f64) as f32;
-    let fs = (us as f32 as f64 / 255.0) as f32;
-    let v = maxc;
+    (if i == 6 { 0 } else { i }, f)
+}
+
+/// `hsv2rgb`'s `s / 255` as C float.
+#[inline(always)]
+fn saturation_unit(us: u8) -> f32 {
+    (us as f32 as f64 / 255.0) as f32
+}
+
+/// `hsv2rgb`'s rounding of a product in `[0, 255]`: C `round` (halves up for `x >= 0`),
+/// clipped.
+#[inline(always)]
+fn round_byte(x: f64) -> u8 {
+    let i = trunc_small(x);
+    (i + (x - i as f64 >= 0.5) as i32).clamp(0, 255) as u8
+}
+
+/// `hsv2rgb`'s `p = v (1 - s)`.
+#[inline(always)]
+fn hsv_p(us: u8, v: u8) -> u8 {
+    round_byte(v as f64 * (1.0 - saturation_unit(us) as f64))
+}
+
+/// `hsv2rgb` of `(h, us, v)` bytes.
+#[inline(always)]
+fn hsv_to_rgb_bytes(h: u8, us: u8, v: u8) -> (u8, u8, u8) {
+    let (i, f) = sextant(h);
+    let fs = saturation_unit(us);
     let vf = v as f64;
-    let c = |x: f64| {
-        let i = trunc_small(x);
-        (i + (x - i as f64 >= 0.5) as i32).clamp(0, 255) as u8
-    };
-    let p = c(vf * (1.0 - fs as f64));
-    let q = c(vf * (1.0 - (fs * f) as f64));
-    let t = c(vf * (1.0 - fs as f64 * (1.0 - f as f64)));
-    // hsv2rgb's table by sextant 0..=5 (6 wraps to 0): R = v q p p t v, G = t v v q p p,
-    // B = p p t v v q.
-    let i = if i == 6 { 0 } else { i };
+    let p = hsv_p(us, v);
+    let q = round_byte(vf * (1.0 - (fs * f) as f64));
+    let t = round_byte(vf * (1.0 - fs as f64 * (1.0 - f as f64)));
+    // hsv2rgb's table by sextant 0..=5: R = v q p p t v, G = t v v q p p, B = p p t v v q.
     let ro = if i == 0 || i == 5 {
         v
     } else if i == 1 {
@@ -292,18 +337,156 @@ fn hue_pixel(r: u8, g: u8, b: u8, shift: u8) -> (u8, u8, u8) {
 /// torchvision's `adjust_hue` on a PIL RGB image (`hue` in `[-0.5, 0.5]`).
 pub fn hue(img: &mut [u8], hue: f64) {
     // np.int32(hue * 255) truncates toward zero; .astype(uint8) wraps.
-    hue_shift(img, (hue * 255.0) as i32 as u8)
+    let shift = (hue * 255.0) as i32 as u8;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { hue_avx2(img, shift) };
+    }
+    hue_impl(img, shift)
 }
 
-avx2_dispatch! {
-    /// Every pixel through [`hue_pixel`] (4 to 8 pixels per instruction under AVX2).
-    fn hue_shift => hue_impl(img: &mut [u8], shift: u8)
-}
-
-#[inline(always)]
 fn hue_impl(img: &mut [u8], shift: u8) {
     let (r, g, b) = planes(img);
     for ((r, g), b) in r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut()) {
+        (*r, *g, *b) = hue_pixel(*r, *g, *b, shift);
+    }
+}
+
+/// The parts of [`hue_pixel`] that depend on at most two bytes, tabulated by the scalar
+/// functions themselves (so the same values), for [`hue_avx2`]'s gathers.
+struct HueTables {
+    /// [`hue_byte`] at `branch << 16 | mx << 8 | my` (+3 bytes: gathers read 4).
+    hue: Vec<u8>,
+    /// [`saturation_byte`] at `cr << 8 | maxc` (+3).
+    sat: Vec<u8>,
+    /// [`hsv_p`] at `us << 8 | v` (+3).
+    p: Vec<u8>,
+    /// [`sextant`] by hue byte.
+    sext: [i32; 256],
+    /// [`sextant`]'s fraction by hue byte.
+    frac: [f32; 256],
+    /// [`saturation_unit`] by saturation byte.
+    unit: [f32; 256],
+}
+
+fn hue_tables() -> &'static HueTables {
+    static T: std::sync::OnceLock<HueTables> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let two = |f: &dyn Fn(u8, u8) -> u8| -> Vec<u8> {
+            let mut v: Vec<u8> =
+                (0..=255u8).flat_map(|a| (0..=255u8).map(move |b| (a, b))).map(|(a, b)| f(a, b)).collect();
+            v.extend([0; 3]);
+            v
+        };
+        let mut hue = Vec::with_capacity(3 << 16);
+        for branch in 0..3u8 {
+            let t = two(&|mx, my| hue_byte(branch, mx, my));
+            hue.extend_from_slice(&t[..1 << 16]);
+        }
+        hue.extend([0; 3]);
+        HueTables {
+            hue,
+            sat: two(&saturation_byte),
+            p: two(&hsv_p),
+            sext: std::array::from_fn(|h| sextant(h as u8).0),
+            frac: std::array::from_fn(|h| sextant(h as u8).1),
+            unit: std::array::from_fn(|s| saturation_unit(s as u8)),
+        }
+    })
+}
+
+/// [`hue_pixel`] on 8 pixels per step with AVX2: the two-byte functions ([`hue_byte`],
+/// [`saturation_byte`], [`hsv_p`]) and the one-byte ones come from [`HueTables`] by
+/// `vpgatherdd`, only `q` and `t` are computed (the same f32/f64 operations, two f64 halves
+/// of 4 lanes), and the sextant table becomes masks and blends. This replaces 3 f32 and 3
+/// f64 divisions per pixel by 6 gathers per 8 pixels; every RGB value is checked by the tests.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn hue_avx2(img: &mut [u8], shift: u8) {
+    use std::arch::x86_64::*;
+    let t = hue_tables();
+    let (r, g, b) = planes(img);
+    let n = r.len();
+    let body = n / 8 * 8;
+    let byte = _mm256_set1_epi32(0xFF);
+    let (zero, one, two) = (_mm256_setzero_si256(), _mm256_set1_epi32(1), _mm256_set1_epi32(2));
+    let sh = _mm256_set1_epi32(shift as i32);
+    let (one_d, half_d) = (_mm256_set1_pd(1.0), _mm256_set1_pd(0.5));
+    // C `round` of 4 non-negative f64 (see `round_byte`; the values are in [0, 255]).
+    let round4 = |x: __m256d| -> __m128i {
+        let tr = _mm256_round_pd::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
+        let up = _mm256_cmp_pd::<_CMP_GE_OQ>(_mm256_sub_pd(x, tr), half_d);
+        _mm256_cvttpd_epi32(_mm256_add_pd(tr, _mm256_and_pd(up, one_d)))
+    };
+    let halves = |v: __m256i| (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    for j in (0..body).step_by(8) {
+        // SAFETY: `j + 8 <= n` for each plane; gathers index tables of the sizes built above
+        // (indices are bytes combined as documented on `HueTables`, +3 bytes of padding).
+        unsafe {
+            let ld = |p: &[u8]| _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.as_ptr().add(j).cast()));
+            let (rv, gv, bv) = (ld(r), ld(g), ld(b));
+            let maxc = _mm256_max_epi32(rv, _mm256_max_epi32(gv, bv));
+            let minc = _mm256_min_epi32(rv, _mm256_min_epi32(gv, bv));
+            let rmax = _mm256_cmpeq_epi32(rv, maxc);
+            let gmax = _mm256_andnot_si256(rmax, _mm256_cmpeq_epi32(gv, maxc));
+            // Blue's branch by default, then green's, then red's (the first max wins).
+            let x = _mm256_blendv_epi8(_mm256_blendv_epi8(gv, rv, gmax), bv, rmax);
+            let y = _mm256_blendv_epi8(_mm256_blendv_epi8(rv, bv, gmax), gv, rmax);
+            let branch = _mm256_blendv_epi8(_mm256_blendv_epi8(two, one, gmax), zero, rmax);
+            let hi = _mm256_or_si256(
+                _mm256_slli_epi32::<16>(branch),
+                _mm256_or_si256(_mm256_slli_epi32::<8>(_mm256_sub_epi32(maxc, x)), _mm256_sub_epi32(maxc, y)),
+            );
+            let uh = _mm256_and_si256(_mm256_i32gather_epi32::<1>(t.hue.as_ptr().cast(), hi), byte);
+            let si = _mm256_or_si256(_mm256_slli_epi32::<8>(_mm256_sub_epi32(maxc, minc)), maxc);
+            let us = _mm256_and_si256(_mm256_i32gather_epi32::<1>(t.sat.as_ptr().cast(), si), byte);
+            let h = _mm256_and_si256(_mm256_add_epi32(uh, sh), byte);
+            let i = _mm256_i32gather_epi32::<4>(t.sext.as_ptr(), h);
+            let f = _mm256_i32gather_ps::<4>(t.frac.as_ptr(), h);
+            let fs = _mm256_i32gather_ps::<4>(t.unit.as_ptr(), us);
+            let pi = _mm256_or_si256(_mm256_slli_epi32::<8>(us), maxc);
+            let p = _mm256_and_si256(_mm256_i32gather_epi32::<1>(t.p.as_ptr().cast(), pi), byte);
+            // q = round(v (1 - (fs f) as f64)), t = round(v (1 - fs (1 - f))) in f64.
+            let fsf = _mm256_mul_ps(fs, f);
+            let (vlo, vhi) = halves(maxc);
+            let both = |lo: __m128i, hi: __m128i| _mm256_set_m128i(hi, lo);
+            let qd = |fsf: __m128, v: __m128i| {
+                round4(_mm256_mul_pd(_mm256_cvtepi32_pd(v), _mm256_sub_pd(one_d, _mm256_cvtps_pd(fsf))))
+            };
+            let q = both(qd(_mm256_castps256_ps128(fsf), vlo), qd(_mm256_extractf128_ps::<1>(fsf), vhi));
+            let td = |fs: __m128, f: __m128, v: __m128i| {
+                let b =
+                    _mm256_sub_pd(one_d, _mm256_mul_pd(_mm256_cvtps_pd(fs), _mm256_sub_pd(one_d, _mm256_cvtps_pd(f))));
+                round4(_mm256_mul_pd(_mm256_cvtepi32_pd(v), b))
+            };
+            let tt = both(
+                td(_mm256_castps256_ps128(fs), _mm256_castps256_ps128(f), vlo),
+                td(_mm256_extractf128_ps::<1>(fs), _mm256_extractf128_ps::<1>(f), vhi),
+            );
+            // hsv2rgb's table by sextant: R = v q p p t v, G = t v v q p p, B = p p t v v q.
+            let m: [__m256i; 6] = std::array::from_fn(|k| _mm256_cmpeq_epi32(i, _mm256_set1_epi32(k as i32)));
+            let v = maxc;
+            let sel = |base: __m256i, picks: [(__m256i, __m256i); 3]| {
+                picks.iter().fold(base, |acc, &(val, mask)| _mm256_blendv_epi8(acc, val, mask))
+            };
+            let ro = sel(p, [(v, _mm256_or_si256(m[0], m[5])), (q, m[1]), (tt, m[4])]);
+            let go = sel(p, [(v, _mm256_or_si256(m[1], m[2])), (tt, m[0]), (q, m[3])]);
+            let bo = sel(p, [(v, _mm256_or_si256(m[3], m[4])), (tt, m[2]), (q, m[5])]);
+            let st = |dst: &mut [u8], x: __m256i| {
+                let (lo, hi) = halves(x);
+                let w = _mm_packus_epi32(lo, hi);
+                _mm_storel_epi64(dst.as_mut_ptr().add(j).cast(), _mm_packus_epi16(w, w));
+            };
+            st(r, ro);
+            st(g, go);
+            st(b, bo);
+        }
+    }
+    for ((r, g), b) in r[body..].iter_mut().zip(&mut g[body..]).zip(&mut b[body..]) {
         (*r, *g, *b) = hue_pixel(*r, *g, *b, shift);
     }
 }
