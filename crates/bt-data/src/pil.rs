@@ -490,24 +490,24 @@ fn gaussian_blur_impl(img: &mut [u8], w: usize, h: usize, sigma: f32) {
     let mut acc = vec![0u32; w.max(h)];
     for plane in img.chunks_exact_mut(w * h) {
         // Horizontal passes as column passes of the transposed plane: the same recurrence per
-        // line, vectorized across lines.
+        // line, vectorized across lines. Three passes move the data to the other buffer, so
+        // the buffers are chosen for the last pass to land in `plane` (no copies).
         transpose(plane, &mut t, h, w);
         three(&mut t, &mut tmp, w, h, (r, ww, fw), &mut acc);
-        transpose(&t, plane, w, h);
-        three(plane, &mut tmp, h, w, (r, ww, fw), &mut acc);
+        transpose(&tmp, &mut t, w, h);
+        three(&mut t, plane, h, w, (r, ww, fw), &mut acc);
     }
 }
 
 /// Three box passes down the columns of `a` (`rows x cols`), ping-ponging with `b`; the result
-/// ends in `a`. A function (inlined into `gaussian_blur_avx2`, so compiled with AVX2), not a
-/// closure: closures are compiled without the caller's target features.
+/// ends in `b` (`a` is scratch). A function (inlined into `gaussian_blur_avx2`, so compiled
+/// with AVX2), not a closure: closures are compiled without the caller's target features.
 #[inline(always)]
 fn three(a: &mut [u8], b: &mut [u8], rows: usize, cols: usize, wts: (usize, u32, u32), acc: &mut [u32]) {
     let (r, ww, fw) = wts;
     box_rows(a, b, cols, rows, r, ww, fw, &mut acc[..cols]);
     box_rows(b, a, cols, rows, r, ww, fw, &mut acc[..cols]);
     box_rows(a, b, cols, rows, r, ww, fw, &mut acc[..cols]);
-    a.copy_from_slice(b);
 }
 
 /// `out` (`cols x rows`) = `inp` (`rows x cols`) transposed.
