@@ -30,18 +30,20 @@
 //! 1/4 or 1/8 scale, a JPEG is decoded at that scale in the DCT domain (`data.jpeg_draft`, PIL's
 //! `draft` idea), and the crop becomes a fractional Pillow box on the smaller image.
 //!
-//! # Decoder choice and throughput (measured, 2 shared cores, load average 8-11)
-//! On `imagenet-sample` (1000 ImageNet JPEGs), one thread, 300 files: `jpeg-decoder` full
-//! 7.6-8.3 ms/image (wall, loaded machine; 2.3 ms on a quieter one), 1/4 scale 5.5-5.7 ms;
-//! libjpeg-turbo's C decoder without its SIMD (`mozjpeg-sys`, no nasm here or in CI) full
-//! 8.6-9.7 ms, 1/4 scale 4.9-5.3 ms, 1/8 3.1-3.5 ms: no faster where it matters, and it would add
-//! a C build and longjmp-style error handling, so `jpeg-decoder` stays (`zune-jpeg`, behind
-//! `image`, has no DCT scaling). Full decodes go through `image` (all formats, EXIF, CMYK);
-//! reduced ones through `jpeg-decoder`'s `Decoder::scale`. Per-stage costs of the official
-//! recipe at 224 px (`examples/stages.rs`, thread CPU time, best of 3, still noisy): decode
-//! 2.2-2.8 ms/image, crop + bicubic resize 2.3-2.6 ms/pair, jitter ~2 ms/pair (hue 0.9 ms per
-//! view: the rest are table lookups), blur sigma 1 ~1.1 ms/view, the fused normalize write
-//! 0.08 ms/view. Throughput against the official pipeline: `docs/BENCHMARKS.md`.
+//! # Decoder choice and throughput (measured on the 2-core development machine)
+//! Full-size JPEGs go to `zune-jpeg` directly (the decoder inside `image`, without its
+//! wrapper's three header parses, file copy and `DynamicImage` conversion), DCT-reduced ones to
+//! `jpeg-decoder`'s `Decoder::scale` (zune has no DCT scaling), PNG/WebP/CMYK JPEGs to `image`.
+//! On `imagenet-sample` (1000 ImageNet JPEGs, 198k pixels and 108 KB per file on average), one
+//! thread, best of 3 over 300 files, 2026-12-01: this crate's full decode 2.6 ms/image, the
+//! same files through Pillow's libjpeg-turbo (SIMD) 2.7 ms; `jpeg-decoder` at 1/2 scale
+//! 2.3-2.8 ms, 1/4 1.7-2.4, 1/8 1.6-2.3. These files are large, high-quality JPEGs, so Huffman
+//! decoding (which no scaling skips) dominates; libjpeg-turbo's C decoder without its SIMD
+//! (`mozjpeg-sys`: nasm is absent here and in CI) was slower than `jpeg-decoder` at every
+//! scale (8.6-9.7 vs 7.6-8.3 ms full under load). Decoding is now about 45% of a 224 px pair's
+//! CPU time; the rest is the views' resize, hue, blur and blends (see `docs/BENCHMARKS.md`,
+//! and `examples/stages.rs` for a per-stage split). Throughput against the official pipeline:
+//! `docs/BENCHMARKS.md`.
 //!
 //! # The official recipe runs on u8, as on PIL images
 //! With `color_math = "pil-u8"` (the ImageNet presets) a view stays a u8 image from the resize
