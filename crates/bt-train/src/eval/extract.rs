@@ -86,10 +86,19 @@ pub fn labeled_features(
     device: Device,
 ) -> Result<(Tensor, Tensor)> {
     let (x, y) = features(model, source, data, kind, 256, false, device)?;
-    if let Some(i) = Vec::<i64>::try_from(&y)?.iter().position(|&l| l < 0) {
-        refuse!("{} has no label: evaluation needs a labeled split (one subfolder per class)", source.describe(i));
-    }
+    require_labels(source, &Vec::<i64>::try_from(&y)?, 0)?;
     Ok((x, y))
+}
+
+/// Refuses the first unlabeled (`-1`) row of `labels`, the dataset rows `first..`, by name.
+fn require_labels(source: &Arc<dyn ImageSource>, labels: &[i64], first: usize) -> Result<()> {
+    if let Some(i) = labels.iter().position(|&l| l < 0) {
+        refuse!(
+            "{} has no label: evaluation needs a labeled split (one subfolder per class)",
+            source.describe(first + i)
+        );
+    }
+    Ok(())
 }
 
 /// [`labeled_features`] into a [`FeatureStore`] (bounded memory: batches go to the store as
@@ -110,10 +119,7 @@ pub fn labeled_store(
     let mut store = FeatureStore::new(total, budget, opts);
     obs.on_event(&Event::EvalProgress { stage, done: 0, total });
     each_feature_batch(model, source, data, kind, 256, false, device, |f, labels| {
-        if let Some(i) = labels.iter().position(|&l| l < 0) {
-            let i = store.len() + i;
-            refuse!("{} has no label: evaluation needs a labeled split (one subfolder per class)", source.describe(i));
-        }
+        require_labels(source, labels, store.len())?;
         store.push(&f, labels)?;
         obs.on_event(&Event::EvalProgress { stage, done: store.len(), total });
         Ok(())
