@@ -1,9 +1,6 @@
 //! LAMB, grouped over a flat buffer.
 use crate::flat::FlatParams;
-use crate::{
-    chain, mask_skipped, step_counter, step_from_state, step_value, torch, LrPair, OptimError, Optimizer, ParamFilter,
-    Result,
-};
+use crate::{chain, mask_skipped, step_counter, step_value, torch, LrPair, OptimError, Optimizer, ParamFilter, Result};
 use bt_config::OptimConfig;
 use tch::{Kind, Tensor};
 
@@ -288,53 +285,5 @@ impl Lamb {
 }
 
 impl Optimizer for Lamb {
-    fn step(&mut self, lr: &LrPair) -> Result<()> {
-        self.flat.grads_into(&self.g)?;
-        self.update(Scalars::Host(lr))
-    }
-
-    fn gather_grads(&mut self) -> Result<Tensor> {
-        self.flat.grads_into(&self.g)?;
-        Ok(self.g.shallow_clone())
-    }
-
-    fn nonfinite_grads(&self) -> Result<Tensor> {
-        self.flat.segment_nonfinite(&self.g)
-    }
-
-    fn param_names(&self) -> Vec<String> {
-        self.flat.names().to_vec()
-    }
-
-    fn step_device(&mut self, lr: &Tensor, apply: Option<&Tensor>) -> Result<()> {
-        self.update(Scalars::Device { lr, apply })
-    }
-
-    fn zero_grad(&mut self) {
-        self.flat.zero_grad();
-    }
-
-    fn forget_host_step(&mut self) {
-        self.step = None;
-    }
-
-    fn step_count(&self) -> i64 {
-        step_value(self.step, &self.t_dev).unwrap_or(-1)
-    }
-
-    fn try_state(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut s = vec![("lamb.step".to_string(), Tensor::from_slice(&[step_value(self.step, &self.t_dev)?]))];
-        s.extend(self.flat.export(&self.m, "lamb.m.")?);
-        s.extend(self.flat.export(&self.v, "lamb.v.")?);
-        Ok(s)
-    }
-
-    fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
-        let step = step_from_state(state, "lamb.step")?;
-        self.flat.load_into(&self.m, state, "lamb.m.")?;
-        self.flat.load_into(&self.v, state, "lamb.v.")?;
-        let _ = torch("step counter", self.t_dev.f_fill_(step))?;
-        self.step = Some(step);
-        Ok(())
-    }
+    crate::flat_optimizer_methods!("lamb", [m, v]);
 }

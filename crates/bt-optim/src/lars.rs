@@ -1,9 +1,7 @@
 //! LARS (official Barlow Twins and solo-learn), grouped over a flat buffer.
 use crate::flat::{FlatParams, CHUNK};
 use crate::lamb::{lr_per_segment, lr_per_segment_dev, Scalars};
-use crate::{
-    chain, mask_skipped, step_counter, step_from_state, step_value, torch, LrPair, Optimizer, ParamFilter, Result,
-};
+use crate::{chain, mask_skipped, step_counter, step_value, torch, LrPair, Optimizer, ParamFilter, Result};
 use bt_config::{LarsVariant, OptimConfig};
 use tch::{Kind, Tensor};
 
@@ -206,51 +204,5 @@ impl Lars {
 }
 
 impl Optimizer for Lars {
-    fn step(&mut self, lr: &LrPair) -> Result<()> {
-        self.flat.grads_into(&self.g)?;
-        self.update(Scalars::Host(lr))
-    }
-
-    fn gather_grads(&mut self) -> Result<Tensor> {
-        self.flat.grads_into(&self.g)?;
-        Ok(self.g.shallow_clone())
-    }
-
-    fn nonfinite_grads(&self) -> Result<Tensor> {
-        self.flat.segment_nonfinite(&self.g)
-    }
-
-    fn param_names(&self) -> Vec<String> {
-        self.flat.names().to_vec()
-    }
-
-    fn step_device(&mut self, lr: &Tensor, apply: Option<&Tensor>) -> Result<()> {
-        self.update(Scalars::Device { lr, apply })
-    }
-
-    fn zero_grad(&mut self) {
-        self.flat.zero_grad();
-    }
-
-    fn forget_host_step(&mut self) {
-        self.step = None;
-    }
-
-    fn step_count(&self) -> i64 {
-        step_value(self.step, &self.t_dev).unwrap_or(-1)
-    }
-
-    fn try_state(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut s = vec![("lars.step".to_string(), Tensor::from_slice(&[step_value(self.step, &self.t_dev)?]))];
-        s.extend(self.flat.export(&self.mu, "lars.mu.")?);
-        Ok(s)
-    }
-
-    fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
-        let step = step_from_state(state, "lars.step")?;
-        self.flat.load_into(&self.mu, state, "lars.mu.")?;
-        let _ = torch("step counter", self.t_dev.f_fill_(step))?;
-        self.step = Some(step);
-        Ok(())
-    }
+    crate::flat_optimizer_methods!("lars", [mu]);
 }

@@ -341,6 +341,66 @@ pub(crate) fn mask_skipped(g: &Tensor, apply: &Tensor) -> Result<()> {
     chain("mask skipped", || g.shallow_clone().f_masked_fill_(&apply.f_logical_not()?, 0.0).map(|_| ()))
 }
 
+/// The [`Optimizer`] methods the grouped optimizers share, for an `impl Optimizer` block of a
+/// type with the fields `flat: FlatParams`, `g: Tensor` (flat gradients), `step: Option<i64>`
+/// (host mirror), `t_dev: Tensor` (device counter) and a method `update(&mut self, Scalars)`;
+/// its state is `<prefix>.step` plus each listed moment buffer under `<prefix>.<moment>.`.
+/// One definition, so LAMB and LARS cannot drift apart in how they gather, guard, step on the
+/// device, count steps or checkpoint.
+macro_rules! flat_optimizer_methods {
+    ($prefix:literal, [$($moment:ident),+]) => {
+        fn step(&mut self, lr: &LrPair) -> Result<()> {
+            self.flat.grads_into(&self.g)?;
+            self.update(Scalars::Host(lr))
+        }
+
+        fn gather_grads(&mut self) -> Result<Tensor> {
+            self.flat.grads_into(&self.g)?;
+            Ok(self.g.shallow_clone())
+        }
+
+        fn nonfinite_grads(&self) -> Result<Tensor> {
+            self.flat.segment_nonfinite(&self.g)
+        }
+
+        fn param_names(&self) -> Vec<String> {
+            self.flat.names().to_vec()
+        }
+
+        fn step_device(&mut self, lr: &Tensor, apply: Option<&Tensor>) -> Result<()> {
+            self.update(Scalars::Device { lr, apply })
+        }
+
+        fn zero_grad(&mut self) {
+            self.flat.zero_grad();
+        }
+
+        fn forget_host_step(&mut self) {
+            self.step = None;
+        }
+
+        fn step_count(&self) -> i64 {
+            $crate::step_value(self.step, &self.t_dev).unwrap_or(-1)
+        }
+
+        fn try_state(&self) -> Result<Vec<(String, Tensor)>> {
+            let step = $crate::step_value(self.step, &self.t_dev)?;
+            let mut s = vec![(concat!($prefix, ".step").to_string(), Tensor::from_slice(&[step]))];
+            $(s.extend(self.flat.export(&self.$moment, concat!($prefix, ".", stringify!($moment), "."))?);)+
+            Ok(s)
+        }
+
+        fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
+            let step = $crate::step_from_state(state, concat!($prefix, ".step"))?;
+            $(self.flat.load_into(&self.$moment, state, concat!($prefix, ".", stringify!($moment), "."))?;)+
+            let _ = $crate::torch("step counter", self.t_dev.f_fill_(step))?;
+            self.step = Some(step);
+            Ok(())
+        }
+    };
+}
+pub(crate) use flat_optimizer_methods;
+
 pub(crate) fn step_from_state(state: &[(String, Tensor)], key: &str) -> Result<i64> {
     let t = state_entry(state, key, &[1])?;
     Ok(torch("step", bt_host::read_i64s(t))?[0])
