@@ -353,7 +353,8 @@ impl BarlowTwins {
     /// precision (drops any bf16 copies).
     pub fn set_precision(&mut self, p: Precision) {
         self.bf16 = p == Precision::Bf16;
-        self.encoder.set_precision(p);
+        // The encoder's flag only: its bf16 slots are also in `self.low`, cleared once below.
+        self.encoder.bf16 = self.bf16;
         if !self.bf16 {
             // Nothing fails when clearing.
             let _ = refresh_all(&self.low, None);
