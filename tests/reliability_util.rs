@@ -46,7 +46,8 @@ pub fn pretrain_cmd(out: &Path, extra: &[&str]) -> Command {
     let mut c = bt_cli();
     c.arg("pretrain").args(TINY).arg("--out").arg(out).args(extra);
     c.env("OMP_NUM_THREADS", "1").env("RUST_LOG", "info");
-    for k in ["BT_FAULT_CHECKPOINT_WRITE", "BT_FAULT_CHECKPOINT_SLOW", "BT_FAULT_NONFINITE"] {
+    for k in ["BT_FAULT_CHECKPOINT_WRITE", "BT_FAULT_CHECKPOINT_SLOW", "BT_FAULT_CHECKPOINT_HANG", "BT_FAULT_NONFINITE"]
+    {
         c.env_remove(k);
     }
     c
@@ -130,6 +131,22 @@ impl Live {
     pub fn finish(mut self) -> (Option<i32>, Vec<String>) {
         let st = self.child.wait().unwrap();
         (st.code(), self.drain())
+    }
+
+    /// Like [`Live::finish`], but SIGKILLs the process and panics with `why` and its stderr if it
+    /// has not exited within `limit`.
+    pub fn finish_within(mut self, limit: Duration, why: &str) -> (Option<i32>, Vec<String>) {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st.code(), self.drain());
+            }
+            if t0.elapsed() > limit {
+                let lines = self.kill9();
+                panic!("{why} (still running after {limit:?}):\n{}", lines.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn drain(mut self) -> Vec<String> {

@@ -22,6 +22,9 @@
 //! - `BT_FAULT_CHECKPOINT_SLOW=MS`: the checkpoint is written in 32 chunks with an MS ms pause
 //!   after each, and `bt-fault: checkpoint write started <file>` is printed to stderr first, so
 //!   a test can SIGKILL the process in the middle of a write.
+//! - `BT_FAULT_CHECKPOINT_HANG=N`: the N-th checkpoint write of the process (1-based) writes half
+//!   of its bytes, prints `bt-fault: checkpoint write hanging <file>` and then never finishes, so
+//!   a test can interrupt a write without racing against its end.
 use crate::error::{Error, Result};
 use bt_config::Config;
 use std::collections::HashMap;
@@ -301,9 +304,17 @@ enum Fault {
     None,
     FailAfter(usize),
     Slow(u64),
+    Hang,
 }
 
+/// Checkpoint writes started by this process (for `BT_FAULT_CHECKPOINT_HANG`).
+static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn fault() -> Fault {
+    let nth = WRITES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    if std::env::var("BT_FAULT_CHECKPOINT_HANG").ok().and_then(|v| v.parse().ok()) == Some(nth) {
+        return Fault::Hang;
+    }
     if let Ok(v) = std::env::var("BT_FAULT_CHECKPOINT_WRITE") {
         if let Some(n) = v.strip_prefix("after_bytes:").and_then(|n| n.parse().ok()) {
             return Fault::FailAfter(n);
@@ -334,6 +345,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
                     f.write_all(chunk)?;
                     f.flush()?;
                     std::thread::sleep(std::time::Duration::from_millis(ms));
+                }
+            }
+            Fault::Hang => {
+                f.write_all(&bytes[..bytes.len() / 2])?;
+                f.flush()?;
+                eprintln!("bt-fault: checkpoint write hanging {}", path.display());
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
                 }
             }
         }
