@@ -353,6 +353,48 @@ fn hue_impl(img: &mut [u8], shift: u8) {
     }
 }
 
+/// `hsv2rgb`'s third value besides `v` and `p` at hue byte `h`: `t` in the even sextants, `q`
+/// in the odd ones (each sextant uses only one of them), as its multiplier of `v`:
+/// `w = round(v * hsv_w_factor(h, us))`, the f64 product and C `round` of [`hsv_to_rgb_bytes`].
+#[inline(always)]
+fn hsv_w_factor(h: u8, us: u8) -> f64 {
+    let (i, f) = sextant(h);
+    let fs = saturation_unit(us);
+    if i % 2 == 1 {
+        1.0 - (fs * f) as f64
+    } else {
+        1.0 - fs as f64 * (1.0 - f as f64)
+    }
+}
+
+/// Fractional bits of [`HueTables::w`]'s fixed-point factors.
+const W_BITS: u32 = 23;
+/// [`HueTables::w`]: bits of the output selectors (R, G, B each take `v`, `w` or else `p`).
+const SEL_RV: u32 = 24;
+const SEL_RW: u32 = 25;
+const SEL_GV: u32 = 26;
+const SEL_GW: u32 = 27;
+const SEL_BV: u32 = 28;
+const SEL_BW: u32 = 29;
+
+/// [`HueTables::w`]'s entry for hue byte `h` and saturation byte `us`: [`hsv_w_factor`] in
+/// fixed point (`round(factor * 2^23)`, bits 0..=23) and the sextant's output selectors.
+/// `(v * k + 2^22) >> 23` is then exactly `round(v * factor)` for every `v` (the fixed-point
+/// error stays far from the rounding boundaries of these factors; a test checks all `h`, `us`,
+/// `v`), so [`hue_avx2`] computes `q`/`t` in 32-bit integers instead of f64.
+fn w_entry(h: u8, us: u8) -> u32 {
+    let k = (hsv_w_factor(h, us) * (1u32 << W_BITS) as f64).round() as u32;
+    // hsv2rgb's table by sextant: R = v q p p t v, G = t v v q p p, B = p p t v v q.
+    let sel = |on: bool, bit: u32| (on as u32) << bit;
+    let i = sextant(h).0;
+    k | sel(i == 0 || i == 5, SEL_RV)
+        | sel(i == 1 || i == 4, SEL_RW)
+        | sel(i == 1 || i == 2, SEL_GV)
+        | sel(i == 0 || i == 3, SEL_GW)
+        | sel(i == 3 || i == 4, SEL_BV)
+        | sel(i == 2 || i == 5, SEL_BW)
+}
+
 /// The parts of [`hue_pixel`] that depend on at most two bytes, tabulated by the scalar
 /// functions themselves (so the same values), for [`hue_avx2`]'s gathers.
 struct HueTables {
@@ -362,20 +404,16 @@ struct HueTables {
     sat: Vec<u8>,
     /// [`hsv_p`] at `us << 8 | v` (+3).
     p: Vec<u8>,
-    /// [`sextant`] by hue byte.
-    sext: [i32; 256],
-    /// [`sextant`]'s fraction by hue byte.
-    frac: [f32; 256],
-    /// [`saturation_unit`] by saturation byte.
-    unit: [f32; 256],
+    /// [`w_entry`] at `us << 8 | h`.
+    w: Vec<u32>,
 }
 
 fn hue_tables() -> &'static HueTables {
     static T: std::sync::OnceLock<HueTables> = std::sync::OnceLock::new();
     T.get_or_init(|| {
+        let pairs = || (0..=255u8).flat_map(|a| (0..=255u8).map(move |b| (a, b)));
         let two = |f: &dyn Fn(u8, u8) -> u8| -> Vec<u8> {
-            let mut v: Vec<u8> =
-                (0..=255u8).flat_map(|a| (0..=255u8).map(move |b| (a, b))).map(|(a, b)| f(a, b)).collect();
+            let mut v: Vec<u8> = pairs().map(|(a, b)| f(a, b)).collect();
             v.extend([0; 3]);
             v
         };
@@ -389,18 +427,16 @@ fn hue_tables() -> &'static HueTables {
             hue,
             sat: two(&saturation_byte),
             p: two(&hsv_p),
-            sext: std::array::from_fn(|h| sextant(h as u8).0),
-            frac: std::array::from_fn(|h| sextant(h as u8).1),
-            unit: std::array::from_fn(|s| saturation_unit(s as u8)),
+            w: pairs().map(|(us, h)| w_entry(h, us)).collect(),
         }
     })
 }
 
-/// [`hue_pixel`] on 8 pixels per step with AVX2: the two-byte functions ([`hue_byte`],
-/// [`saturation_byte`], [`hsv_p`]) and the one-byte ones come from [`HueTables`] by
-/// `vpgatherdd`, only `q` and `t` are computed (the same f32/f64 operations, two f64 halves
-/// of 4 lanes), and the sextant table becomes masks and blends. This replaces 3 f32 and 3
-/// f64 divisions per pixel by 6 gathers per 8 pixels; every RGB value is checked by the tests.
+/// [`hue_pixel`] on 8 pixels per step with AVX2, in 32-bit integers only: the hue and
+/// saturation bytes and `p` come from [`HueTables`] by `vpgatherdd`, `q`/`t` (whichever the
+/// sextant uses) is `v` times [`HueTables::w`]'s fixed-point factor, and the same entry's
+/// selector bits pick each output among `v`, `p` and that value. 4 gathers per 8 pixels and
+/// no division or float; every RGB value is checked by the tests.
 ///
 /// # Safety
 /// The CPU must have AVX2.
@@ -415,13 +451,8 @@ unsafe fn hue_avx2(img: &mut [u8], shift: u8) {
     let byte = _mm256_set1_epi32(0xFF);
     let (zero, one, two) = (_mm256_setzero_si256(), _mm256_set1_epi32(1), _mm256_set1_epi32(2));
     let sh = _mm256_set1_epi32(shift as i32);
-    let (one_d, half_d) = (_mm256_set1_pd(1.0), _mm256_set1_pd(0.5));
-    // C `round` of 4 non-negative f64 (see `round_byte`; the values are in [0, 255]).
-    let round4 = |x: __m256d| -> __m128i {
-        let tr = _mm256_round_pd::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
-        let up = _mm256_cmp_pd::<_CMP_GE_OQ>(_mm256_sub_pd(x, tr), half_d);
-        _mm256_cvttpd_epi32(_mm256_add_pd(tr, _mm256_and_pd(up, one_d)))
-    };
+    let kmask = _mm256_set1_epi32((1 << (W_BITS + 1)) - 1);
+    let half = _mm256_set1_epi32(1 << (W_BITS - 1));
     let halves = |v: __m256i| (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
     for j in (0..body).step_by(8) {
         // SAFETY: `j + 8 <= n` for each plane; gathers index tables of the sizes built above
@@ -445,37 +476,30 @@ unsafe fn hue_avx2(img: &mut [u8], shift: u8) {
             let si = _mm256_or_si256(_mm256_slli_epi32::<8>(_mm256_sub_epi32(maxc, minc)), maxc);
             let us = _mm256_and_si256(_mm256_i32gather_epi32::<1>(t.sat.as_ptr().cast(), si), byte);
             let h = _mm256_and_si256(_mm256_add_epi32(uh, sh), byte);
-            let i = _mm256_i32gather_epi32::<4>(t.sext.as_ptr(), h);
-            let f = _mm256_i32gather_ps::<4>(t.frac.as_ptr(), h);
-            let fs = _mm256_i32gather_ps::<4>(t.unit.as_ptr(), us);
-            let pi = _mm256_or_si256(_mm256_slli_epi32::<8>(us), maxc);
-            let p = _mm256_and_si256(_mm256_i32gather_epi32::<1>(t.p.as_ptr().cast(), pi), byte);
-            // q = round(v (1 - (fs f) as f64)), t = round(v (1 - fs (1 - f))) in f64.
-            let fsf = _mm256_mul_ps(fs, f);
-            let (vlo, vhi) = halves(maxc);
-            let both = |lo: __m128i, hi: __m128i| _mm256_set_m128i(hi, lo);
-            let qd = |fsf: __m128, v: __m128i| {
-                round4(_mm256_mul_pd(_mm256_cvtepi32_pd(v), _mm256_sub_pd(one_d, _mm256_cvtps_pd(fsf))))
-            };
-            let q = both(qd(_mm256_castps256_ps128(fsf), vlo), qd(_mm256_extractf128_ps::<1>(fsf), vhi));
-            let td = |fs: __m128, f: __m128, v: __m128i| {
-                let b =
-                    _mm256_sub_pd(one_d, _mm256_mul_pd(_mm256_cvtps_pd(fs), _mm256_sub_pd(one_d, _mm256_cvtps_pd(f))));
-                round4(_mm256_mul_pd(_mm256_cvtepi32_pd(v), b))
-            };
-            let tt = both(
-                td(_mm256_castps256_ps128(fs), _mm256_castps256_ps128(f), vlo),
-                td(_mm256_extractf128_ps::<1>(fs), _mm256_extractf128_ps::<1>(f), vhi),
-            );
-            // hsv2rgb's table by sextant: R = v q p p t v, G = t v v q p p, B = p p t v v q.
-            let m: [__m256i; 6] = std::array::from_fn(|k| _mm256_cmpeq_epi32(i, _mm256_set1_epi32(k as i32)));
+            let us8 = _mm256_slli_epi32::<8>(us);
+            let e = _mm256_i32gather_epi32::<4>(t.w.as_ptr().cast(), _mm256_or_si256(us8, h));
+            let p =
+                _mm256_and_si256(_mm256_i32gather_epi32::<1>(t.p.as_ptr().cast(), _mm256_or_si256(us8, maxc)), byte);
             let v = maxc;
-            let sel = |base: __m256i, picks: [(__m256i, __m256i); 3]| {
-                picks.iter().fold(base, |acc, &(val, mask)| _mm256_blendv_epi8(acc, val, mask))
+            let w = _mm256_srli_epi32::<{ W_BITS as i32 }>(_mm256_add_epi32(
+                _mm256_mullo_epi32(v, _mm256_and_si256(e, kmask)),
+                half,
+            ));
+            // Each selector bit moved to the sign bit, which `blendv_ps` tests per lane.
+            let pick = |acc: __m256i, val: __m256i, sel: __m256i| {
+                _mm256_castps_si256(_mm256_blendv_ps(
+                    _mm256_castsi256_ps(acc),
+                    _mm256_castsi256_ps(val),
+                    _mm256_castsi256_ps(sel),
+                ))
             };
-            let ro = sel(p, [(v, _mm256_or_si256(m[0], m[5])), (q, m[1]), (tt, m[4])]);
-            let go = sel(p, [(v, _mm256_or_si256(m[1], m[2])), (tt, m[0]), (q, m[3])]);
-            let bo = sel(p, [(v, _mm256_or_si256(m[3], m[4])), (tt, m[2]), (q, m[5])]);
+            let out = |vbit: __m256i, wbit: __m256i| pick(pick(p, v, vbit), w, wbit);
+            let ro =
+                out(_mm256_slli_epi32::<{ 31 - SEL_RV as i32 }>(e), _mm256_slli_epi32::<{ 31 - SEL_RW as i32 }>(e));
+            let go =
+                out(_mm256_slli_epi32::<{ 31 - SEL_GV as i32 }>(e), _mm256_slli_epi32::<{ 31 - SEL_GW as i32 }>(e));
+            let bo =
+                out(_mm256_slli_epi32::<{ 31 - SEL_BV as i32 }>(e), _mm256_slli_epi32::<{ 31 - SEL_BW as i32 }>(e));
             let st = |dst: &mut [u8], x: __m256i| {
                 let (lo, hi) = halves(x);
                 let w = _mm_packus_epi32(lo, hi);
@@ -622,6 +646,34 @@ mod tests {
                         let (h, s, v) = rgb_to_hsv(r, g, b);
                         assert_eq!(hue_pixel(r, g, b, shift), hsv_to_rgb(h.wrapping_add(shift), s, v));
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fixed_point_w_and_selectors_equal_hsv2rgb_for_every_h_s_v() {
+        // `hue_avx2`'s integer form of hsv2rgb against `hsv_to_rgb_bytes` on every (h, s, v),
+        // so every shift is covered, not only the pixels a test image reaches.
+        for h in 0..=255u8 {
+            for us in 0..=255u8 {
+                let e = w_entry(h, us);
+                let k = (e & ((1 << (W_BITS + 1)) - 1)) as u64;
+                let bit = |b: u32| e >> b & 1 == 1;
+                for v in 0..=255u8 {
+                    let w = ((v as u64 * k + (1 << (W_BITS - 1))) >> W_BITS) as u8;
+                    let p = hsv_p(us, v);
+                    let ch = |vb: u32, wb: u32| {
+                        if bit(wb) {
+                            w
+                        } else if bit(vb) {
+                            v
+                        } else {
+                            p
+                        }
+                    };
+                    let got = (ch(SEL_RV, SEL_RW), ch(SEL_GV, SEL_GW), ch(SEL_BV, SEL_BW));
+                    assert_eq!(got, hsv_to_rgb_bytes(h, us, v), "h {h} s {us} v {v}");
                 }
             }
         }
