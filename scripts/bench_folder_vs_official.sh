@@ -8,10 +8,21 @@
 set -euo pipefail
 img=${1:?IMAGE_DIR}; peer=${2:?PEER_SCRIPT}; size=${3:-224}; rounds=${4:-5}
 bin=${BIN:-target/release/bt-cli}; py=${PYTHON:-.venv/bin/python}
+# The machine is a shared VM: after each command, the CPU time the hypervisor gave to other
+# tenants while it ran (the "steal" column of /proc/stat), as a share of both cores' wall time.
+# A run with a large share measured the neighbours, not the pipeline.
+ticks() { awk '/^cpu /{print $9}' /proc/stat; }
+stolen() { # stolen COMMAND...: runs it, then prints the steal share of its wall time
+  local s0 t0 s1 t1; s0=$(ticks); t0=$(date +%s.%N)
+  "$@"
+  s1=$(ticks); t1=$(date +%s.%N)
+  awk -v s="$((s1 - s0))" -v hz="$(getconf CLK_TCK)" -v t0="$t0" -v t1="$t1" \
+    'BEGIN { w = t1 - t0; printf "  steal %.1f%% of 2 cores over %.1f s\n", 100 * s / hz / (2 * w), w }'
+}
 for r in $(seq "$rounds"); do
   echo "round $r $(date -u +%H:%M:%SZ) load $(cut -d' ' -f1-3 /proc/loadavg)"
-  "$bin" bench data --preset imagenet-resnet50 --data "$img" --set data.batch_size=64 \
-    --set data.image_size="$size" --threads 2 --seconds 15 2>&1 | grep "pairs/s"
-  "$py" "$peer" "$img" 20 2 64 "$size" 2>&1 | tail -1
-  "$py" "$peer" "$img" 12 1 64 "$size" 2>&1 | tail -1
+  stolen bash -c "'$bin' bench data --preset imagenet-resnet50 --data '$img' --set data.batch_size=64 \
+    --set data.image_size=$size --threads 2 --seconds 15 2>&1 | grep pairs/s"
+  stolen bash -c "'$py' '$peer' '$img' 20 2 64 $size 2>&1 | tail -1"
+  stolen bash -c "'$py' '$peer' '$img' 12 1 64 $size 2>&1 | tail -1"
 done

@@ -85,6 +85,55 @@
 //! ```
 #![deny(missing_docs)]
 
+// Run-time AVX2 dispatch, shared by the kernels of `pil`, `pil_color` and `source` (macros
+// before the modules, so every module sees them).
+
+/// `$vis fn $name(args)` running `$imp(args)`, compiled a second time for AVX2 and dispatched
+/// on the CPU at run time. The arithmetic is the same in either build (integer ops and IEEE
+/// `f32`/`f64` operations round identically at any vector width, and Rust never fuses a
+/// multiply-add), so the bits are too; only the loops get wider.
+macro_rules! avx2_dispatch {
+    ($(#[$m:meta])* $vis:vis fn $name:ident => $imp:ident($($a:ident: $t:ty),*)) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($a: $t),*) {
+                    $imp($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2 (checked just above).
+                    return unsafe { avx2($($a),*) };
+                }
+            }
+            $imp($($a),*)
+        }
+    };
+}
+
+/// `$avx2` (an `unsafe` call of a `#[target_feature(enable = "avx2")]` kernel) when the CPU has
+/// AVX2, else `$portable`; off x86-64 only `$portable` is compiled. For kernels written with
+/// explicit intrinsics, where `avx2_dispatch!`'s "compile the portable body twice" is not
+/// what is wanted.
+macro_rules! avx2_or {
+    ($avx2:expr, $portable:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        let r = if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above), all the kernel requires.
+            #[allow(unused_unsafe)]
+            unsafe {
+                $avx2
+            }
+        } else {
+            $portable
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let r = $portable;
+        r
+    }};
+}
+
 pub mod bench;
 pub mod cifar;
 pub mod decode;

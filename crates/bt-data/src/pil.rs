@@ -149,12 +149,7 @@ pub fn resize(
     out_h: usize,
 ) {
     let args = (src, src_w, src_h, region, bx, filter, flip);
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { resize_avx2(args, out, out_w, out_h) };
-    }
-    resize_impl(args, out, out_w, out_h, false)
+    avx2_or!(resize_avx2(args, out, out_w, out_h), resize_impl(args, out, out_w, out_h, false))
 }
 
 /// The arguments of [`resize`] before the output.
@@ -454,23 +449,12 @@ fn box_weights(radius: f32) -> (usize, u32, u32) {
     (r, ww, fw)
 }
 
-/// `ImageFilter.GaussianBlur(radius=sigma)` on a CHW u8 image (`3 x h x w`), in place:
-/// Pillow's 3-pass extended box blur, all horizontal passes first, then all vertical ones.
-/// `sigma == 0` leaves the image unchanged (Pillow returns a copy).
-pub fn gaussian_blur(img: &mut [u8], w: usize, h: usize, sigma: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { gaussian_blur_avx2(img, w, h, sigma) };
-    }
-    gaussian_blur_impl(img, w, h, sigma)
-}
-
-/// [`gaussian_blur_impl`] compiled for AVX2 (integer arithmetic: the same bits).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn gaussian_blur_avx2(img: &mut [u8], w: usize, h: usize, sigma: f32) {
-    gaussian_blur_impl(img, w, h, sigma)
+avx2_dispatch! {
+    /// `ImageFilter.GaussianBlur(radius=sigma)` on a CHW u8 image (`3 x h x w`), in place:
+    /// Pillow's 3-pass extended box blur, all horizontal passes first, then all vertical ones.
+    /// `sigma == 0` leaves the image unchanged (Pillow returns a copy).
+    /// Compiled twice, the second time for AVX2 (integer arithmetic: the same bits).
+    pub fn gaussian_blur => gaussian_blur_impl(img: &mut [u8], w: usize, h: usize, sigma: f32)
 }
 
 #[inline(always)]
@@ -500,7 +484,7 @@ fn gaussian_blur_impl(img: &mut [u8], w: usize, h: usize, sigma: f32) {
 }
 
 /// Three box passes down the columns of `a` (`rows x cols`), ping-ponging with `b`; the result
-/// ends in `b` (`a` is scratch). A function (inlined into `gaussian_blur_avx2`, so compiled
+/// ends in `b` (`a` is scratch). A function (inlined into the AVX2 build of `gaussian_blur`, so compiled
 /// with AVX2), not a closure: closures are compiled without the caller's target features.
 #[inline(always)]
 fn three(a: &mut [u8], b: &mut [u8], rows: usize, cols: usize, wts: (usize, u32, u32), acc: &mut [u32]) {
@@ -604,7 +588,7 @@ unsafe fn transpose16(src: *const u8, src_stride: usize, dst: *mut u8, dst_strid
 
 /// One output line of [`box_rows`]: `acc += add - sub`, then the fractional edge pixels
 /// `l`, `r` weighted in. A function rather than a closure so that it is inlined into (and
-/// compiled with the AVX2 of) `gaussian_blur_avx2`; closures stay SSE2.
+/// compiled with the AVX2 of) the AVX2 build of `gaussian_blur`; closures stay SSE2.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn box_step(acc: &mut [u32], s: &[u8], ad: &[u8], lr: &[u8], rr: &[u8], ww: u32, fw: u32, o: &mut [u8]) {

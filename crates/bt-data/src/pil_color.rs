@@ -22,30 +22,6 @@
 //!
 //! Images are CHW planar (`3 x h x w`, see [`crate::Image`]); `hw = h * w`.
 
-/// `$vis fn $name(args)` running `$imp(args)`, compiled a second time for AVX2 and dispatched
-/// on the CPU at run time. The arithmetic is the same in either build (integer ops and IEEE
-/// `f32`/`f64` operations round identically at any vector width, and Rust never fuses a
-/// multiply-add), so the bits are too; only the loops get wider.
-macro_rules! avx2_dispatch {
-    ($(#[$m:meta])* $vis:vis fn $name:ident => $imp:ident($($a:ident: $t:ty),*)) => {
-        $(#[$m])*
-        $vis fn $name($($a: $t),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2")]
-                unsafe fn avx2($($a: $t),*) {
-                    $imp($($a),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU has AVX2 (checked just above).
-                    return unsafe { avx2($($a),*) };
-                }
-            }
-            $imp($($a),*)
-        }
-    };
-}
-
 /// `ImagingBlend`'s per-value expression (C `float`): interpolation truncates, extrapolation
 /// clips to `[0, 255]` first. Rust's saturating float-to-int cast is exactly that clip
 /// followed by the truncation, so one branch-free expression serves both (and vectorizes).
@@ -338,12 +314,7 @@ fn hsv_to_rgb_bytes(h: u8, us: u8, v: u8) -> (u8, u8, u8) {
 pub fn hue(img: &mut [u8], hue: f64) {
     // np.int32(hue * 255) truncates toward zero; .astype(uint8) wraps.
     let shift = (hue * 255.0) as i32 as u8;
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { hue_avx2(img, shift) };
-    }
-    hue_impl(img, shift)
+    avx2_or!(hue_avx2(img, shift), hue_impl(img, shift))
 }
 
 fn hue_impl(img: &mut [u8], shift: u8) {
@@ -579,12 +550,7 @@ pub fn to_tensor(img: &[u8], out: &mut [f32], norm: Option<([f32; 3], [f32; 3])>
 
 /// `out[j] = lut[img[j]]`: with AVX2, 8 values per `vpgatherdd` from the (L1-resident) table.
 fn lookup(img: &[u8], out: &mut [f32], lut: &[f32; 256]) {
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        done = unsafe { lookup_avx2(img, out, lut) };
-    }
+    let done = avx2_or!(lookup_avx2(img, out, lut), 0);
     for (o, &v) in out[done..].iter_mut().zip(&img[done..]) {
         *o = lut[v as usize];
     }

@@ -287,12 +287,7 @@ impl ImageSource for MemoryImages {
 /// Interleaved RGB (HWC) into three planes (CHW) of `chw.len() / 3` values each; writes
 /// every value of `chw` when `hwc.len() == chw.len()`.
 fn deinterleave(hwc: &[u8], chw: &mut [MaybeUninit<u8>]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { deinterleave_avx2(hwc, chw) };
-    }
-    deinterleave_impl(hwc, chw)
+    avx2_or!(deinterleave_avx2(hwc, chw), deinterleave_impl(hwc, chw))
 }
 
 #[cfg(target_arch = "x86_64")]
