@@ -40,8 +40,8 @@
 //! 2.3-2.8 ms, 1/4 1.7-2.4, 1/8 1.6-2.3. These files are large, high-quality JPEGs, so Huffman
 //! decoding (which no scaling skips) dominates; libjpeg-turbo's C decoder without its SIMD
 //! (`mozjpeg-sys`: nasm is absent here and in CI) was slower than `jpeg-decoder` at every
-//! scale (8.6-9.7 vs 7.6-8.3 ms full under load). Decoding is now about 45% of a 224 px pair's
-//! CPU time; the rest is the views' resize, hue, blur and blends (see `docs/BENCHMARKS.md`,
+//! scale (8.6-9.7 vs 7.6-8.3 ms full under load). Decoding is now about half of a 224 px pair's
+//! CPU time (~2.0 of 3.7 ms); the rest is the views' resize, hue, blur and blends (see `docs/BENCHMARKS.md`,
 //! and `examples/stages.rs` for a per-stage split). Throughput against the official pipeline:
 //! `docs/BENCHMARKS.md`.
 //!
