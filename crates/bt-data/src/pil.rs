@@ -586,6 +586,13 @@ unsafe fn transpose16(src: *const u8, src_stride: usize, dst: *mut u8, dst_strid
     }
 }
 
+/// `ImagingLineBoxBlur8`'s output value (`box_line`'s `save`): the window sum `acc` and the sum
+/// `edges` of the two fractional edge pixels, weighted in 24-bit fixed point and rounded.
+#[inline(always)]
+fn box_value(acc: u32, edges: u32, ww: u32, fw: u32) -> u8 {
+    (acc.wrapping_mul(ww).wrapping_add(edges.wrapping_mul(fw)).wrapping_add(1 << 23) >> 24) as u8
+}
+
 /// One output line of [`box_rows`]: `acc += add - sub`, then the fractional edge pixels
 /// `l`, `r` weighted in. A function rather than a closure so that it is inlined into (and
 /// compiled with the AVX2 of) the AVX2 build of `gaussian_blur`; closures stay SSE2.
@@ -596,8 +603,7 @@ fn box_step(acc: &mut [u32], s: &[u8], ad: &[u8], lr: &[u8], rr: &[u8], ww: u32,
     for ((((a, o), &s), &ad), (&l, &r)) in acc.iter_mut().zip(o).zip(s).zip(ad).zip(lr.iter().zip(rr)) {
         let v = a.wrapping_add(ad as u32).wrapping_sub(s as u32);
         *a = v;
-        let bulk = v.wrapping_mul(ww).wrapping_add((l as u32 + r as u32).wrapping_mul(fw));
-        *o = (bulk.wrapping_add(1 << 23) >> 24) as u8;
+        *o = box_value(v, l as u32 + r as u32, ww, fw);
     }
 }
 
@@ -715,8 +721,7 @@ unsafe fn box_rows_window_avx2(inp: &[u8], out: &mut [u8], w: usize, h: usize, r
         }
         for j in body..w {
             let acc: u32 = inner.iter().map(|x| x[j] as u32).sum();
-            let bulk = acc.wrapping_mul(ww).wrapping_add((outer[0][j] as u32 + outer[1][j] as u32).wrapping_mul(fw));
-            o[j] = (bulk.wrapping_add(1 << 23) >> 24) as u8;
+            o[j] = box_value(acc, outer[0][j] as u32 + outer[1][j] as u32, ww, fw);
         }
     }
 }

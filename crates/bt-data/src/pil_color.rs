@@ -340,6 +340,8 @@ fn hsv_w_factor(h: u8, us: u8) -> f64 {
 
 /// Fractional bits of [`HueTables::w`]'s fixed-point factors.
 const W_BITS: u32 = 23;
+/// The factor's bits in a [`HueTables::w`] entry (0..=23: the factor reaches `2^23` at 1.0).
+const W_MASK: u32 = (1 << (W_BITS + 1)) - 1;
 /// [`HueTables::w`]: bits of the output selectors (R, G, B each take `v`, `w` or else `p`).
 const SEL_RV: u32 = 24;
 const SEL_RW: u32 = 25;
@@ -422,7 +424,7 @@ unsafe fn hue_avx2(img: &mut [u8], shift: u8) {
     let byte = _mm256_set1_epi32(0xFF);
     let (zero, one, two) = (_mm256_setzero_si256(), _mm256_set1_epi32(1), _mm256_set1_epi32(2));
     let sh = _mm256_set1_epi32(shift as i32);
-    let kmask = _mm256_set1_epi32((1 << (W_BITS + 1)) - 1);
+    let kmask = _mm256_set1_epi32(W_MASK as i32);
     let half = _mm256_set1_epi32(1 << (W_BITS - 1));
     let halves = |v: __m256i| (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
     for j in (0..body).step_by(8) {
@@ -624,7 +626,7 @@ mod tests {
         for h in 0..=255u8 {
             for us in 0..=255u8 {
                 let e = w_entry(h, us);
-                let k = (e & ((1 << (W_BITS + 1)) - 1)) as u64;
+                let k = (e & W_MASK) as u64;
                 let bit = |b: u32| e >> b & 1 == 1;
                 for v in 0..=255u8 {
                     let w = ((v as u64 * k + (1 << (W_BITS - 1))) >> W_BITS) as u8;
