@@ -74,7 +74,9 @@ pub struct DataConfig {
     /// `image-folder`: skip (and count) unreadable images instead of failing.
     pub skip_bad_images: bool,
     /// `image-folder`: decode JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain when both
-    /// views' crops still have at least `image_size` pixels per side (PIL's `draft`).
+    /// views' crops still have at least `image_size` pixels per side (PIL's `draft`), and
+    /// stop a full-size sequential JPEG's decode below the lower crop's bottom row (the same
+    /// views bit for bit: the rows kept are those a full decode gives).
     pub jpeg_draft: bool,
     /// `stl10`: `train`, `unlabeled` or `train+unlabeled` for pretraining.
     pub stl10_split: Stl10Split,

@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (name, k) in [("image/zune-jpeg full", 1u32), ("jpeg-decoder 1/2", 2), ("jpeg-decoder 1/4", 4)] {
         let t = Instant::now();
         for b in &files {
-            decode::decode(b, k)?;
+            decode::decode(b, bt_data::LoadHint { max_reduction: k, ..bt_data::LoadHint::FULL })?;
         }
         println!("{name}: {:.1} ms/image", t.elapsed().as_secs_f64() * 1e3 / files.len() as f64);
     }

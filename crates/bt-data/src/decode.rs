@@ -14,8 +14,12 @@
 //!   conversion work. Full-size JPEGs go to `zune-jpeg` directly (the decoder behind `image`,
 //!   without its wrapper's repeated header parses and copies), everything else through the
 //!   `image` crate; see the crate doc for the measurements behind this split.
+//! - **Top rows only** ([`decode`] with [`LoadHint::rows`] below the height): a sequential
+//!   full-size JPEG stops after the MCU row that completes the rows asked for, and the image
+//!   comes back as the native image's top rows (the same bytes a full decode has there). The
+//!   entropy decoding below them, which no DCT scaling skips, is never done.
 use crate::error::{DataError, Result};
-use crate::source::Image;
+use crate::source::{Image, LoadHint};
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat};
 use std::io::Cursor;
@@ -126,23 +130,25 @@ fn scan_bytes(bytes: &[u8]) -> std::result::Result<Header, String> {
 }
 
 /// Decodes `path` (see [`decode`]).
-pub fn decode_file(path: &Path, max_reduction: u32) -> Result<Image> {
+pub fn decode_file(path: &Path, hint: LoadHint) -> Result<Image> {
     let bytes = std::fs::read(path).map_err(|e| DataError::Io { path: path.into(), source: e })?;
-    decode(&bytes, max_reduction).map_err(|reason| bad(path, reason))
+    decode(&bytes, hint).map_err(|reason| bad(path, reason))
 }
 
-/// Decodes an encoded image to 8-bit RGB CHW with its EXIF orientation applied. A JPEG may
-/// come back reduced by `k <= max_reduction` (`k` in 2, 4, 8; sides `ceil(native / k)`);
-/// other formats always come back at full size. The error is the decoder's message.
-pub fn decode(bytes: &[u8], max_reduction: u32) -> std::result::Result<Image, String> {
+/// Decodes an encoded image to 8-bit RGB CHW with its EXIF orientation applied, doing no more
+/// work than `hint` asks for: a JPEG may come back reduced by `k <= hint.max_reduction` (`k`
+/// in 2, 4, 8; sides `ceil(native / k)`), or at full scale as the native image's top
+/// `height >= hint.rows` rows (see [`LoadHint`]); other formats always come back whole. The
+/// error is the decoder's message.
+pub fn decode(bytes: &[u8], hint: LoadHint) -> std::result::Result<Image, String> {
     let format = sniff(bytes).ok_or("not a JPEG, PNG or WebP file")?;
     if format == Format::Jpeg {
-        if max_reduction >= 2 {
-            if let Some(img) = decode_jpeg_reduced(bytes, max_reduction) {
+        if hint.max_reduction >= 2 {
+            if let Some(img) = decode_jpeg_reduced(bytes, hint.max_reduction) {
                 return Ok(img);
             }
         }
-        if let Some(img) = decode_jpeg_full(bytes) {
+        if let Some(img) = decode_jpeg_full(bytes, hint.rows) {
             return Ok(img);
         }
     }
@@ -165,8 +171,24 @@ thread_local! {
 /// the same options (lenient mode, RGB out), so the same pixels, but one header parse instead
 /// of three, no copy of the file and a reused output buffer. `None` (the `image` path decides,
 /// and words any error) for CMYK/YCCK or anything the decoder refuses.
-fn decode_jpeg_full(bytes: &[u8]) -> Option<Image> {
+///
+/// With `rows` below the height, a sequential (baseline or extended) JPEG without an EXIF
+/// rotation or flip stops early and comes back as its top `height >= rows` rows. zune-jpeg
+/// has no "stop at row" option, so the stop is its cooperative cancellation: the check is
+/// polled [`POLLS_PER_MCU_ROW`] times per MCU row (`8 * v_max` pixel rows) once asked to poll
+/// at every row, and fires after the polls of the MCU rows that cover `rows`, plus
+/// [`POLL_SLACK`] for the polls before the first row. Whatever the count, only the rows the
+/// decoder reports as stable (`decoded_scanlines`: finished, upsampled and colour-converted,
+/// the bytes a full decode writes there) are kept; if they are fewer than `rows`, the file is
+/// decoded again in full. A miscount costs time, never pixels.
+fn decode_jpeg_full(bytes: &[u8], rows: usize) -> Option<Image> {
+    decode_jpeg_top(bytes, rows, POLLS_PER_MCU_ROW, POLL_SLACK)
+}
+
+/// [`decode_jpeg_full`] with the poll count as parameters (a test makes it miscount).
+fn decode_jpeg_top(bytes: &[u8], rows: usize, polls_per_mcu_row: usize, poll_slack: usize) -> Option<Image> {
     use zune_core::colorspace::ColorSpace;
+    use zune_jpeg::SampleRatios;
     let opts = zune_core::options::DecoderOptions::default()
         .set_strict_mode(false)
         .set_max_width(usize::MAX)
@@ -181,24 +203,59 @@ fn decode_jpeg_full(bytes: &[u8]) -> Option<Image> {
     d.set_options(opts.jpeg_set_out_colorspace(out));
     let (w, h) = d.dimensions()?;
     let o = d.exif().and_then(|e| Orientation::from_exif_chunk(e)).unwrap_or(Orientation::NoTransforms);
+    let stop = rows < h && o == Orientation::NoTransforms && {
+        let info = d.info()?;
+        let sequential = info.sof.is_sequential_dct();
+        let v_max = match info.sample_ratio {
+            SampleRatios::HV | SampleRatios::V => 2,
+            SampleRatios::Generic(_, v) => v.max(1),
+            SampleRatios::H | SampleRatios::None => 1,
+        };
+        if sequential {
+            let limit = polls_per_mcu_row * rows.div_ceil(8 * v_max) + poll_slack;
+            let polls = std::sync::atomic::AtomicUsize::new(0);
+            d.set_cancel(move || polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= limit);
+            d.set_cancel_interval(1);
+        }
+        sequential
+    };
+    let channels = if out == ColorSpace::Luma { 1 } else { 3 };
     HWC.with_borrow_mut(|buf| {
         buf.resize(d.output_buffer_size()?, 0);
-        d.decode_into(buf).ok()?;
-        if out == ColorSpace::Luma {
-            let mut data = Vec::with_capacity(3 * w * h);
-            for _ in 0..3 {
-                data.extend_from_slice(&buf[..w * h]);
+        let height = match d.decode_into(buf) {
+            Ok(()) => h,
+            Err(zune_jpeg::errors::DecodeErrors::Cancelled) if stop => {
+                let stable = d.decoded_scanlines()?.min(h);
+                if stable < rows {
+                    return None;
+                }
+                stable
             }
-            let img = Image::new(w, h, data).ok()?;
+            Err(_) => return None,
+        };
+        let px = &buf[..channels * w * height];
+        if out == ColorSpace::Luma {
+            let mut data = Vec::with_capacity(3 * w * height);
+            for _ in 0..3 {
+                data.extend_from_slice(px);
+            }
+            let img = Image::new(w, height, data).ok()?;
             return if o == Orientation::NoTransforms { Some(img) } else { oriented(&img.to_hwc(), w, h, o) };
         }
         if o == Orientation::NoTransforms {
-            Image::from_hwc(w, h, buf).ok()
+            Image::from_hwc(w, height, px).ok()
         } else {
-            oriented(buf, w, h, o)
+            oriented(px, w, h, o)
         }
     })
+    .or_else(|| if stop { decode_jpeg_top(bytes, usize::MAX, 0, 0) } else { None })
 }
+
+/// Calls of the cancellation check per MCU row of a sequential scan at a poll interval of
+/// one MCU (zune-jpeg 0.5.16: one at the top of the row, one before decoding it).
+const POLLS_PER_MCU_ROW: usize = 2;
+/// Calls before the first MCU row (marker checks when the scan starts).
+const POLL_SLACK: usize = 2;
 
 /// Interleaved RGB with an EXIF orientation applied, as CHW.
 fn oriented(hwc: &[u8], w: usize, h: usize, o: Orientation) -> Option<Image> {
@@ -232,4 +289,26 @@ fn decode_jpeg_reduced(bytes: &[u8], max_reduction: u32) -> Option<Image> {
         return Image::from_hwc(w as usize, h as usize, &rgb).ok();
     }
     oriented(&rgb, w as usize, h as usize, o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_before_the_rows_asked_for_falls_back_to_the_whole_image() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jpeg/s420.jpg");
+        let bytes = std::fs::read(path).unwrap();
+        let full = decode_jpeg_full(&bytes, usize::MAX).unwrap();
+        // No polls allowed: the decoder is cancelled before its first row, so nothing is
+        // stable and the file is decoded again in full.
+        assert_eq!(decode_jpeg_top(&bytes, 40, 0, 0).unwrap(), full);
+        // The real counts stop below the bottom with the same top rows.
+        let top = decode_jpeg_top(&bytes, 40, POLLS_PER_MCU_ROW, POLL_SLACK).unwrap();
+        assert!((40..full.height).contains(&top.height), "{} rows", top.height);
+        let plane = |img: &Image, c: usize| img.data[c * img.width * img.height..][..img.width * top.height].to_vec();
+        for c in 0..3 {
+            assert_eq!(plane(&top, c), plane(&full, c));
+        }
+    }
 }

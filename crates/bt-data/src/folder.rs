@@ -258,10 +258,10 @@ impl ImageFolder {
                 .into_iter()
                 .find(|&k| self.cache_min_side > 0 && short / k as usize >= self.cache_min_side)
                 .unwrap_or(1);
-            let img = decode_file(&self.files[i], k)?;
+            let img = decode_file(&self.files[i], LoadHint { max_reduction: k, ..LoadHint::FULL })?;
             return Ok(cache[i].get_or_init(|| img).clone());
         }
-        decode_file(&self.files[i], hint.max_reduction)
+        decode_file(&self.files[i], hint)
     }
 }
 

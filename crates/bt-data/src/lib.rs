@@ -28,7 +28,10 @@
 //! resized straight to `image_size`, as torchvision's `RandomResizedCrop` on a PIL image. Both
 //! views share one decode; when both crops have at least `image_size` pixels per side at 1/2,
 //! 1/4 or 1/8 scale, a JPEG is decoded at that scale in the DCT domain (`data.jpeg_draft`, PIL's
-//! `draft` idea), and the crop becomes a fractional Pillow box on the smaller image.
+//! `draft` idea), and the crop becomes a fractional Pillow box on the smaller image. At full
+//! scale, the decode of a sequential JPEG stops after the MCU row holding the lower crop's
+//! bottom ([`LoadHint::rows`]): the views read nothing below it, and the rows kept are the
+//! bytes a whole decode gives there, so the batches are the same bit for bit.
 //!
 //! # Decoder choice and throughput (measured on the 2-core development machine)
 //! Full-size JPEGs go to `zune-jpeg` directly (the decoder inside `image`, without its
@@ -40,7 +43,17 @@
 //! 2.3-2.8 ms, 1/4 1.7-2.4, 1/8 1.6-2.3. These files are large, high-quality JPEGs, so Huffman
 //! decoding (which no scaling skips) dominates; libjpeg-turbo's C decoder without its SIMD
 //! (`mozjpeg-sys`: nasm is absent here and in CI) was slower than `jpeg-decoder` at every
-//! scale (8.6-9.7 vs 7.6-8.3 ms full under load). Decoding is now about half of a 224 px pair's
+//! scale (8.6-9.7 vs 7.6-8.3 ms full under load).
+//!
+//! `zune-jpeg` is pinned to its release candidate `=0.5.16-rc3`, for two reasons measured on
+//! the same 1000 files: (1) its cooperative cancellation is what stops a decode below the
+//! crops (0.5.15 has no way to stop early); stopping saved ~5% of the decode time at 224 px
+//! (`examples/stages.rs`: 1.87 vs 1.97 ms/image, both alternating file by file); (2) it fixes
+//! something in 0.5.15's 4:2:0 path: the two versions differ on 59 of the 1000 files (all
+//! 4:2:0, a few hundred pixels each), and on the 7 of those compared with Pillow's
+//! libjpeg-turbo decode, 0.5.15 was off by up to 27 levels, the release candidate by at most
+//! 5 (both ~0.2-0.3 on average, as on every file: a different IDCT). `image` keeps its own 0.5.15 for the
+//! CMYK JPEGs it still decodes. Decoding is now about half of a 224 px pair's
 //! CPU time (~2.0 of 3.7 ms); the rest is the views' resize, hue, blur and blends (see `docs/BENCHMARKS.md`,
 //! and `examples/stages.rs` for a per-stage split). Throughput against the official pipeline:
 //! `docs/BENCHMARKS.md`.

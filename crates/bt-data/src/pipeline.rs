@@ -22,7 +22,7 @@
 //!   [`DataError::WorkerPanic`]; if the producer dies anyway, the consumer sees
 //!   [`DataError::Disconnected`] for the batch it was waiting for. It never hangs.
 use crate::error::{DataError, Result};
-use crate::policy::{max_reduction, TwinPolicy};
+use crate::policy::{load_hint, TwinPolicy};
 use crate::rng::{stream, SampleRng};
 use crate::source::{ImageSource, IntoSource, LoadHint};
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -379,8 +379,8 @@ impl Producer {
         let img = match early {
             Some(im) => im,
             None => {
-                let k = if self.draft { max_reduction(&[pa.crop, pb.crop], self.image_size) } else { 1 };
-                src.load(i, LoadHint { max_reduction: k })?
+                let hint = if self.draft { load_hint(&[pa.crop, pb.crop], self.image_size) } else { LoadHint::FULL };
+                src.load(i, hint)?
             }
         };
         for (pol, p, out) in [(&self.policy.a, &pa, a), (&self.policy.b, &pb, b)] {

@@ -7,7 +7,7 @@ use crate::error::{DataError, Result};
 use crate::ops::{self, CropRect};
 use crate::pil;
 use crate::rng::{stream, SampleRng};
-use crate::source::Image;
+use crate::source::{Image, LoadHint};
 use bt_config::{BlurKind, ColorMath, CropKind, Interpolation, JitterStyle, ViewConfig};
 
 /// Colour-jitter parameters of one view.
@@ -293,6 +293,14 @@ pub fn max_reduction(crops: &[CropRect], size: usize) -> u32 {
     [8u32, 4, 2].into_iter().find(|&k| min_side / k as usize >= size).unwrap_or(1)
 }
 
+/// The least a decode must deliver for views with these crops (sampled on the native image)
+/// at `size`: the largest DCT reduction [`max_reduction`] allows, and only the rows down to
+/// the lowest crop's bottom (Pillow's crop reads nothing outside its box).
+pub fn load_hint(crops: &[CropRect], size: usize) -> LoadHint {
+    let rows = crops.iter().map(|c| c.top + c.height).max().unwrap_or(usize::MAX);
+    LoadHint { max_reduction: max_reduction(crops, size), rows }
+}
+
 impl ViewPolicy {
     /// Renders view `p` of `img` into `out` (`3 x size x size` f32 CHW): crop + resize (+ flip)
     /// with this policy's interpolation, then the colour ops (with [`ColorMath::PilU8`]:
@@ -300,8 +308,7 @@ impl ViewPolicy {
     /// size the crop was sampled on; `img` may be smaller (a reduced decode), and the crop is
     /// then scaled into its coordinates.
     pub fn render(&self, img: &Image, native: (usize, usize), p: &ViewParams, out: &mut [f32], size: usize) {
-        let (nw, nh) = native;
-        let same = img.width == nw && img.height == nh;
+        let same = full_scale(img, native, p.crop);
         match self.cfg.interpolation {
             Interpolation::TfBilinear => {
                 let crop = if same { p.crop } else { scale_rect(p.crop, native, img) };
@@ -370,7 +377,7 @@ impl ViewPolicy {
         };
         let (nw, nh) = native;
         let c = p.crop;
-        let (region, bx) = if img.width == nw && img.height == nh {
+        let (region, bx) = if full_scale(img, native, c) {
             // torchvision on PIL: `img.crop(box).resize(size)`.
             let r = pil::Region { left: c.left, top: c.top, width: c.width, height: c.height };
             (r, [0.0, 0.0, c.width as f32, c.height as f32])
@@ -391,6 +398,22 @@ impl ViewPolicy {
 }
 
 /// `crop` (in `native` pixels) in the pixels of the smaller `img`, rounded, at least 1x1.
+/// `true` when `img` is at the native scale: the whole native image, or its top rows (a
+/// decode stopped early, [`crate::LoadHint::rows`]), which must then hold all of `crop`.
+/// `false` for a DCT-reduced decode, whose width is `ceil(native / k) < native` (a reduction
+/// is only chosen for crops of at least `2 * image_size` pixels per side).
+fn full_scale(img: &Image, native: (usize, usize), crop: CropRect) -> bool {
+    let same = img.width == native.0 && img.height <= native.1;
+    assert!(
+        !same || crop.top + crop.height <= img.height,
+        "crop rows {}..{} beyond the {} rows decoded",
+        crop.top,
+        crop.top + crop.height,
+        img.height
+    );
+    same
+}
+
 fn scale_rect(crop: CropRect, native: (usize, usize), img: &Image) -> CropRect {
     let (sx, sy) = (img.width as f64 / native.0 as f64, img.height as f64 / native.1 as f64);
     let left = ((crop.left as f64 * sx).round() as usize).min(img.width - 1);

@@ -91,11 +91,16 @@ pub struct LoadHint {
     /// decoded at 1/2, 1/4 or 1/8 in the DCT domain), with sides `ceil(native / k)`. The
     /// pipeline compares the returned size with [`ImageSource::dims`] and scales its crops.
     pub max_reduction: u32,
+    /// Only the native image's rows `0..rows` will be read. A source returning the image at
+    /// full scale may then return just its top rows (native width, a height of at least
+    /// `min(rows, native height)`; e.g. a JPEG decode stopped below them). With
+    /// `max_reduction > 1`, a reduced image is always whole.
+    pub rows: usize,
 }
 
 impl LoadHint {
-    /// Full resolution.
-    pub const FULL: Self = Self { max_reduction: 1 };
+    /// The whole image at full resolution.
+    pub const FULL: Self = Self { max_reduction: 1, rows: usize::MAX };
 }
 
 impl Default for LoadHint {
