@@ -97,7 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         all + dec,
         1e3 / (all + dec)
     );
-    // Each u8 op alone on one rendered view (best of 3 rounds of 50).
+    // Each u8 op alone on one rendered view (best of 3 rounds of 500: the CPU clock ticks coarsely).
     let mut view = vec![0u8; 3 * size * size];
     pol.a.render_u8(&imgs[0], params[0].0, &bare(&params[0].1), &mut view, size);
     let mut f32v = vec![0f32; view.len()];
@@ -115,19 +115,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let best = (0..3)
             .map(|_| {
                 let t = Instant::now();
-                for _ in 0..50 {
+                for _ in 0..500 {
                     let mut v = view.clone();
                     op(&mut v);
                 }
-                t.elapsed().as_secs_f64() * 1e3 / 50.0
+                t.elapsed().as_secs_f64() * 1e3 / 500.0
             })
             .fold(f64::INFINITY, f64::min);
         println!("  {name}: {best:.3} ms/view");
     }
     let t = Instant::now();
-    for _ in 0..50 {
+    for _ in 0..500 {
         bt_data::pil_color::to_tensor(&view, &mut f32v, Some(([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])));
     }
-    println!("  to_tensor+normalize: {:.3} ms/view", t.elapsed().as_secs_f64() * 1e3 / 50.0);
+    println!("  to_tensor+normalize: {:.3} ms/view", t.elapsed().as_secs_f64() * 1e3 / 500.0);
     Ok(())
 }

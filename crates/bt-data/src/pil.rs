@@ -183,9 +183,14 @@ fn resize_impl(args: ResizeArgs<'_>, out: &mut [u8], out_w: usize, out_h: usize,
     // Pillow >= 11 runs the vertical pass first when the height shrinks by more than twice
     // what the width does (`ImagingResampleInner`); the order changes the u8 intermediate.
     let vertical_first = rh - out_h as i64 > 0 && rh - out_h as i64 > (rw - out_w as i64) * 2;
+    // The buffers of the previous resize on this thread (allocating and zeroing them per
+    // view, about 100 KB at 224 px, was ~1.5% of the ImageNet pipeline with its page faults).
+    // Taken out and put back rather than borrowed in a closure: a closure would not be
+    // compiled with `resize_avx2`'s AVX2.
+    let (mut tmp, mut hs) = SCRATCH.take();
+    hs.fit(region.width, out_w);
     if vertical_first {
-        let mut tmp = vec![0u8; region.width * out_h];
-        let mut hs = HScratch::new(region.width, out_w);
+        tmp.resize(region.width * out_h, 0);
         for c in 0..3 {
             let plane = &src[c * src_w * src_h..(c + 1) * src_w * src_h];
             for (yy, trow) in tmp.chunks_exact_mut(region.width).enumerate() {
@@ -199,8 +204,7 @@ fn resize_impl(args: ResizeArgs<'_>, out: &mut [u8], out_w: usize, out_h: usize,
         let y_first = cv.bounds.first().map_or(0, |b| b.0);
         let y_last = cv.bounds.last().map_or(0, |b| b.0 + b.1);
         let rows = y_last.saturating_sub(y_first);
-        let mut tmp = vec![0u8; rows * out_w];
-        let mut hs = HScratch::new(region.width, out_w);
+        tmp.resize(rows * out_w, 0);
         for c in 0..3 {
             let plane = &src[c * src_w * src_h..(c + 1) * src_w * src_h];
             let block = &plane[(region.top + y_first) * src_w + region.left..];
@@ -213,6 +217,14 @@ fn resize_impl(args: ResizeArgs<'_>, out: &mut [u8], out_w: usize, out_h: usize,
             }
         }
     }
+    SCRATCH.set((tmp, hs));
+}
+
+thread_local! {
+    /// [`resize`]'s intermediate image and [`HScratch`], reused from call to call. Every byte
+    /// a pass reads was written earlier in the same call, except the lanes of a last, partial
+    /// strip, which are never copied out (see [`hpass_transposed`]).
+    static SCRATCH: std::cell::RefCell<(Vec<u8>, HScratch)> = std::cell::RefCell::default();
 }
 
 /// Input rows per strip of [`hpass_transposed`]: 4 AVX2 registers of i32 accumulators, and a
@@ -221,7 +233,9 @@ fn resize_impl(args: ResizeArgs<'_>, out: &mut [u8], out_w: usize, out_h: usize,
 /// [`vpass`] down it was measured ~1.3x slower: accumulators through memory, block in L2.)
 const STRIP: usize = 32;
 
-/// Scratch of [`hpass_transposed`] (and of [`vpass`]: `acc`), allocated once per [`resize`].
+/// Scratch of [`hpass_transposed`] (and of [`vpass`]: `acc`), sized by [`HScratch::fit`] for
+/// each [`resize`].
+#[derive(Default)]
 struct HScratch {
     /// Columns of the input block (the region's width).
     width: usize,
@@ -234,8 +248,13 @@ struct HScratch {
 }
 
 impl HScratch {
-    fn new(width: usize, out_w: usize) -> Self {
-        HScratch { width, t: vec![0; width * STRIP], ht: vec![0; out_w * STRIP], acc: vec![0; width.max(out_w)] }
+    /// Sizes the buffers for a block `width` columns wide and `out_w` output columns (their
+    /// old contents stay: every pass writes what it reads).
+    fn fit(&mut self, width: usize, out_w: usize) {
+        self.width = width;
+        self.t.resize(width * STRIP, 0);
+        self.ht.resize(out_w * STRIP, 0);
+        self.acc.resize(width.max(out_w), 0);
     }
 }
 
@@ -881,9 +900,11 @@ mod tests {
                             })
                             .collect();
                         for avx2 in [false, avx2_cpu] {
-                            let mut hs = HScratch::new(in_w, out_w);
-                            // Stale bytes in the scratch, as a previous strip leaves them.
+                            let mut hs = HScratch::default();
+                            hs.fit(in_w, out_w);
+                            // Stale bytes in the scratch, as a previous strip or call leaves them.
                             hs.t.fill(255);
+                            hs.ht.fill(255);
                             let mut got = vec![0u8; rows * out_w];
                             // `avx2` is true only when the CPU has it (`avx2_cpu`).
                             hpass_transposed(avx2, &c, &mut hs, &block, stride, rows, flip, &mut got, out_w);

@@ -55,9 +55,56 @@ fn planes(img: &mut [u8]) -> (&mut [u8], &mut [u8], &mut [u8]) {
 /// (8 values per instruction under AVX2) where a 256-entry table lookup would not.
 #[inline(always)]
 fn blend_all(img: &mut [u8], a: u8, alpha: f32) {
+    // With a fixed `a` the blend is a function of the value alone: on CPUs with AVX-512 VBMI
+    // its 256 results are a table that `vpermi2b` applies to 64 values at a time.
+    #[cfg(target_arch = "x86_64")]
+    if img.len() >= 1024 && has_vbmi() {
+        let t: [u8; 256] = std::array::from_fn(|v| blend(a, v as u8, alpha));
+        // SAFETY: the CPU has AVX-512 F, BW and VBMI (checked just above).
+        let done = unsafe { lookup_bytes_vbmi(img, &t) };
+        for v in &mut img[done..] {
+            *v = t[*v as usize];
+        }
+        return;
+    }
     for v in img.iter_mut() {
         *v = blend(a, *v, alpha);
     }
+}
+
+/// `true` when the CPU has what [`lookup_bytes_vbmi`] needs.
+#[cfg(target_arch = "x86_64")]
+fn has_vbmi() -> bool {
+    std::arch::is_x86_feature_detected!("avx512vbmi") && std::arch::is_x86_feature_detected!("avx512bw")
+}
+
+/// `v = t[v]` for the first `img.len() / 64 * 64` bytes (returned): per 64 bytes, one
+/// `vpermi2b` for the indices below 128 (table bytes 0..128 in two registers), one for those
+/// above, and a select on each index's top bit.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW and VBMI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn lookup_bytes_vbmi(img: &mut [u8], t: &[u8; 256]) -> usize {
+    use std::arch::x86_64::*;
+    let body = img.len() / 64 * 64;
+    // SAFETY: the four table loads read `t`'s 256 bytes; each step reads and writes the 64
+    // bytes at `j + 64 <= body <= img.len()`.
+    unsafe {
+        let part = |k: usize| _mm512_loadu_si512(t.as_ptr().add(64 * k).cast());
+        let (t0, t1, t2, t3) = (part(0), part(1), part(2), part(3));
+        for j in (0..body).step_by(64) {
+            let p = img.as_mut_ptr().add(j);
+            let idx = _mm512_loadu_si512(p.cast());
+            // Index bits 0..=6 pick among 128 table bytes; bit 7 picks the table half.
+            let low = _mm512_permutex2var_epi8(t0, idx, t1);
+            let high = _mm512_permutex2var_epi8(t2, idx, t3);
+            let r = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), low, high);
+            _mm512_storeu_si512(p.cast(), r);
+        }
+    }
+    body
 }
 
 avx2_dispatch! {
@@ -550,9 +597,18 @@ pub fn to_tensor(img: &[u8], out: &mut [f32], norm: Option<([f32; 3], [f32; 3])>
     }
 }
 
-/// `out[j] = lut[img[j]]`: with AVX2, 8 values per `vpgatherdd` from the (L1-resident) table.
+/// `out[j] = lut[img[j]]`: with AVX-512 VBMI, 64 values per step as byte-table lookups
+/// ([`lookup_vbmi`]); else with AVX2, 8 values per `vpgatherdd` from the (L1-resident) table.
 fn lookup(img: &[u8], out: &mut [f32], lut: &[f32; 256]) {
-    let done = avx2_or!(lookup_avx2(img, out, lut), 0);
+    #[cfg(target_arch = "x86_64")]
+    let done = if has_vbmi() {
+        // SAFETY: the CPU has AVX-512 F, BW and VBMI (checked just above).
+        unsafe { lookup_vbmi(img, out, lut) }
+    } else {
+        avx2_or!(lookup_avx2(img, out, lut), 0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     for (o, &v) in out[done..].iter_mut().zip(&img[done..]) {
         *o = lut[v as usize];
     }
@@ -572,6 +628,52 @@ unsafe fn lookup_avx2(img: &[u8], out: &mut [f32], lut: &[f32; 256]) -> usize {
         unsafe {
             let idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(img.as_ptr().add(j).cast()));
             _mm256_storeu_ps(out.as_mut_ptr().add(j), _mm256_i32gather_ps::<4>(lut.as_ptr(), idx));
+        }
+    }
+    body
+}
+
+/// The whole blocks of 64 of [`lookup`]; returns how many values it wrote. The table is
+/// split into its four byte planes (byte `b` of every f32, 256 bytes each, four registers
+/// each); per 64 values, each plane is looked up like [`lookup_bytes_vbmi`] (two `vpermi2b`
+/// and a select on the index's top bit), and the four planes' bytes are interleaved back into
+/// f32s by two rounds of unpacks. Unpacks work within 128-bit lanes: register `m`, lane `q`
+/// of the result holds the values at positions `16q + 4m .. +4`, so the indices are first
+/// permuted (`vpermb`) to put value `16m + 4q + i` there, and each register stores 16
+/// consecutive values. No gathers: ~27 instructions per 64 values.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW and VBMI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn lookup_vbmi(img: &[u8], out: &mut [f32], lut: &[f32; 256]) -> usize {
+    use std::arch::x86_64::*;
+    let body = img.len().min(out.len()) / 64 * 64;
+    let planes: [[u8; 256]; 4] = std::array::from_fn(|b| std::array::from_fn(|v| lut[v].to_le_bytes()[b]));
+    // Position 16q + 4m + i takes value 16m + 4q + i (swapping m and q: its own inverse).
+    let order: [u8; 64] = std::array::from_fn(|j| (16 * ((j / 4) % 4) + 4 * (j / 16) + j % 4) as u8);
+    // SAFETY: the table loads read the 256-byte planes and the 64-byte `order`; each step
+    // reads 64 bytes at `j` and writes 64 f32 at `j`, with `j + 64 <= body` for both slices.
+    unsafe {
+        let order = _mm512_loadu_si512(order.as_ptr().cast());
+        let t: [[__m512i; 4]; 4] =
+            std::array::from_fn(|b| std::array::from_fn(|k| _mm512_loadu_si512(planes[b].as_ptr().add(64 * k).cast())));
+        for j in (0..body).step_by(64) {
+            let idx = _mm512_permutexvar_epi8(order, _mm512_loadu_si512(img.as_ptr().add(j).cast()));
+            let high = _mm512_movepi8_mask(idx);
+            let look = |t: &[__m512i; 4]| {
+                let lo = _mm512_permutex2var_epi8(t[0], idx, t[1]);
+                let hi = _mm512_permutex2var_epi8(t[2], idx, t[3]);
+                _mm512_mask_blend_epi8(high, lo, hi)
+            };
+            let (b0, b1, b2, b3) = (look(&t[0]), look(&t[1]), look(&t[2]), look(&t[3]));
+            let (lo01, hi01) = (_mm512_unpacklo_epi8(b0, b1), _mm512_unpackhi_epi8(b0, b1));
+            let (lo23, hi23) = (_mm512_unpacklo_epi8(b2, b3), _mm512_unpackhi_epi8(b2, b3));
+            let o = out.as_mut_ptr().add(j).cast::<__m512i>();
+            _mm512_storeu_si512(o, _mm512_unpacklo_epi16(lo01, lo23));
+            _mm512_storeu_si512(o.add(1), _mm512_unpackhi_epi16(lo01, lo23));
+            _mm512_storeu_si512(o.add(2), _mm512_unpacklo_epi16(hi01, hi23));
+            _mm512_storeu_si512(o.add(3), _mm512_unpackhi_epi16(hi01, hi23));
         }
     }
     body
@@ -696,13 +798,16 @@ mod tests {
 
     #[test]
     fn gathered_lookup_equals_indexing() {
-        // Every byte value, a length that leaves a remainder for the scalar tail.
-        let img: Vec<u8> = (0..3 * 256 + 7).map(|j| (j * 101 + j / 256) as u8).collect();
+        // Every byte value at every position of a 64-value block, and lengths that leave
+        // remainders for the scalar tail; a table whose four bytes all vary.
         let lut: [f32; 256] = std::array::from_fn(|v| (v as f32 / 255.0 - 0.485) / 0.229);
-        let mut out = vec![f32::NAN; img.len()];
-        lookup(&img, &mut out, &lut);
-        for (j, (&o, &v)) in out.iter().zip(&img).enumerate() {
-            assert_eq!(o.to_bits(), lut[v as usize].to_bits(), "value {j}");
+        for len in [7, 64, 256 * 64 + 7, 3 * 256 + 63] {
+            let img: Vec<u8> = (0..len).map(|j| (j * 101 + j / 256) as u8).collect();
+            let mut out = vec![f32::NAN; img.len()];
+            lookup(&img, &mut out, &lut);
+            for (j, (&o, &v)) in out.iter().zip(&img).enumerate() {
+                assert_eq!(o.to_bits(), lut[v as usize].to_bits(), "value {j} of {len}");
+            }
         }
     }
 
@@ -710,6 +815,21 @@ mod tests {
     fn round_nonneg_is_c_round() {
         for x in [0.0, 0.49999999999999994, 0.5, 1.5, 2.5, 254.49999999999997, 254.5, 3.0000000000000004] {
             assert_eq!(round_nonneg(x), x.round() as i32, "{x}");
+        }
+    }
+
+    #[test]
+    fn fixed_blends_are_the_per_value_blend_on_every_value_and_length() {
+        // Lengths around the 64-byte steps and the table path's 1024-byte threshold; every
+        // value, in a shuffled order, at factors that clip at both ends.
+        for len in [5, 1023, 1024, 1024 + 63, 3 * 1000] {
+            let src: Vec<u8> = (0..len).map(|i| ((i * 151 + 7) % 256) as u8).collect();
+            for (a, alpha) in [(0u8, 1.7f32), (0, 0.3), (97, 2.9), (200, -0.4), (128, 1.0)] {
+                let mut img = src.clone();
+                blend_all(&mut img, a, alpha);
+                let want: Vec<u8> = src.iter().map(|&v| blend(a, v, alpha)).collect();
+                assert_eq!(img, want, "len {len}, a {a}, alpha {alpha}");
+            }
         }
     }
 
