@@ -194,7 +194,18 @@ fn resize_impl(args: ResizeArgs<'_>, out: &mut [u8], out_w: usize, out_h: usize,
         for c in 0..3 {
             let plane = &src[c * src_w * src_h..(c + 1) * src_w * src_h];
             for (yy, trow) in tmp.chunks_exact_mut(region.width).enumerate() {
-                vpass(&cv, &mut hs.acc, plane, src_w, region.left, region.top as isize, region.width, yy, trow);
+                vpass_any(
+                    avx2,
+                    &cv,
+                    &mut hs.acc,
+                    plane,
+                    src_w,
+                    region.left,
+                    region.top as isize,
+                    region.width,
+                    yy,
+                    trow,
+                );
             }
             let oplane = &mut out[c * out_w * out_h..(c + 1) * out_w * out_h];
             hpass_transposed(avx2, &ch, &mut hs, &tmp, region.width, out_h, flip, oplane, out_w);
@@ -213,7 +224,7 @@ fn resize_impl(args: ResizeArgs<'_>, out: &mut [u8], out_w: usize, out_h: usize,
             let oplane = &mut out[c * out_w * out_h..(c + 1) * out_w * out_h];
             for (yy, orow) in oplane.chunks_exact_mut(out_w).enumerate() {
                 // `tmp` row 0 is region row `y_first`.
-                vpass(&cv, &mut hs.acc, &tmp, out_w, 0, -(y_first as isize), out_w, yy, orow);
+                vpass_any(avx2, &cv, &mut hs.acc, &tmp, out_w, 0, -(y_first as isize), out_w, yy, orow);
             }
         }
     }
@@ -333,9 +344,6 @@ unsafe fn strip_avx2(ch: &Coeffs, t: &[u8], flip: bool, ht: &mut [u8]) {
     const _: () = assert!(STRIP == 32, "strip_avx2 holds 4 x 8 lanes");
     let out_w = ch.bounds.len();
     assert!(ht.len() >= out_w * STRIP, "pil::strip_avx2: ht too small");
-    // `packs`/`packus` work within 128-bit halves: 4-byte group g of the packed bytes holds
-    // lanes 4(g / 4)..+4 of register g % 4; this permutation puts them back in lane order.
-    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for xx in 0..out_w {
         let (xmin, taps) = ch.bounds[xx];
         let k = &ch.k[xx * ch.ksize..][..taps];
@@ -350,14 +358,107 @@ unsafe fn strip_avx2(ch: &Coeffs, t: &[u8], flip: bool, ht: &mut [u8]) {
                 *a = _mm256_add_epi32(*a, _mm256_mullo_epi32(p, kv));
             }
         }
-        // clip8: arithmetic shift, then saturating packs (i32 -> i16 -> u8) clamp to 0..=255
-        // exactly as `clamp(0, 255)` does.
-        let v = acc.map(|a| _mm256_srai_epi32::<{ PRECISION_BITS as i32 }>(a));
-        let b8 = _mm256_packus_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
         let d = if flip { out_w - 1 - xx } else { xx };
         // SAFETY: row `d < out_w` of `ht` is STRIP = 32 bytes (length checked above).
-        unsafe { _mm256_storeu_si256(ht.as_mut_ptr().add(d * STRIP).cast(), _mm256_permutevar8x32_epi32(b8, order)) };
+        unsafe { _mm256_storeu_si256(ht.as_mut_ptr().add(d * STRIP).cast(), clip8_x32(acc)) };
     }
+}
+
+/// [`clip8`] of 32 i32 accumulators (4 registers, lanes in order) as 32 bytes in order:
+/// arithmetic shift, then saturating packs (i32 -> i16 -> u8) clamp to 0..=255 exactly as
+/// `clamp(0, 255)` does.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn clip8_x32(acc: [std::arch::x86_64::__m256i; 4]) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // `packs`/`packus` work within 128-bit halves: 4-byte group g of the packed bytes holds
+    // lanes 4(g / 4)..+4 of register g % 4; this permutation puts them back in lane order.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let v = acc.map(|a| _mm256_srai_epi32::<{ PRECISION_BITS as i32 }>(a));
+    let b8 = _mm256_packus_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+    _mm256_permutevar8x32_epi32(b8, order)
+}
+
+/// [`vpass`], with [`vpass_avx2`] for the whole blocks of 32 columns when `avx2` (true only
+/// on CPUs that have it).
+// Geometry spelled out, as the pass itself needs it.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn vpass_any(
+    avx2: bool,
+    cv: &Coeffs,
+    acc: &mut [i32],
+    plane: &[u8],
+    stride: usize,
+    x0: usize,
+    y0: isize,
+    width: usize,
+    yy: usize,
+    out_row: &mut [u8],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is only true when the CPU has AVX2 (see `hpass_transposed`).
+        let done = unsafe { vpass_avx2(cv, plane, stride, x0, y0, width, yy, out_row) };
+        if done < width {
+            vpass(cv, acc, plane, stride, x0 + done, y0, width - done, yy, &mut out_row[done..]);
+        }
+        return;
+    }
+    vpass(cv, acc, plane, stride, x0, y0, width, yy, out_row);
+}
+
+/// [`vpass`] over the whole blocks of 32 columns (returns how many columns it wrote), with the
+/// 32 accumulators in registers across all taps and clip8 on the way out: [`vpass`]'s
+/// tap-by-tap loop over whole rows loads and stores its accumulators at every tap. The same
+/// products and sums, so the same bits.
+///
+/// # Safety
+/// The CPU must have AVX2.
+// Geometry spelled out, as the pass itself needs it.
+#[allow(clippy::too_many_arguments)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn vpass_avx2(
+    cv: &Coeffs,
+    plane: &[u8],
+    stride: usize,
+    x0: usize,
+    y0: isize,
+    width: usize,
+    yy: usize,
+    out_row: &mut [u8],
+) -> usize {
+    use std::arch::x86_64::*;
+    let (ymin, n) = cv.bounds[yy];
+    let k = &cv.k[yy * cv.ksize..yy * cv.ksize + n];
+    let body = width / 32 * 32;
+    if n == 0 || body == 0 {
+        return 0;
+    }
+    let first = ((ymin as isize) + y0) as usize;
+    // The window's last row ends inside the plane, and the output row holds `body` bytes.
+    assert!((first + n - 1) * stride + x0 + width <= plane.len() && body <= out_row.len(), "pil::vpass_avx2: window");
+    // SAFETY: every load is 8 bytes at `base + y * stride + x + 8i` with `y < n`,
+    // `x + 8i + 8 <= body <= width`: inside the plane (asserted above); the stores are 32
+    // bytes at `x + 32 <= body <= out_row.len()`.
+    unsafe {
+        let base = plane.as_ptr().add(first * stride + x0);
+        for x in (0..body).step_by(32) {
+            let mut acc = [_mm256_set1_epi32(1i32 << (PRECISION_BITS - 1)); 4];
+            for (y, &kk) in k.iter().enumerate() {
+                let kv = _mm256_set1_epi32(kk);
+                let p = base.add(y * stride + x);
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let px = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8 * i).cast()));
+                    *a = _mm256_add_epi32(*a, _mm256_mullo_epi32(px, kv));
+                }
+            }
+            _mm256_storeu_si256(out_row.as_mut_ptr().add(x).cast(), clip8_x32(acc));
+        }
+    }
+    body
 }
 
 /// Vertical pass of output row `yy`: input row `r` is `plane` row `r + y0` (`y0` may be
