@@ -193,19 +193,9 @@ fn resize_impl(args: ResizeArgs<'_>, out: &mut [u8], out_w: usize, out_h: usize,
         tmp.resize(region.width * out_h, 0);
         for c in 0..3 {
             let plane = &src[c * src_w * src_h..(c + 1) * src_w * src_h];
+            let cols = Columns { plane, stride: src_w, x0: region.left, y0: region.top as isize, width: region.width };
             for (yy, trow) in tmp.chunks_exact_mut(region.width).enumerate() {
-                vpass_any(
-                    avx2,
-                    &cv,
-                    &mut hs.acc,
-                    plane,
-                    src_w,
-                    region.left,
-                    region.top as isize,
-                    region.width,
-                    yy,
-                    trow,
-                );
+                vpass_any(avx2, &cv, &mut hs.acc, cols, yy, trow);
             }
             let oplane = &mut out[c * out_w * out_h..(c + 1) * out_w * out_h];
             hpass_transposed(avx2, &ch, &mut hs, &tmp, region.width, out_h, flip, oplane, out_w);
@@ -222,9 +212,10 @@ fn resize_impl(args: ResizeArgs<'_>, out: &mut [u8], out_w: usize, out_h: usize,
             // Mirrored here already: the vertical pass treats every column alike.
             hpass_transposed(avx2, &ch, &mut hs, block, src_w, rows, flip, &mut tmp, out_w);
             let oplane = &mut out[c * out_w * out_h..(c + 1) * out_w * out_h];
+            // `tmp` row 0 is region row `y_first`.
+            let cols = Columns { plane: &tmp, stride: out_w, x0: 0, y0: -(y_first as isize), width: out_w };
             for (yy, orow) in oplane.chunks_exact_mut(out_w).enumerate() {
-                // `tmp` row 0 is region row `y_first`.
-                vpass_any(avx2, &cv, &mut hs.acc, &tmp, out_w, 0, -(y_first as isize), out_w, yy, orow);
+                vpass_any(avx2, &cv, &mut hs.acc, cols, yy, orow);
             }
         }
     }
@@ -379,34 +370,34 @@ fn clip8_x32(acc: [std::arch::x86_64::__m256i; 4]) -> std::arch::x86_64::__m256i
     _mm256_permutevar8x32_epi32(b8, order)
 }
 
-/// [`vpass`], with [`vpass_avx2`] for the whole blocks of 32 columns when `avx2` (true only
-/// on CPUs that have it).
-// Geometry spelled out, as the pass itself needs it.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-fn vpass_any(
-    avx2: bool,
-    cv: &Coeffs,
-    acc: &mut [i32],
-    plane: &[u8],
+/// The input of a vertical pass: `width` columns from `x0` of `plane` (rows `stride` bytes
+/// apart), where the pass's input row `r` is `plane` row `r + y0` (`y0` may be negative: the
+/// horizontal-first intermediate starts at row `y_first`).
+#[derive(Clone, Copy)]
+struct Columns<'a> {
+    plane: &'a [u8],
     stride: usize,
     x0: usize,
     y0: isize,
     width: usize,
-    yy: usize,
-    out_row: &mut [u8],
-) {
+}
+
+/// [`vpass`], with [`vpass_avx2`] for the whole blocks of 32 columns when `avx2` (true only
+/// on CPUs that have it).
+#[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn vpass_any(avx2: bool, cv: &Coeffs, acc: &mut [i32], src: Columns<'_>, yy: usize, out_row: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: `avx2` is only true when the CPU has AVX2 (see `hpass_transposed`).
-        let done = unsafe { vpass_avx2(cv, plane, stride, x0, y0, width, yy, out_row) };
-        if done < width {
-            vpass(cv, acc, plane, stride, x0 + done, y0, width - done, yy, &mut out_row[done..]);
+        let done = unsafe { vpass_avx2(cv, src, yy, out_row) };
+        if done < src.width {
+            let rest = Columns { x0: src.x0 + done, width: src.width - done, ..src };
+            vpass(cv, acc, rest, yy, &mut out_row[done..]);
         }
         return;
     }
-    vpass(cv, acc, plane, stride, x0, y0, width, yy, out_row);
+    vpass(cv, acc, src, yy, out_row);
 }
 
 /// [`vpass`] over the whole blocks of 32 columns (returns how many columns it wrote), with the
@@ -416,23 +407,13 @@ fn vpass_any(
 ///
 /// # Safety
 /// The CPU must have AVX2.
-// Geometry spelled out, as the pass itself needs it.
-#[allow(clippy::too_many_arguments)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn vpass_avx2(
-    cv: &Coeffs,
-    plane: &[u8],
-    stride: usize,
-    x0: usize,
-    y0: isize,
-    width: usize,
-    yy: usize,
-    out_row: &mut [u8],
-) -> usize {
+unsafe fn vpass_avx2(cv: &Coeffs, src: Columns<'_>, yy: usize, out_row: &mut [u8]) -> usize {
     use std::arch::x86_64::*;
     let (ymin, n) = cv.bounds[yy];
     let k = &cv.k[yy * cv.ksize..yy * cv.ksize + n];
+    let Columns { plane, stride, x0, y0, width } = src;
     let body = width / 32 * 32;
     if n == 0 || body == 0 {
         return 0;
@@ -461,26 +442,14 @@ unsafe fn vpass_avx2(
     body
 }
 
-/// Vertical pass of output row `yy`: input row `r` is `plane` row `r + y0` (`y0` may be
-/// negative: the horizontal-first intermediate starts at row `y_first`). Tap by tap over whole
+/// Vertical pass of output row `yy` over `src` (see [`Columns`]). Tap by tap over whole
 /// rows (not pixel by pixel over taps) so the inner loop is contiguous and vectorizes; integer
 /// sums do not depend on the order, so the result is Pillow's exactly. A function, not a
 /// closure in [`resize_impl`]: closures are not compiled with the AVX2 of `resize_avx2`
 /// (they stay separate SSE2 functions), inlined functions are.
-// Geometry spelled out, as the pass itself needs it.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn vpass(
-    cv: &Coeffs,
-    acc: &mut [i32],
-    plane: &[u8],
-    stride: usize,
-    x0: usize,
-    y0: isize,
-    width: usize,
-    yy: usize,
-    out_row: &mut [u8],
-) {
+fn vpass(cv: &Coeffs, acc: &mut [i32], src: Columns<'_>, yy: usize, out_row: &mut [u8]) {
+    let Columns { plane, stride, x0, y0, width } = src;
     let (ymin, n) = cv.bounds[yy];
     let k = &cv.k[yy * cv.ksize..yy * cv.ksize + n];
     let acc = &mut acc[..width];
