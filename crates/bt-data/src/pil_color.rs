@@ -51,8 +51,9 @@ fn planes(img: &mut [u8]) -> (&mut [u8], &mut [u8], &mut [u8]) {
     (r, g, b)
 }
 
-/// `blend(a, v, alpha)` for every value `v`: the per-value float expression, which vectorizes
-/// (8 values per instruction under AVX2) where a 256-entry table lookup would not.
+/// `blend(a, v, alpha)` for every value `v`: with AVX-512 VBMI, the 256 results as a byte
+/// table ([`lookup_bytes_vbmi`]); else the per-value float expression, which vectorizes (8
+/// values per instruction under AVX2) where a 256-entry table lookup without VBMI would not.
 #[inline(always)]
 fn blend_all(img: &mut [u8], a: u8, alpha: f32) {
     // With a fixed `a` the blend is a function of the value alone: on CPUs with AVX-512 VBMI
@@ -78,9 +79,35 @@ fn has_vbmi() -> bool {
     std::arch::is_x86_feature_detected!("avx512vbmi") && std::arch::is_x86_feature_detected!("avx512bw")
 }
 
-/// `v = t[v]` for the first `img.len() / 64 * 64` bytes (returned): per 64 bytes, one
-/// `vpermi2b` for the indices below 128 (table bytes 0..128 in two registers), one for those
-/// above, and a select on each index's top bit.
+/// A 256-byte table in four AVX-512 registers, for [`table_lookup`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn table_registers(t: &[u8; 256]) -> [std::arch::x86_64::__m512i; 4] {
+    // SAFETY: register `k` reads bytes `64k..64k + 64` of the 256.
+    std::array::from_fn(|k| unsafe { std::arch::x86_64::_mm512_loadu_si512(t.as_ptr().add(64 * k).cast()) })
+}
+
+/// `t[idx]` for 64 byte indices: one `vpermi2b` for the indices below 128 (table bytes 0..128
+/// in two registers), one for those above, and a select on each index's top bit (`high`,
+/// `_mm512_movepi8_mask(idx)`, passed in so that lookups of one `idx` in several tables
+/// share it).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+fn table_lookup(
+    t: &[std::arch::x86_64::__m512i; 4],
+    idx: std::arch::x86_64::__m512i,
+    high: std::arch::x86_64::__mmask64,
+) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    // Index bits 0..=6 pick among 128 table bytes; bit 7 picks the table half.
+    let lo = _mm512_permutex2var_epi8(t[0], idx, t[1]);
+    let hi = _mm512_permutex2var_epi8(t[2], idx, t[3]);
+    _mm512_mask_blend_epi8(high, lo, hi)
+}
+
+/// `v = t[v]` for the first `img.len() / 64 * 64` bytes (returned), 64 bytes per
+/// [`table_lookup`].
 ///
 /// # Safety
 /// The CPU must have AVX-512 F, BW and VBMI.
@@ -89,19 +116,13 @@ fn has_vbmi() -> bool {
 unsafe fn lookup_bytes_vbmi(img: &mut [u8], t: &[u8; 256]) -> usize {
     use std::arch::x86_64::*;
     let body = img.len() / 64 * 64;
-    // SAFETY: the four table loads read `t`'s 256 bytes; each step reads and writes the 64
-    // bytes at `j + 64 <= body <= img.len()`.
+    let t = table_registers(t);
+    // SAFETY: each step reads and writes the 64 bytes at `j + 64 <= body <= img.len()`.
     unsafe {
-        let part = |k: usize| _mm512_loadu_si512(t.as_ptr().add(64 * k).cast());
-        let (t0, t1, t2, t3) = (part(0), part(1), part(2), part(3));
         for j in (0..body).step_by(64) {
             let p = img.as_mut_ptr().add(j);
             let idx = _mm512_loadu_si512(p.cast());
-            // Index bits 0..=6 pick among 128 table bytes; bit 7 picks the table half.
-            let low = _mm512_permutex2var_epi8(t0, idx, t1);
-            let high = _mm512_permutex2var_epi8(t2, idx, t3);
-            let r = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), low, high);
-            _mm512_storeu_si512(p.cast(), r);
+            _mm512_storeu_si512(p.cast(), table_lookup(&t, idx, _mm512_movepi8_mask(idx)));
         }
     }
     body
@@ -635,8 +656,8 @@ unsafe fn lookup_avx2(img: &[u8], out: &mut [f32], lut: &[f32; 256]) -> usize {
 
 /// The whole blocks of 64 of [`lookup`]; returns how many values it wrote. The table is
 /// split into its four byte planes (byte `b` of every f32, 256 bytes each, four registers
-/// each); per 64 values, each plane is looked up like [`lookup_bytes_vbmi`] (two `vpermi2b`
-/// and a select on the index's top bit), and the four planes' bytes are interleaved back into
+/// each); per 64 values, each plane is looked up by [`table_lookup`] (two `vpermi2b` and a
+/// select on the index's top bit), and the four planes' bytes are interleaved back into
 /// f32s by two rounds of unpacks. Unpacks work within 128-bit lanes: register `m`, lane `q`
 /// of the result holds the values at positions `16q + 4m .. +4`, so the indices are first
 /// permuted (`vpermb`) to put value `16m + 4q + i` there, and each register stores 16
@@ -652,21 +673,15 @@ unsafe fn lookup_vbmi(img: &[u8], out: &mut [f32], lut: &[f32; 256]) -> usize {
     let planes: [[u8; 256]; 4] = std::array::from_fn(|b| std::array::from_fn(|v| lut[v].to_le_bytes()[b]));
     // Position 16q + 4m + i takes value 16m + 4q + i (swapping m and q: its own inverse).
     let order: [u8; 64] = std::array::from_fn(|j| (16 * ((j / 4) % 4) + 4 * (j / 16) + j % 4) as u8);
-    // SAFETY: the table loads read the 256-byte planes and the 64-byte `order`; each step
-    // reads 64 bytes at `j` and writes 64 f32 at `j`, with `j + 64 <= body` for both slices.
+    let t = planes.each_ref().map(|p| table_registers(p));
+    // SAFETY: the load of `order` reads its 64 bytes; each step reads 64 bytes at `j` and
+    // writes 64 f32 at `j`, with `j + 64 <= body` for both slices.
     unsafe {
         let order = _mm512_loadu_si512(order.as_ptr().cast());
-        let t: [[__m512i; 4]; 4] =
-            std::array::from_fn(|b| std::array::from_fn(|k| _mm512_loadu_si512(planes[b].as_ptr().add(64 * k).cast())));
         for j in (0..body).step_by(64) {
             let idx = _mm512_permutexvar_epi8(order, _mm512_loadu_si512(img.as_ptr().add(j).cast()));
             let high = _mm512_movepi8_mask(idx);
-            let look = |t: &[__m512i; 4]| {
-                let lo = _mm512_permutex2var_epi8(t[0], idx, t[1]);
-                let hi = _mm512_permutex2var_epi8(t[2], idx, t[3]);
-                _mm512_mask_blend_epi8(high, lo, hi)
-            };
-            let (b0, b1, b2, b3) = (look(&t[0]), look(&t[1]), look(&t[2]), look(&t[3]));
+            let [b0, b1, b2, b3] = t.each_ref().map(|t| table_lookup(t, idx, high));
             let (lo01, hi01) = (_mm512_unpacklo_epi8(b0, b1), _mm512_unpackhi_epi8(b0, b1));
             let (lo23, hi23) = (_mm512_unpacklo_epi8(b2, b3), _mm512_unpackhi_epi8(b2, b3));
             let o = out.as_mut_ptr().add(j).cast::<__m512i>();

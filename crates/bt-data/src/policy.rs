@@ -397,7 +397,6 @@ impl ViewPolicy {
     }
 }
 
-/// `crop` (in `native` pixels) in the pixels of the smaller `img`, rounded, at least 1x1.
 /// `true` when `img` is at the native scale: the whole native image, or its top rows (a
 /// decode stopped early, [`crate::LoadHint::rows`]), which must then hold all of `crop`.
 /// `false` for a DCT-reduced decode, whose width is `ceil(native / k) < native` (a reduction
@@ -414,6 +413,7 @@ fn full_scale(img: &Image, native: (usize, usize), crop: CropRect) -> bool {
     same
 }
 
+/// `crop` (in `native` pixels) in the pixels of the smaller `img`, rounded, at least 1x1.
 fn scale_rect(crop: CropRect, native: (usize, usize), img: &Image) -> CropRect {
     let (sx, sy) = (img.width as f64 / native.0 as f64, img.height as f64 / native.1 as f64);
     let left = ((crop.left as f64 * sx).round() as usize).min(img.width - 1);
