@@ -29,6 +29,7 @@ LIMIT_cuda_tests=45   # every binary in tests/ (bt-shim's CUDA tests), together
 LIMIT_bench_keras=45  # bench step keras-seed (+ the PyTorch peer); gives the epoch time
 LIMIT_bench_r18=40    # bench step cifar-resnet18 (+ the PyTorch peer)
 LIMIT_pretrain=180    # keras-seed pretraining, EPOCHS sized to fit (see below)
+LIMIT_knn_gain=5      # pretrained vs random-init kNN from the run's metrics (issue 22)
 LIMIT_linear_eval=60  # the notebook's linear probe on the run's model
 LIMIT_archive=10      # logs.tar.gz
 
@@ -152,7 +153,7 @@ row "bench step cifar-resnet18" "$(kv bench-r18)"
 # Pretraining epochs: EPOCHS if given, else what fits the stage: (limit - grace - fixed start
 # and end cost) / (measured step time x steps per epoch x 1.5 for data and checkpoints), at most
 # the recipe's 160, at least 1. Steps per epoch from the data files (drop_remainder).
-PRETRAIN_FIXED_S=40
+PRETRAIN_FIXED_S=60 # start, end, and the kNN monitor at epoch 0 and at the end
 train_bytes=$(cat "$DATA"/cifar-10-batches-bin/data_batch_*.bin 2>/dev/null | wc -c)
 STEPS_PER_EPOCH=$((train_bytes / 3073 / BATCH))
 STEP_MS=$(grep -oE 'step_ms=[0-9.]+' "$LOGS/bench-keras.log" 2>/dev/null | tail -1 | cut -d= -f2)
@@ -169,8 +170,27 @@ else
 fi
 RUN="$RUNS/keras-seed"
 stage pretrain "$LIMIT_pretrain" "$BT" pretrain --preset keras-seed --data "$DATA/cifar-10-batches-bin" \
-    --device "$DEV" --out "$RUN" --force --set "run.epochs=$EPOCHS" --set data.batch_size="$BATCH" "${MODEL_SETS[@]}"
+    --device "$DEV" --out "$RUN" --force --set "run.epochs=$EPOCHS" --set "run.knn_every=$EPOCHS" \
+    --set data.batch_size="$BATCH" "${MODEL_SETS[@]}"
 row "pretrain keras-seed $EPOCHS ep ($SIZING)" "$(grep -E '^pretrained|epoch' "$LOGS/pretrain.log" | tail -1)"
+
+# Did it learn? The kNN monitor's first point is the random-init encoder (epoch 0), its last the
+# pretrained one: the stage fails unless pretraining gained (a mode that runs but does not learn
+# must not pass); fewer than two points (a time-out before the end) fail too. The dry run's
+# one-epoch width-4 model on 8-image batches is not expected to learn: it checks the points
+# exist (KNN_GAIN=0). tests/gpu_check.rs runs knn_gain on written metrics, gain and no gain.
+knn_gain() {
+    local n first last
+    n=$(grep -c '"kind":"knn"' "$1")
+    first=$(grep '"kind":"knn"' "$1" | head -1 | grep -oE '"top1":[0-9.eE+-]+' | cut -d: -f2)
+    last=$(grep '"kind":"knn"' "$1" | tail -1 | grep -oE '"top1":[0-9.eE+-]+' | cut -d: -f2)
+    echo "knn_random=${first:-none} knn_pretrained=${last:-none} points=$n"
+    [ "$n" -ge 2 ] || return 1
+    [ "$2" = 0 ] || awk -v a="$first" -v b="$last" 'BEGIN { exit !(b > a) }'
+}
+KNN_GAIN=$((1 - DRY))
+stage knn-gain "$LIMIT_knn_gain" bash -c "$(declare -f knn_gain); knn_gain \"\$1\" \"\$2\"" _ "$RUN/metrics.jsonl" "$KNN_GAIN"
+row "kNN pretrained vs random init" "$(kv knn-gain)"
 
 # The notebook's linear evaluation (Dense(10) on the frozen projector output, 35 epochs). After a
 # time-out above, it evaluates the newest checkpoint the run left.

@@ -65,7 +65,8 @@ fn pretrain_evaluate_and_embed_an_image_folder() {
     assert_eq!(epochs.len(), 2, "{m:?}");
     assert_eq!(epochs[1]["skipped_images"], 0);
     let knn: Vec<_> = m.iter().filter(|r| r["kind"] == "knn").collect();
-    assert_eq!(knn.len(), 2, "the kNN monitor ran on the labeled val folder each epoch");
+    assert_eq!(knn.len(), 3, "the kNN monitor ran on the labeled val folder at the start and each epoch");
+    assert_eq!(knn[0]["epoch"], 0, "the random-init baseline comes first: {knn:?}");
     let report = std::fs::read_to_string(run.join("report.md")).unwrap();
     assert!(report.contains("image folder") && report.contains("32 px"), "{report}");
 

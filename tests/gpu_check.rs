@@ -54,6 +54,36 @@ fn the_script_refuses_limits_over_the_budget() {
     assert!(!dir.path().join("out").exists(), "nothing may run before the budget check");
 }
 
+/// Runs the script's own `knn_gain` function (copied out of it) on a metrics file holding kNN
+/// points `top1s`, the gain required or not; returns its exit status.
+fn knn_gain(top1s: &[f64], require: bool) -> bool {
+    let text = std::fs::read_to_string(script()).unwrap();
+    let start = text.find("knn_gain() {").expect("the script defines knn_gain");
+    let end = start + text[start..].find("\n}\n").expect("knn_gain ends") + 3;
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = dir.path().join("metrics.jsonl");
+    let mut m = String::from("{\"kind\":\"run\",\"event\":\"start\"}\n");
+    for (e, t) in top1s.iter().enumerate() {
+        // serde_json writes the keys sorted, as the trainer's records are.
+        m += &format!("{{\"epoch\":{e},\"k\":200,\"kind\":\"knn\",\"step\":{e},\"temperature\":0.1,\"top1\":{t}}}\n");
+        m += "{\"kind\":\"epoch\",\"top1\":0.99}\n";
+    }
+    std::fs::write(&metrics, m).unwrap();
+    let prog = format!("{}\nknn_gain \"$1\" \"$2\"", &text[start..end]);
+    let o = Command::new("bash").args(["-c", &prog, "_"]).arg(&metrics).arg(if require { "1" } else { "0" });
+    o.output().unwrap().status.success()
+}
+
+#[test]
+fn the_knn_stage_fails_a_run_that_did_not_learn() {
+    assert!(knn_gain(&[0.25, 0.31, 0.42], true), "a gain passes");
+    assert!(!knn_gain(&[0.25, 0.31, 0.2], true), "a loss against the random init fails");
+    assert!(!knn_gain(&[0.25, 0.25], true), "no gain fails");
+    assert!(!knn_gain(&[0.25], true), "a missing end point fails");
+    assert!(!knn_gain(&[], false), "no points fail even in the dry run");
+    assert!(knn_gain(&[0.25, 0.2], false), "the dry run only needs the points");
+}
+
 /// A tiny CIFAR-10 in the official binary layout: 8 records per training file, 16 test records.
 fn tiny_cifar(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
@@ -123,7 +153,8 @@ fn dry_run_passes_every_stage_on_cpu() {
     let summary = std::fs::read_to_string(out.join("summary.tsv")).unwrap();
     let rows: Vec<Vec<&str>> = summary.lines().skip(1).map(|l| l.split('\t').collect()).collect();
     let stages = ["torch lib", "info", "unpack", "selftest", "cuda tests", "bench step keras-seed"];
-    for s in stages.iter().chain(&["bench step cifar-resnet18", "pretrain keras-seed", "linear probe", "archive"]) {
+    let later = ["bench step cifar-resnet18", "pretrain keras-seed", "kNN pretrained vs random init", "linear probe", "archive"];
+    for s in stages.iter().chain(&later) {
         let r = rows.iter().find(|r| r[0].starts_with(s)).unwrap_or_else(|| panic!("no `{s}` row:\n{summary}"));
         assert!(r[1] == "ok" || (*s == "unpack" && r[1] == "skipped"), "{s}: {r:?}\n{log}");
     }

@@ -50,6 +50,7 @@ mod error;
 pub mod eval;
 pub mod guard;
 pub mod metrics;
+pub mod modecheck;
 pub mod observer;
 pub mod perf;
 pub mod plot;

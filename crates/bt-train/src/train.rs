@@ -239,6 +239,15 @@ impl<'o> Trainer<'o> {
         let (token, dist) = (self.stop.clone(), self.dist.clone());
         let mut obs = ObserverPair { user: &mut *self.observer, tb: tb.as_mut() };
         obs.emit(&Event::Started { summary: &summary, start: pos, steps_per_epoch: spe, total_steps });
+        // The kNN monitor's baseline: the random-init encoder (epoch 0), so the curve shows what
+        // pretraining gained and a run that learns nothing (or worse) is visible as such.
+        if main && cfg.run.knn_every > 0 && pos.step == 0 {
+            let t = Instant::now();
+            let acc = crate::eval::knn_top1(&cfg, &model, data, device)?;
+            let seconds = t.elapsed().as_secs_f64();
+            mw.write(&json!({"kind": "knn", "epoch": 0, "step": 0, "top1": acc, "k": cfg.eval.knn_k, "temperature": cfg.eval.knn_temperature}))?;
+            obs.emit(&Event::Evaluated { name: "knn", epoch: 0, step: 0, top1: acc, seconds });
+        }
 
         let t_start = Instant::now();
         let (mut loop_s, mut wait_s_total) = (0.0f64, 0.0f64);

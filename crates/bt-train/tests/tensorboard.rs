@@ -87,7 +87,9 @@ fn tensorboard_events_read_back_equal_metrics_jsonl() {
             want.entry(tag).or_default().push((r["step"].as_u64().unwrap(), v as f32));
         }
     }
-    assert_eq!(want["knn/top1"].len(), cfg.run.epochs, "the monitor ran every epoch");
+    // The random-init baseline (step 0), then every epoch.
+    assert_eq!(want["knn/top1"].len(), cfg.run.epochs + 1, "the monitor ran at the start and every epoch");
+    assert_eq!(want["knn/top1"][0].0, 0, "the baseline is at step 0");
 
     let got: BTreeMap<&str, Vec<(u64, f32)>> = tb["scalars"]
         .as_object()
