@@ -204,6 +204,7 @@ fn the_official_resnet50_preset_runs_two_steps_on_cpu() {
 
 /// Runs `c` to the end with stdout/stderr in files; returns (exit code, output, peak RSS in MiB)
 /// from `wait4`'s resource usage of that one child.
+#[allow(clippy::zombie_processes, reason = "wait4 below reaps the child (Child::wait has no rusage)")]
 fn run_measured(mut c: std::process::Command, dir: &Path) -> (Option<i32>, String, u64) {
     let (out, err) = (dir.join("stdout.txt"), dir.join("stderr.txt"));
     c.stdout(std::fs::File::create(&out).unwrap()).stderr(std::fs::File::create(&err).unwrap());
