@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check (issues 8 and 16): one run on the GPU machine, from the folder `cargo xtask
-# gpu-bundle` prepared (.gpu/: bt-cli, this script, bench/*.py, cifar10-jpeg-q75.pack + unpack.py,
-# tests/). See docs/GPU.md.
+# gpu-bundle` prepared (.gpu/: bt-cli, this script, bench/*.py, cifar10-jpeg-q75.pack + unpack.py
+# (= scripts/unpack.py), tests/). See docs/GPU.md. The dry run (tests/gpu_check.rs) runs the same
+# unpack.py on a small pack (PACK) and the test-binary loop on a tiny test executable (TESTS).
 #
 #   bash .gpu/gpu-check.sh [EPOCHS]      # EPOCHS of keras-seed pretraining, default: sized to fit
 #   bash scripts/gpu-check.sh --dry-run  # the same stages on CPU at tiny sizes (CI: tests/gpu_check.rs)
@@ -57,6 +58,7 @@ DATA=${DATA:-/tmp/data}
 PY=${PYTHON:-python3}
 BT=${BT_CLI:-$HERE/bt-cli}
 TESTS=${TESTS:-$HERE/tests}
+PACK=${PACK:-$HERE/cifar10-jpeg-q75.pack}
 export BT_BENCH_DIR=${BT_BENCH_DIR:-$HERE/bench}
 export RUST_LOG=${RUST_LOG:-info}
 mkdir -p "$OUT" "$LOGS" "$RUNS"
@@ -121,11 +123,12 @@ TORCH_LIB=$(tail -1 "$LOGS/torch-lib.log")
 row "torch lib" "$TORCH_LIB"
 export LD_LIBRARY_PATH="$TORCH_LIB:${LD_LIBRARY_PATH:-}"
 
-stage info "$LIMIT_info" bash -c '"$1" info; nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv || true' _ "$BT"
+# A bt-cli that cannot load (a missing library) fails the stage; nvidia-smi is informative only.
+stage info "$LIMIT_info" bash -c '"$1" info || exit $?; nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv || true' _ "$BT"
 row info "$(grep -iE 'cuda (available|devices)|bt-shim CUDA|^cuda:' "$LOGS/info.log" | head -4 | tr '\n' ' ')"
 
 if [ ! -f "$DATA/cifar-10-batches-bin/data_batch_1.bin" ]; then
-    stage unpack "$LIMIT_unpack" "$PY" "$HERE/unpack.py" "$DATA"
+    stage unpack "$LIMIT_unpack" "$PY" "$HERE/unpack.py" "$DATA" --pack "$PACK"
     row unpack "$DATA/cifar-10-batches-bin"
 else
     skipped unpack "$LIMIT_unpack" "$DATA/cifar-10-batches-bin present"

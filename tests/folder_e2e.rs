@@ -111,7 +111,8 @@ fn embed_an_unlabeled_tree_writes_vectors_and_the_file_list() {
     let o = small(&photos, &run, &["--set", "run.epochs=1"]);
     assert!(o.status.success(), "{}", text(&o));
     let out = tmp.path().join("all.npy");
-    let o = bt_cli().args(["embed", "--run"]).arg(&run).args(["--split", "train", "--out"]).arg(&out).output().unwrap();
+    // No --split: an unlabeled folder has no test split, so every image is embedded.
+    let o = bt_cli().args(["embed", "--run"]).arg(&run).args(["--out"]).arg(&out).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let listed = std::fs::read_to_string(tmp.path().join("all.files.txt")).unwrap();
     assert_eq!(listed.lines().count(), 10, "{listed}");
@@ -200,4 +201,70 @@ fn the_official_resnet50_preset_runs_two_steps_on_cpu() {
     let t = String::from_utf8_lossy(&o.stdout);
     assert!(t.contains("23,508,032"), "the encoder's trainable parameters equal torchvision's resnet50:\n{t}");
     assert!(t.contains("layer4.2.conv3") && t.contains("maxpool"), "{t}");
+}
+
+/// Runs `c` to the end with stdout/stderr in files; returns (exit code, output, peak RSS in MiB)
+/// from `wait4`'s resource usage of that one child.
+#[allow(clippy::zombie_processes, reason = "wait4 below reaps the child (Child::wait has no rusage)")]
+fn run_measured(mut c: std::process::Command, dir: &Path) -> (Option<i32>, String, u64) {
+    let (out, err) = (dir.join("stdout.txt"), dir.join("stderr.txt"));
+    c.stdout(std::fs::File::create(&out).unwrap()).stderr(std::fs::File::create(&err).unwrap());
+    let child = c.spawn().expect("spawn bt-cli");
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is valid; wait4 on our own child's pid.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut ru) };
+    assert_eq!(pid, child.id() as libc::pid_t, "wait4");
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    let text = format!(
+        "exit {code:?} (wait status {status})\n--- stdout\n{}\n--- stderr\n{}",
+        std::fs::read_to_string(out).unwrap(),
+        std::fs::read_to_string(err).unwrap()
+    );
+    (code, text, ru.ru_maxrss as u64 / 1024)
+}
+
+#[test]
+fn a_decompression_bomb_among_good_images_is_named_or_skipped_with_bounded_memory() {
+    // The case: a 60000 x 60000 PNG (a few hundred KB) among 200 good images aborted
+    // `pretrain` with an allocation failure (exit 134, no file named), with or without
+    // skip_bad_images. Decoding it would take 3.6 GB (8-bit gray) and 10.8 GB (RGB); the limit
+    // below is far under that and far over the run's own need (libtorch and a width-4 model).
+    const PEAK_MIB: u64 = 1536;
+    let tmp = tempfile::tempdir().unwrap();
+    let train = tmp.path().join("train");
+    let mut n = 0;
+    for dir in ["a", "b"] {
+        std::fs::create_dir_all(train.join(dir)).unwrap();
+        for i in 0..100 {
+            let img = image::RgbImage::from_fn(36, 36, |x, y| image::Rgb([(x * 7 + i) as u8, (y * 5) as u8, i as u8]));
+            img.save(train.join(dir).join(format!("{i:03}.png"))).unwrap();
+            n += 1;
+        }
+    }
+    assert_eq!(n, 200);
+    bt_testkit::write_png_bomb(&train.join("a/zz-bomb.png"), 60_000, 60_000).unwrap();
+    let cmd = |out: &Path, extra: &[&str]| {
+        let mut c = bt_cli();
+        c.args(["pretrain", "--preset", "imagenet100-resnet18", "--device", "cpu", "--data"]).arg(&train);
+        c.args(["--set", "data.image_size=32", "--set", "model.width=4", "--set", "model.projector=[32, 32]"]);
+        c.args(["--set", "data.batch_size=8", "--set", "data.workers=2", "--set", "run.max_steps=2"]);
+        c.args(extra).arg("--out").arg(out);
+        c.env("OMP_NUM_THREADS", "1");
+        c
+    };
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let (code, t, peak) = run_measured(cmd(&tmp.path().join("strict"), &[]), &logs);
+    assert_eq!(code, Some(1), "refused with an error, not an abort:\n{t}");
+    assert!(t.contains("zz-bomb.png") && t.contains("60000x60000") && t.contains("decompression bomb"), "{t}");
+    assert!(peak < PEAK_MIB, "peak RSS {peak} MiB:\n{t}");
+
+    let run = tmp.path().join("lenient");
+    let (code, t, peak) = run_measured(cmd(&run, &["--set", "data.skip_bad_images=true"]), &logs);
+    assert_eq!(code, Some(0), "{t}");
+    assert!(t.contains("1 unreadable image(s) skipped") && t.contains("zz-bomb.png"), "warned, naming it:\n{t}");
+    assert!(peak < PEAK_MIB, "peak RSS {peak} MiB:\n{t}");
+    assert!(t.contains("200 images") && t.contains("1 unreadable skipped"), "counted:\n{t}");
+    eprintln!("peak RSS with the bomb skipped: {peak} MiB");
 }

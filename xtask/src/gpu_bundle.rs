@@ -96,14 +96,10 @@ pub fn run(root: &Path, t: &crate::torch::Torch, args: &[String]) -> Result<()> 
     crate::cargo(t, &["build", "--release", "-p", "bt-cli"])?;
     check_binary(t, &root.join("target/release/bt-cli"))?;
     // Test binaries with `#[ignore = "needs CUDA"]` tests: bt-shim's CUDA tests, bt-train's
-    // unit tests (the uploader's pinned staging) and its static step (CUDA graph replay vs eager);
-    // the GPU check runs them with `--ignored`.
+    // unit tests (the uploader's pinned staging) and its static step (CUDA graph replay vs eager),
+    // bt-dist's NCCL world of one (docs/DISTRIBUTED.md); the GPU check runs them with `--ignored`.
     let mut tests = Vec::new();
-    for (pkg, target, name) in [
-        ("bt-shim", ["--test", "cuda"], "bt-shim-cuda"),
-        ("bt-train", ["--lib", ""], "bt-train-lib"),
-        ("bt-train", ["--test", "static_step"], "bt-train-static-step"),
-    ] {
+    for (pkg, target, name) in TEST_BINARIES {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut c = Command::new(cargo);
         c.args(["test", "--release", "-p", pkg]).args(target.iter().filter(|a| !a.is_empty()));
@@ -145,7 +141,9 @@ pub fn run(root: &Path, t: &crate::torch::Torch, args: &[String]) -> Result<()> 
     let pack = dataset.join("cifar10-jpeg-q75.pack");
     if pack.is_file() {
         copy(&pack, &out.join("cifar10-jpeg-q75.pack"))?;
-        copy(&dataset.join("unpack.py"), &out.join("unpack.py"))?;
+        // The repository's unpack.py (the dataset's, for any record count), which the dry run
+        // (tests/gpu_check.rs) runs on a small pack: the GPU machine runs a tested script.
+        copy(&root.join("scripts/unpack.py"), &out.join("unpack.py"))?;
     } else {
         eprintln!("gpu-bundle: no dataset pack at {} (pass --dataset DIR); the bundle has none", pack.display());
     }
@@ -173,6 +171,14 @@ pub fn run(root: &Path, t: &crate::torch::Torch, args: &[String]) -> Result<()> 
     Ok(())
 }
 
+/// The CUDA test binaries of the bundle: (package, cargo target, name in `.gpu/tests/`).
+pub const TEST_BINARIES: [(&str, [&str; 2], &str); 4] = [
+    ("bt-shim", ["--test", "cuda"], "bt-shim-cuda"),
+    ("bt-train", ["--lib", ""], "bt-train-lib"),
+    ("bt-train", ["--test", "static_step"], "bt-train-static-step"),
+    ("bt-dist", ["--test", "single"], "bt-dist-single"),
+];
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -198,5 +204,46 @@ mod tests {
         let json = "{\"reason\":\"compiler-artifact\",\"executable\":null}\n\
                     {\"reason\":\"compiler-artifact\",\"target\":{\"name\":\"cuda\"},\"executable\":\"/t/release/deps/cuda-abc123\",\"fresh\":true}\n";
         assert_eq!(super::test_executables(json), vec![std::path::PathBuf::from("/t/release/deps/cuda-abc123")]);
+    }
+
+    /// Every test target with a `#[ignore = "needs CUDA"]` test is in the bundle (the NCCL
+    /// world of one was missing once: docs/DISTRIBUTED.md said to run it, the bundle had not).
+    #[test]
+    fn every_cuda_test_target_is_bundled() {
+        fn rs_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    rs_files(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+        let crates = crate::root().join("crates");
+        let mut found = Vec::new();
+        for c in std::fs::read_dir(&crates).unwrap().flatten() {
+            let pkg = c.file_name().to_string_lossy().into_owned();
+            let mut files = Vec::new();
+            rs_files(&c.path().join("src"), &mut files);
+            let cuda = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().contains("ignore = \"needs CUDA\"");
+            if files.iter().any(|p| cuda(p)) {
+                found.push((pkg.clone(), "--lib".to_string(), String::new()));
+            }
+            for e in std::fs::read_dir(c.path().join("tests")).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "rs") && cuda(&p) {
+                    let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
+                    found.push((pkg.clone(), "--test".to_string(), stem));
+                }
+            }
+        }
+        assert!(found.len() >= 4, "{found:?}");
+        for (pkg, kind, name) in &found {
+            assert!(
+                super::TEST_BINARIES.iter().any(|(p, t, _)| p == pkg && t[0] == kind && t[1] == name),
+                "{pkg} {kind} {name} has `needs CUDA` tests but is not in gpu_bundle::TEST_BINARIES"
+            );
+        }
     }
 }

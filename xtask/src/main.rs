@@ -71,7 +71,9 @@ fn run(args: &[String]) -> Result<()> {
             cargo(&t, &["build", "--release", "--workspace", "--all-targets"])?;
             let mut a = vec!["test", "--release", "--workspace"];
             a.extend(rest.iter().map(String::as_str));
-            cargo(&t, &a)
+            // Every test must run here: a test that cannot (no Python, a CUDA machine for a
+            // CPU-only check) fails instead of skipping (bt-testkit's `skip`).
+            cargo_env(&t, &a, &[("BT_REQUIRE_ALL", "1")])
         }
         "demo" => {
             let t = torch::provision(&root())?;
@@ -102,10 +104,18 @@ fn root() -> PathBuf {
 
 /// Runs cargo with the libtorch environment.
 fn cargo(t: &torch::Torch, args: &[&str]) -> Result<()> {
+    cargo_env(t, args, &[])
+}
+
+/// [`cargo`] with extra environment variables.
+fn cargo_env(t: &torch::Torch, args: &[&str], extra: &[(&str, &str)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut c = Command::new(cargo);
     c.args(args).current_dir(root());
     for (k, v) in t.env() {
+        c.env(k, v);
+    }
+    for (k, v) in extra {
         c.env(k, v);
     }
     let st = c.status().context("running cargo")?;

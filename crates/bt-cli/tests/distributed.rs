@@ -14,6 +14,9 @@
 //! - Full SyncBN (`model.sync_bn = "all"`): 2 ranks equal one process on the global batch,
 //!   parameters and every running statistic (encoder and projector) to 1e-5.
 //! - A signal delivered to one rank only stops both at the same step, with a checkpoint.
+//! - Ctrl-C as a terminal sends it (SIGINT to the launcher's process group as a whole, and a
+//!   rank receiving it directly too) is one stop request: both ranks stop at the same step with
+//!   a checkpoint, the launcher exits 130, and the same command resumes from that step.
 //! - Failure: SIGKILL one worker mid-run; the launcher exits non-zero naming the lost rank well
 //!   within the timeout, and nothing hangs (every wait has a deadline).
 use std::io::{BufRead, BufReader};
@@ -129,15 +132,15 @@ fn tensors(path: &Path, keep: impl Fn(&str) -> bool) -> Vec<(String, Vec<f32>)> 
     v
 }
 
+/// The largest difference over every tensor and the tensor it is in; panics (the workspace's
+/// comparison, `bt_testkit`) on a different tensor list, a length mismatch, a NaN or an infinity.
 fn max_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> (f64, String) {
     assert_eq!(a.iter().map(|x| &x.0).collect::<Vec<_>>(), b.iter().map(|x| &x.0).collect::<Vec<_>>());
     let mut worst = (0.0f64, String::new());
     for ((n, x), (_, y)) in a.iter().zip(b) {
-        for (p, q) in x.iter().zip(y) {
-            let d = (*p as f64 - *q as f64).abs();
-            if d > worst.0 {
-                worst = (d, n.clone());
-            }
+        let d = bt_testkit::max_abs_diff(n, x, y).unwrap_or_else(|e| panic!("{e}")).diff;
+        if d > worst.0 {
+            worst = (d, n.clone());
         }
     }
     worst
@@ -184,9 +187,10 @@ fn two_ranks_equal_one_process_with_the_global_batch() {
 }
 
 /// Runs a `bt-cli launch --nproc 2` command; once rank 0 has logged two step records, calls
-/// `act` with rank 1's pid. Returns the launcher's status, its stderr lines and whether `act`
-/// ran. Panics when the launcher is still running 60 s after `act` or 300 s after the start.
-fn launch_and_act(mut c: Command, out: &Path, act: impl Fn(i32)) -> (std::process::ExitStatus, Vec<String>, bool) {
+/// `act` with the launcher's and rank 1's pids. Returns the launcher's status, its stderr lines
+/// and whether `act` ran. Panics when the launcher is still running 60 s after `act` or 300 s
+/// after the start.
+fn launch_and_act(mut c: Command, out: &Path, act: impl Fn(i32, i32)) -> (std::process::ExitStatus, Vec<String>, bool) {
     let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let stderr = child.stderr.take().unwrap();
@@ -214,7 +218,7 @@ fn launch_and_act(mut c: Command, out: &Path, act: impl Fn(i32)) -> (std::proces
             .map(|s| s.matches("\"kind\":\"step\"").count())
             .unwrap_or(0);
         if acted_at.is_none() && steps >= 2 {
-            act(pid1.expect("the launcher printed rank 1's pid"));
+            act(child.id() as i32, pid1.expect("the launcher printed rank 1's pid"));
             acted_at = Some(Instant::now());
         }
         if acted_at.is_some_and(|k| k.elapsed() > Duration::from_secs(60)) {
@@ -230,7 +234,64 @@ fn launch_and_act(mut c: Command, out: &Path, act: impl Fn(i32)) -> (std::proces
 }
 
 fn kill(signal: &str, pid: i32) {
-    assert!(Command::new("kill").args([signal, &pid.to_string()]).status().unwrap().success());
+    // `--` so that a negative pid (a process group) is not read as an option.
+    assert!(Command::new("kill").args([signal, "--", &pid.to_string()]).status().unwrap().success());
+}
+
+/// The step of each `interrupted by SIGINT ... after step N` line (one per rank).
+fn stop_steps(log: &[String]) -> Vec<usize> {
+    log.iter()
+        .filter(|l| l.contains("interrupted by SIGINT"))
+        .filter_map(|l| l.split(" after step ").nth(1)?.split(';').next()?.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn ctrl_c_to_the_launchers_process_group_is_one_stop_and_the_rerun_resumes_from_it() {
+    // What a terminal does on Ctrl-C: SIGINT to the foreground process group as a whole. The
+    // launcher runs in its own group here, as a shell job does. Rank 1 also gets the SIGINT
+    // directly (as from a signal to the whole process tree), so it receives the stop twice: its
+    // own and the launcher's forwarded copy. Both must be one stop request: every rank stops at
+    // the same step with a checkpoint, the launcher exits 130, and the same command resumes.
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("dp-int");
+    let args = tiny(&out, 2 * B, "reference", 500);
+    let mut c = bt_cli();
+    c.args(["launch", "--nproc", "2", "--grace-s", "60", "--"]).args(&args).process_group(0);
+    // Rank 1's own copy first (a terminal delivers to the whole group at once, before the
+    // launcher can forward anything), then the launcher's group.
+    let (status, log, sent) = launch_and_act(c, &out, |launcher, pid1| {
+        kill("-INT", pid1);
+        kill("-INT", -launcher);
+    });
+    let all = log.join("\n");
+    assert!(sent, "the run finished before the signal:\n{all}");
+    assert_eq!(status.code(), Some(130), "the launcher exits 130 after Ctrl-C:\n{all}");
+    for r in 0..2 {
+        let line = log
+            .iter()
+            .find(|l| l.starts_with(&format!("launch: rank {r} (pid")))
+            .unwrap_or_else(|| panic!("rank {r} exit line:\n{all}"));
+        assert!(line.ends_with("stopped: exit code 130"), "rank {r} stopped with a checkpoint: {line}\n{all}");
+    }
+    let steps = stop_steps(&log);
+    assert_eq!(steps.len(), 2, "one stop line per rank:\n{all}");
+    assert_eq!(steps[0], steps[1], "both ranks stopped at the same step:\n{all}");
+    let stop = steps[0];
+    assert!(!all.contains("terminating them"), "nobody needed terminating:\n{all}");
+
+    // The same command again (without --force): it resumes from the stop step.
+    let mut c = bt_cli();
+    let rerun: Vec<String> = args.into_iter().filter(|a| a != "--force").collect();
+    let max = format!("run.max_steps={}", stop + 1);
+    c.args(["launch", "--nproc", "2", "--"]).args(&rerun).args(["--set", &max]);
+    let o = output_with_deadline(c, Duration::from_secs(300));
+    let t = text(&o);
+    assert!(o.status.success(), "the rerun:\n{t}");
+    assert!(t.contains("resuming from") && t.contains(&format!("(step {stop})")), "resumed at {stop}:\n{t}");
+    // One step later it stops at run.max_steps: it continued from the stop step, not from 0.
+    assert!(t.contains(&format!("stopped at step {} (run.max_steps", stop + 1)), "one step after {stop}:\n{t}");
 }
 
 #[test]
@@ -240,7 +301,7 @@ fn a_killed_rank_makes_the_launcher_fail_naming_it() {
     let mut c = bt_cli();
     // Long enough that it is still running when rank 1 is killed.
     c.args(["launch", "--nproc", "2", "--grace-s", "20", "--"]).args(tiny(&out, 2 * B, "reference", 500));
-    let (status, log, killed) = launch_and_act(c, &out, |pid| kill("-9", pid));
+    let (status, log, killed) = launch_and_act(c, &out, |_, pid| kill("-9", pid));
     let all = log.join("\n");
     assert!(killed, "the run finished before the kill:\n{all}");
     assert!(!status.success(), "launcher exited 0 after a lost rank:\n{all}");
@@ -327,7 +388,7 @@ fn a_signal_to_one_rank_stops_both_at_the_same_step_with_a_checkpoint() {
     let mut c = bt_cli();
     c.args(["launch", "--nproc", "2", "--grace-s", "60", "--"]).args(tiny(&out, 2 * B, "reference", 500));
     // SIGTERM to rank 1 only (not through the launcher): rank 0 learns of it from rank 1.
-    let (status, log, sent) = launch_and_act(c, &out, |pid| kill("-TERM", pid));
+    let (status, log, sent) = launch_and_act(c, &out, |_, pid| kill("-TERM", pid));
     let all = log.join("\n");
     assert!(sent, "the run finished before the signal:\n{all}");
     assert!(!status.success(), "{all}");

@@ -73,6 +73,11 @@ pub struct DataConfig {
     pub cache: CacheMode,
     /// `image-folder`: skip (and count) unreadable images instead of failing.
     pub skip_bad_images: bool,
+    /// `image-folder`: Pillow's `Image.MAX_IMAGE_PIXELS` (89,478,485, a quarter GiB of RGB):
+    /// an image with more pixels is a warning, one with more than twice as many is refused from
+    /// its header as unreadable (a decompression bomb: a few hundred KB of PNG can say 60000 x
+    /// 60000); 0 = no limit.
+    pub max_image_pixels: u64,
     /// `image-folder`: decode JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain when both
     /// views' crops still have at least `image_size` pixels per side (PIL's `draft`), and
     /// stop a full-size sequential JPEG's decode below the lower crop's bottom row (the same
@@ -121,6 +126,7 @@ impl Default for DataConfig {
             file_list: PathBuf::new(),
             cache: CacheMode::None,
             skip_bad_images: false,
+            max_image_pixels: 89_478_485,
             jpeg_draft: true,
             stl10_split: Stl10Split::TrainUnlabeled,
             mean: Vec::new(),

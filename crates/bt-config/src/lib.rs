@@ -119,6 +119,24 @@ mod tests {
     }
 
     #[test]
+    fn bn_batch_is_checked_against_a_ranks_share() {
+        let mut c = Config::preset("demo").unwrap();
+        c.data.batch_size = 36;
+        c.run.bn_batch = 4;
+        // 4 divides the global 36 but not a rank's 9: chunks 4, 4, 1.
+        c.validate().unwrap();
+        c.validate_world(1).unwrap();
+        let e = c.validate_world(4).unwrap_err().to_string();
+        assert!(e.contains("run.bn_batch") && e.contains("= 9") && e.contains("1 row"), "{e}");
+        c.run.bn_batch = 12; // >= the share: one group per rank
+        c.validate_world(4).unwrap();
+        c.run.bn_batch = 3;
+        c.validate_world(4).unwrap();
+        let e = c.validate_world(5).unwrap_err().to_string();
+        assert!(e.contains("data.batch_size") && e.contains("world size 5"), "{e}");
+    }
+
+    #[test]
     fn every_preset_loads_and_validates() {
         for name in preset_names() {
             let cfg = Config::preset(name).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -227,4 +227,37 @@ impl Config {
         }
         Ok(())
     }
+    /// The checks that need the world size of a data-parallel run (known only at launch):
+    /// `data.batch_size` is a multiple of `world`, and `run.bn_batch` splits a rank's share
+    /// (`batch_size / world` rows) into equal chunks of two or more rows ([`Config::validate`]
+    /// checks it against the global batch only, where a rank's share could end in a 1-row chunk).
+    ///
+    /// # Errors
+    /// [`ConfigError::OutOfRange`] naming `data.batch_size` or `run.bn_batch`.
+    pub fn validate_world(&self, world: usize) -> Result<()> {
+        let b = self.data.batch_size;
+        if world == 0 || !b.is_multiple_of(world) || b < world {
+            return Err(ConfigError::OutOfRange {
+                key: "data.batch_size".into(),
+                value: b.to_string(),
+                allowed: format!(
+                    "a positive multiple of the world size {world} (each rank holds batch_size / world rows)"
+                ),
+            });
+        }
+        let share = b / world;
+        let bn = self.run.bn_batch;
+        if bn != 0 && bn < share && !share.is_multiple_of(bn) {
+            return Err(ConfigError::OutOfRange {
+                key: "run.bn_batch".into(),
+                value: bn.to_string(),
+                allowed: format!(
+                    "0, a divisor >= 2 of a rank's share data.batch_size / world = {b} / {world} = {share}, or >= {share} \
+                     (chunks of {bn} would leave a last chunk of {} row(s))",
+                    share % bn
+                ),
+            });
+        }
+        Ok(())
+    }
 }

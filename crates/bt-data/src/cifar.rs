@@ -275,8 +275,21 @@ fn read_batches(paths: &[PathBuf], check: SizeCheck) -> Result<Dataset> {
         counts.push(size as usize / RECORD_BYTES);
     }
     let total: usize = counts.iter().sum();
-    let mut images = Vec::with_capacity(total * IMAGE_BYTES);
-    let mut labels = Vec::with_capacity(total);
+    // The sizes come from the file system, not from data read: a (sparse) file claiming a
+    // terabyte of records is an error naming it, never an allocation abort.
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    let bytes = total.checked_mul(IMAGE_BYTES);
+    if bytes.is_none_or(|b| images.try_reserve_exact(b).is_err() || labels.try_reserve_exact(total).is_err()) {
+        let (k, &n) = counts.iter().enumerate().max_by_key(|(_, n)| **n).expect("at least one file");
+        return Err(DataError::BadSize {
+            path: paths[k].clone(),
+            size: (n * RECORD_BYTES) as u64,
+            expected: format!(
+                "records this machine can hold in memory ({total} records, {} bytes of images, cannot be allocated)",
+                bytes.map_or("more than usize::MAX".to_string(), |b| b.to_string())
+            ),
+        });
+    }
     for (p, &n) in paths.iter().zip(&counts) {
         let raw = std::fs::read(p).map_err(|e| open_err(p, e))?;
         if raw.len() != n * RECORD_BYTES {

@@ -18,6 +18,11 @@
 //!   full-size JPEG stops after the MCU row that completes the rows asked for, and the image
 //!   comes back as the native image's top rows (the same bytes a full decode has there). The
 //!   entropy decoding below them, which no DCT scaling skips, is never done.
+//! - **Decompression bombs.** A PNG of a few hundred KB can say 60000 x 60000 (10.8 GB of RGB).
+//!   Pillow's rule applies ([`DEFAULT_MAX_IMAGE_PIXELS`], `data.max_image_pixels`): above the
+//!   limit an image is decoded but reported ([`PixelCheck::Large`]), above twice the limit it is
+//!   refused, from the header, before any pixel buffer is allocated: the header scan refuses
+//!   it, and every decode path checks the header's size again before it allocates.
 use crate::error::{DataError, Result};
 use crate::source::{Image, LoadHint};
 use image::metadata::Orientation;
@@ -57,6 +62,45 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
     } else {
         None
     }
+}
+
+/// Pillow's `Image.MAX_IMAGE_PIXELS` (`1024 * 1024 * 1024 // 4 // 3`: a quarter GiB of
+/// 3-byte pixels): larger images are reported, images more than twice as large refused.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 89_478_485;
+
+/// What [`check_pixels`] says of an image size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelCheck {
+    /// At most the limit (or no limit).
+    Ok,
+    /// Above the limit, at most twice it: decoded, but worth a warning (Pillow's
+    /// `DecompressionBombWarning`).
+    Large,
+}
+
+/// Pillow's decompression-bomb rule for a `width x height` image and a limit of `max_pixels`
+/// (0 = no limit): [`PixelCheck::Large`] above it, an error (the message) above twice it.
+///
+/// # Errors
+/// The reason, naming the size and the limit, when the image has more than `2 * max_pixels`
+/// pixels.
+pub fn check_pixels(width: u64, height: u64, max_pixels: u64) -> std::result::Result<PixelCheck, String> {
+    let n = width.saturating_mul(height);
+    if max_pixels == 0 || n <= max_pixels {
+        Ok(PixelCheck::Ok)
+    } else if n <= max_pixels.saturating_mul(2) {
+        Ok(PixelCheck::Large)
+    } else {
+        Err(format!(
+            "{width}x{height} = {n} pixels is more than twice data.max_image_pixels ({max_pixels}): \
+             refused as a possible decompression bomb before decoding (raise data.max_image_pixels, or 0 for no limit)"
+        ))
+    }
+}
+
+/// `check_pixels` for the decode paths: `true` when the decoder may allocate for this size.
+fn fits(width: usize, height: usize, max_pixels: u64) -> bool {
+    check_pixels(width as u64, height as u64, max_pixels).is_ok()
 }
 
 /// What the header scan learns about a file.
@@ -99,14 +143,26 @@ fn swaps_sides(o: Orientation) -> bool {
 }
 
 /// Reads `path` and checks it without decoding pixels: a supported format, a complete file,
-/// a parsable header with non-zero dimensions.
+/// a parsable header with non-zero dimensions, at most twice [`DEFAULT_MAX_IMAGE_PIXELS`]
+/// pixels ([`scan_header_limited`] takes the limit).
 ///
 /// # Errors
 /// [`DataError::BadImage`] naming the file and what is wrong; [`DataError::Io`] when it
 /// cannot be read at all.
 pub fn scan_header(path: &Path) -> Result<Header> {
+    scan_header_limited(path, DEFAULT_MAX_IMAGE_PIXELS)
+}
+
+/// [`scan_header`] with Pillow's rule at `max_pixels` (0 = no limit; see [`check_pixels`]).
+///
+/// # Errors
+/// As [`scan_header`]; an image of more than `2 * max_pixels` pixels is a
+/// [`DataError::BadImage`].
+pub fn scan_header_limited(path: &Path, max_pixels: u64) -> Result<Header> {
     let bytes = std::fs::read(path).map_err(|e| DataError::Io { path: path.into(), source: e })?;
-    scan_bytes(&bytes).map_err(|reason| bad(path, reason))
+    let h = scan_bytes(&bytes).map_err(|reason| bad(path, reason))?;
+    check_pixels(h.width as u64, h.height as u64, max_pixels).map_err(|reason| bad(path, reason))?;
+    Ok(h)
 }
 
 fn scan_bytes(bytes: &[u8]) -> std::result::Result<Header, String> {
@@ -131,30 +187,43 @@ fn scan_bytes(bytes: &[u8]) -> std::result::Result<Header, String> {
 
 /// Decodes `path` (see [`decode`]).
 pub fn decode_file(path: &Path, hint: LoadHint) -> Result<Image> {
+    decode_file_limited(path, hint, DEFAULT_MAX_IMAGE_PIXELS)
+}
+
+/// Decodes `path` (see [`decode_limited`]).
+pub fn decode_file_limited(path: &Path, hint: LoadHint, max_pixels: u64) -> Result<Image> {
     let bytes = std::fs::read(path).map_err(|e| DataError::Io { path: path.into(), source: e })?;
-    decode(&bytes, hint).map_err(|reason| bad(path, reason))
+    decode_limited(&bytes, hint, max_pixels).map_err(|reason| bad(path, reason))
+}
+
+/// [`decode_limited`] at [`DEFAULT_MAX_IMAGE_PIXELS`].
+pub fn decode(bytes: &[u8], hint: LoadHint) -> std::result::Result<Image, String> {
+    decode_limited(bytes, hint, DEFAULT_MAX_IMAGE_PIXELS)
 }
 
 /// Decodes an encoded image to 8-bit RGB CHW with its EXIF orientation applied, doing no more
 /// work than `hint` asks for: a JPEG may come back reduced by `k <= hint.max_reduction` (`k`
 /// in 2, 4, 8; sides `ceil(native / k)`), or at full scale as the native image's top
 /// `height >= hint.rows` rows (see [`LoadHint`]); other formats always come back whole. The
-/// error is the decoder's message.
-pub fn decode(bytes: &[u8], hint: LoadHint) -> std::result::Result<Image, String> {
+/// error is the decoder's message, or [`check_pixels`]'s when the header's size is more than
+/// twice `max_pixels` (0 = no limit): checked before anything of that size is allocated.
+pub fn decode_limited(bytes: &[u8], hint: LoadHint, max_pixels: u64) -> std::result::Result<Image, String> {
     let format = sniff(bytes).ok_or("not a JPEG, PNG or WebP file")?;
     if format == Format::Jpeg {
         if hint.max_reduction >= 2 {
-            if let Some(img) = decode_jpeg_reduced(bytes, hint.max_reduction) {
+            if let Some(img) = decode_jpeg_reduced(bytes, hint.max_reduction, max_pixels) {
                 return Ok(img);
             }
         }
-        if let Some(img) = decode_jpeg_full(bytes, hint.rows) {
+        if let Some(img) = decode_jpeg_full(bytes, hint.rows, max_pixels) {
             return Ok(img);
         }
     }
     let mut dec = image::ImageReader::with_format(Cursor::new(bytes), format.image_format())
         .into_decoder()
         .map_err(|e| e.to_string())?;
+    let (w, h) = dec.dimensions();
+    check_pixels(w.into(), h.into(), max_pixels)?;
     let o = dec.orientation().unwrap_or(Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(dec).map_err(|e| e.to_string())?;
     img.apply_orientation(o);
@@ -181,12 +250,19 @@ thread_local! {
 /// decoder reports as stable (`decoded_scanlines`: finished, upsampled and colour-converted,
 /// the bytes a full decode writes there) are kept; if they are fewer than `rows`, the file is
 /// decoded again in full. A miscount costs time, never pixels.
-fn decode_jpeg_full(bytes: &[u8], rows: usize) -> Option<Image> {
-    decode_jpeg_top(bytes, rows, POLLS_PER_MCU_ROW, POLL_SLACK)
+/// An image above the pixel limit is `None` (the `image` path words the refusal).
+fn decode_jpeg_full(bytes: &[u8], rows: usize, max_pixels: u64) -> Option<Image> {
+    decode_jpeg_top(bytes, rows, POLLS_PER_MCU_ROW, POLL_SLACK, max_pixels)
 }
 
 /// [`decode_jpeg_full`] with the poll count as parameters (a test makes it miscount).
-fn decode_jpeg_top(bytes: &[u8], rows: usize, polls_per_mcu_row: usize, poll_slack: usize) -> Option<Image> {
+fn decode_jpeg_top(
+    bytes: &[u8],
+    rows: usize,
+    polls_per_mcu_row: usize,
+    poll_slack: usize,
+    max_pixels: u64,
+) -> Option<Image> {
     use zune_core::colorspace::ColorSpace;
     use zune_jpeg::SampleRatios;
     let opts = zune_core::options::DecoderOptions::default()
@@ -202,6 +278,9 @@ fn decode_jpeg_top(bytes: &[u8], rows: usize, polls_per_mcu_row: usize, poll_sla
     };
     d.set_options(opts.jpeg_set_out_colorspace(out));
     let (w, h) = d.dimensions()?;
+    if !fits(w, h, max_pixels) {
+        return None;
+    }
     let o = d.exif().and_then(|e| Orientation::from_exif_chunk(e)).unwrap_or(Orientation::NoTransforms);
     let stop = rows < h && o == Orientation::NoTransforms && {
         let info = d.info()?;
@@ -248,7 +327,7 @@ fn decode_jpeg_top(bytes: &[u8], rows: usize, polls_per_mcu_row: usize, poll_sla
             oriented(px, w, h, o)
         }
     })
-    .or_else(|| if stop { decode_jpeg_top(bytes, usize::MAX, 0, 0) } else { None })
+    .or_else(|| if stop { decode_jpeg_top(bytes, usize::MAX, 0, 0, max_pixels) } else { None })
 }
 
 /// Calls of the cancellation check per MCU row of a sequential scan at a poll interval of
@@ -266,8 +345,9 @@ fn oriented(hwc: &[u8], w: usize, h: usize, o: Orientation) -> Option<Image> {
 }
 
 /// The DCT-reduced path; `None` (fall back to the full decoder) for CMYK, 16-bit or any
-/// error, so a reduced decode never fails where the full one would succeed.
-fn decode_jpeg_reduced(bytes: &[u8], max_reduction: u32) -> Option<Image> {
+/// error, so a reduced decode never fails where the full one would succeed; `None` also above
+/// the pixel limit (the decoder's buffers follow the native size).
+fn decode_jpeg_reduced(bytes: &[u8], max_reduction: u32, max_pixels: u64) -> Option<Image> {
     let k = [8u32, 4, 2].into_iter().find(|&k| k <= max_reduction)?;
     let mut d = jpeg_decoder::Decoder::new(bytes);
     d.read_info().ok()?;
@@ -276,6 +356,9 @@ fn decode_jpeg_reduced(bytes: &[u8], max_reduction: u32) -> Option<Image> {
         return None;
     }
     let (w, h) = (info.width as u32, info.height as u32);
+    if !fits(w as usize, h as usize, max_pixels) {
+        return None;
+    }
     d.scale(w.div_ceil(k) as u16, h.div_ceil(k) as u16).ok()?;
     let px = d.decode().ok()?;
     let info = d.info()?;
@@ -299,12 +382,12 @@ mod tests {
     fn a_stop_before_the_rows_asked_for_falls_back_to_the_whole_image() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jpeg/s420.jpg");
         let bytes = std::fs::read(path).unwrap();
-        let full = decode_jpeg_full(&bytes, usize::MAX).unwrap();
+        let full = decode_jpeg_full(&bytes, usize::MAX, 0).unwrap();
         // No polls allowed: the decoder is cancelled before its first row, so nothing is
         // stable and the file is decoded again in full.
-        assert_eq!(decode_jpeg_top(&bytes, 40, 0, 0).unwrap(), full);
+        assert_eq!(decode_jpeg_top(&bytes, 40, 0, 0, 0).unwrap(), full);
         // The real counts stop below the bottom with the same top rows.
-        let top = decode_jpeg_top(&bytes, 40, POLLS_PER_MCU_ROW, POLL_SLACK).unwrap();
+        let top = decode_jpeg_top(&bytes, 40, POLLS_PER_MCU_ROW, POLL_SLACK, 0).unwrap();
         assert!((40..full.height).contains(&top.height), "{} rows", top.height);
         let plane = |img: &Image, c: usize| img.data[c * img.width * img.height..][..img.width * top.height].to_vec();
         for c in 0..3 {

@@ -14,9 +14,20 @@
 //!   as batches are made. A file that passed the scan but fails to decode is an error naming it,
 //!   or with `skip_bad` is counted once and replaced by the next good image (deterministically:
 //!   the same replacement every epoch).
+//! - **Decompression bombs.** The scan applies Pillow's pixel limit
+//!   ([`FolderOptions::max_image_pixels`], see [`crate::decode::check_pixels`]) to every header:
+//!   an image of more than twice the limit is a bad file (an error naming it, or skipped and
+//!   counted), one above the limit a warning; decoding checks the header again before it
+//!   allocates.
+//! - **Links.** Symbolic links to folders are followed (datasets are often linked together),
+//!   but each real folder is read once (device + inode): a link back up the tree
+//!   (`class8/loop -> ..`) or two links to one folder never list a file twice, and no file is
+//!   listed twice either. [`ImageFolder::links_followed`] counts the links, and the refused ones
+//!   are a warning. A class folder without images is a warning naming it
+//!   ([`ImageFolder::warnings`]; torchvision refuses such a folder).
 //! - **Cache.** [`bt_config::CacheMode::Decoded`] keeps each decoded image, reduced (JPEG DCT
 //!   scaling) as far as `cache_min_side` allows.
-use crate::decode::{decode_file, scan_header, Header};
+use crate::decode::{check_pixels, decode_file_limited, scan_header_limited, Header, PixelCheck};
 use crate::error::{DataError, Result};
 use crate::source::{Image, ImageSource, LoadHint};
 use rayon::prelude::*;
@@ -46,6 +57,9 @@ pub struct FolderOptions {
     /// Fail unless some image has both sides at least this long (`data.image_size`); 0 = no
     /// check.
     pub image_size: usize,
+    /// Pillow's `MAX_IMAGE_PIXELS` (`data.max_image_pixels`): warn above it, refuse an image
+    /// above twice it as unreadable; 0 = no limit.
+    pub max_image_pixels: u64,
 }
 
 impl Default for FolderOptions {
@@ -58,6 +72,7 @@ impl Default for FolderOptions {
             cache: false,
             cache_min_side: 0,
             image_size: 0,
+            max_image_pixels: crate::decode::DEFAULT_MAX_IMAGE_PIXELS,
         }
     }
 }
@@ -76,6 +91,9 @@ pub struct ImageFolder {
     decode_bad: AtomicUsize,
     cache: Option<Vec<OnceLock<Image>>>,
     cache_min_side: usize,
+    max_image_pixels: u64,
+    links_followed: usize,
+    warnings: Vec<String>,
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> DataError {
@@ -86,27 +104,84 @@ fn is_image(p: &Path) -> bool {
     p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-/// Image files under `dir` in `sorted(os.walk(dir))` order: directories by path, the files of
-/// each sorted by name. Symlinked folders are followed, as torchvision does.
-fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut dirs = vec![dir.to_path_buf()];
-    let mut groups: Vec<(PathBuf, Vec<PathBuf>)> = Vec::new();
-    while let Some(d) = dirs.pop() {
-        let mut files = Vec::new();
-        for e in std::fs::read_dir(&d).map_err(|e| io_err(&d, e))? {
-            let p = e.map_err(|e| io_err(&d, e))?.path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if is_image(&p) {
-                files.push(p);
-            }
-        }
-        files.sort();
-        groups.push((d, files));
+/// The identity of a real folder or file: device and inode (the canonical path elsewhere).
+#[cfg(unix)]
+type FileKey = (u64, u64);
+#[cfg(not(unix))]
+type FileKey = PathBuf;
+
+#[cfg(unix)]
+fn file_key(_: &Path, m: &std::fs::Metadata) -> Result<FileKey> {
+    use std::os::unix::fs::MetadataExt;
+    Ok((m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_key(p: &Path, _: &std::fs::Metadata) -> Result<FileKey> {
+    std::fs::canonicalize(p).map_err(|e| io_err(p, e))
+}
+
+/// What a walk has seen so far: real folders and files, links followed and refused.
+#[derive(Default)]
+struct Walk {
+    dirs: std::collections::HashSet<FileKey>,
+    files: std::collections::HashSet<FileKey>,
+    links: usize,
+    repeated_links: Vec<PathBuf>,
+}
+
+impl Walk {
+    /// Marks `dir` as read (or about to be); `false` when it already was.
+    fn enter(&mut self, dir: &Path) -> Result<bool> {
+        let m = std::fs::metadata(dir).map_err(|e| io_err(dir, e))?;
+        Ok(self.dirs.insert(file_key(dir, &m)?))
     }
-    // os.walk yields `root` strings; sorting them as strings is what `sorted` does.
-    groups.sort_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
-    Ok(groups.into_iter().flat_map(|(_, f)| f).collect())
+
+    /// Image files under `dir` in `sorted(os.walk(dir, followlinks=True))` order: folders by
+    /// path, the files of each sorted by name; a real folder or file already seen (through a
+    /// link) is left out. `dir` itself must have been [`Walk::enter`]ed.
+    fn walk(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
+        let mut stack = vec![dir.to_path_buf()];
+        let mut groups: Vec<(PathBuf, Vec<PathBuf>)> = Vec::new();
+        while let Some(d) = stack.pop() {
+            let mut entries = Vec::new();
+            for e in std::fs::read_dir(&d).map_err(|e| io_err(&d, e))? {
+                let e = e.map_err(|e| io_err(&d, e))?;
+                entries.push((e.path(), e.file_type().map_err(|err| io_err(&e.path(), err))?.is_symlink()));
+            }
+            // Sorted, so which of two paths to one folder is read is the same on every run.
+            entries.sort();
+            let mut files = Vec::new();
+            let mut subdirs = Vec::new();
+            for (p, link) in entries {
+                // metadata follows links. An image name that cannot be followed (a dangling
+                // link) is listed, so the header scan names it as unreadable.
+                let Ok(m) = std::fs::metadata(&p) else {
+                    if is_image(&p) {
+                        files.push(p);
+                    }
+                    continue;
+                };
+                if m.is_dir() {
+                    if link {
+                        self.links += 1;
+                    }
+                    if self.dirs.insert(file_key(&p, &m)?) {
+                        subdirs.push(p);
+                    } else if link {
+                        self.repeated_links.push(p);
+                    }
+                } else if is_image(&p) && self.files.insert(file_key(&p, &m)?) {
+                    files.push(p);
+                }
+            }
+            stack.extend(subdirs.into_iter().rev());
+            groups.push((d, files));
+        }
+        // os.walk yields `root` strings; sorting them as strings is what `sorted` does.
+        groups.sort_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
+        Ok(groups.into_iter().flat_map(|(_, f)| f).collect())
+    }
 }
 
 impl ImageFolder {
@@ -120,6 +195,8 @@ impl ImageFolder {
         let dir = dir.as_ref();
         let folder_err =
             |path: &Path, reason: String| DataError::BadFolder { key: opts.key.clone(), path: path.into(), reason };
+        let mut walk = Walk::default();
+        let mut warnings = Vec::new();
         let (root, files, labels, classes) = if let Some(list) = &opts.file_list {
             let text = std::fs::read_to_string(list).map_err(|e| io_err(list, e))?;
             let base = list.parent().unwrap_or(Path::new("."));
@@ -134,6 +211,7 @@ impl ImageFolder {
             if !dir.is_dir() {
                 return Err(folder_err(dir, "not a folder".into()));
             }
+            walk.enter(dir)?;
             let mut subdirs = Vec::new();
             let mut top_images = 0usize;
             for e in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
@@ -149,19 +227,48 @@ impl ImageFolder {
                 let mut files = Vec::new();
                 let mut labels = Vec::new();
                 let mut classes = Vec::new();
+                // Every class folder is marked first: a link inside one class to another (or
+                // to the root) never moves the other's files under the wrong label.
+                let mut class_dirs = Vec::new();
                 for s in &subdirs {
-                    let f = walk(s)?;
-                    // torchvision refuses classes without files; we drop them from the label set
-                    // only when no class has files (empty folder error below).
+                    if walk.enter(s)? {
+                        class_dirs.push(s);
+                    } else {
+                        warnings.push(format!(
+                            "{}: this class folder is a link to a folder already read as another class; it gets no images",
+                            s.display()
+                        ));
+                    }
+                }
+                for s in &subdirs {
+                    let f = if class_dirs.contains(&s) { walk.walk(s)? } else { Vec::new() };
+                    // torchvision refuses classes without files; we keep them (the labels stay
+                    // those of the sorted folder names) and say so.
+                    if f.is_empty() && class_dirs.contains(&s) {
+                        warnings.push(format!(
+                            "class folder {} has no images (extensions {}): a class with no examples",
+                            s.display(),
+                            IMAGE_EXTENSIONS.join(", ")
+                        ));
+                    }
                     labels.extend(std::iter::repeat_n(classes.len() as u32, f.len()));
                     files.extend(f);
                     classes.push(s.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
                 }
                 (dir.to_path_buf(), files, Some(labels), Some(classes))
             } else {
-                (dir.to_path_buf(), walk(dir)?, None, None)
+                (dir.to_path_buf(), walk.walk(dir)?, None, None)
             }
         };
+        if !walk.repeated_links.is_empty() {
+            let shown: Vec<String> = walk.repeated_links.iter().take(3).map(|p| p.display().to_string()).collect();
+            warnings.push(format!(
+                "{} folder link(s) lead to a folder already read (a loop or a second link to it) and were not read again: {}{}",
+                walk.repeated_links.len(),
+                shown.join(", "),
+                if walk.repeated_links.len() > 3 { ", ..." } else { "" }
+            ));
+        }
         if opts.require_labels {
             match &classes {
                 Some(c) if c.len() >= 2 => {}
@@ -186,14 +293,20 @@ impl ImageFolder {
         if files.is_empty() {
             return Err(folder_err(&root, format!("no images found (extensions {})", IMAGE_EXTENSIONS.join(", "))));
         }
-        let scans: Vec<Result<Header>> = files.par_iter().map(|p| scan_header(p)).collect();
+        let max_px = opts.max_image_pixels;
+        let scans: Vec<Result<Header>> = files.par_iter().map(|p| scan_header_limited(p, max_px)).collect();
         let mut keep_files = Vec::with_capacity(files.len());
         let mut keep_labels = Vec::with_capacity(files.len());
         let mut headers = Vec::with_capacity(files.len());
         let mut scan_bad = 0;
+        let mut first_bad = None;
+        let mut large = Vec::new();
         for (k, (f, s)) in files.into_iter().zip(scans).enumerate() {
             match s {
                 Ok(h) => {
+                    if check_pixels(h.width as u64, h.height as u64, max_px) == Ok(PixelCheck::Large) {
+                        large.push(format!("{} ({}x{})", f.display(), h.width, h.height));
+                    }
                     headers.push(h);
                     keep_files.push(f);
                     if let Some(l) = &labels {
@@ -201,11 +314,23 @@ impl ImageFolder {
                     }
                 }
                 Err(e) if opts.skip_bad => {
-                    let _ = e;
+                    first_bad.get_or_insert(e);
                     scan_bad += 1;
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if let Some(e) = first_bad {
+            warnings.push(format!("{scan_bad} unreadable image(s) skipped at the header scan; the first: {e}"));
+        }
+        if !large.is_empty() {
+            warnings.push(format!(
+                "{} image(s) above data.max_image_pixels ({max_px} pixels; up to twice that is decoded, like Pillow's \
+                 DecompressionBombWarning): {}{}",
+                large.len(),
+                large.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+                if large.len() > 3 { ", ..." } else { "" }
+            ));
         }
         if keep_files.is_empty() {
             return Err(folder_err(&root, format!("all {scan_bad} image files are unreadable")));
@@ -234,7 +359,23 @@ impl ImageFolder {
             decode_bad: AtomicUsize::new(0),
             cache: opts.cache.then(|| (0..n).map(|_| OnceLock::new()).collect()),
             cache_min_side: opts.cache_min_side,
+            max_image_pixels: max_px,
+            links_followed: walk.links,
+            warnings,
         })
+    }
+
+    /// Symbolic links to folders met by the walk (followed, or refused because their folder
+    /// was already read).
+    pub fn links_followed(&self) -> usize {
+        self.links_followed
+    }
+
+    /// What the caller should show the user: class folders without images, folder links not
+    /// read again (loops), images skipped at the scan (the first named), images above the
+    /// pixel limit.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The folder (or file list) the images came from.
@@ -258,10 +399,14 @@ impl ImageFolder {
                 .into_iter()
                 .find(|&k| self.cache_min_side > 0 && short / k as usize >= self.cache_min_side)
                 .unwrap_or(1);
-            let img = decode_file(&self.files[i], LoadHint { max_reduction: k, ..LoadHint::FULL })?;
+            let img = decode_file_limited(
+                &self.files[i],
+                LoadHint { max_reduction: k, ..LoadHint::FULL },
+                self.max_image_pixels,
+            )?;
             return Ok(cache[i].get_or_init(|| img).clone());
         }
-        decode_file(&self.files[i], hint)
+        decode_file_limited(&self.files[i], hint, self.max_image_pixels)
     }
 }
 

@@ -228,6 +228,9 @@ pub struct Sources {
     pub class_names: Option<Vec<String>>,
     /// One line for logs.
     pub description: String,
+    /// What the user should see before training (empty class folders, folder-link loops,
+    /// skipped or oversized images), one line each; the caller logs them.
+    pub warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -245,7 +248,13 @@ pub fn load_sources(cfg: &bt_config::Config) -> Result<Sources> {
         DatasetKind::Cifar10 | DatasetKind::Synthetic => {
             let (train, test, names) = load_from_config(cfg)?;
             let description = format!("{:?} ({} train, {} test)", d.dataset, train.len(), test.len());
-            Ok(Sources { train: Arc::new(train), test: Some(Arc::new(test)), class_names: Some(names), description })
+            Ok(Sources {
+                train: Arc::new(train),
+                test: Some(Arc::new(test)),
+                class_names: Some(names),
+                description,
+                warnings: Vec::new(),
+            })
         }
         DatasetKind::Stl10 => {
             let (train, test, names) = load_stl10(&d.dir, d.stl10_split)?;
@@ -256,7 +265,13 @@ pub fn load_sources(cfg: &bt_config::Config) -> Result<Sources> {
                 train.len(),
                 test.len()
             );
-            Ok(Sources { train: Arc::new(train), test: Some(Arc::new(test)), class_names: Some(names), description })
+            Ok(Sources {
+                train: Arc::new(train),
+                test: Some(Arc::new(test)),
+                class_names: Some(names),
+                description,
+                warnings: Vec::new(),
+            })
         }
         DatasetKind::ImageFolder => {
             // A cached image keeps the side at which the smallest crop still has image_size px.
@@ -272,6 +287,7 @@ pub fn load_sources(cfg: &bt_config::Config) -> Result<Sources> {
                 cache: d.cache == bt_config::CacheMode::Decoded,
                 cache_min_side,
                 image_size: d.image_size,
+                max_image_pixels: d.max_image_pixels,
             };
             let train = ImageFolder::open(&d.dir, &opts)?;
             let test = if d.test_dir.as_os_str().is_empty() {
@@ -286,8 +302,9 @@ pub fn load_sources(cfg: &bt_config::Config) -> Result<Sources> {
                 };
                 Some(ImageFolder::open(&d.test_dir, &o)?)
             };
+            let links = train.links_followed() + test.as_ref().map_or(0, |t| t.links_followed());
             let description = format!(
-                "image folder {} ({} images{}, {} unreadable skipped){}",
+                "image folder {} ({} images{}, {} unreadable skipped, {links} folder link(s) followed){}",
                 train.root().display(),
                 train.len(),
                 train.num_classes().map_or(String::new(), |k| format!(", {k} classes")),
@@ -300,11 +317,14 @@ pub fn load_sources(cfg: &bt_config::Config) -> Result<Sources> {
                 )),
             );
             let class_names = test.as_ref().and_then(|t| t.class_names()).or_else(|| train.class_names());
+            let mut warnings = train.warnings().to_vec();
+            warnings.extend(test.iter().flat_map(|t| t.warnings().iter().map(|w| format!("data.test_dir: {w}"))));
             Ok(Sources {
                 train: Arc::new(train),
                 test: test.map(|t| Arc::new(t) as Arc<dyn ImageSource>),
                 class_names,
                 description,
+                warnings,
             })
         }
     }

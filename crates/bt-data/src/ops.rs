@@ -663,14 +663,14 @@ mod tests {
                 let (mut a, mut b) = (img.clone(), img.clone());
                 tf_adjust_saturation(&mut a, 32, 32, f);
                 literal::tf_adjust_saturation(&mut b, 32, 32, f);
-                let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                let d = bt_testkit::max_abs_diff("saturation", &a, &b).unwrap().diff;
                 assert!(d < 2e-6, "saturation f={f} [{lo},{hi}]: {d}");
             }
             for delta in [-0.5f32, -0.2, -0.01, 0.0, 0.13, 0.2, 0.5] {
                 let (mut a, mut b) = (img.clone(), img.clone());
                 tf_adjust_hue(&mut a, 32, 32, delta);
                 literal::tf_adjust_hue(&mut b, 32, 32, delta);
-                let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                let d = bt_testkit::max_abs_diff("hue", &a, &b).unwrap().diff;
                 assert!(d < 4e-6, "hue delta={delta} [{lo},{hi}]: {d}");
             }
         }

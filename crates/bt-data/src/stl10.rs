@@ -32,7 +32,20 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     })
 }
 
-/// Reads `X` (and labels from `y` when given) into row-major CHW images.
+/// `n` zero bytes, or an error naming `path` when they cannot be allocated (never an abort).
+fn zeroed(n: usize, path: &Path) -> Result<Vec<u8>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| DataError::BadSize {
+        path: path.into(),
+        size: n as u64,
+        expected: "images this machine can hold in memory (the buffer cannot be allocated)".into(),
+    })?;
+    v.resize(n, 0);
+    Ok(v)
+}
+
+/// Reads `X` (and labels from `y` when given) into row-major CHW images. The file is read with
+/// `std::fs::read`, which reserves its size fallibly (an `Io` error naming it, not an abort).
 fn read_pair(x_path: &Path, y_path: Option<&Path>) -> Result<(Vec<u8>, Vec<Option<u32>>)> {
     let raw = read(x_path)?;
     if raw.is_empty() || raw.len() % STL10_IMAGE_BYTES != 0 {
@@ -65,7 +78,7 @@ fn read_pair(x_path: &Path, y_path: Option<&Path>) -> Result<(Vec<u8>, Vec<Optio
         }
     };
     let s = STL10_SIDE;
-    let mut data = vec![0u8; raw.len()];
+    let mut data = zeroed(raw.len(), x_path)?;
     for (src, dst) in raw.chunks_exact(s * s).zip(data.chunks_exact_mut(s * s)) {
         for x in 0..s {
             for y in 0..s {
@@ -102,6 +115,11 @@ pub fn load_stl10(dir: impl AsRef<Path>, split: Stl10Split) -> Result<(MemoryIma
     }
     if matches!(split, Stl10Split::Unlabeled | Stl10Split::TrainUnlabeled) {
         let (d, l) = read_pair(&p("unlabeled_X.bin"), None)?;
+        data.try_reserve_exact(d.len()).map_err(|_| DataError::BadSize {
+            path: p("unlabeled_X.bin"),
+            size: d.len() as u64,
+            expected: "images this machine can hold in memory with train_X.bin".into(),
+        })?;
         data.extend(d);
         labels.extend(l);
     }

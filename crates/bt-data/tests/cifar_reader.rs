@@ -94,3 +94,15 @@ fn malformed_meta_is_named() {
     std::fs::write(&p, format!("{}\n\n", CIFAR10_CLASSES.join("\n"))).unwrap();
     assert_eq!(read_meta(&p).unwrap().len(), 10);
 }
+
+#[test]
+fn a_file_claiming_a_terabyte_of_records_is_an_error_not_an_abort() {
+    // A sparse file: its size (from the file system) says 400 million records, 1.2 TB.
+    let tmp = tempfile::tempdir().unwrap();
+    write_small(tmp.path());
+    let huge = tmp.path().join("data_batch_3.bin");
+    std::fs::File::create(&huge).unwrap().set_len(400_000_000 * RECORD_BYTES as u64).unwrap();
+    let e = Cifar10::load_with(tmp.path(), SizeCheck::Records).unwrap_err();
+    assert!(matches!(&e, DataError::BadSize { path, .. } if path == &huge), "{e}");
+    assert!(e.to_string().contains("cannot be allocated"), "{e}");
+}

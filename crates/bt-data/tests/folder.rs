@@ -274,3 +274,107 @@ fn detect_kind_tells_cifar_stl10_and_image_folders_apart() {
     // Missing: CIFAR-10, whose reader's error says what it expected.
     assert_eq!(bt_data::detect_kind(&missing), DatasetKind::Cifar10);
 }
+
+/// `n` small PNGs `img000.png`... in `dir`.
+fn pngs(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        rgb_png(&dir.join(format!("img{i:03}.png")), 24 + (i % 5) as u32, 20, i as u32);
+    }
+}
+
+#[test]
+fn a_decompression_bomb_is_refused_from_its_header_or_skipped_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("photos");
+    pngs(&dir, 20);
+    let bomb = dir.join("bomb.png");
+    // A valid PNG of a few hundred KB that decodes to 10.8 GB of RGB.
+    bt_testkit::write_png_bomb(&bomb, 60_000, 60_000).unwrap();
+    let size = std::fs::metadata(&bomb).unwrap().len();
+    assert!(size < 1 << 20, "the bomb is small on disk: {size} bytes");
+
+    // Strict: an error naming the file, from the header scan (nothing decoded: this returns at
+    // once; a decode would need gigabytes).
+    let e = ImageFolder::open(&dir, &FolderOptions::default()).unwrap_err();
+    assert!(matches!(&e, DataError::BadImage { path, .. } if path == &bomb), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("60000x60000") && msg.contains("data.max_image_pixels") && msg.contains("bomb"), "{msg}");
+
+    // Skipped and counted, named in the warnings; every other image loads.
+    let f = ImageFolder::open(&dir, &FolderOptions { skip_bad: true, ..Default::default() }).unwrap();
+    assert_eq!((f.len(), f.bad_images()), (20, 1));
+    assert!(f.warnings().iter().any(|w| w.contains("bomb.png") && w.contains("1 unreadable")), "{:?}", f.warnings());
+    for i in 0..f.len() {
+        f.load(i, LoadHint::FULL).unwrap();
+    }
+    // 0 lifts the limit: the header scan then accepts it (and does not decode it).
+    let f = ImageFolder::open(&dir, &FolderOptions { max_image_pixels: 0, ..Default::default() }).unwrap();
+    assert_eq!(f.len(), 21);
+
+    // Every decode path checks the header's size before allocating, even called directly.
+    let bytes = std::fs::read(&bomb).unwrap();
+    let e = bt_data::decode::decode(&bytes, LoadHint::FULL).unwrap_err();
+    assert!(e.contains("decompression bomb"), "{e}");
+}
+
+#[test]
+fn pillows_rule_warns_above_the_pixel_limit_and_refuses_above_twice_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    pngs(&dir, 3); // 24..26 x 20: at most 520 pixels
+    rgb_png(&dir.join("large.png"), 40, 30, 1); // 1200 pixels: above 1000, at most 2000
+    rgb_png(&dir.join("huge.png"), 50, 41, 2); // 2050 pixels: above 2 x 1000
+    let opts = FolderOptions { max_image_pixels: 1000, skip_bad: true, ..Default::default() };
+    let f = ImageFolder::open(&dir, &opts).unwrap();
+    assert_eq!((f.len(), f.bad_images()), (4, 1));
+    let w = f.warnings().join("\n");
+    assert!(w.contains("huge.png") && w.contains("50x41"), "{w}");
+    assert!(w.contains("1 image(s) above data.max_image_pixels (1000") && w.contains("large.png (40x30)"), "{w}");
+    // The large image is decoded (a warning, not a refusal).
+    let i = f.files().iter().position(|p| p.ends_with("large.png")).unwrap();
+    assert_eq!(f.load(i, LoadHint::FULL).unwrap().width, 40);
+    let e = ImageFolder::open(&dir, &FolderOptions { max_image_pixels: 1000, ..Default::default() }).unwrap_err();
+    assert!(e.to_string().contains("huge.png"), "{e}");
+}
+
+#[test]
+fn a_symlink_loop_lists_each_image_once_and_empty_classes_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    for c in 0..10 {
+        pngs(&root.join(format!("class{c}")), 20);
+    }
+    // A loop back to the root (was read as 8,200 images), a second link to a class folder, a
+    // link to a folder outside the tree (followed: datasets are linked together), and an
+    // empty class.
+    std::os::unix::fs::symlink("..", root.join("class8/loop")).unwrap();
+    std::os::unix::fs::symlink("../class3", root.join("class5/again")).unwrap();
+    let outside = tmp.path().join("more");
+    pngs(&outside, 4);
+    std::os::unix::fs::symlink(&outside, root.join("class9/more")).unwrap();
+    std::fs::create_dir_all(root.join("empty")).unwrap();
+
+    let f = ImageFolder::open(&root, &FolderOptions::default()).unwrap();
+    assert_eq!(f.len(), 10 * 20 + 4, "each image once");
+    let mut real: Vec<PathBuf> = f.files().iter().map(|p| std::fs::canonicalize(p).unwrap()).collect();
+    real.sort();
+    real.dedup();
+    assert_eq!(real.len(), f.len(), "no file listed twice");
+    assert_eq!(f.num_classes(), Some(11));
+    // The outside folder's images are class 9's; class 3's are not listed again under class 5.
+    let labels: Vec<u32> = (0..f.len()).map(|i| f.label(i).unwrap()).collect();
+    assert_eq!(labels.iter().filter(|&&l| l == 9).count(), 24);
+    assert_eq!(labels.iter().filter(|&&l| l == 5).count(), 20);
+    assert_eq!(f.links_followed(), 3);
+    let w = f.warnings().join("\n");
+    assert!(w.contains("2 folder link(s)") && w.contains("class8/loop") && w.contains("class5/again"), "{w}");
+    assert!(w.contains("class folder") && w.contains("empty") && w.contains("no images"), "{w}");
+
+    // Unlabeled: the same loop at the top level.
+    let flat = tmp.path().join("flat");
+    pngs(&flat, 5);
+    std::os::unix::fs::symlink(".", flat.join("self")).unwrap();
+    let f = ImageFolder::open(&flat, &FolderOptions::default()).unwrap();
+    assert_eq!((f.len(), f.links_followed()), (5, 1));
+}

@@ -74,3 +74,15 @@ fn bad_sizes_and_labels_name_the_file() {
     let e = load_stl10(tmp.path(), Stl10Split::Unlabeled).unwrap_err().to_string();
     assert!(e.contains("unlabeled_X.bin"), "{e}");
 }
+
+#[test]
+fn a_file_claiming_a_terabyte_of_images_is_an_error_not_an_abort() {
+    // A sparse unlabeled_X.bin of 40 million 96x96x3 images (1.1 TB): read fallibly, named.
+    let tmp = tempfile::tempdir().unwrap();
+    write_all(tmp.path());
+    let huge = tmp.path().join("unlabeled_X.bin");
+    std::fs::File::create(&huge).unwrap().set_len(40_000_000 * 27_648).unwrap();
+    let e = load_stl10(tmp.path(), Stl10Split::TrainUnlabeled).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("unlabeled_X.bin"), "{msg}");
+}

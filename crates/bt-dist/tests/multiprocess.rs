@@ -236,9 +236,13 @@ fn group() -> ProcessGroup {
     })
 }
 
+/// The largest `|a - b|`, through the workspace's comparison (`bt_testkit`): a size mismatch,
+/// a NaN or an infinity panics (`.abs().max()` of a NaN difference is NaN, and `d < tol` with a
+/// NaN `d` is false, but `fold(0.0, f64::max)` over such values drops it).
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size());
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
+    let v = |t: &Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap();
+    bt_testkit::max_abs_diff("tensors", &v(a), &v(b)).unwrap_or_else(|e| panic!("{e}")).diff
 }
 
 fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
@@ -422,6 +426,8 @@ fn train(
 }
 
 fn param_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
+    assert_eq!(a.len(), b.len(), "parameter lists differ in length");
+    // max_diff panics on a NaN, so the fold never sees one.
     a.iter()
         .zip(b)
         .map(|((na, ta), (nb, tb))| {
@@ -457,7 +463,8 @@ fn exact() {
         let (naive_mean, _) = train(&naive, Some((&pg, GradSync::Mean)), rank * B, B);
 
         let d = param_diff(&dist, &single);
-        let d_loss = dist_losses.iter().zip(&single_losses).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let d_loss =
+            bt_testkit::max_abs_diff("losses", &dist_losses, &single_losses).unwrap_or_else(|e| panic!("{e}")).diff;
         let d_sum = param_diff(&naive_sum, &single);
         let d_mean = param_diff(&naive_mean, &single);
         println!(

@@ -142,12 +142,16 @@ impl Dist {
     /// wait in the next collective for a rank that is gone. Returns this rank's own request if
     /// it has one, else the one another rank saw (`from_peer`), else `None`. One tiny
     /// all-reduce; every rank must call it at the same points.
+    ///
+    /// Host transfers: one upload of the two flags and one read of their sums per call (every
+    /// step), both through `bt_host`, so they are counted like every other transfer of the step
+    /// (docs/GPU.md; `tests/dist_host_reads.rs` counts them).
     pub fn agreed_stop(&self, local: Option<Interrupted>) -> Result<Option<Interrupted>> {
-        let seen = |signo| local.is_some_and(|i| i.signo == signo) as i32 as f32;
-        let other = local.is_some_and(|i| i.signo != SIGINT && i.signo != SIGTERM) as i32 as f32;
-        let flags = Tensor::from_slice(&[seen(SIGINT), seen(SIGTERM) + other]).to_device(self.pg.device());
+        let seen = |signo| local.is_some_and(|i| i.signo == signo) as i32 as f64;
+        let other = local.is_some_and(|i| i.signo != SIGINT && i.signo != SIGTERM) as i32 as f64;
+        let flags = bt_host::from_f64s(&[seen(SIGINT), seen(SIGTERM) + other], tch::Kind::Float, self.pg.device())?;
         let total = tch::no_grad(|| self.pg.all_reduce(&flags)).context("agreeing on a stop across ranks")?;
-        let total = Vec::<f32>::try_from(total.to_device(Device::Cpu))?;
+        let total = bt_host::read_f64s(&total)?;
         Ok(match local {
             Some(i) => Some(i),
             None if total[1] > 0.0 => Some(Interrupted { signo: SIGTERM, from_peer: true }),

@@ -1,5 +1,7 @@
-//! The run folder: every artifact of one pretraining run under one directory, and the one
-//! primitive all of them are written with ([`atomic_write`]).
+//! The run folder: every artifact of one pretraining run under one directory. Every file is
+//! written whole through [`atomic_write`] (a reader never sees a torn file), except the
+//! append-only logs `metrics.jsonl` and `events.out.tfevents.*`: one flushed write per
+//! record, a torn last record skipped by readers and rolled back on resume.
 //!
 //! ```text
 //! runs/NAME/

@@ -57,6 +57,16 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
         .double_value(&[])
 }
 
+/// The largest of `errs`, NaN if any is NaN (`fold(0.0, f64::max)` would drop a NaN, and a
+/// device returning NaN would pass every `err < tol`), infinite for two lists of different
+/// lengths.
+fn worst(a_len: usize, b_len: usize, errs: impl IntoIterator<Item = f64>) -> f64 {
+    if a_len != b_len {
+        return f64::INFINITY;
+    }
+    errs.into_iter().fold(0.0, |m, e| if m.is_nan() || e.is_nan() { f64::NAN } else { m.max(e) })
+}
+
 fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / a.abs().max(b.abs()).max(1e-12)
 }
@@ -80,7 +90,7 @@ fn loss_checks(r: &mut Report, dev: Device) -> Result<()> {
             let (lc, gac, gbc) = run(Device::Cpu)?;
             let (ld, gad, gbd) = run(dev)?;
             let gscale = gac.abs().max().double_value(&[]).max(1e-12);
-            let gerr = max_abs(&gac, &gad).max(max_abs(&gbc, &gbd)) / gscale;
+            let gerr = worst(1, 1, [max_abs(&gac, &gad), max_abs(&gbc, &gbd)]) / gscale;
             r.check(
                 &format!("loss {imp:?}/{norm:?}"),
                 rel(lc, ld) < 1e-4 && gerr < 1e-3,
@@ -121,7 +131,7 @@ fn optim_checks(r: &mut Report, dev: Device) -> Result<()> {
             Ok(params.iter().map(|p| p.detach().to_device(Device::Cpu)).collect())
         };
         let (c, d) = (run(Device::Cpu)?, run(dev)?);
-        let err = c.iter().zip(&d).map(|(a, b)| max_abs(a, b)).fold(0.0, f64::max);
+        let err = worst(c.len(), d.len(), c.iter().zip(&d).map(|(a, b)| max_abs(a, b)));
         r.check(&format!("optimizer {kind:?} 3 steps"), err < 1e-5, format!("max |param cpu - device| {err:.1e}"));
     }
     Ok(())
@@ -142,7 +152,7 @@ fn upload_check(r: &mut Report, dev: Device) -> Result<()> {
         last = ts;
     }
     let want = Tensor::from_slice(&a).view([n as i64, 3, 32, 32]);
-    let err = max_abs(&last[0], &want).max(max_abs(&last[1], &(1.0 - &want)));
+    let err = worst(1, 1, [max_abs(&last[0], &want), max_abs(&last[1], &(1.0 - &want))]);
     let (wait, measured) = up.final_wait_ms()?;
     r.check(
         "input upload (side stream, channels-last)",
@@ -198,7 +208,7 @@ fn train_checks(r: &mut Report, dev: Device) -> Result<()> {
     let f32s = StepSettings { precision: Precision::F32, channels_last: false };
     let (lc, pc) = train(&cfg, Device::Cpu, f32s, 3)?;
     let (ld, pd) = train(&cfg, dev, f32s, 3)?;
-    let lerr = lc.iter().zip(&ld).map(|(a, b)| rel(*a, *b)).fold(0.0, f64::max);
+    let lerr = worst(lc.len(), ld.len(), lc.iter().zip(&ld).map(|(a, b)| rel(*a, *b)));
     let num: f64 = pc.iter().zip(&pd).map(|(a, b)| (a - b).square().sum(Kind::Double).double_value(&[])).sum();
     let den: f64 = pc.iter().map(|a| a.square().sum(Kind::Double).double_value(&[])).sum();
     let perr = (num / den.max(1e-30)).sqrt();

@@ -37,12 +37,15 @@ pub struct Data {
     pub test: Option<Arc<dyn ImageSource>>,
     /// What was loaded, for logs and reports.
     pub description: String,
+    /// What the user should see before training (empty class folders, folder-link loops,
+    /// skipped or oversized images: [`bt_data::Sources::warnings`]); the caller shows them.
+    pub warnings: Vec<String>,
 }
 
 impl Data {
     /// `train` and `test` sources with a description.
     pub fn new(train: impl IntoSource, test: Option<Arc<dyn ImageSource>>, description: impl Into<String>) -> Self {
-        Self { train: train.into_source(), test, description: description.into() }
+        Self { train: train.into_source(), test, description: description.into(), warnings: Vec::new() }
     }
 
     /// The evaluation split, or an error saying the data has none.
@@ -82,7 +85,7 @@ pub fn load_data(cfg: &Config) -> Result<Data> {
         ),
         _ => s.description,
     };
-    Ok(Data { train: s.train, test: s.test, description })
+    Ok(Data { train: s.train, test: s.test, description, warnings: s.warnings })
 }
 
 /// The first `n` images of a dataset (the demo caps CIFAR-10 to stay within its time budget).

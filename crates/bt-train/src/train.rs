@@ -146,6 +146,8 @@ impl<'o> Trainer<'o> {
         let cfg_hash = store::config_hash(&cfg);
         let main = self.is_main();
         let world = self.dist.as_ref().map_or(1, |d| d.world());
+        // run.bn_batch against a rank's share: known only now (before the folder is touched).
+        cfg.validate_world(world)?;
         if main {
             crate::atomic::atomic_write(&run.config(), cfg_text.as_bytes())?;
         }

@@ -200,9 +200,12 @@ fn cuda_graph_replay_matches_eager_steps() {
     let (graph, graph_losses, graph_steps) = run(true);
     assert_eq!((eager_steps, graph_steps), (12, 12));
     assert_eq!(eager_losses.len(), 12);
+    assert_eq!(eager_losses.len(), graph_losses.len(), "losses {eager_losses:?} vs {graph_losses:?}");
     for (a, b) in eager_losses.iter().zip(&graph_losses) {
+        assert!(a.is_finite() && b.is_finite(), "losses {eager_losses:?} vs {graph_losses:?}");
         assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "losses {eager_losses:?} vs {graph_losses:?}");
     }
+    assert_eq!(eager.len(), graph.len(), "the two runs have different variables");
     let graph: std::collections::HashMap<_, _> = graph.into_iter().collect();
     for (name, e) in &eager {
         let g = &graph[name];

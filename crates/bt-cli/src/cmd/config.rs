@@ -6,8 +6,7 @@ use std::path::PathBuf;
 /// Where a config comes from: a preset, a file over it, and `--set` overrides over both.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ConfigArgs {
-    /// Preset name (crates/bt-config/configs/NAME.toml): keras-seed, cifar-resnet18, demo.
-    #[arg(long, default_value = "keras-seed")]
+    #[arg(long, default_value = "keras-seed", help = preset_help())]
     pub preset: String,
     /// A TOML file merged over the preset.
     #[arg(long)]
@@ -15,6 +14,11 @@ pub struct ConfigArgs {
     /// `dotted.key=value` overrides, applied last (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
+}
+
+/// `--preset`'s help, from the list of embedded presets (so it never lists fewer).
+fn preset_help() -> String {
+    format!("Preset name (crates/bt-config/configs/NAME.toml): {}", bt_config::preset_names().join(", "))
 }
 
 impl ConfigArgs {

@@ -169,6 +169,9 @@ pub fn run(cmd: EvalCmd) -> Result<()> {
                 bail!("the keras-seed protocol probes the projector output, but {} holds the encoder alone: pass model.safetensors or a training checkpoint", l.weights.display());
             }
             let data = setup::load_data(&l.cfg)?;
+            for w in &data.warnings {
+                tracing::warn!("{w}");
+            }
             let v = linear_eval(&l.cfg, &l.model, &data, l.device, protocol, &mut CliObserver::default())?;
             let name = match protocol {
                 LinearProtocol::KerasSeed => "linear_keras-seed",
@@ -186,6 +189,9 @@ pub fn run(cmd: EvalCmd) -> Result<()> {
         EvalCmd::Knn(a) => {
             let l = a.src.load()?;
             let data = setup::load_data(&l.cfg)?;
+            for w in &data.warnings {
+                tracing::warn!("{w}");
+            }
             let v = knn_eval(&l.cfg, &l.model, &data, l.device, &mut CliObserver::default())?;
             let summary = format!(
                 "knn (k={}, T={}): test top-1 {:.2}%",

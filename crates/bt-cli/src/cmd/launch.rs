@@ -7,11 +7,18 @@
 //! `OMP_NUM_THREADS` is the user's, or the cores shared out among the workers (torchrun sets 1).
 //!
 //! Supervision, like torchrun's agent: SIGINT/SIGTERM/SIGHUP received by the launcher are
-//! forwarded to every live worker; when a worker fails, the others get `--grace-s` seconds to
+//! forwarded to every live worker. Each worker runs in its own process group, so a terminal's
+//! Ctrl-C (sent to the foreground process group) reaches the launcher alone and each worker gets
+//! it once, as the forwarded copy: one stop request, every rank checkpoints at the same step
+//! (a second Ctrl-C is forwarded again and stops the workers at once). A worker also ignores the
+//! forwarded copy of a signal it received directly (`signals.rs`), and gets SIGTERM if the
+//! launcher dies (`PR_SET_PDEATHSIG`). After a forwarded signal the launcher exits `128 + signo`
+//! (130 for Ctrl-C) when every worker stopped with that signal's status. When a worker fails, the others get `--grace-s` seconds to
 //! fail on their own (their message names the lost rank, from bt-dist's heartbeat post-mortem),
 //! then are terminated (SIGTERM, then SIGKILL after 5 s). The launcher exits non-zero naming the
 //! first rank that failed, and with 0 only when every worker did.
 use anyhow::{bail, Context, Result};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
@@ -96,8 +103,20 @@ pub fn run(a: Args) -> Result<()> {
     eprintln!("launch: {} workers, OMP_NUM_THREADS={omp} each", a.nproc);
     let mut ws = Vec::with_capacity(a.nproc);
     for rank in 0..a.nproc {
-        let child = Command::new(&exe)
+        let mut cmd = Command::new(&exe);
+        // Its own process group: a terminal's Ctrl-C reaches the launcher only, which forwards it.
+        cmd.process_group(0);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                // The worker gets SIGTERM (a checkpointed stop) if the launcher dies.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd
             .args(&a.command)
+            .env(crate::signals::LAUNCHER_PID, std::process::id().to_string())
             .env("OMP_NUM_THREADS", &omp)
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", rank.to_string())
@@ -131,12 +150,15 @@ pub fn run(a: Args) -> Result<()> {
         if sig != 0 {
             eprintln!("launch: forwarding signal {sig} to the workers");
             signal_all(&ws, sig);
-            forwarded = Some(sig);
+            forwarded.get_or_insert(sig);
         }
         for w in ws.iter_mut().filter(|w| w.status.is_none()) {
             if let Some(st) = w.child.try_wait().with_context(|| format!("waiting for rank {}", w.rank))? {
                 w.status = Some(st);
-                if !st.success() {
+                if forwarded.is_some_and(|s| st.code() == Some(128 + s)) {
+                    // The stop the launcher forwarded: a checkpointed stop, not a failure.
+                    eprintln!("launch: rank {} (pid {}) stopped: {}", w.rank, w.child.id(), describe(st));
+                } else if !st.success() {
                     eprintln!("launch: rank {} (pid {}) failed: {}", w.rank, w.child.id(), describe(st));
                     if first_failure.is_none() {
                         first_failure = Some((w.rank, describe(st)));
@@ -166,7 +188,12 @@ pub fn run(a: Args) -> Result<()> {
         bail!("rank {rank} of {} failed first ({what}); see its output above", a.nproc);
     }
     if let Some(sig) = forwarded {
-        bail!("interrupted by signal {sig} (forwarded to every worker)");
+        // Every worker stopped with the signal's status (or finished): the run stopped cleanly
+        // with a checkpoint; exit as the workers did (130 for Ctrl-C), as `pretrain` does.
+        eprintln!(
+            "launch: stopped by signal {sig} (forwarded once to every worker); rerun the same command (without --fresh/--force) to resume from that checkpoint"
+        );
+        std::process::exit(128 + sig);
     }
     eprintln!("launch: all {} workers finished", a.nproc);
     Ok(())

@@ -46,9 +46,14 @@ pub fn run(a: Args) -> Result<()> {
     bt_train::device::StepSettings::for_run(&cfg, device)?;
     // Data-parallel when launched by torchrun / bt-cli launch (WORLD_SIZE > 1).
     let dist = Dist::from_env(device)?.map(Arc::new);
+    // Refused before the run folder is touched (the trainer checks it again).
+    cfg.validate_world(dist.as_ref().map_or(1, |d| d.world()))?;
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&a.cfg.preset));
     // Data first: a missing dataset must not leave an empty run folder behind.
     let data = setup::load_data(&cfg)?;
+    for w in &data.warnings {
+        tracing::warn!("{w}");
+    }
     if cfg.data.drop_remainder && data.train.len() < cfg.data.batch_size {
         anyhow::bail!(
             "data.batch_size = {} is larger than the training set ({} images) with drop_remainder: no step per epoch",
