@@ -93,6 +93,8 @@ use std::sync::Arc;
 use tch::{nn, Tensor};
 
 pub use checkpoint::CheckpointKind;
+pub mod export;
+pub mod foreign;
 pub use encoder::Encoder;
 /// tch, re-exported so that users of this crate name `nn::Path`, `Tensor` and `Device` from the
 /// same tch version as the model.
@@ -146,6 +148,36 @@ pub enum ModelError {
         /// File shape and dtype.
         found: String,
     },
+    /// A foreign weights file ([`foreign`]) that cannot be read: truncated, legacy format,
+    /// a Python global outside the weights-only allowlist, not a checkpoint at all.
+    #[error("{}: {reason}", path.display())]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the record, key or global.
+        reason: String,
+    },
+    /// A foreign file's tensors do not match the model (wrong architecture or widths).
+    #[error(
+        "{} ({layout} layout) does not match the model's {part}{hint}: missing {} key(s) {}; unexpected {} key(s) {}; wrongly shaped {} key(s) {}",
+        path.display(), missing.len(), list(missing), unexpected.len(), list(unexpected), misshaped.len(), list(misshaped)
+    )]
+    Import {
+        /// The file.
+        path: PathBuf,
+        /// `encoder` or `projector`.
+        part: &'static str,
+        /// The layout recognized ([`foreign::Layout`]).
+        layout: String,
+        /// Model variables the file lacks (our names).
+        missing: Vec<String>,
+        /// File tensors the model does not have (after the layout's prefix is removed).
+        unexpected: Vec<String>,
+        /// `name: file shape, model shape` for each tensor of another shape or kind.
+        misshaped: Vec<String>,
+        /// What the file looks like, when recognizable.
+        hint: String,
+    },
     /// libtorch failed (out of memory, an unavailable device, ...) on a variable.
     #[error("libtorch error {op} `{name}`: {source}")]
     Torch {
@@ -156,6 +188,15 @@ pub enum ModelError {
         /// libtorch's error.
         source: tch::TchError,
     },
+}
+
+/// Up to 12 keys, then how many more: long enough to see the pattern of a wrong architecture.
+fn list(keys: &[String]) -> String {
+    let mut s: Vec<&str> = keys.iter().take(12).map(|k| k.as_str()).collect();
+    let more = keys.len().saturating_sub(12);
+    let tail = if more > 0 { format!(", ... {more} more") } else { String::new() };
+    s.retain(|k| !k.is_empty());
+    format!("[{}{tail}]", s.join(", "))
 }
 
 fn preview(keys: &[String]) -> String {

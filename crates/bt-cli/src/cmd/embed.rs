@@ -23,9 +23,9 @@ pub enum Features {
 pub struct Args {
     #[command(flatten)]
     pub src: Source,
-    /// Which split.
-    #[arg(long, value_enum, default_value = "test")]
-    pub split: Split,
+    /// Which split (default: test when the data has a labeled evaluation split, else train).
+    #[arg(long, value_enum)]
+    pub split: Option<Split>,
     /// Encoder features (default) or projector embeddings.
     #[arg(long, value_enum, default_value = "encoder")]
     pub features: Features,
@@ -41,7 +41,8 @@ pub fn run(a: Args) -> Result<()> {
     bt_train::embed::Format::of(&a.out)?;
     let l = a.src.load()?;
     let data = bt_train::setup::load_data(&l.cfg)?;
-    let ds = match a.split {
+    let split = a.split.unwrap_or(if data.test.is_some() { Split::Test } else { Split::Train });
+    let ds = match split {
         Split::Train => &data.train,
         Split::Test => data.test()?,
     };
@@ -53,7 +54,7 @@ pub fn run(a: Args) -> Result<()> {
     // Row i is image i of the source: its file (or record) names the row.
     let names: Vec<String> = (0..ds.len()).map(|i| ds.describe(i)).collect();
     let meta = HashMap::from([
-        ("split".to_string(), format!("{:?}", a.split).to_lowercase()),
+        ("split".to_string(), format!("{split:?}").to_lowercase()),
         ("features".to_string(), format!("{:?}", a.features).to_lowercase()),
         ("checkpoint".to_string(), l.weights.display().to_string()),
     ]);
@@ -65,7 +66,7 @@ pub fn run(a: Args) -> Result<()> {
         x.size()[0],
         x.size()[1],
         a.features,
-        a.split,
+        split,
         a.out.display()
     );
     Ok(())
