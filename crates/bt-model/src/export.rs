@@ -29,17 +29,21 @@ impl Encoder {
         for t in &trainable {
             let _ = t.set_requires_grad(false);
         }
+        // The constants are the live variables (no copy): save before they require grad again,
+        // or the file holds tensor constants that require grad, which no loader accepts.
         let example = Tensor::zeros([1, 3, h, w], (Kind::Float, Device::Cpu));
-        let traced = tch::no_grad(|| {
+        let saved = tch::no_grad(|| {
             CModule::create_by_tracing("BarlowTwinsEncoder", "forward", &[example], &mut |xs| {
                 vec![self.forward(&xs[0], false)]
             })
+        })
+        .and_then(|mut m| {
+            m.set_eval();
+            m.save(path)
         });
         for t in &trainable {
             let _ = t.set_requires_grad(true);
         }
-        let mut m = traced.map_err(fail)?;
-        m.set_eval();
-        m.save(path).map_err(fail)
+        saved.map_err(fail)
     }
 }

@@ -134,7 +134,19 @@ impl Source {
         let device = setup::device(&cfg.run.device)?;
         let (vs, model) = setup::build_model(&cfg, device)?;
         let im = bt_model::foreign::import(path)?;
-        let loaded = model.load_imported(&im, true)?;
+        // Features need the encoder alone: a projector of other widths than model.projector
+        // is skipped with a warning here (pretrain --init refuses it).
+        let loaded = match model.load_imported(&im, true) {
+            Err(bt_model::ModelError::Import { part: "projector", .. }) => {
+                tracing::warn!(
+                    "{}: its projector does not match model.projector = {:?}; loaded the encoder only",
+                    path.display(),
+                    cfg.model.projector
+                );
+                model.load_imported(&im, false)?
+            }
+            r => r?,
+        };
         tracing::info!("loaded {} ({:?} layout, {:?}, {:?})", path.display(), im.layout, im.format, loaded);
         for n in &im.notes {
             tracing::info!("{}: {n}", path.display());

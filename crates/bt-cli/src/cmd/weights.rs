@@ -78,8 +78,9 @@ pub fn import(a: ImportArgs) -> Result<()> {
 pub enum ExportFormat {
     /// A traced TorchScript module (torch.jit.load, tch::CModule::load, C++ torch::jit::load).
     Torchscript,
-    /// ONNX (opset 17), converted from the TorchScript trace by torch.onnx: needs a Python with
-    /// torch and onnx (the provisioned .venv; --python or BT_PYTHON).
+    /// ONNX (opset 17) by torch.onnx from torchvision's ResNet with our weights (torchvision
+    /// ResNets only): needs the provisioned Python with torch and onnx (.venv; --python or
+    /// BT_PYTHON).
     Onnx,
 }
 
@@ -195,7 +196,7 @@ pub fn neighbors(a: NeighborsArgs) -> Result<()> {
         tiles.extend(
             nn.iter()
                 .enumerate()
-                .map(|(i, (row, sim))| Tile { file: PathBuf::from(&e.names[*row]), caption: format!("#{} {sim:.3}", i + 1) }),
+                .map(|(i, (row, sim))| Tile { file: PathBuf::from(&e.names[*row]), caption: format!("{}  {sim:.3}", i + 1) }),
         );
         search::contact_sheet(&tiles, a.tile, out)?;
         println!("contact sheet: {}", out.display());

@@ -1,15 +1,16 @@
 //! Export for serving: the encoder as TorchScript (traced in-process by libtorch, see
-//! [`bt_model::Encoder::export_torchscript`]) or ONNX (that TorchScript file converted by the
-//! provisioned Python's `torch.onnx`, the exporter PyTorch maintains; the script is embedded
-//! here and written to a temporary file). Beside the model goes `<out>.json`: architecture,
-//! feature width, input size and the normalization the input must already have.
+//! [`bt_model::Encoder::export_torchscript`]) or ONNX (our checkpoint, which has torchvision's
+//! names, rebuilt as torchvision's ResNet and exported by the provisioned Python's `torch.onnx`,
+//! the exporter PyTorch maintains; the script is embedded here and written to a temporary
+//! file). Beside the model goes `<out>.json`: architecture, feature width, input size and the
+//! normalization the input must already have.
 use crate::error::{refuse, Error, Result};
 use bt_config::Config;
 use bt_model::Encoder;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const ONNX_SCRIPT: &str = include_str!("onnx.py");
+const ONNX_SCRIPT: &str = include_str!("export_onnx.py");
 
 /// The sidecar file of an exported model: `encoder.pt` -> `encoder.pt.json`.
 pub fn sidecar_path(out: &Path) -> PathBuf {
@@ -49,23 +50,41 @@ pub fn torchscript(cfg: &Config, enc: &Encoder, weights: &Path, out: &Path) -> R
     Ok(vec![out.to_path_buf(), side])
 }
 
-/// Writes `enc` as ONNX to `out`: TorchScript first (a temporary file), then `python` (a
-/// Python with torch and onnx: the provisioned `.venv`) converts it with `torch.onnx.export`.
+/// Writes `enc` as ONNX to `out`: its checkpoint (torchvision names) goes to a temporary file,
+/// and `python` (a Python with torch, torchvision, safetensors and onnx: the provisioned
+/// `.venv`) rebuilds it as torchvision's ResNet and exports it with `torch.onnx.export`. The
+/// torchvision ResNets (ImageNet or CIFAR stem, width 64) only: a TorchScript trace carries its
+/// weights as graph constants, which the exporter does not take.
 pub fn onnx(cfg: &Config, enc: &Encoder, weights: &Path, out: &Path, python: &Path) -> Result<Vec<PathBuf>> {
+    use bt_config::Arch;
+    let arch = match cfg.model.arch {
+        Arch::Resnet18 => "resnet18",
+        Arch::Resnet34 => "resnet34",
+        Arch::Resnet50 => "resnet50",
+        Arch::CifarResnet18 => "cifar-resnet18",
+        Arch::CifarResnet34 => "cifar-resnet34",
+        Arch::CifarResnet50 => "cifar-resnet50",
+        Arch::KerasResnet34 => refuse!("ONNX export covers the torchvision ResNets; keras-resnet34 exports as TorchScript only"),
+    };
+    if cfg.model.width != 64 {
+        refuse!("ONNX export rebuilds torchvision's ResNet, whose width is 64; model.width = {}", cfg.model.width);
+    }
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = tempdir_in(dir)?;
-    let pt = tmp.join("encoder.pt");
-    let script = tmp.join("onnx.py");
-    std::fs::write(&script, ONNX_SCRIPT).map_err(|e| Error::io("writing", &script, e))?;
-    let s = cfg.data.image_size as i64;
-    enc.export_torchscript(&pt, s, s)?;
-    let res = Command::new(python).arg(&script).arg(&pt).arg(out).arg(s.to_string()).arg(s.to_string()).output();
+    let st = tmp.join("encoder.safetensors");
+    // Not `onnx.py`: the script's folder comes first on sys.path, and `import onnx` would find it.
+    let script = tmp.join("export_onnx.py");
+    let res = std::fs::write(&script, ONNX_SCRIPT).map_err(|e| Error::io("writing", &script, e)).and_then(|()| {
+        enc.save(&st)?;
+        let s = cfg.data.image_size.to_string();
+        Ok(Command::new(python).arg(&script).arg(&st).arg(arch).arg(out).arg(&s).arg(&s).output())
+    });
     let _ = std::fs::remove_dir_all(&tmp);
-    let o = match res {
+    let o = match res? {
         Ok(o) => o,
         Err(e) => refuse!(
-            "ONNX export needs a Python with torch and onnx (the provisioned .venv/bin/python; set BT_PYTHON): \
-             cannot run {}: {e}",
+            "ONNX export needs a Python with torch, torchvision, safetensors and onnx (the provisioned \
+             .venv/bin/python; set BT_PYTHON or --python): cannot run {}: {e}",
             python.display()
         ),
     };
