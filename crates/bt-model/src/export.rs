@@ -18,7 +18,8 @@ impl Encoder {
     /// module to `path` (method `forward`). The encoder must be on the CPU in f32.
     pub fn export_torchscript(&self, path: impl AsRef<Path>, h: i64, w: i64) -> Result<()> {
         let path = path.as_ref();
-        let fail = |e: tch::TchError| ModelError::Foreign { path: path.into(), reason: format!("TorchScript export: {e}") };
+        let fail =
+            |e: tch::TchError| ModelError::Foreign { path: path.into(), reason: format!("TorchScript export: {e}") };
         if self.bf16 {
             return Err(ModelError::Foreign { path: path.into(), reason: "export needs the f32 encoder".into() });
         }

@@ -158,26 +158,8 @@ pub enum ModelError {
         reason: String,
     },
     /// A foreign file's tensors do not match the model (wrong architecture or widths).
-    #[error(
-        "{} ({layout} layout) does not match the model's {part}{hint}: missing {} key(s) {}; unexpected {} key(s) {}; wrongly shaped {} key(s) {}",
-        path.display(), missing.len(), list(missing), unexpected.len(), list(unexpected), misshaped.len(), list(misshaped)
-    )]
-    Import {
-        /// The file.
-        path: PathBuf,
-        /// `encoder` or `projector`.
-        part: &'static str,
-        /// The layout recognized ([`foreign::Layout`]).
-        layout: String,
-        /// Model variables the file lacks (our names).
-        missing: Vec<String>,
-        /// File tensors the model does not have (after the layout's prefix is removed).
-        unexpected: Vec<String>,
-        /// `name: file shape, model shape` for each tensor of another shape or kind.
-        misshaped: Vec<String>,
-        /// What the file looks like, when recognizable.
-        hint: String,
-    },
+    #[error("{0}")]
+    Import(Box<ImportMismatch>),
     /// libtorch failed (out of memory, an unavailable device, ...) on a variable.
     #[error("libtorch error {op} `{name}`: {source}")]
     Torch {
@@ -188,6 +170,44 @@ pub enum ModelError {
         /// libtorch's error.
         source: tch::TchError,
     },
+}
+
+/// What [`ModelError::Import`] reports: the three key lists of a strict import.
+#[derive(Debug, Clone)]
+pub struct ImportMismatch {
+    /// The file.
+    pub path: PathBuf,
+    /// `encoder` or `projector`.
+    pub part: &'static str,
+    /// The layout recognized ([`foreign::Layout`]).
+    pub layout: String,
+    /// Model variables the file lacks (our names).
+    pub missing: Vec<String>,
+    /// File tensors the model does not have (after the layout's prefix is removed).
+    pub unexpected: Vec<String>,
+    /// `name: file shape, model shape` for each tensor of another shape or kind.
+    pub misshaped: Vec<String>,
+    /// What the file looks like, when recognizable (`; the file's encoder looks like ...`).
+    pub hint: String,
+}
+
+impl std::fmt::Display for ImportMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} layout) does not match the model's {}{}: missing {} key(s) {}; unexpected {} key(s) {}; wrongly shaped {} key(s) {}",
+            self.path.display(),
+            self.layout,
+            self.part,
+            self.hint,
+            self.missing.len(),
+            list(&self.missing),
+            self.unexpected.len(),
+            list(&self.unexpected),
+            self.misshaped.len(),
+            list(&self.misshaped)
+        )
+    }
 }
 
 /// Up to 12 keys, then how many more: long enough to see the pattern of a wrong architecture.

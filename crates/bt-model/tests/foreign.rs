@@ -108,7 +108,12 @@ fn official_full_checkpoint_loads_encoder_and_projector() {
     let notes = im.notes.join("\n");
     assert!(notes.contains("module.bn.*") && notes.contains("optimizer"), "{notes}");
     let vs = nn::VarStore::new(Device::Cpu);
-    let cfg = ModelConfig { arch: Arch::Resnet50, projector: vec![64, 64, 64], projector_bias: false, ..ModelConfig::default() };
+    let cfg = ModelConfig {
+        arch: Arch::Resnet50,
+        projector: vec![64, 64, 64],
+        projector_bias: false,
+        ..ModelConfig::default()
+    };
     let m = BarlowTwins::new(&vs.root(), &cfg);
     assert_eq!(m.load_imported(&im, true).unwrap(), Loaded::EncoderAndProjector);
     tch::set_num_threads(1);
@@ -137,7 +142,12 @@ fn solo_learn_checkpoint_loads_backbone_and_projector() {
     assert_eq!(im.layout, Layout::SoloLearn);
     assert!(im.notes.iter().any(|n| n.contains("classifier")), "{:?}", im.notes);
     let vs = nn::VarStore::new(Device::Cpu);
-    let cfg = ModelConfig { arch: Arch::Resnet18, projector: vec![32, 32, 16], projector_bias: true, ..ModelConfig::default() };
+    let cfg = ModelConfig {
+        arch: Arch::Resnet18,
+        projector: vec![32, 32, 16],
+        projector_bias: true,
+        ..ModelConfig::default()
+    };
     let m = BarlowTwins::new(&vs.root(), &cfg);
     assert_eq!(m.load_imported(&im, true).unwrap(), Loaded::EncoderAndProjector);
     tch::set_num_threads(1);
@@ -152,7 +162,8 @@ fn wrong_architecture_fails_with_the_key_lists() {
     let (_vs, e) = encoder(Arch::Resnet18);
     let before = e.variables()[0].tensor.copy();
     let err = e.load_imported(&im).unwrap_err();
-    let ModelError::Import { missing, unexpected, misshaped, .. } = &err else { panic!("{err}") };
+    let ModelError::Import(m) = &err else { panic!("{err}") };
+    let (missing, unexpected, misshaped) = (&m.missing, &m.unexpected, &m.misshaped);
     assert!(unexpected.iter().any(|k| k == "layer1.0.conv3.weight"), "{unexpected:?}");
     assert!(misshaped.iter().any(|k| k.starts_with("layer1.0.conv1.weight")), "{misshaped:?}");
     assert!(missing.is_empty(), "{missing:?}");

@@ -84,14 +84,21 @@ fn onnx_export_without_a_usable_python_says_what_it_needs() {
     cfg.data.image_size = 32;
     let (_vs, model) = bt_train::setup::build_model(&cfg, Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let e = bt_train::export::onnx(&cfg, model.encoder(), Path::new("w"), &dir.path().join("e.onnx"), Path::new("/nonexistent/python"))
-        .unwrap_err()
-        .to_string();
+    let e = bt_train::export::onnx(
+        &cfg,
+        model.encoder(),
+        Path::new("w"),
+        &dir.path().join("e.onnx"),
+        Path::new("/nonexistent/python"),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("/nonexistent/python") && e.contains("onnx"), "{e}");
     cfg.model.arch = Arch::KerasResnet34;
     let (_vs, model) = bt_train::setup::build_model(&cfg, Device::Cpu).unwrap();
-    let e = bt_train::export::onnx(&cfg, model.encoder(), Path::new("w"), &dir.path().join("e.onnx"), Path::new("python3"))
-        .unwrap_err()
-        .to_string();
+    let e =
+        bt_train::export::onnx(&cfg, model.encoder(), Path::new("w"), &dir.path().join("e.onnx"), Path::new("python3"))
+            .unwrap_err()
+            .to_string();
     assert!(e.contains("keras-resnet34"), "{e}");
 }

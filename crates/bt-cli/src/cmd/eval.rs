@@ -137,7 +137,7 @@ impl Source {
         // Features need the encoder alone: a projector of other widths than model.projector
         // is skipped with a warning here (pretrain --init refuses it).
         let loaded = match model.load_imported(&im, true) {
-            Err(bt_model::ModelError::Import { part: "projector", .. }) => {
+            Err(bt_model::ModelError::Import(m)) if m.part == "projector" => {
                 tracing::warn!(
                     "{}: its projector does not match model.projector = {:?}; loaded the encoder only",
                     path.display(),

@@ -59,7 +59,13 @@ pub fn import(a: ImportArgs) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     enc.save(&a.out)?;
-    println!("{}: {:?} file, {:?} layout, {} encoder tensors", a.file.display(), im.format, im.layout, im.encoder.len());
+    println!(
+        "{}: {:?} file, {:?} layout, {} encoder tensors",
+        a.file.display(),
+        im.format,
+        im.layout,
+        im.encoder.len()
+    );
     for n in &im.notes {
         println!("  note: {n}");
     }
@@ -193,11 +199,10 @@ pub fn neighbors(a: NeighborsArgs) -> Result<()> {
     }
     if let Some(out) = &a.out {
         let mut tiles = vec![Tile { file: query_file, caption: "query".into() }];
-        tiles.extend(
-            nn.iter()
-                .enumerate()
-                .map(|(i, (row, sim))| Tile { file: PathBuf::from(&e.names[*row]), caption: format!("{}  {sim:.3}", i + 1) }),
-        );
+        tiles.extend(nn.iter().enumerate().map(|(i, (row, sim))| Tile {
+            file: PathBuf::from(&e.names[*row]),
+            caption: format!("{}  {sim:.3}", i + 1),
+        }));
         search::contact_sheet(&tiles, a.tile, out)?;
         println!("contact sheet: {}", out.display());
     }

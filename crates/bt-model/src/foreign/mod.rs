@@ -59,10 +59,14 @@ pub fn read(path: impl AsRef<Path>) -> Result<ForeignFile> {
     if bytes.len() >= 9 && bytes[8] == b'{' {
         let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
         if n.checked_add(8).is_some_and(|e| e <= bytes.len() as u64) {
-            let tensors = Tensor::read_safetensors(path).map_err(|e| err(path, format!("bad safetensors file: {e}")))?;
+            let tensors =
+                Tensor::read_safetensors(path).map_err(|e| err(path, format!("bad safetensors file: {e}")))?;
             return Ok(ForeignFile { path: path.into(), format: FileFormat::Safetensors, tensors });
         }
-        return Err(err(path, format!("truncated safetensors file: its header says {n} bytes, the file has {}", bytes.len())));
+        return Err(err(
+            path,
+            format!("truncated safetensors file: its header says {n} bytes, the file has {}", bytes.len()),
+        ));
     }
     if bytes.starts_with(&[0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19]) {
         return Err(err(
@@ -127,7 +131,10 @@ fn read_zip(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
             let raw = record(&format!("{prefix}data/{}", s.key))?;
             let want = s.numel as usize * s.kind.elt_size_in_bytes();
             if raw.len() != want {
-                return Err(err(path, format!("storage {} of `{name}` has {} bytes, expected {want}", s.key, raw.len())));
+                return Err(err(
+                    path,
+                    format!("storage {} of `{name}` has {} bytes, expected {want}", s.key, raw.len()),
+                ));
             }
             let st = Tensor::f_from_data_size(&raw, &[s.numel], s.kind)
                 .map_err(|e| err(path, format!("storage {}: {e}", s.key)))?;
@@ -269,7 +276,8 @@ pub fn recognize(file: ForeignFile) -> Result<Imported> {
                 let g = group(i);
                 let why = match (layout, g.as_str()) {
                     (Layout::OfficialFull, "module.*") if i.starts_with("module.bn.") => {
-                        "module.bn.* (the loss's affine-free batch norm statistics; our loss normalizes per batch)".to_string()
+                        "module.bn.* (the loss's affine-free batch norm statistics; our loss normalizes per batch)"
+                            .to_string()
                     }
                     (Layout::SoloLearn, "classifier.*") => "classifier.* (the online linear probe)".to_string(),
                     _ => format!("{root}{g}"),
@@ -342,7 +350,8 @@ fn match_strict<'a>(
         }
     }
     let known: std::collections::HashSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
-    let unexpected: Vec<String> = tensors.iter().map(|(k, _)| k).filter(|k| !known.contains(k.as_str())).cloned().collect();
+    let unexpected: Vec<String> =
+        tensors.iter().map(|(k, _)| k).filter(|k| !known.contains(k.as_str())).cloned().collect();
     if missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() {
         return Ok(pairs);
     }
@@ -353,7 +362,15 @@ fn match_strict<'a>(
     } else {
         String::new()
     };
-    Err(ModelError::Import { path: path.into(), part, layout: format!("{layout:?}"), missing, unexpected, misshaped, hint })
+    Err(ModelError::Import(Box::new(crate::ImportMismatch {
+        path: path.into(),
+        part,
+        layout: format!("{layout:?}"),
+        missing,
+        unexpected,
+        misshaped,
+        hint,
+    })))
 }
 
 fn copy_all(path: &Path, pairs: Vec<(&Tensor, Tensor)>) -> Result<()> {
@@ -389,8 +406,7 @@ impl BarlowTwins {
     /// `projector` is true (then strictly too: a projector of other widths is an error listing
     /// the keys, see `model.projector`). Nothing is copied unless every part matches.
     pub fn load_imported(&self, im: &Imported, projector: bool) -> Result<Loaded> {
-        let enc_vars: Vec<(String, &Tensor)> =
-            self.encoder.vars.iter().map(|v| (v.name.clone(), &v.tensor)).collect();
+        let enc_vars: Vec<(String, &Tensor)> = self.encoder.vars.iter().map(|v| (v.name.clone(), &v.tensor)).collect();
         let mut pairs = match_strict(&im.path, "encoder", &im.encoder, &enc_vars, im.layout)?;
         let with_proj = projector && !im.projector.is_empty();
         if with_proj {

@@ -154,7 +154,8 @@ impl Machine<'_> {
     }
     fn line(&mut self) -> R<String> {
         let rest = &self.data[self.pos..];
-        let n = rest.iter().position(|&b| b == b'\n').ok_or_else(|| PickleError::Malformed("unterminated line".into()))?;
+        let n =
+            rest.iter().position(|&b| b == b'\n').ok_or_else(|| PickleError::Malformed("unterminated line".into()))?;
         let s = String::from_utf8_lossy(&rest[..n]).into_owned();
         self.pos += n + 1;
         Ok(s)
@@ -250,7 +251,8 @@ impl Machine<'_> {
                         b'j' => self.u32()?,
                         _ => self.line()?.trim().parse().map_err(|_| PickleError::Malformed("bad GET".into()))?,
                     };
-                    let v = self.memo.get(&k).cloned().ok_or_else(|| PickleError::Malformed(format!("memo {k} unset")))?;
+                    let v =
+                        self.memo.get(&k).cloned().ok_or_else(|| PickleError::Malformed(format!("memo {k} unset")))?;
                     self.stack.push(v);
                 }
                 b'N' => self.stack.push(Value::None),
@@ -441,7 +443,7 @@ impl Machine<'_> {
 }
 
 fn pairs(items: Vec<Value>) -> R<Vec<(Value, Value)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return bad("odd number of dict items");
     }
     let mut it = items.into_iter();
@@ -495,10 +497,12 @@ fn apply(f: &'static str, args: Vec<Value>) -> R<Value> {
                 stride: ints(stride)?,
             })))
         }
-        "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => match args.into_iter().next() {
-            Some(t @ Value::Tensor(_)) => Ok(t),
-            _ => bad("_rebuild_parameter without a tensor"),
-        },
+        "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => {
+            match args.into_iter().next() {
+                Some(t @ Value::Tensor(_)) => Ok(t),
+                _ => bad("_rebuild_parameter without a tensor"),
+            }
+        }
         "torch._tensor._rebuild_from_type_v2" => {
             // (func, type, args, state): a tensor with Python attributes; rebuild with func.
             let mut it = args.into_iter();

@@ -64,7 +64,9 @@ pub fn onnx(cfg: &Config, enc: &Encoder, weights: &Path, out: &Path, python: &Pa
         Arch::CifarResnet18 => "cifar-resnet18",
         Arch::CifarResnet34 => "cifar-resnet34",
         Arch::CifarResnet50 => "cifar-resnet50",
-        Arch::KerasResnet34 => refuse!("ONNX export covers the torchvision ResNets; keras-resnet34 exports as TorchScript only"),
+        Arch::KerasResnet34 => {
+            refuse!("ONNX export covers the torchvision ResNets; keras-resnet34 exports as TorchScript only")
+        }
     };
     if cfg.model.width != 64 {
         refuse!("ONNX export rebuilds torchvision's ResNet, whose width is 64; model.width = {}", cfg.model.width);
