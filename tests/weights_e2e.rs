@@ -124,6 +124,15 @@ fn weights_in_and_search_by_vectors() {
     let png = image::open(&sheet).unwrap();
     assert_eq!(png.width(), 4 * (160 + 8) + 8, "query + 3 tiles");
 
+    // neighbors --query: the image embedded on the fly, the same way `embed` did it, finds its
+    // own row first at cosine 1 (4 printed decimals).
+    let mut c = bt_cli();
+    c.args(["neighbors", "--embeddings"]).arg(&v).arg("--query").arg(orig).args(["--k", "2", "--weights"]);
+    c.arg(run.join("encoder.safetensors")).args(["--preset", "imagenet100-resnet18"]).args(SMALL);
+    let out = ok(&mut c);
+    let first = out.lines().find(|l| l.trim_start().starts_with('1')).unwrap_or_default().to_string();
+    assert!(first.ends_with(&*orig.to_string_lossy()) && sim(&first) >= 0.9999, "{out}");
+
     // duplicates between the copy's and the runner-up's similarity: exactly the two.
     let t = format!("{}", (s1 + s2) / 2.0);
     let (csv, json) = (tmp.path().join("d.csv"), tmp.path().join("d.json"));

@@ -33,6 +33,12 @@
 //! Construction and checkpoint I/O return [`ModelError`] for everything libtorch reports (an
 //! allocation that fails is [`ModelError::Torch`] naming the variable), never a panic.
 //!
+//! # Weights in and out
+//! [`foreign`] reads published PyTorch checkpoints (`torch.save` zip files, Lightning `.ckpt`,
+//! safetensors; torchvision/timm, official Barlow Twins, solo-learn layouts) with a
+//! weights-only pickle reader and loads them strictly ([`Encoder::load_imported`],
+//! [`BarlowTwins::load_imported`]); [`export`] writes the encoder as TorchScript.
+//!
 //! # Key design choice: PyTorch state-dict names are the model's identity
 //! Every tensor is created under the name PyTorch would give it (`encoder.layer1.0.bn1.running_var`,
 //! `projector.0.weight`), including the BN bookkeeping PyTorch has and Keras does not
