@@ -33,9 +33,9 @@ pub struct Args {
     #[arg(long)]
     pub allow_config_change: bool,
     /// Start a fresh run from published weights (torch.save/.ckpt/safetensors: torchvision,
-    /// timm, official Barlow Twins, solo-learn, ours): the encoder, and the projector where the
-    /// file has one of the config's widths. Recorded as `model.init` in config.toml (and
-    /// init.json); a resumed run continues from its checkpoint.
+    /// timm, official Barlow Twins, solo-learn, ours): the encoder, and the projector too when
+    /// the file has one (its widths must then equal model.projector). Recorded as `model.init`
+    /// in config.toml (and init.json); a resumed run continues from its checkpoint.
     #[arg(long, value_name = "FILE")]
     pub init: Option<PathBuf>,
 }

@@ -230,8 +230,8 @@ pub struct DuplicatesArgs {
     /// Embeddings from `bt-cli embed` (`X.npy`, with `X.files.txt` beside it).
     #[arg(long)]
     pub embeddings: PathBuf,
-    /// Cosine similarity at or above which two images are near-duplicates (0.95 is a start:
-    /// a resized, recompressed copy scores ~0.97-0.99 with a pretrained encoder).
+    /// Cosine similarity at or above which two images are near-duplicates. It depends on the
+    /// encoder: read the score of a known pair (an image and its resized copy) off `neighbors`.
     #[arg(long)]
     pub threshold: f32,
     /// Write the groups: `.csv` (group,row,file) or `.json`.
