@@ -41,6 +41,10 @@ pub struct ForeignFile {
     pub format: FileFormat,
     /// Tensors (CPU, contiguous) under dotted names, in file order.
     pub tensors: Vec<(String, Tensor)>,
+    /// Tensors of training state that were not read (names only): a zip archive's optimizer
+    /// and scheduler state (`optimizer.*`, `optimizer_states.*`, `lr_schedulers.*`), which
+    /// can be as large as the model and is never loaded.
+    pub skipped: Vec<String>,
 }
 
 fn err(path: &Path, reason: impl Into<String>) -> ModelError {
@@ -53,15 +57,20 @@ pub fn read(path: impl AsRef<Path>) -> Result<ForeignFile> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
     if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
-        let tensors = read_zip(path, &bytes)?;
-        return Ok(ForeignFile { path: path.into(), format: FileFormat::TorchZip, tensors });
+        let (tensors, skipped) = read_zip(path, &bytes)?;
+        return Ok(ForeignFile { path: path.into(), format: FileFormat::TorchZip, tensors, skipped });
     }
     if bytes.len() >= 9 && bytes[8] == b'{' {
         let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
         if n.checked_add(8).is_some_and(|e| e <= bytes.len() as u64) {
             let tensors =
                 Tensor::read_safetensors(path).map_err(|e| err(path, format!("bad safetensors file: {e}")))?;
-            return Ok(ForeignFile { path: path.into(), format: FileFormat::Safetensors, tensors });
+            return Ok(ForeignFile {
+                path: path.into(),
+                format: FileFormat::Safetensors,
+                tensors,
+                skipped: Vec::new(),
+            });
         }
         return Err(err(
             path,
@@ -86,7 +95,12 @@ pub fn read(path: impl AsRef<Path>) -> Result<ForeignFile> {
     ))
 }
 
-fn read_zip(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
+/// Training state a model never loads: read by name only.
+const TRAINING_STATE: [&str; 3] = ["optimizer.", "optimizer_states.", "lr_schedulers."];
+
+type ZipTensors = (Vec<(String, Tensor)>, Vec<String>);
+
+fn read_zip(path: &Path, bytes: &[u8]) -> Result<ZipTensors> {
     let zerr = |e: zip::result::ZipError| err(path, format!("not a readable zip archive (truncated?): {e}"));
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(zerr)?;
     let names: Vec<String> = zip.file_names().map(String::from).collect();
@@ -125,7 +139,12 @@ fn read_zip(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
     flatten(&value, String::new(), &mut leaves);
     let mut storages: HashMap<String, Tensor> = HashMap::new();
     let mut out = Vec::with_capacity(leaves.len());
+    let mut skipped = Vec::new();
     for (name, t) in leaves {
+        if TRAINING_STATE.iter().any(|p| name.starts_with(p)) {
+            skipped.push(name);
+            continue;
+        }
         let s = &t.storage;
         if !storages.contains_key(&s.key) {
             let raw = record(&format!("{prefix}data/{}", s.key))?;
@@ -151,7 +170,7 @@ fn read_zip(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
             .map_err(|e| err(path, format!("`{name}`: {e}")))?;
         out.push((name, v));
     }
-    Ok(out)
+    Ok((out, skipped))
 }
 
 /// Tensors of a value under dotted names (`a.b.0.c`); other leaves are skipped.
@@ -231,7 +250,7 @@ fn strip_all<'a>(names: impl Iterator<Item = &'a str>, prefix: &str) -> bool {
 /// Splits a file's tensors by layout: which prefix is the encoder, which the projector, and
 /// what is dropped (with a note per dropped group).
 pub fn recognize(file: ForeignFile) -> Result<Imported> {
-    let ForeignFile { path, format, tensors } = file;
+    let ForeignFile { path, format, tensors, skipped } = file;
     let has = |p: &str| tensors.iter().any(|(k, _)| k.starts_with(p));
     // (layout, container prefix, encoder prefix, projector prefix)
     let (layout, root, enc, proj) = if has("state_dict.backbone.") {
@@ -286,6 +305,10 @@ pub fn recognize(file: ForeignFile) -> Result<Imported> {
             }
             None => *dropped.entry(group(&k)).or_default() += 1,
         }
+    }
+    for k in skipped {
+        let first = k.split('.').next().unwrap_or_default();
+        *dropped.entry(format!("{first}.* (training state, not read)")).or_default() += 1;
     }
     let notes = dropped.into_iter().map(|(g, n)| format!("dropped {n} tensor(s) {g}")).collect();
     Ok(Imported { path, format, layout, encoder, projector, notes })
