@@ -7,12 +7,21 @@ use std::process::Command;
 pub const NEED: &str = "2.11";
 /// What `.venv/` gets: torch for libtorch; torchvision, timm, numpy and safetensors for the tests
 /// that load our checkpoints into torchvision and timm; tensorboard for the test that reads our
-/// event files back with its own reader (`scripts/check_tensorboard.py`).
-const PIP_PACKAGES: &[&str] =
-    &["torch==2.11.0", "torchvision==0.26.0", "timm==1.0.31", "numpy", "safetensors", "tensorboard==2.21.0"];
+/// event files back with its own reader (`scripts/check_tensorboard.py`); onnx for
+/// `bt-cli export --format onnx` (torch.onnx writes through it) and onnxruntime for its test.
+const PIP_PACKAGES: &[&str] = &[
+    "torch==2.11.0",
+    "torchvision==0.26.0",
+    "timm==1.0.31",
+    "numpy",
+    "safetensors",
+    "tensorboard==2.21.0",
+    "onnx",
+    "onnxruntime",
+];
 /// The test tools a Python must import to be used by `cargo xtask test` (kept in step with the
 /// list above).
-const TEST_TOOLS: &str = "import torchvision, timm, numpy, safetensors, tensorboard";
+const TEST_TOOLS: &str = "import torchvision, timm, numpy, safetensors, tensorboard, onnx, onnxruntime";
 /// The CUDA 13 wheels leave out the `crt/` headers that `cuda_runtime.h` includes; bt-shim's CUDA
 /// half needs them to compile (without them it builds CPU-only). Installed `--no-deps` so pip
 /// can never touch torch. The version matches the wheel's nvidia-cuda-runtime 13.0. CCCL (`nv/target`)
@@ -195,7 +204,7 @@ fn find_python(root: &Path) -> Result<Option<(PathBuf, String, PathBuf)>> {
             if py == venv_py {
                 pip_install(&py)?;
             } else {
-                eprintln!("xtask: {} has torch {version} but lacks torchvision/timm/numpy/safetensors/tensorboard (test tools); skipping it", py.display());
+                eprintln!("xtask: {} has torch {version} but lacks torchvision/timm/numpy/safetensors/tensorboard/onnx/onnxruntime (test tools); skipping it", py.display());
                 continue;
             }
         }

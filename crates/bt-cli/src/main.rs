@@ -44,6 +44,15 @@ enum Cmd {
     Launch(cmd::launch::Args),
     /// Check a device (CUDA) against the CPU: loss, optimizer, input upload, training steps.
     Selftest(cmd::selftest::Args),
+    /// Convert published PyTorch weights (torch.save, Lightning .ckpt, safetensors) into our
+    /// encoder checkpoint, with a strict key check.
+    Import(cmd::weights::ImportArgs),
+    /// Export the encoder for serving: TorchScript, or ONNX (needs the provisioned Python).
+    Export(cmd::weights::ExportArgs),
+    /// The k nearest images of a query by cosine similarity of embeddings, and a contact sheet.
+    Neighbors(cmd::weights::NeighborsArgs),
+    /// Groups of near-duplicate images by cosine similarity of embeddings (CSV/JSON).
+    Duplicates(cmd::weights::DuplicatesArgs),
 }
 
 /// glibc malloc, tuned for a training loop before anything allocates: libtorch's CPU tensors
@@ -94,6 +103,10 @@ fn main() -> std::process::ExitCode {
         Cmd::Demo(a) => cmd::demo::run(a),
         Cmd::Launch(a) => cmd::launch::run(a),
         Cmd::Selftest(a) => cmd::selftest::run(a),
+        Cmd::Import(a) => cmd::weights::import(a),
+        Cmd::Export(a) => cmd::weights::export(a),
+        Cmd::Neighbors(a) => cmd::weights::neighbors(a),
+        Cmd::Duplicates(a) => cmd::weights::duplicates(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

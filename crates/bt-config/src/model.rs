@@ -59,6 +59,11 @@ pub struct ModelConfig {
     /// Data-parallel runs: which batch norms are synchronized across ranks (`off`, `projector`,
     /// `all`). No effect in a single process.
     pub sync_bn: SyncBn,
+    /// A published checkpoint a fresh run starts from (`bt-cli pretrain --init FILE`): the
+    /// encoder's weights and, where the file has a matching one, the projector's (torch.save
+    /// zip, Lightning `.ckpt` or safetensors; layouts in bt-model's `foreign`). Empty = the
+    /// seeded random init. A resumed run loads its checkpoint and ignores this.
+    pub init: String,
 }
 
 impl ModelConfig {
@@ -83,6 +88,7 @@ impl Default for ModelConfig {
             zero_init_residual: false,
             projector_sync_bn: false,
             sync_bn: SyncBn::Off,
+            init: String::new(),
         }
     }
 }

@@ -33,6 +33,12 @@
 //! Construction and checkpoint I/O return [`ModelError`] for everything libtorch reports (an
 //! allocation that fails is [`ModelError::Torch`] naming the variable), never a panic.
 //!
+//! # Weights in and out
+//! [`foreign`] reads published PyTorch checkpoints (`torch.save` zip files, Lightning `.ckpt`,
+//! safetensors; torchvision/timm, official Barlow Twins, solo-learn layouts) with a
+//! weights-only pickle reader and loads them strictly ([`Encoder::load_imported`],
+//! [`BarlowTwins::load_imported`]); [`export`] writes the encoder as TorchScript.
+//!
 //! # Key design choice: PyTorch state-dict names are the model's identity
 //! Every tensor is created under the name PyTorch would give it (`encoder.layer1.0.bn1.running_var`,
 //! `projector.0.weight`), including the BN bookkeeping PyTorch has and Keras does not
@@ -93,6 +99,8 @@ use std::sync::Arc;
 use tch::{nn, Tensor};
 
 pub use checkpoint::CheckpointKind;
+pub mod export;
+pub mod foreign;
 pub use encoder::Encoder;
 /// tch, re-exported so that users of this crate name `nn::Path`, `Tensor` and `Device` from the
 /// same tch version as the model.
@@ -146,6 +154,18 @@ pub enum ModelError {
         /// File shape and dtype.
         found: String,
     },
+    /// A foreign weights file ([`foreign`]) that cannot be read: truncated, legacy format,
+    /// a Python global outside the weights-only allowlist, not a checkpoint at all.
+    #[error("{}: {reason}", path.display())]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the record, key or global.
+        reason: String,
+    },
+    /// A foreign file's tensors do not match the model (wrong architecture or widths).
+    #[error("{0}")]
+    Import(Box<ImportMismatch>),
     /// libtorch failed (out of memory, an unavailable device, ...) on a variable.
     #[error("libtorch error {op} `{name}`: {source}")]
     Torch {
@@ -156,6 +176,53 @@ pub enum ModelError {
         /// libtorch's error.
         source: tch::TchError,
     },
+}
+
+/// What [`ModelError::Import`] reports: the three key lists of a strict import.
+#[derive(Debug, Clone)]
+pub struct ImportMismatch {
+    /// The file.
+    pub path: PathBuf,
+    /// `encoder` or `projector`.
+    pub part: &'static str,
+    /// The layout recognized ([`foreign::Layout`]).
+    pub layout: String,
+    /// Model variables the file lacks (our names).
+    pub missing: Vec<String>,
+    /// File tensors the model does not have (after the layout's prefix is removed).
+    pub unexpected: Vec<String>,
+    /// `name: file shape, model shape` for each tensor of another shape or kind.
+    pub misshaped: Vec<String>,
+    /// What the file looks like, when recognizable (`; the file's encoder looks like ...`).
+    pub hint: String,
+}
+
+impl std::fmt::Display for ImportMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} layout) does not match the model's {}{}: missing {} key(s) {}; unexpected {} key(s) {}; wrongly shaped {} key(s) {}",
+            self.path.display(),
+            self.layout,
+            self.part,
+            self.hint,
+            self.missing.len(),
+            list(&self.missing),
+            self.unexpected.len(),
+            list(&self.unexpected),
+            self.misshaped.len(),
+            list(&self.misshaped)
+        )
+    }
+}
+
+/// Up to 12 keys, then how many more: long enough to see the pattern of a wrong architecture.
+fn list(keys: &[String]) -> String {
+    let mut s: Vec<&str> = keys.iter().take(12).map(|k| k.as_str()).collect();
+    let more = keys.len().saturating_sub(12);
+    let tail = if more > 0 { format!(", ... {more} more") } else { String::new() };
+    s.retain(|k| !k.is_empty());
+    format!("[{}{tail}]", s.join(", "))
 }
 
 fn preview(keys: &[String]) -> String {

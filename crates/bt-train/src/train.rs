@@ -198,6 +198,24 @@ impl<'o> Trainer<'o> {
             checkpoint::copy_into_model(&model, &l.model, path)?;
             opt.load_state(&l.optimizer)?;
             pos = l.position;
+        } else if !cfg.model.init.is_empty() {
+            // A fresh run from published weights (model.init, recorded in config.toml).
+            let im = bt_model::foreign::import(&cfg.model.init)?;
+            let loaded = model.load_imported(&im, true)?;
+            let mut msg = format!("initialized from {} ({:?} layout, {loaded:?})", cfg.model.init, im.layout);
+            for n in &im.notes {
+                msg.push_str(&format!("; {n}"));
+            }
+            if main {
+                let rec = serde_json::json!({
+                    "init": cfg.model.init,
+                    "layout": format!("{:?}", im.layout),
+                    "loaded": format!("{loaded:?}"),
+                    "notes": im.notes,
+                });
+                crate::atomic::atomic_write(&run.dir().join("init.json"), rec.to_string().as_bytes())?;
+            }
+            self.observer.on_event(&Event::Warning(&msg));
         }
 
         // Every rank starts from rank 0's weights.

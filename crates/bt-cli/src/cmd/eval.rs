@@ -25,12 +25,18 @@ pub enum EvalCmd {
 #[derive(clap::Args, Clone, Debug)]
 pub struct Source {
     /// A run folder (uses its config.toml and model.safetensors, else its newest checkpoint).
-    #[arg(long, conflicts_with = "checkpoint", required_unless_present = "checkpoint")]
+    #[arg(long, conflicts_with_all = ["checkpoint", "weights"])]
     pub run: Option<PathBuf>,
     /// A checkpoint, model.safetensors or encoder.safetensors. Its config is the config.toml of
     /// the run folder it sits in, if any, else --preset/--config.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "weights")]
     pub checkpoint: Option<PathBuf>,
+    /// Published PyTorch weights (torch.save .pth/.pt, Lightning .ckpt, safetensors): a
+    /// torchvision/timm ResNet state dict, the official Barlow Twins resnet50.pth or full
+    /// checkpoint, a solo-learn checkpoint. The model comes from --preset/--config (its
+    /// model.arch must match the file); the projector is loaded when the file has one.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
     #[command(flatten)]
     pub cfg: ConfigArgs,
     #[command(flatten)]
@@ -113,7 +119,52 @@ pub fn config_over(args: &ConfigArgs, base: Option<&Path>) -> Result<Config> {
 }
 
 impl Source {
+    /// Whether weights were named (`--run`, `--checkpoint` or `--weights`).
+    pub fn given(&self) -> bool {
+        self.run.is_some() || self.checkpoint.is_some() || self.weights.is_some()
+    }
+
+    /// A model from published weights (`--weights`): the config from --preset/--config/--set.
+    fn load_foreign(&self, path: &Path) -> Result<Loaded> {
+        let mut cfg = config_over(&self.cfg, None)?;
+        self.data.apply(&mut cfg);
+        if let Some(d) = &self.device {
+            cfg.run.device = d.clone();
+        }
+        let device = setup::device(&cfg.run.device)?;
+        let (vs, model) = setup::build_model(&cfg, device)?;
+        let im = bt_model::foreign::import(path)?;
+        // Features need the encoder alone: a projector of other widths than model.projector
+        // is skipped with a warning here (pretrain --init refuses it).
+        let loaded = match model.load_imported(&im, true) {
+            Err(bt_model::ModelError::Import(m)) if m.part == "projector" => {
+                tracing::warn!(
+                    "{}: its projector does not match model.projector = {:?}; loaded the encoder only",
+                    path.display(),
+                    cfg.model.projector
+                );
+                model.load_imported(&im, false)?
+            }
+            r => r?,
+        };
+        tracing::info!("loaded {} ({:?} layout, {:?}, {:?})", path.display(), im.layout, im.format, loaded);
+        for n in &im.notes {
+            tracing::info!("{}: {n}", path.display());
+        }
+        let kind = match loaded {
+            bt_model::foreign::Loaded::Encoder => WeightsKind::EncoderOnly,
+            bt_model::foreign::Loaded::EncoderAndProjector => WeightsKind::Full,
+        };
+        Ok(Loaded { cfg, device, _vs: vs, model, weights: path.to_path_buf(), kind, run: None })
+    }
+
     pub fn load(&self) -> Result<Loaded> {
+        if let Some(w) = &self.weights {
+            if !w.is_file() {
+                bail!("weights file {} does not exist", w.display());
+            }
+            return self.load_foreign(w);
+        }
         let (run, weights) = match (&self.run, &self.checkpoint) {
             (Some(dir), _) => {
                 let run = RunFolder::open(dir)?;
@@ -135,7 +186,7 @@ impl Source {
                 }
                 (run_of_checkpoint(c), c.clone())
             }
-            (None, None) => bail!("pass --run DIR or --checkpoint FILE"),
+            (None, None) => bail!("pass --run DIR, --checkpoint FILE or --weights FILE"),
         };
         let mut cfg = config_over(&self.cfg, run.as_ref().map(|r| r.config()).as_deref())?;
         self.data.apply(&mut cfg);

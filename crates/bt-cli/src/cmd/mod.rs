@@ -13,3 +13,4 @@ pub mod optim;
 pub mod pretrain;
 pub mod selftest;
 pub mod step;
+pub mod weights;

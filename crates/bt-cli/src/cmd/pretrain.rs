@@ -32,11 +32,22 @@ pub struct Args {
     /// Resume even though the checkpoint was written with a different (trajectory) config.
     #[arg(long)]
     pub allow_config_change: bool,
+    /// Start a fresh run from published weights (torch.save/.ckpt/safetensors: torchvision,
+    /// timm, official Barlow Twins, solo-learn, ours): the encoder, and the projector too when
+    /// the file has one (its widths must then equal model.projector). Recorded as `model.init`
+    /// in config.toml (and init.json); a resumed run continues from its checkpoint.
+    #[arg(long, value_name = "FILE")]
+    pub init: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let mut cfg = a.cfg.load()?;
     a.data.apply(&mut cfg);
+    if let Some(init) = &a.init {
+        // Absolute, so that the recorded config names the file from anywhere.
+        let abs = std::fs::canonicalize(init).map_err(|e| anyhow::anyhow!("--init {}: {e}", init.display()))?;
+        cfg.model.init = abs.display().to_string();
+    }
     if let Some(d) = &a.device {
         cfg.run.device = d.clone();
         cfg.validate()?;
