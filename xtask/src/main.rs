@@ -11,6 +11,7 @@ use std::process::Command;
 
 mod fetch;
 mod gpu_bundle;
+mod python;
 mod torch;
 
 const HELP: &str = "\
@@ -20,7 +21,9 @@ Commands:
   setup                 find or install libtorch 2.11 (LIBTORCH, a Python's torch, or .venv/)
   env                   print the environment for plain cargo commands (eval \"$(cargo xtask env)\")
   build                 setup, then build bt-cli in release mode
-  test                  setup, then build and run the whole test suite (what CI runs)
+  test                  setup, then build and run the whole test suite (what CI runs), then
+                        pip install crates/bt-py (twinloader) from source and run its pytest suite
+  wheel                 build the twinloader wheel (maturin, into target/wheels/)
   demo [ARGS...]        setup, build, run the end-to-end demo (extra args go to the demo)
   fetch-cifar [--dest DIR] [--url URL] [--from FILE]
                         download (or unpack a local) cifar-10-binary.tar.gz, verify its MD5,
@@ -71,7 +74,17 @@ fn run(args: &[String]) -> Result<()> {
             cargo(&t, &["build", "--release", "--workspace", "--all-targets"])?;
             let mut a = vec!["test", "--release", "--workspace"];
             a.extend(rest.iter().map(String::as_str));
-            cargo(&t, &a)
+            cargo(&t, &a)?;
+            // The Python package: built and installed from source into the project's Python,
+            // then tested through its Python surface (crates/bt-py/tests).
+            let py = python::python(&root(), t.python.as_deref())?;
+            python::test(&root(), &py, &t.env())
+        }
+        "wheel" => {
+            // No libtorch needed: the package links bt-data only.
+            let found = std::env::var_os("BT_PYTHON").map(PathBuf::from);
+            let py = python::python(&root(), found.as_deref())?;
+            python::wheel(&root(), &py)
         }
         "demo" => {
             let t = torch::provision(&root())?;

@@ -167,7 +167,7 @@ pub mod synthetic;
 pub use cifar::{write_cifar_binary, Cifar10, Dataset, EvalBatch, SizeCheck, IMAGE_BYTES, IMAGE_SIDE, NUM_CLASSES};
 pub use error::{DataError, Result};
 pub use folder::{FolderOptions, ImageFolder};
-pub use pipeline::{EpochIter, TwinBatch, TwinPipeline};
+pub use pipeline::{EpochIter, Recycler, TwinBatch, TwinPipeline};
 pub use policy::{apply, blur_sigma_once, JitterParams, TwinPolicy, ViewParams, ViewPolicy};
 pub use preview::{preview_grid, preview_grid_sized, save_png};
 pub use source::{Image, ImageSource, IntoSource, LoadHint, MemoryImages};

@@ -70,6 +70,30 @@ impl TwinBatch {
     pub fn into_views(mut self) -> (Vec<f32>, Vec<f32>) {
         (std::mem::take(&mut self.view_a), std::mem::take(&mut self.view_b))
     }
+
+    /// Takes the two view buffers out with the handle that gives them back to the pipeline's
+    /// free list once their new owner is done with them (the Python binding's arrays do this
+    /// when NumPy frees them), so a steady state still allocates nothing.
+    pub fn into_views_recycled(mut self) -> (Vec<f32>, Vec<f32>, Recycler) {
+        let r = Recycler(self.recycle.take());
+        (std::mem::take(&mut self.view_a), std::mem::take(&mut self.view_b), r)
+    }
+}
+
+/// Gives view buffers back to the [`TwinPipeline`] that made them (see
+/// [`TwinBatch::into_views_recycled`]); a later batch overwrites every value before use.
+#[derive(Debug, Clone)]
+pub struct Recycler(Option<Sender<Vec<f32>>>);
+
+impl Recycler {
+    /// Returns `buf` to the free list (dropped when the list is full or the pipeline is gone).
+    pub fn recycle(&self, buf: Vec<f32>) {
+        if let Some(tx) = &self.0 {
+            if !buf.is_empty() {
+                let _ = tx.try_send(buf);
+            }
+        }
+    }
 }
 
 impl Drop for TwinBatch {
