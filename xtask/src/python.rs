@@ -36,6 +36,27 @@ pub fn python(root: &Path, found: Option<&Path>) -> Result<PathBuf> {
     Ok(py)
 }
 
+/// The environment maturin gives pyo3's build script for `py` (its `PYO3_*` variables). The
+/// workspace build of `cargo xtask test` runs with it too, so that the pip install after it
+/// reuses the compiled pyo3 instead of rebuilding it for a different fingerprint.
+pub fn pyo3_env(py: &Path) -> Result<Vec<(String, String)>> {
+    let out = Command::new(py)
+        .args(["-c", "import sys; print(f'cpython-{sys.version_info[0]}.{sys.version_info[1]}-64bit')"])
+        .output()
+        .with_context(|| format!("running {}", py.display()))?;
+    if !out.status.success() {
+        bail!("{} failed to print its version", py.display());
+    }
+    let sig = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let py = py.display().to_string();
+    Ok(vec![
+        ("PYO3_BUILD_EXTENSION_MODULE".into(), "1".into()),
+        ("PYO3_ENVIRONMENT_SIGNATURE".into(), sig),
+        ("PYO3_PYTHON".into(), py.clone()),
+        ("PYTHON_SYS_EXECUTABLE".into(), py),
+    ])
+}
+
 /// `PATH` with the Python's own `bin/` first: maturin's build backend runs the `maturin`
 /// executable installed beside it.
 fn path_with(py: &Path) -> String {
