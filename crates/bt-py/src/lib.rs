@@ -110,23 +110,34 @@ fn batch_tuple<'py>(py: Python<'py>, mut b: TwinBatch, with_indices: bool) -> Py
     let shape = b.shape();
     let labels = std::mem::take(&mut b.labels);
     let indices = std::mem::take(&mut b.indices);
+    let mut arrays = Vec::with_capacity(4);
+    if !b.view_a_u8.is_empty() {
+        // u8 NHWC: the arrays own their (moved, not copied) buffers.
+        let nhwc = (shape[0], shape[2], shape[3], 3);
+        for v in [std::mem::take(&mut b.view_a_u8), std::mem::take(&mut b.view_b_u8)] {
+            let arr = ndarray::Array4::from_shape_vec(nhwc, v)
+                .map_err(|e| PyRuntimeError::new_err(format!("internal: u8 view shape: {e}")))?;
+            arrays.push(numpy::PyArray4::from_owned_array(py, arr).into_any());
+        }
+    }
     let (va, vb, recycler) = b.into_views_recycled();
     let n: usize = shape.iter().product();
-    if va.len() != n || vb.len() != n {
+    if arrays.is_empty() && (va.len() != n || vb.len() != n) {
         return Err(PyRuntimeError::new_err(format!(
             "internal: view buffers of {} and {} values for shape {shape:?}",
             va.len(),
             vb.len()
         )));
     }
-    let a = view_array(py, va, shape, recycler.clone())?;
-    let b = view_array(py, vb, shape, recycler)?;
-    let labels = PyArray1::from_vec(py, labels).into_any();
-    if with_indices {
-        PyTuple::new(py, [a, b, labels, PyArray1::from_vec(py, indices).into_any()])
-    } else {
-        PyTuple::new(py, [a, b, labels])
+    if arrays.is_empty() {
+        arrays.push(view_array(py, va, shape, recycler.clone())?);
+        arrays.push(view_array(py, vb, shape, recycler)?);
     }
+    arrays.push(PyArray1::from_vec(py, labels).into_any());
+    if with_indices {
+        arrays.push(PyArray1::from_vec(py, indices).into_any());
+    }
+    PyTuple::new(py, arrays)
 }
 
 /// Twin views of an image source for PyTorch training loops; see the Python docstring
@@ -146,7 +157,8 @@ pub struct TwinLoader {
 impl TwinLoader {
     #[new]
     #[pyo3(signature = (data=None, preset="imagenet-resnet50", *, config=None, overrides=None, image_size=None,
-        batch_size=None, threads=None, seed=None, drop_last=None, rank=0, world_size=1, return_indices=false))]
+        batch_size=None, threads=None, seed=None, drop_last=None, rank=0, world_size=1, return_indices=false,
+        dtype="float32"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -162,7 +174,17 @@ impl TwinLoader {
         rank: usize,
         world_size: usize,
         return_indices: bool,
+        dtype: &str,
     ) -> PyResult<Self> {
+        let u8_views = match dtype {
+            "float32" => false,
+            "uint8" => true,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "dtype = {other:?}: \"float32\" (NCHW, normalized) or \"uint8\" (NHWC, not normalized)"
+                )))
+            }
+        };
         if world_size == 0 || rank >= world_size {
             return Err(PyValueError::new_err(format!(
                 "rank {rank} of world_size {world_size}: need 0 <= rank < world_size"
@@ -229,6 +251,7 @@ impl TwinLoader {
                 let s = bt_data::load_sources(&cfg)?;
                 let pipe = TwinPipeline::new(s.train.clone(), &cfg.data, &cfg.augment, cfg.run.seed)?
                     .with_shard(rank, world_size)?;
+                let pipe = if u8_views { pipe.with_u8_views()? } else { pipe };
                 Ok((pipe, s))
             })
             .map_err(data_err)?;

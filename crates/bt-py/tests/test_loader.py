@@ -54,6 +54,23 @@ def test_folder_batches_at_96px_equal_rust_bit_for_bit(folder_dir, rust_batch, t
     assert got[0][0].min() < -0.5 and got[0][0].max() > 1.0
 
 
+def test_uint8_nhwc_views_normalize_to_the_float32_batches(folder_dir):
+    f32 = TwinLoader(folder_dir, "imagenet-resnet50", overrides=FOLDER_SETS, batch_size=4, threads=2)
+    u8 = TwinLoader(folder_dir, "imagenet-resnet50", overrides=FOLDER_SETS, batch_size=4, threads=3, dtype="uint8")
+    mean = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
+    std = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
+    n = 0
+    for x, y in zip(f32.iter_epoch(1), u8.iter_epoch(1)):
+        for k in range(2):
+            assert y[k].dtype == np.uint8 and y[k].shape == (4, 96, 96, 3)
+            # torchvision's ToTensor + Normalize in float32, on the u8 NHWC views
+            t = (y[k].transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255) - mean) / std
+            assert_bits_equal(t, x[k], f"batch {n} view {k}")
+        assert_bits_equal(y[2], x[2], "labels")
+        n += 1
+    assert n == 3
+
+
 def test_shards_cover_the_epoch_once_and_match_the_unsharded_batches(cifar_dir, rust_batch):
     n, world, per = 40, 4, 2
     whole = TwinLoader(cifar_dir, **CIFAR, batch_size=world * per, threads=2, return_indices=True)
@@ -181,6 +198,11 @@ def bad_case(tmp_path, case):
         return folder, dict(kw, image_size=1), ValueError, "data.image_size"
     if case == "rank":
         return folder, dict(kw, rank=2, world_size=2), ValueError, "rank 2"
+    if case == "uint8 with f32 colour math":
+        d = write_cifar(tmp_path / "cifar", per_file=2)
+        return d, dict(preset="cifar-resnet18", batch_size=2, dtype="uint8"), twinloader.DataError, "color_math"
+    if case == "dtype":
+        return folder, dict(kw, dtype="float16"), ValueError, "float16"
     if case == "batch size":
         return folder, dict(kw, batch_size=0), ValueError, "batch_size"
     raise AssertionError(case)
@@ -189,7 +211,7 @@ def bad_case(tmp_path, case):
 BAD_CASES = [
     "missing folder", "not an image", "truncated png", "corrupt pixels", "images too small", "cifar file size",
     "cifar file missing", "file list entry", "unknown preset", "unknown key", "bad value", "image size range",
-    "rank", "batch size",
+    "rank", "batch size", "uint8 with f32 colour math", "dtype",
 ]
 
 

@@ -7,9 +7,10 @@ import numpy.typing as npt
 
 __version__: str
 
+View = Union[npt.NDArray[np.float32], npt.NDArray[np.uint8]]
 Batch = Union[
-    Tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int64]],
-    Tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.int64]],
+    Tuple[View, View, npt.NDArray[np.int64]],
+    Tuple[View, View, npt.NDArray[np.int64], npt.NDArray[np.int64]],
 ]
 
 class DataError(RuntimeError):
@@ -54,7 +55,10 @@ class TwinLoader:
         rank: int = 0,
         world_size: int = 1,
         return_indices: bool = False,
-    ) -> None: ...
+        dtype: str = "float32",
+    ) -> None:
+        """dtype: "float32" (NCHW, normalized) or "uint8" (NHWC, before ToTensor/Normalize, for
+        normalization on the GPU; needs the pil-u8 colour math of the ImageNet presets)."""
     def __len__(self) -> int:
         """Batches per epoch."""
     def __iter__(self) -> Epoch:
