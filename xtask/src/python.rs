@@ -5,8 +5,9 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// What the package's build and tests need besides numpy (which the test tools include).
-const TOOLS: &[&str] = &["maturin>=1.5,<2", "pytest>=7"];
+/// What the package's build and tests need: maturin, pytest, numpy, and Pillow (the tests
+/// write their JPEG/PNG/WebP fixtures with it). The libtorch Python has the last two already.
+const TOOLS: &[&str] = &["maturin>=1.5,<2", "pytest>=7", "numpy", "pillow"];
 /// The package folder (the `pyproject.toml` the README names).
 pub const PACKAGE: &str = "crates/bt-py";
 
@@ -28,10 +29,10 @@ pub fn python(root: &Path, found: Option<&Path>) -> Result<PathBuf> {
         }
     };
     let has = |code: &str| Command::new(&py).args(["-c", code]).output().map(|o| o.status.success()).unwrap_or(false);
-    if !has("import maturin, pytest, numpy") {
+    if !has("import maturin, pytest, numpy, PIL") {
         let mut c = Command::new(&py);
-        c.args(["-m", "pip", "install", "--disable-pip-version-check"]).args(TOOLS).arg("numpy");
-        run(&mut c, "pip install maturin pytest numpy")?;
+        c.args(["-m", "pip", "install", "--disable-pip-version-check"]).args(TOOLS);
+        run(&mut c, "pip install maturin pytest numpy pillow")?;
     }
     Ok(py)
 }
