@@ -11,6 +11,7 @@ use std::process::Command;
 
 mod fetch;
 mod gpu_bundle;
+mod python;
 mod torch;
 
 const HELP: &str = "\
@@ -20,7 +21,10 @@ Commands:
   setup                 find or install libtorch 2.11 (LIBTORCH, a Python's torch, or .venv/)
   env                   print the environment for plain cargo commands (eval \"$(cargo xtask env)\")
   build                 setup, then build bt-cli in release mode
-  test                  setup, then build and run the whole test suite (what CI runs)
+  test                  setup, then build and run the whole test suite (what CI runs), then
+                        pip install crates/bt-py (twinloader) from source and run its pytest suite
+  test-py               only the twinloader part of `test` (pip install from source, pytest)
+  wheel                 build the twinloader wheel (maturin, into target/wheels/)
   demo [ARGS...]        setup, build, run the end-to-end demo (extra args go to the demo)
   fetch-cifar [--dest DIR] [--url URL] [--from FILE]
                         download (or unpack a local) cifar-10-binary.tar.gz, verify its MD5,
@@ -65,15 +69,36 @@ fn run(args: &[String]) -> Result<()> {
         }
         "test" => {
             let t = torch::provision(&root())?;
+            // The Python package's build tools first: the workspace build then compiles pyo3
+            // with the environment maturin will give it (one build of it, not two).
+            let py = python::python(&root(), t.python.as_deref())?;
+            let mut env = t.env();
+            env.extend(python::pyo3_env(&py)?);
             // One release build of everything (bins included: the end-to-end tests run the real
             // bt-cli binary), then the tests. Release because the numeric tests are slow unoptimized
             // and a second (dev) build of the libtorch bindings would double CI time.
-            cargo(&t, &["build", "--release", "--workspace", "--all-targets"])?;
+            cargo_env(&env, &["build", "--release", "--workspace", "--all-targets"])?;
             let mut a = vec!["test", "--release", "--workspace"];
             a.extend(rest.iter().map(String::as_str));
             // Every test must run here: a test that cannot (no Python, a CUDA machine for a
             // CPU-only check) fails instead of skipping (bt-testkit's `skip`).
-            cargo_env(&t, &a, &[("BT_REQUIRE_ALL", "1")])
+            let mut test_env = env.clone();
+            test_env.push(("BT_REQUIRE_ALL".into(), "1".into()));
+            cargo_env(&test_env, &a)?;
+            // The Python package: built and installed from source into the project's Python,
+            // then tested through its Python surface (crates/bt-py/tests).
+            python::test(&root(), &py, &t.env())
+        }
+        "test-py" => {
+            let found = std::env::var_os("BT_PYTHON").map(PathBuf::from);
+            let py = python::python(&root(), found.as_deref())?;
+            python::test(&root(), &py, &[])
+        }
+        "wheel" => {
+            // No libtorch needed: the package links bt-data only.
+            let found = std::env::var_os("BT_PYTHON").map(PathBuf::from);
+            let py = python::python(&root(), found.as_deref())?;
+            python::wheel(&root(), &py)
         }
         "demo" => {
             let t = torch::provision(&root())?;
@@ -104,18 +129,15 @@ fn root() -> PathBuf {
 
 /// Runs cargo with the libtorch environment.
 fn cargo(t: &torch::Torch, args: &[&str]) -> Result<()> {
-    cargo_env(t, args, &[])
+    cargo_env(&t.env(), args)
 }
 
-/// [`cargo`] with extra environment variables.
-fn cargo_env(t: &torch::Torch, args: &[&str], extra: &[(&str, &str)]) -> Result<()> {
+/// Runs cargo with `env` added.
+fn cargo_env(env: &[(String, String)], args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut c = Command::new(cargo);
     c.args(args).current_dir(root());
-    for (k, v) in t.env() {
-        c.env(k, v);
-    }
-    for (k, v) in extra {
+    for (k, v) in env {
         c.env(k, v);
     }
     let st = c.status().context("running cargo")?;

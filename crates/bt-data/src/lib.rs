@@ -82,6 +82,9 @@
 //! interpolate; quantizing to 256 levels would change the recipe, and doing the augmentations
 //! on the GPU instead would tie this crate to libtorch. The copy is small anyway: 2 x 512 x 12 KiB
 //! = 12.6 MB per step, about 1 ms over PCIe 4 against the seed's 294 ms step.
+//! The `pil-u8` policies (the ImageNet presets) are u8 images until `ToTensor`, so for them
+//! [`TwinPipeline::with_u8_views`] can hand over u8 NHWC views instead (the Python binding's
+//! `dtype="uint8"`), for a consumer that normalizes on its device.
 //!
 //! # Example
 //! `cargo run --release -p bt-data --example twin_batches` (see `examples/twin_batches.rs`):
@@ -167,7 +170,7 @@ pub mod synthetic;
 pub use cifar::{write_cifar_binary, Cifar10, Dataset, EvalBatch, SizeCheck, IMAGE_BYTES, IMAGE_SIDE, NUM_CLASSES};
 pub use error::{DataError, Result};
 pub use folder::{FolderOptions, ImageFolder};
-pub use pipeline::{EpochIter, TwinBatch, TwinPipeline};
+pub use pipeline::{EpochIter, Recycler, TwinBatch, TwinPipeline};
 pub use policy::{apply, blur_sigma_once, JitterParams, TwinPolicy, ViewParams, ViewPolicy};
 pub use preview::{preview_grid, preview_grid_sized, save_png};
 pub use source::{Image, ImageSource, IntoSource, LoadHint, MemoryImages};

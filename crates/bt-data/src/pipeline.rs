@@ -57,6 +57,12 @@ pub struct TwinBatch {
     pub batch_size: usize,
     /// Side of the square views (`data.image_size`).
     pub image_size: usize,
+    /// With [`TwinPipeline::with_u8_views`]: the first views as u8 NHWC
+    /// (`batch_size x image_size x image_size x 3`), the u8 images `ToTensor` + `Normalize` would
+    /// have read; `view_a`/`view_b` are then empty. Empty otherwise.
+    pub view_a_u8: Vec<u8>,
+    /// Second views as u8 NHWC, as `view_a_u8`.
+    pub view_b_u8: Vec<u8>,
     recycle: Option<Sender<Vec<f32>>>,
 }
 
@@ -69,6 +75,30 @@ impl TwinBatch {
     /// Takes the two view buffers out (they are then not recycled).
     pub fn into_views(mut self) -> (Vec<f32>, Vec<f32>) {
         (std::mem::take(&mut self.view_a), std::mem::take(&mut self.view_b))
+    }
+
+    /// Takes the two view buffers out with the handle that gives them back to the pipeline's
+    /// free list once their new owner is done with them (the Python binding's arrays do this
+    /// when NumPy frees them), so a steady state still allocates nothing.
+    pub fn into_views_recycled(mut self) -> (Vec<f32>, Vec<f32>, Recycler) {
+        let r = Recycler(self.recycle.take());
+        (std::mem::take(&mut self.view_a), std::mem::take(&mut self.view_b), r)
+    }
+}
+
+/// Gives view buffers back to the [`TwinPipeline`] that made them (see
+/// [`TwinBatch::into_views_recycled`]); a later batch overwrites every value before use.
+#[derive(Debug, Clone)]
+pub struct Recycler(Option<Sender<Vec<f32>>>);
+
+impl Recycler {
+    /// Returns `buf` to the free list (dropped when the list is full or the pipeline is gone).
+    pub fn recycle(&self, buf: Vec<f32>) {
+        if let Some(tx) = &self.0 {
+            if !buf.is_empty() {
+                let _ = tx.try_send(buf);
+            }
+        }
     }
 }
 
@@ -109,6 +139,7 @@ pub struct TwinPipeline {
     image_size: usize,
     norm: Option<Norm>,
     draft: bool,
+    u8_out: bool,
 }
 
 impl std::fmt::Debug for TwinPipeline {
@@ -178,7 +209,31 @@ impl TwinPipeline {
             image_size: data.image_size,
             norm,
             draft,
+            u8_out: false,
         })
+    }
+
+    /// Batches of u8 NHWC views ([`TwinBatch::view_a_u8`]) instead of normalized f32 NCHW: the
+    /// views as the u8 images `ToTensor` + `Normalize` would read, for a consumer that
+    /// normalizes on its device (a quarter of the bytes to copy). Same images, crops and
+    /// colour ops; `(u8 / 255 - mean) / std` in f32 gives the f32 batches bit for bit.
+    ///
+    /// # Errors
+    /// [`DataError::BadConfig`] (`augment.view_a.color_math` or `view_b`) unless both views
+    /// render on u8 (`color_math = "pil-u8"`, the ImageNet presets): the f32 recipes produce
+    /// values between the 256 levels, which u8 would round.
+    pub fn with_u8_views(mut self) -> Result<Self> {
+        for (name, pol) in [("view_a", &self.policy.a), ("view_b", &self.policy.b)] {
+            if !pol.renders_u8() {
+                return Err(DataError::BadConfig {
+                    key: format!("augment.{name}.color_math"),
+                    reason: "u8 views need \"pil-u8\" colour math (the ImageNet presets); this policy works in f32"
+                        .into(),
+                });
+            }
+        }
+        self.u8_out = true;
+        Ok(self)
     }
 
     /// This pipeline as rank `rank` of `world` data-parallel ranks: every global batch (of
@@ -282,6 +337,7 @@ impl TwinPipeline {
             image_size: self.image_size,
             norm: self.norm,
             draft: self.draft,
+            u8_out: self.u8_out,
         };
         let order = self.epoch_order(epoch);
         let handle = std::thread::Builder::new()
@@ -309,6 +365,7 @@ impl TwinPipeline {
             image_size: self.image_size,
             norm: self.norm,
             draft: self.draft,
+            u8_out: self.u8_out,
         };
         p.fill(epoch, &order, batch_index)
     }
@@ -328,6 +385,13 @@ struct Producer {
     image_size: usize,
     norm: Option<Norm>,
     draft: bool,
+    u8_out: bool,
+}
+
+/// One image's two output slots: f32 CHW (normalized) or u8 HWC.
+enum Out<'a> {
+    F32(&'a mut [f32], &'a mut [f32]),
+    U8(&'a mut [u8], &'a mut [u8]),
 }
 
 /// torchvision `Normalize` on one CHW view: `(x - mean[c]) / std[c]` in f32.
@@ -365,7 +429,7 @@ impl Producer {
 
     /// Both views of dataset image `i` into `a` and `b`: native size first (crops are sampled
     /// on it), then one decode, reduced when both crops allow it.
-    fn views(&self, epoch: u64, i: usize, a: &mut [f32], b: &mut [f32]) -> Result<()> {
+    fn views(&self, epoch: u64, i: usize, out: Out<'_>) -> Result<()> {
         let src = &*self.source;
         let (early, native) = match src.dims(i) {
             Some(d) => (None, d),
@@ -381,6 +445,25 @@ impl Producer {
             None => {
                 let hint = if self.draft { load_hint(&[pa.crop, pb.crop], self.image_size) } else { LoadHint::FULL };
                 src.load(i, hint)?
+            }
+        };
+        let (a, b) = match out {
+            Out::F32(a, b) => (a, b),
+            Out::U8(a, b) => {
+                // CHW from the policy, interleaved to HWC (the layout of a decoded image).
+                for (pol, p, out) in [(&self.policy.a, &pa, a), (&self.policy.b, &pb, b)] {
+                    U8_VIEW.with_borrow_mut(|v| {
+                        v.resize(out.len(), 0);
+                        pol.render_u8(&img, native, p, v, self.image_size);
+                        let hw = out.len() / 3;
+                        for (c, plane) in v.chunks_exact(hw).enumerate() {
+                            for (j, &x) in plane.iter().enumerate() {
+                                out[3 * j + c] = x;
+                            }
+                        }
+                    });
+                }
+                return Ok(());
             }
         };
         for (pol, p, out) in [(&self.policy.a, &pa, a), (&self.policy.b, &pb, b)] {
@@ -411,25 +494,41 @@ impl Producer {
         let idx = &order[lo + r * global / w..lo + (r + 1) * global / w];
         let n = idx.len();
         let per = 3 * self.image_size * self.image_size;
-        let mut view_a = self.buffer(n * per);
-        let mut view_b = self.buffer(n * per);
+        let (mut view_a, mut view_b) =
+            if self.u8_out { (Vec::new(), Vec::new()) } else { (self.buffer(n * per), self.buffer(n * per)) };
+        let (mut view_a_u8, mut view_b_u8) =
+            if self.u8_out { (vec![0u8; n * per], vec![0u8; n * per]) } else { (Vec::new(), Vec::new()) };
         let fail_at = self.fail_at;
+        let check = |i: usize| {
+            if fail_at == Some(i) {
+                panic!("injected failure at dataset index {i}");
+            }
+        };
         // Small views: a few per task amortize rayon's overhead; large ones (decode + resize,
         // milliseconds each) balance better one by one. Neither changes the output.
         let min_len = if per <= 3 * 64 * 64 { 4 } else { 1 };
         self.pool.install(|| {
-            view_a
-                .par_chunks_mut(per)
-                .zip(view_b.par_chunks_mut(per))
-                .zip(idx.par_iter())
-                .with_min_len(min_len)
-                .try_for_each(|((a, bv), &i)| {
-                    let i = i as usize;
-                    if fail_at == Some(i) {
-                        panic!("injected failure at dataset index {i}");
-                    }
-                    self.views(epoch, i, a, bv)
-                })
+            if self.u8_out {
+                view_a_u8
+                    .par_chunks_mut(per)
+                    .zip(view_b_u8.par_chunks_mut(per))
+                    .zip(idx.par_iter())
+                    .with_min_len(min_len)
+                    .try_for_each(|((a, bv), &i)| {
+                        check(i as usize);
+                        self.views(epoch, i as usize, Out::U8(a, bv))
+                    })
+            } else {
+                view_a
+                    .par_chunks_mut(per)
+                    .zip(view_b.par_chunks_mut(per))
+                    .zip(idx.par_iter())
+                    .with_min_len(min_len)
+                    .try_for_each(|((a, bv), &i)| {
+                        check(i as usize);
+                        self.views(epoch, i as usize, Out::F32(a, bv))
+                    })
+            }
         })?;
         Ok(TwinBatch {
             view_a,
@@ -440,6 +539,8 @@ impl Producer {
             batch_index: b,
             batch_size: n,
             image_size: self.image_size,
+            view_a_u8,
+            view_b_u8,
             recycle: Some(self.free_tx.clone()),
         })
     }

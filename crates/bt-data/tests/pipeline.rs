@@ -193,3 +193,51 @@ fn shard_rejects_uneven_global_batches() {
     assert!(p().with_shard(2, 2).is_err());
     assert_eq!(p().with_shard(1, 2).unwrap().shard(), (1, 2));
 }
+
+#[test]
+fn u8_views_are_the_f32_batches_before_to_tensor() {
+    // The official (pil-u8) policy on 48x40 images at 24 px: the u8 NHWC views, through
+    // ToTensor + Normalize in f32, are the f32 batches bit for bit.
+    let (w, h, n) = (48usize, 40usize, 12usize);
+    let data: Vec<u8> = (0..n * 3 * w * h).map(|i| ((i * 7919) % 251) as u8).collect();
+    let src = Arc::new(bt_data::MemoryImages::new(w, h, data, vec![Some(1); n], Some(2)).unwrap());
+    let data = DataConfig {
+        batch_size: 5,
+        workers: 2,
+        image_size: 24,
+        mean: vec![0.485, 0.456, 0.406],
+        std: vec![0.229, 0.224, 0.225],
+        ..Default::default()
+    };
+    let aug = AugmentConfig::imagenet_official();
+    let f32p = TwinPipeline::new(src.clone(), &data, &aug, 3).unwrap();
+    let u8p =
+        TwinPipeline::new(src, &DataConfig { workers: 3, ..data.clone() }, &aug, 3).unwrap().with_u8_views().unwrap();
+    let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
+    let mut batches = 0;
+    for (x, y) in f32p.epoch(2, 0).zip(u8p.epoch(2, 0)) {
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert!(y.view_a.is_empty() && y.view_b.is_empty());
+        for (f, u) in [(&x.view_a, &y.view_a_u8), (&x.view_b, &y.view_b_u8)] {
+            assert_eq!(f.len(), u.len());
+            let hw = 24 * 24;
+            for (k, &v) in f.iter().enumerate() {
+                let (img, c, j) = (k / (3 * hw), (k / hw) % 3, k % hw);
+                let t = (u[img * 3 * hw + 3 * j + c] as f32 / 255.0 - mean[c]) / std[c];
+                assert_eq!(t.to_bits(), v.to_bits(), "value {k}");
+            }
+        }
+        batches += 1;
+    }
+    assert_eq!(batches, 2);
+}
+
+#[test]
+fn u8_views_refuse_f32_colour_math() {
+    let d = ds(8);
+    let p = pipe(&d, 1, 4, 2, &AugmentConfig::keras_seed());
+    match p.with_u8_views() {
+        Err(DataError::BadConfig { key, .. }) => assert_eq!(key, "augment.view_a.color_math"),
+        other => panic!("expected BadConfig, got {other:?}"),
+    }
+}
