@@ -70,8 +70,8 @@ fn knn_gain(top1s: &[f64], require: bool) -> bool {
     }
     std::fs::write(&metrics, m).unwrap();
     let prog = format!("{}\nknn_gain \"$1\" \"$2\"", &text[start..end]);
-    let o = Command::new("bash").args(["-c", &prog, "_"]).arg(&metrics).arg(if require { "1" } else { "0" });
-    o.output().unwrap().status.success()
+    let o = Command::new("bash").args(["-c", &prog, "_"]).arg(&metrics).arg(if require { "1" } else { "0" }).output();
+    o.unwrap().status.success()
 }
 
 #[test]
