@@ -1,16 +1,13 @@
-//! Issue 6: `bt-cli demo` pretrains on the synthetic data and the pretrained encoder clearly
-//! beats the same architecture at its random initialization, on both the linear probe and kNN.
+//! Issues 6 and 22: `bt-cli demo` pretrains on the synthetic data and the pretrained encoder
+//! clearly beats the same architecture at its random initialization, on both the linear probe and
+//! kNN, for several seeds and in channels-last.
 //!
-//! The full demo (`cargo xtask demo`) runs the `demo` preset as shipped (deterministic for a given
-//! CPU; on its 4000 images: linear 78.2% / kNN 66.8% pretrained vs 26.2% / 27.1% random on the
-//! 2-core Xeon of docs/BENCHMARKS.md, 81.6% / 70.2% on the machine of 2026-11-28). This test
-//! shrinks it to a third of the pairs (2000 instead of 4000 images, 4 instead of 6 epochs) to stay
-//! within a minute or two of test time, keeping model, augmentations, loss, optimizer and schedule
-//! as shipped, but at batch 32 instead of 64. Why: at batch 64 this budget is only 124 steps, and
-//! kNN (k = 200) did not pull ahead (measured 21.0% pretrained vs 21.8% random, linear 37.0% vs
-//! 26.0%); at batch 32 the same pairs make 248 steps: linear 42.6% vs 26.0%, kNN 30.4% vs 21.8%
-//! (the batch-32 step does ~0.77x the pairs/s of batch 64 on a 2-core CPU, so pretraining takes
-//! ~1.3x as long).
+//! Each run is the `demo` preset as shipped (4000 images, 6 epochs, batch 64; about a minute on 2
+//! cores): a shrunk run (2000 images, 4 epochs, batch 32) did not learn with the new
+//! augmentations for seed 7, so the test runs what users run. Three seeds in f32, one in
+//! channels-last; docs/BENCHMARKS.md has the results over five seeds.
+//! Before issue 22 the shipped recipe passed this for seed 7 only: seeds 8 and 9, bf16 and
+//! channels-last ended below their random init on kNN (docs/RECIPES.md, "demo").
 use bt_e2e::{bt_cli, text};
 
 fn value(line: &str, key: &str) -> f64 {
@@ -21,38 +18,53 @@ fn value(line: &str, key: &str) -> f64 {
         .unwrap()
 }
 
-#[test]
-fn demo_pretrained_beats_random_init() {
+/// `(linear pretrained, linear random, kNN pretrained, kNN random)` of one shrunk demo run.
+fn demo(seed: u64, sets: &[&str], files: bool) -> [f64; 4] {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("demo");
-    let o = bt_cli()
-        .args(["demo", "--synthetic", "--device", "cpu", "--out", out.to_str().unwrap()])
-        .args(["--epochs", "4", "--set", "data.synthetic_train=2000", "--set", "data.synthetic_test=500"])
-        .args(["--set", "data.batch_size=32"])
-        .current_dir(tmp.path())
-        .output()
-        .unwrap();
+    let mut c = bt_cli();
+    c.args(["demo", "--synthetic", "--device", "cpu", "--out", out.to_str().unwrap()])
+        .args(["--set", &format!("run.seed={seed}")]);
+    for s in sets {
+        c.args(["--set", s]);
+    }
+    let o = c.current_dir(tmp.path()).output().unwrap();
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("pretrained encoder") && stdout.contains("random init"), "{stdout}");
     assert!(stdout.contains(out.to_str().unwrap()), "the run folder is printed: {stdout}");
     let last = stdout.lines().last().unwrap();
-    let (lp, lr) = (value(last, "linear_pretrained"), value(last, "linear_random"));
-    let (kp, kr) = (value(last, "knn_pretrained"), value(last, "knn_random"));
-    // "Clearly": on 500 test images (one image = 0.2 points), pretraining must win by about half
-    // the margins measured at this budget (16.6 points linear, 8.6 points kNN; see the module doc).
-    assert!(lp >= lr + 0.08, "linear: pretrained {lp} vs random {lr}\n{t}");
-    assert!(kp >= kr + 0.04, "kNN: pretrained {kp} vs random {kr}\n{t}");
-    for f in [
-        "report.md",
-        "eval_linear_standard.json",
-        "eval_knn.json",
-        "eval_random_linear_standard.json",
-        "eval_random_knn.json",
-    ] {
-        assert!(out.join(f).is_file(), "missing {f}");
+    let r = ["linear_pretrained", "linear_random", "knn_pretrained", "knn_random"].map(|k| value(last, k));
+    assert!(r.iter().all(|v| (0.0..=1.0).contains(v)), "accuracies in [0, 1]: {last}");
+    // "Clearly": on 1000 test images (the binomial standard deviation at 50% is 1.6 points)
+    // pretraining must win by 8 points on the probe and 4 on kNN.
+    let [lp, lr, kp, kr] = r;
+    assert!(lp >= lr + 0.08, "seed {seed} {sets:?}: linear pretrained {lp} vs random {lr}\n{t}");
+    assert!(kp >= kr + 0.04, "seed {seed} {sets:?}: kNN pretrained {kp} vs random {kr}\n{t}");
+    if files {
+        for f in [
+            "report.md",
+            "eval_linear_standard.json",
+            "eval_knn.json",
+            "eval_random_linear_standard.json",
+            "eval_random_knn.json",
+        ] {
+            assert!(out.join(f).is_file(), "missing {f}");
+        }
+        let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+        assert!(report.contains("| random |") && report.contains("| pretrained |"), "{report}");
     }
-    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(report.contains("| random |") && report.contains("| pretrained |"), "{report}");
+    eprintln!("seed {seed} {sets:?}: linear {lp:.3} vs {lr:.3}, kNN {kp:.3} vs {kr:.3}");
+    r
+}
+
+#[test]
+fn demo_pretrained_beats_random_init_for_three_seeds_and_in_channels_last() {
+    for seed in [7, 8, 9] {
+        demo(seed, &[], seed == 7);
+    }
+    // channels-last (half of the CUDA default mode) learns as well. bf16 is not asserted here:
+    // on seed 7 it ended +1.7 kNN points over random (issue 22 left open, docs/BENCHMARKS.md).
+    demo(8, &["run.channels_last=true"], false);
 }
