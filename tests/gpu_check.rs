@@ -201,7 +201,13 @@ fn dry_run_passes_every_stage_on_cpu() {
     let summary = std::fs::read_to_string(out.join("summary.tsv")).unwrap();
     let rows: Vec<Vec<&str>> = summary.lines().skip(1).map(|l| l.split('\t').collect()).collect();
     let stages = ["torch lib", "info", "unpack", "selftest", "cuda tests", "bench step keras-seed"];
-    let later = ["bench step cifar-resnet18", "pretrain keras-seed", "kNN pretrained vs random init", "linear probe", "archive"];
+    let later = [
+        "bench step cifar-resnet18",
+        "pretrain keras-seed",
+        "kNN pretrained vs random init",
+        "linear probe",
+        "archive",
+    ];
     for s in stages.iter().chain(&later) {
         let r = rows.iter().find(|r| r[0].starts_with(s)).unwrap_or_else(|| panic!("no `{s}` row:\n{summary}"));
         assert!(r[1] == "ok", "{s}: {r:?}\n{log}");

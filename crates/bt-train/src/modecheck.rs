@@ -80,9 +80,7 @@ impl Bounds {
     pub fn for_precision(precision: Precision) -> Self {
         match precision {
             Precision::F32 => Self { loss_rel_max: 1e-4, loss_rel_mean: 1e-4, beta_dev: 1e-2, cos_min: 0.999 },
-            Precision::Bf16 => {
-                Self { loss_rel_max: 3.6e-2, loss_rel_mean: 1.2e-2, beta_dev: 0.15, cos_min: 0.8 }
-            }
+            Precision::Bf16 => Self { loss_rel_max: 3.6e-2, loss_rel_mean: 1.2e-2, beta_dev: 0.15, cos_min: 0.8 },
         }
     }
 
@@ -196,8 +194,13 @@ pub fn trace(cfg: &Config, dev: Device, settings: StepSettings, steps: usize) ->
             }
             Ok(())
         })?;
-        let views = [&b.view_a, &b.view_b].map(|v| Tensor::from_slice(v).view([b.batch_size as i64, 3, side as i64, side as i64]));
-        let ref_out = bt_loss::barlow_twins_loss(&reference.forward(&views[0], true), &reference.forward(&views[1], true), &loss_opts)?;
+        let views = [&b.view_a, &b.view_b]
+            .map(|v| Tensor::from_slice(v).view([b.batch_size as i64, 3, side as i64, side as i64]));
+        let ref_out = bt_loss::barlow_twins_loss(
+            &reference.forward(&views[0], true),
+            &reference.forward(&views[1], true),
+            &loss_opts,
+        )?;
         for p in &ref_params {
             let mut p = p.shallow_clone();
             p.zero_grad();
@@ -206,7 +209,8 @@ pub fn trace(cfg: &Config, dev: Device, settings: StepSettings, steps: usize) ->
         let g_ref = flat_grads(&ref_params)?;
 
         let x = up.upload(&[&b.view_a, &b.view_b], b.batch_size, side)?.ready(&mut up)?;
-        let mut parts = StepParts { model: &model, opt: opt.as_mut(), guard: &guard, pending: &mut pending, dist: None };
+        let mut parts =
+            StepParts { model: &model, opt: opt.as_mut(), guard: &guard, pending: &mut pending, dist: None };
         step.run_step(&mut parts, &x, k + 1, 1)?;
         let g = flat_grads(&params)?;
         let judged = guard.flush(&mut pending, &names)?;

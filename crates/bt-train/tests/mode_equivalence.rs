@@ -21,7 +21,9 @@ fn check(precision: Precision, channels_last: bool, steps: usize) -> Vec<StepDif
     let worst = diffs.iter().map(StepDiff::loss_rel).fold(0.0, f64::max);
     let beta = diffs.iter().map(|d| (d.grad_beta - 1.0).abs()).fold(0.0, f64::max);
     let cos = diffs.iter().map(|d| d.grad_cos).fold(1.0, f64::min);
-    eprintln!("{precision:?} channels_last {channels_last}: max loss rel {worst:.2e}, max |β-1| {beta:.2e}, min cos {cos:.6}");
+    eprintln!(
+        "{precision:?} channels_last {channels_last}: max loss rel {worst:.2e}, max |β-1| {beta:.2e}, min cos {cos:.6}"
+    );
     assert!(v.is_empty(), "{precision:?} channels_last {channels_last} vs f32:\n{}", v.join("\n"));
     diffs
 }
