@@ -85,7 +85,7 @@ impl Bounds {
     }
 
     /// Each bound that `diffs` break, as a sentence; empty when all hold. Not-finite values
-    /// break every bound (NaN compares false, so each test is written to fail on it).
+    /// break every bound (each test checks NaN first).
     pub fn violations(&self, diffs: &[StepDiff]) -> Vec<String> {
         let mut v = Vec::new();
         if diffs.is_empty() {
@@ -96,7 +96,7 @@ impl Bounds {
         for (i, d) in diffs.iter().enumerate() {
             let r = d.loss_rel();
             sum += r;
-            if !(r <= self.loss_rel_max) {
+            if r.is_nan() || r > self.loss_rel_max {
                 v.push(format!(
                     "step {}: loss {} vs f32 {} (relative {r:.2e} > {:.1e})",
                     i + 1,
@@ -105,15 +105,15 @@ impl Bounds {
                     self.loss_rel_max
                 ));
             }
-            if !((d.grad_beta - 1.0).abs() <= self.beta_dev) {
+            if d.grad_beta.is_nan() || (d.grad_beta - 1.0).abs() > self.beta_dev {
                 v.push(format!("step {}: gradient scale β {:.4} (|β-1| > {:.1e})", i + 1, d.grad_beta, self.beta_dev));
             }
-            if !(d.grad_cos >= self.cos_min) {
+            if d.grad_cos.is_nan() || d.grad_cos < self.cos_min {
                 v.push(format!("step {}: gradient cosine {:.6} < {}", i + 1, d.grad_cos, self.cos_min));
             }
         }
         let mean = sum / diffs.len() as f64;
-        if !(mean <= self.loss_rel_mean) {
+        if mean.is_nan() || mean > self.loss_rel_mean {
             v.push(format!("mean relative loss difference {mean:.2e} > {:.1e}", self.loss_rel_mean));
         }
         v
