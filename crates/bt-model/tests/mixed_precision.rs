@@ -13,7 +13,17 @@
 //! of the previous scheme). Every check also asserts a non-zero error (the bf16 path ran).
 mod common;
 use bt_model::{Arch, BarlowTwins, ModelConfig, Precision};
+use std::sync::{Mutex, MutexGuard};
 use tch::{nn, Device, Kind, Tensor};
+
+/// libtorch's default generator is one per process and the tests of this file run on parallel
+/// threads: each test holds this lock while it seeds and draws, so its weights and inputs do not
+/// depend on what another test drew meanwhile.
+static RNG: Mutex<()> = Mutex::new(());
+
+fn rng() -> MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn cfg(arch: Arch) -> ModelConfig {
     ModelConfig { arch, width: 8, projector: vec![32, 32], ..ModelConfig::default() }
@@ -33,6 +43,7 @@ fn twins(arch: Arch) -> (nn::VarStore, BarlowTwins, nn::VarStore, BarlowTwins) {
 
 #[test]
 fn bf16_forward_is_within_bf16_rounding_of_f32() {
+    let _rng = rng();
     for arch in [Arch::CifarResnet18, Arch::KerasResnet34] {
         for channels_last in [false, true] {
             let (_v32, m32, _v16, m16) = twins(arch);
@@ -90,11 +101,15 @@ fn step(m: &BarlowTwins, xa: &Tensor, xb: &Tensor, refresh: Option<bool>) -> f64
 #[test]
 fn bf16_training_steps_track_f32() {
     // The loss sums D² = 1024 squared correlations of the training-mode embeddings above; it is
-    // asserted within 1e-1 relative per step over 4 steps of batch 32 (measured ≤ 4.9e-2; the
-    // per-call casts of the previous scheme drift as much: at random init a Barlow Twins loss
-    // over a small batch amplifies rounding through every training-mode batch norm).
+    // asserted within 1e-1 relative per step over 4 steps of batch 32. Each step is
+    // teacher-forced: the bf16 model starts it from the f32 model's weights, so the comparison
+    // measures one step's rounding, not the divergence of two chaotic trajectories (a free-running
+    // pair drifted to 1.3e-1 by step 3 for the Keras ResNet-34, a property of the Barlow Twins
+    // loss over a small batch at random init, not of the precision). The update of the f32 master
+    // weights is checked against the f32 model's update of the same step.
+    let _rng = rng();
     for arch in [Arch::CifarResnet18, Arch::KerasResnet34] {
-        let (_v32, m32, _v16, m16) = twins(arch);
+        let (v32, m32, mut v16, m16) = twins(arch);
         tch::manual_seed(12);
         let views: Vec<(Tensor, Tensor)> = (0..4)
             .map(|_| {
@@ -103,16 +118,25 @@ fn bf16_training_steps_track_f32() {
                 (x.shallow_clone(), x + noise)
             })
             .collect();
-        let w0 = m16.trainable_variables()[0].copy();
         for (i, (xa, xb)) in views.iter().enumerate() {
+            v16.copy(&v32).unwrap();
+            let w0: Vec<Tensor> = m32.trainable_variables().iter().map(|p| p.copy()).collect();
             let l32 = step(&m32, xa, xb, None);
             // Alternate the weight layout: both must give the same numbers.
             let l16 = step(&m16, xa, xb, Some(i % 2 == 1));
             let e = (l16 - l32).abs() / l32.abs();
             assert!(e < 1e-1, "{arch:?} step {i}: bf16 {l16} vs f32 {l32} ({e:e})");
+            // The update reached the f32 master weights and points where the f32 update does.
+            let d = |m: &BarlowTwins| {
+                let ds: Vec<Tensor> =
+                    m.trainable_variables().iter().zip(&w0).map(|(p, p0)| (p - p0).flatten(0, -1)).collect();
+                Tensor::cat(&ds, 0)
+            };
+            let (d16, d32) = (d(&m16), d(&m32));
+            let cos = d16.dot(&d32).double_value(&[]) / (d16.norm().double_value(&[]) * d32.norm().double_value(&[]));
+            eprintln!("{arch:?} step {i}: loss rel {e:.3e} update cos {cos:.4}");
+            assert!(cos > 0.8, "{arch:?} step {i}: cosine of the bf16 and f32 updates {cos}");
         }
-        // The updates reached the f32 master weights.
-        assert!(common::rel_err(&m16.trainable_variables()[0], &w0) > 1e-4);
     }
 }
 
@@ -136,6 +160,7 @@ fn l2_rel(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn the_gradient_reaches_the_f32_master_weights() {
+    let _rng = rng();
     let x = Tensor::rand([8, 3, 32, 32], (Kind::Float, Device::Cpu));
     // One forward: the cached copy and a per-call cast are the same ops, so the same bits.
     let (_a, m_call, _b, m_cached) = twins(Arch::CifarResnet18);
@@ -164,5 +189,11 @@ fn the_gradient_reaches_the_f32_master_weights() {
     let e = l2_rel(&g16, &g32);
     let cos = (&g16 * &g32).sum(Kind::Float).double_value(&[])
         / (g16.norm().double_value(&[]) * g32.norm().double_value(&[]));
+    // Cosine is blind to scale and a relative L2 error of 0.6 admits a gradient scaled by 0.5:
+    // the norms are also asserted within 15% of each other (rounding noise adds in quadrature,
+    // so it moves the norm far less than the direction; measured below 5%).
+    let ratio = g16.norm().double_value(&[]) / g32.norm().double_value(&[]);
+    eprintln!("gradient L2 {e:.3e} cos {cos:.4} norm ratio {ratio:.4}");
     assert!(e < 6e-1 && e > 0.0 && cos > 0.85, "L2 {e:e} cos {cos}");
+    assert!((ratio - 1.0).abs() < 0.15, "norm of the bf16 gradient / f32 gradient {ratio}");
 }
