@@ -77,6 +77,16 @@ pub struct RunConfig {
     /// Also write TensorBoard event files (`events.out.tfevents.*`) into the run folder: loss,
     /// its two terms, lr, pairs/s, data wait and the kNN monitor (`tensorboard --logdir runs/`).
     pub tensorboard: bool,
+    /// Online linear probe (solo-learn's): a linear classifier on the detached encoder features
+    /// of each batch's first view, trained alongside pretraining on the labels the dataset has
+    /// with its own SGD (momentum 0.9, no weight decay, cosine from `online_probe_lr` over the
+    /// run), logged per epoch (training top-1 on the augmented views; test top-1/top-5 on the
+    /// evaluation transform at the kNN monitor's epochs and at the end). It reads the features
+    /// the training forward computes anyway and never touches the model, its gradients or the
+    /// random streams: the pretraining trajectory is bit-identical with and without it.
+    pub online_probe: bool,
+    /// The online probe's peak learning rate (solo-learn's `classifier_lr`, 0.1).
+    pub online_probe_lr: f64,
 }
 
 /// What the trainer does with a non-finite loss or gradient (`run.on_nonfinite`).
@@ -112,6 +122,8 @@ impl Default for RunConfig {
             fast_cuda: true,
             cuda_graph: true,
             tensorboard: false,
+            online_probe: false,
+            online_probe_lr: 0.1,
         }
     }
 }

@@ -227,6 +227,25 @@ pub fn forward_grouped(model: &bt_model::BarlowTwins, x: &Tensor, bn_batch: usiz
     Tensor::cat(&parts, 0)
 }
 
+/// [`forward_grouped`] that also returns the encoder features of `x` (`N x F`, f32): the
+/// same operations in the same order, so the embeddings are bit-identical to
+/// [`forward_grouped`]'s (the online probe reads the features; see probe.rs).
+pub fn forward_grouped_features(model: &bt_model::BarlowTwins, x: &Tensor, bn_batch: usize) -> (Tensor, Tensor) {
+    let n = x.size()[0];
+    if bn_batch == 0 || bn_batch as i64 >= n {
+        return model.forward_features(x, true);
+    }
+    let chunks = x.split(bn_batch as i64, 0);
+    if model.config().sync_bn_scope() == bt_config::SyncBn::Projector {
+        let h: Vec<Tensor> = chunks.iter().map(|c| model.encode(c, true)).collect();
+        let h = Tensor::cat(&h, 0);
+        let z = model.project(&h, true);
+        return (h, z);
+    }
+    let (h, z): (Vec<Tensor>, Vec<Tensor>) = chunks.iter().map(|c| model.forward_features(c, true)).unzip();
+    (Tensor::cat(&h, 0), Tensor::cat(&z, 0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

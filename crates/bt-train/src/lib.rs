@@ -55,6 +55,7 @@ pub mod modecheck;
 pub mod observer;
 pub mod perf;
 pub mod plot;
+pub mod probe;
 pub mod report;
 pub mod runfolder;
 pub mod search;

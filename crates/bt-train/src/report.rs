@@ -134,7 +134,7 @@ pub fn write(run: &RunFolder) -> Result<()> {
         );
     }
 
-    let _ = writeln!(s, "## Accuracies (test set, top-1)\n");
+    let _ = writeln!(s, "## Accuracies (test set)\n");
     let ev = evals(run);
     if ev.is_empty() {
         let _ = writeln!(
@@ -143,7 +143,7 @@ pub fn write(run: &RunFolder) -> Result<()> {
             run.dir().display()
         );
     } else {
-        let _ = writeln!(s, "| evaluation | weights | top-1 | details | file |\n|---|---|---|---|---|");
+        let _ = writeln!(s, "| evaluation | weights | top-1 | top-5 | details | file |\n|---|---|---|---|---|---|");
         for (file, v) in &ev {
             let what = match v["eval"].as_str() {
                 Some("knn") => format!("kNN (k={}, T={})", v["k"], v["temperature"]),
@@ -162,12 +162,43 @@ pub fn write(run: &RunFolder) -> Result<()> {
             };
             let _ = writeln!(
                 s,
-                "| {what} | {} | {} | {details} | [{file}]({file}) |",
+                "| {what} | {} | {} | {} | {details} | [{file}]({file}) |",
                 v["weights"].as_str().unwrap_or("pretrained"),
-                pct(&v["test_top1"])
+                pct(&v["test_top1"]),
+                pct(&v["test_top5"])
             );
         }
         let _ = writeln!(s);
+        for (file, v) in &ev {
+            let Some(c) = crate::eval::Classification::from_json(v) else { continue };
+            let names: Vec<String> = serde_json::from_value(v["class_names"].clone()).unwrap_or_default();
+            let name = |i: usize| names.get(i).map_or(format!("class {i}"), |n| format!("{i} {n}"));
+            let per: Vec<(usize, f64)> =
+                c.per_class().iter().enumerate().filter_map(|(i, a)| a.map(|a| (i, a))).collect();
+            let mut sorted = per.clone();
+            sorted.sort_by(|a, b| a.1.total_cmp(&b.1));
+            let show = |it: &[(usize, f64)]| {
+                it.iter().map(|&(i, a)| format!("{} {:.1}%", name(i), 100.0 * a)).collect::<Vec<_>>().join(", ")
+            };
+            let png = crate::eval::confusion_png(std::path::Path::new(file));
+            let png = png.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let _ = writeln!(s, "### Per class: {file}\n");
+            if per.len() <= 20 {
+                let _ = writeln!(s, "Accuracy per true class: {}.\n", show(&per));
+            } else {
+                let k = 5.min(sorted.len());
+                let _ = writeln!(
+                    s,
+                    "{} classes; lowest: {}; highest: {}.\n",
+                    per.len(),
+                    show(&sorted[..k]),
+                    show(&sorted[sorted.len() - k..])
+                );
+            }
+            if run.dir().join(png).exists() {
+                let _ = writeln!(s, "![confusion matrix]({png})\n");
+            }
+        }
     }
     let _ = writeln!(
         s,

@@ -82,6 +82,11 @@ pub struct StaticStep {
     bn_batch: usize,
     graph: Graph,
     warning: Option<String>,
+    /// Keep the first view's encoder features (`run.online_probe`).
+    want_features: bool,
+    /// The last step's first-view encoder features, detached (under a CUDA graph: the captured
+    /// step's output, which every replay rewrites in place).
+    features: Option<Tensor>,
 }
 
 impl StaticStep {
@@ -126,7 +131,15 @@ impl StaticStep {
             bn_batch: cfg.run.bn_batch,
             graph,
             warning,
+            want_features: cfg.run.online_probe,
+            features: None,
         })
+    }
+
+    /// The first view's encoder features of the last step (`N x F`, f32, detached), when
+    /// `run.online_probe` asked for them.
+    pub fn features(&self) -> Option<&Tensor> {
+        self.features.as_ref()
     }
 
     /// Whether steps are replayed from a captured CUDA graph (after the warm-up).
@@ -273,7 +286,13 @@ impl StaticStep {
         }
         // bf16: every weight cast once per step, shared by both forwards (f32: nothing).
         p.model.refresh_low_precision_weights(self.channels_last)?;
-        let z_a = crate::dist::forward_grouped(p.model, &x[0], self.bn_batch);
+        let z_a = if self.want_features {
+            let (h, z) = crate::dist::forward_grouped_features(p.model, &x[0], self.bn_batch);
+            self.features = Some(h.detach());
+            z
+        } else {
+            crate::dist::forward_grouped(p.model, &x[0], self.bn_batch)
+        };
         let z_b = crate::dist::forward_grouped(p.model, &x[1], self.bn_batch);
         let mut out = bt_loss::barlow_twins_loss(&z_a, &z_b, &self.loss)?;
         p.guard.inject_loss_fault(step, &mut out);

@@ -83,9 +83,15 @@ struct DeviceBatch {
     staged: Option<crate::device::Staged>,
     n: usize,
     wait_s: f64,
+    /// The images' labels (kept only for the online probe; empty otherwise).
+    labels: Vec<i64>,
 }
 
-fn fetch(it: &mut bt_data::EpochIter, up: &mut crate::device::Uploader) -> Result<Option<DeviceBatch>> {
+fn fetch(
+    it: &mut bt_data::EpochIter,
+    up: &mut crate::device::Uploader,
+    keep_labels: bool,
+) -> Result<Option<DeviceBatch>> {
     let t0 = Instant::now();
     let next: Option<bt_data::Result<TwinBatch>> = it.next();
     let wait_s = t0.elapsed().as_secs_f64();
@@ -93,10 +99,11 @@ fn fetch(it: &mut bt_data::EpochIter, up: &mut crate::device::Uploader) -> Resul
     let b = b.context("data pipeline")?;
     let n = b.batch_size;
     let staged = up.upload(&[&b.view_a, &b.view_b], n, b.image_size)?;
+    let labels = if keep_labels { b.labels.clone() } else { Vec::new() };
     // The uploader copied the views (CPU: `from_slice`; CUDA: into pinned memory), so the batch
     // buffers can go back to the pipeline now.
     drop(b);
-    Ok(Some(DeviceBatch { staged: Some(staged), n, wait_s }))
+    Ok(Some(DeviceBatch { staged: Some(staged), n, wait_s, labels }))
 }
 
 impl<'o> Trainer<'o> {
@@ -223,6 +230,25 @@ impl<'o> Trainer<'o> {
             d.broadcast_model(&model)?;
         }
         crate::dist::sync_bn(self.dist.as_deref(), &mut model, &cfg.model);
+        // The online probe (probe.rs): rank 0 only, on its own rows; needs labels.
+        let mut probe = None;
+        if cfg.run.online_probe && main {
+            match train.num_classes().filter(|&c| c > 0) {
+                Some(c) => {
+                    probe = Some(crate::probe::OnlineProbe::new(
+                        model.feature_dim(),
+                        c as i64,
+                        cfg.run.online_probe_lr,
+                        total_steps,
+                        device,
+                    )?)
+                }
+                None => self.observer.on_event(&Event::Warning(&format!(
+                    "run.online_probe: {} has no class labels; no online probe",
+                    data.description
+                ))),
+            }
+        }
         // The step with fixed buffers (step.rs), CUDA-graph replayed where it can be.
         let mut step = crate::step::StaticStep::new(&cfg, &model, &vs, settings, &guard, self.dist.as_deref())?;
         // Only rank 0 writes the run folder; the other ranks' records go nowhere.
@@ -302,7 +328,7 @@ impl<'o> Trainer<'o> {
             let mut win_t = Instant::now();
             let mut win_pairs = 0usize;
             let mut win_wait = 0.0f64;
-            let mut next = fetch(&mut it, &mut up)?;
+            let mut next = fetch(&mut it, &mut up, probe.is_some())?;
             while let Some(mut cur) = next.take() {
                 let t_step = Instant::now();
                 let lr = schedule.lr_at(pos.step);
@@ -315,11 +341,15 @@ impl<'o> Trainer<'o> {
                     dist: dist.as_deref(),
                 };
                 step.run_step(&mut parts, &x, pos.step + 1, epoch + 1)?;
+                if let (Some(p), Some(h)) = (probe.as_mut(), step.features()) {
+                    let labels = bt_host::from_i64s(&cur.labels, device)?;
+                    p.step(h, &labels, pos.step)?;
+                }
                 if let Some(w) = step.take_warning() {
                     obs.emit(&Event::Warning(&w));
                 }
                 // Enqueued (CUDA) or done (CPU): get the next batch while the device works.
-                next = fetch(&mut it, &mut up)?;
+                next = fetch(&mut it, &mut up, probe.is_some())?;
                 let wait = next.as_ref().map_or(0.0, |b| b.wait_s) + if ep_steps == 0 { cur.wait_s } else { 0.0 };
                 pos.step += 1;
                 pos.batch_in_epoch += 1;
@@ -428,6 +458,49 @@ impl<'o> Trainer<'o> {
             }))?;
             curve.epochs.push((em.epoch as f64, l));
             obs.emit(&Event::Epoch(&em));
+            if let Some(p) = probe.as_mut() {
+                let pe = p.end_epoch()?;
+                let mut rec = json!({
+                    "kind": "online_probe", "epoch": em.epoch, "step": pos.step, "loss": pe.loss,
+                    "train_top1": pe.train_top1, "rows": pe.rows, "lr": p.lr_at(pos.step.saturating_sub(1)),
+                });
+                // On the evaluation transform at the kNN monitor's epochs and at the end.
+                let monitor = cfg.run.knn_every > 0 && pos.epochs_done % cfg.run.knn_every == 0;
+                if (monitor || pos.epochs_done == cfg.run.epochs) && token.requested().is_none() {
+                    if let Some(test) = &data.test {
+                        let t = Instant::now();
+                        let store = crate::eval::labeled_store(
+                            &model,
+                            test,
+                            &cfg.data,
+                            crate::eval::FeatureKind::Encoder,
+                            device,
+                            &crate::eval::Budget::of(&cfg.eval),
+                            crate::eval::StoreOptions::of(&cfg.eval),
+                            "features test",
+                            &mut (),
+                        )?;
+                        let c = p.evaluate(&store, device)?;
+                        (rec["test_top1"], rec["test_top5"]) = (json!(c.top1), json!(c.top5));
+                        let seconds = t.elapsed().as_secs_f64();
+                        obs.emit(&Event::Evaluated {
+                            name: "online_probe",
+                            epoch: pos.epochs_done,
+                            step: pos.step,
+                            top1: c.top1,
+                            seconds,
+                        });
+                    }
+                }
+                mw.write(&rec)?;
+                obs.emit(&Event::Evaluated {
+                    name: "online_probe_train",
+                    epoch: em.epoch,
+                    step: pos.step,
+                    top1: pe.train_top1,
+                    seconds: 0.0,
+                });
+            }
             if main {
                 if let Err(e) = curve.save(run) {
                     obs.emit(&Event::Warning(&format!("could not refresh {}: {e}", run.loss_png().display())));

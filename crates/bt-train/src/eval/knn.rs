@@ -53,8 +53,9 @@ const BLOCK: i64 = 256;
 /// first, so it takes the memory budget first).
 ///
 /// # Shapes
-/// Returns `M` int64 predictions on the CPU.
-pub fn predict_store(
+/// Returns `M x classes` f32 vote totals on the CPU (the predictions are their argmax; top-5
+/// and the confusion matrix come from them, see [`crate::eval::summary`]).
+pub fn scores_store(
     train: &FeatureStore,
     test: &FeatureStore,
     k: usize,
@@ -101,13 +102,26 @@ pub fn predict_store(
             let weights = (sim / temperature).exp();
             let scores =
                 Tensor::zeros([votes.size()[0], classes], (Kind::Float, device)).scatter_add(1, &votes, &weights);
-            out.push(scores.argmax(1, false).to_device(Device::Cpu));
+            out.push(scores.to_device(Device::Cpu));
         }
         if out.is_empty() {
-            return Ok(Tensor::zeros([test.len() as i64], (Kind::Int64, Device::Cpu)));
+            return Ok(Tensor::zeros([test.len() as i64, classes], (Kind::Float, Device::Cpu)));
         }
         Ok(Tensor::cat(&out, 0))
     })
+}
+
+/// [`scores_store`]'s argmax: `M` int64 predictions on the CPU.
+pub fn predict_store(
+    train: &FeatureStore,
+    test: &FeatureStore,
+    k: usize,
+    temperature: f64,
+    classes: i64,
+    device: Device,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Tensor> {
+    Ok(scores_store(train, test, k, temperature, classes, device, progress)?.argmax(1, false))
 }
 
 fn normalize(x: &Tensor) -> Tensor {

@@ -10,9 +10,11 @@ mod extract;
 pub mod features;
 pub mod knn;
 pub mod linear;
+pub mod summary;
 
 pub use extract::{features, labeled_features, labeled_store, FeatureKind};
 pub use features::{Budget, FeatureStore, StoreOptions};
+pub use summary::Classification;
 
 use crate::atomic::atomic_write;
 use crate::error::Result;
@@ -101,6 +103,7 @@ pub fn linear_eval(
     v["features_s"] = json!(t_feat);
     v["feature_storage"] = storage(&train);
     v["wall_s"] = json!(t.elapsed().as_secs_f64());
+    name_classes(&mut v, data);
     Ok(v)
 }
 
@@ -119,19 +122,27 @@ fn knn_value(
     let (k, temp) = (cfg.eval.knn_k, cfg.eval.knn_temperature);
     let classes = num_classes(train.labels(), test.labels());
     let mut progress = |done, total| obs.on_event(&Event::EvalProgress { stage: "knn", done, total });
-    let pred = knn::predict_store(train, test, k, temp, classes, device, &mut progress)?;
-    let acc = top1_of(&pred, test.labels());
-    Ok(json!({
-        "eval": "knn", "test_top1": acc, "k": k, "temperature": temp,
+    let scores = knn::scores_store(train, test, k, temp, classes, device, &mut progress)?;
+    let mut v = json!({
+        "eval": "knn", "k": k, "temperature": temp,
         "similarity": "cosine", "features": "encoder", "feature_dim": train.dim(),
-        "n_train": train.len(), "n_test": test.len(), "feature_storage": storage(train),
-    }))
+        "n_train": train.len(), "feature_storage": storage(train),
+    });
+    linear::merge(&mut v, Classification::from_scores(&scores, test.labels())?.to_json(None));
+    Ok(v)
 }
 
-/// Fraction of `pred` (int64 predictions) equal to `labels`.
-fn top1_of(pred: &Tensor, labels: &[i64]) -> f64 {
-    let hits = Vec::<i64>::try_from(pred).unwrap_or_default().iter().zip(labels).filter(|(p, l)| p == l).count();
-    hits as f64 / labels.len().max(1) as f64
+/// Class names of the evaluation split in label order, when the dataset has them.
+fn class_names(data: &Data) -> Option<Vec<String>> {
+    data.test.as_ref().and_then(|t| t.class_names()).or_else(|| data.train.class_names())
+}
+
+/// Adds `class_names` to a result that has a confusion matrix of the same width.
+fn name_classes(v: &mut Value, data: &Data) {
+    let width = v["confusion"].as_array().map(Vec::len);
+    if let Some(names) = class_names(data).filter(|n| Some(n.len()) == width) {
+        v["class_names"] = json!(names);
+    }
 }
 
 /// kNN evaluation of the encoder features.
@@ -146,6 +157,7 @@ pub fn knn_eval(
     let (train, test) = both_splits(cfg, model, data, FeatureKind::Encoder, device, obs)?;
     let mut v = knn_value(cfg, &train, &test, device, obs)?;
     v["wall_s"] = json!(t.elapsed().as_secs_f64());
+    name_classes(&mut v, data);
     Ok(v)
 }
 
@@ -160,12 +172,16 @@ pub fn encoder_evals(cfg: &Config, model: &BarlowTwins, data: &Data, device: Dev
     lin["eval"] = json!("linear");
     lin["features"] = json!("encoder");
     lin["features_s"] = json!(t_feat);
-    Ok((lin, knn_value(cfg, &train, &test, device, &mut ())?))
+    name_classes(&mut lin, data);
+    let mut knn = knn_value(cfg, &train, &test, device, &mut ())?;
+    name_classes(&mut knn, data);
+    Ok((lin, knn))
 }
 
 /// Writes an evaluation result as `eval_<name>.json` into `run` (and refreshes its
-/// `report.md`), or, without a run folder, as `<stem>.eval_<name>.json` beside `weights`.
-/// Returns the file written.
+/// `report.md`), or, without a run folder, as `<stem>.eval_<name>.json` beside `weights`;
+/// a result with a confusion matrix also gets it drawn beside, as `..._confusion.png`.
+/// Returns the JSON file written.
 pub fn save_result(run: Option<&RunFolder>, weights: &Path, name: &str, value: &Value) -> Result<PathBuf> {
     let path = match run {
         Some(r) => r.eval(name),
@@ -175,10 +191,29 @@ pub fn save_result(run: Option<&RunFolder>, weights: &Path, name: &str, value: &
         }
     };
     atomic_write(&path, serde_json::to_string_pretty(value)?.as_bytes())?;
+    if let Some(c) = Classification::from_json(value) {
+        let names: Option<Vec<String>> = serde_json::from_value(value["class_names"].clone()).ok();
+        let title = format!(
+            "{} {} top-1 {:.2}% top-5 {:.2}%",
+            value["eval"].as_str().unwrap_or("eval"),
+            value["protocol"].as_str().unwrap_or(""),
+            100.0 * c.top1,
+            100.0 * c.top5
+        );
+        let png = confusion_png(&path);
+        let img = c.confusion_image(&title, names.as_deref());
+        atomic_write(&png, &crate::plot::png_bytes(&img, &png)?)?;
+    }
     if let Some(r) = run {
         crate::report::write(r)?;
     }
     Ok(path)
+}
+
+/// The confusion-matrix PNG written beside the result file `json` (`x.json` -> `x_confusion.png`).
+pub fn confusion_png(json: &Path) -> PathBuf {
+    let stem = json.file_stem().and_then(|s| s.to_str()).unwrap_or("eval");
+    json.with_file_name(format!("{stem}_confusion.png"))
 }
 
 #[cfg(test)]
