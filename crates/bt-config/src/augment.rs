@@ -192,6 +192,19 @@ impl ViewConfig {
             ..Self::cifar_asymmetric(solarize_prob)
         }
     }
+
+    /// The official linear evaluation's training transform (facebookresearch/barlowtwins
+    /// `evaluate.py`: `RandomResizedCrop(224)` with torchvision's defaults (scale (0.08, 1),
+    /// ratio (3/4, 4/3), bilinear) and `RandomHorizontalFlip()`, on PIL images; no colour
+    /// change, no blur.
+    pub fn official_linear_train() -> Self {
+        Self {
+            jitter_prob: 0.0,
+            grayscale_prob: 0.0,
+            interpolation: Interpolation::PilBilinear,
+            ..Self::imagenet_official(0.0, 0.0)
+        }
+    }
 }
 
 impl Default for ViewConfig {
@@ -213,6 +226,12 @@ pub struct AugmentConfig {
 }
 
 impl AugmentConfig {
+    /// [`ViewConfig::official_linear_train`] on both views (the official linear protocol
+    /// reads the first).
+    pub fn official_linear() -> Self {
+        let v = ViewConfig::official_linear_train();
+        Self { policy: "official-linear".into(), view_a: v.clone(), view_b: v }
+    }
     /// The seed's symmetric policy.
     pub fn keras_seed() -> Self {
         Self { policy: "keras-seed".into(), view_a: ViewConfig::keras_seed(), view_b: ViewConfig::keras_seed() }

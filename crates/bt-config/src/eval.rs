@@ -12,6 +12,10 @@ pub enum LinearProtocol {
     /// Frozen encoder features, linear classifier, cosine schedule, hyperparameters chosen on a
     /// validation split of train.
     Standard,
+    /// The official Barlow Twins `evaluate.py --weights freeze`: frozen encoder in eval mode,
+    /// a linear layer trained on augmented images (RandomResizedCrop + flip) with SGD and a
+    /// per-epoch cosine schedule, test images resized and center-cropped; top-1/top-5.
+    Official,
 }
 
 /// How frozen features are stored between extraction and the classifiers.
@@ -55,6 +59,15 @@ pub struct EvalConfig {
     /// Folder of the spill file; empty = the OS temp folder (`$TMPDIR`). Point it at a local
     /// disk with room for the features (ImageNet train in f16: 5.2 GB) when /tmp is a RAM disk.
     pub feature_dir: PathBuf,
+    /// `official` protocol: epochs (`evaluate.py --epochs`, default 100).
+    pub official_epochs: usize,
+    /// `official` protocol: batch size (`--batch-size`, default 256).
+    pub official_batch_size: usize,
+    /// `official` protocol: classifier learning rate (the README's linear-evaluation command
+    /// passes `--lr-classifier 0.1`; the script's default is 0.3).
+    pub official_lr: f64,
+    /// `official` protocol: weight decay (`--weight-decay`, default 1e-6).
+    pub official_weight_decay: f64,
 }
 
 impl Default for EvalConfig {
@@ -72,6 +85,10 @@ impl Default for EvalConfig {
             feature_memory_mb: 2048,
             feature_precision: FeaturePrecision::Auto,
             feature_dir: PathBuf::new(),
+            official_epochs: 100,
+            official_batch_size: 256,
+            official_lr: 0.1,
+            official_weight_decay: 1e-6,
         }
     }
 }

@@ -193,6 +193,10 @@ impl Config {
         }
         at_least("run.spike_window", r.spike_window, 1)?;
         positive("run.online_probe_lr", r.online_probe_lr)?;
+        at_least("eval.official_epochs", self.eval.official_epochs, 1)?;
+        at_least("eval.official_batch_size", self.eval.official_batch_size, 1)?;
+        positive("eval.official_lr", self.eval.official_lr)?;
+        nonneg("eval.official_weight_decay", self.eval.official_weight_decay)?;
         // Ghost batch norm: every chunk must have the same size, and batch norm needs more than
         // one row per chunk (a remainder chunk of one row fails, or normalizes to zero).
         if r.bn_batch != 0 && (r.bn_batch < 2 || !self.data.batch_size.is_multiple_of(r.bn_batch)) {

@@ -157,6 +157,14 @@ pub fn write(run: &RunFolder) -> Result<()> {
                     v["weight_decay"],
                     pct(&v["val_top1"])
                 ),
+                Some("official") => format!(
+                    "evaluate.py: {} epochs, batch {}, lr {}; best epoch {} / {}",
+                    v["epochs"],
+                    v["batch_size"],
+                    v["lr"],
+                    pct(&v["best_top1"]),
+                    pct(&v["best_top5"])
+                ),
                 Some("keras-seed") => format!("{} epochs, batch {}, L2 {}", v["epochs"], v["batch_size"], v["l2"]),
                 _ => format!("{} features", v["features"].as_str().unwrap_or("encoder")),
             };

@@ -4,7 +4,8 @@
 //! Two pretrainings of the example (the demo preset shrunk, four pattern classes, 60 steps),
 //! one with the probe and one without, end with bit-identical model variables (weights, batch-
 //! norm statistics, counters); the run with the probe writes one `online_probe` record per epoch
-//! to `metrics.jsonl`, and its test top-1 at the end is well above the 25% of chance.
+//! to `metrics.jsonl`, and its test top-1 at the end is well above the 25% of chance. The
+//! official linear protocol then runs on that encoder, learns, and leaves it untouched.
 #[allow(dead_code)]
 #[path = "../examples/train_custom.rs"]
 mod example;
@@ -13,6 +14,19 @@ use bt_train::{metrics, RunFolder};
 
 fn variables(o: &bt_train::Outcome) -> Vec<(String, tch::Tensor)> {
     o.model.variables().iter().map(|v| (v.name.clone(), v.tensor.shallow_clone())).collect()
+}
+
+#[derive(Default)]
+struct Progress {
+    last: (usize, usize),
+}
+
+impl bt_train::Observer for Progress {
+    fn on_event(&mut self, e: &bt_train::Event<'_>) {
+        if let bt_train::Event::EvalProgress { done, total, .. } = e {
+            self.last = (*done, *total);
+        }
+    }
 }
 
 #[test]
@@ -50,6 +64,29 @@ fn the_probe_learns_and_the_run_is_bit_identical_without_it() {
     assert!(test > 0.4, "online probe test top-1 {test} (chance: 0.25)");
     assert!(last["train_top1"].as_f64().unwrap() > 0.4, "{last}");
     assert!(last["test_top5"].as_f64() == Some(1.0), "4 classes: top-5 is top-4: {last}");
+    // The official linear protocol (evaluate.py --weights freeze) on the same encoder: augmented
+    // training images through the frozen encoder, SGD + per-epoch cosine, 3 epochs here.
+    let mut ecfg = cfg.clone();
+    (ecfg.eval.official_epochs, ecfg.eval.official_batch_size) = (3, 32);
+    let mut progress = Progress::default();
+    let before: Vec<tch::Tensor> = b.iter().map(|(_, t)| t.copy()).collect();
+    let v = bt_train::eval::official::official_linear(&ecfg, &probed.model, &data, tch::Device::Cpu, &mut progress)
+        .unwrap();
+    eprintln!(
+        "official linear: top-1 {} top-5 {} best {} history {}",
+        v["test_top1"], v["test_top5"], v["best_top1"], v["history"]
+    );
+    assert_eq!(v["protocol"], "official");
+    assert_eq!(v["history"].as_array().unwrap().len(), 3);
+    assert_eq!(progress.last, (30, 30), "10 batches of 32 per epoch, 3 epochs");
+    let (top1, best1) = (v["test_top1"].as_f64().unwrap(), v["best_top1"].as_f64().unwrap());
+    assert!(best1 >= top1 && top1 > 0.4, "official protocol top-1 {top1} (best {best1}; chance 0.25)");
+    let classes = data.train.num_classes().unwrap();
+    assert_eq!(v["confusion"].as_array().unwrap().len(), classes, "one row per class of the source");
+    // The frozen encoder is untouched by the protocol.
+    for (t0, (n, t1)) in before.iter().zip(&variables(&probed)) {
+        assert!(t0.equal(t1), "{n} changed during the official linear evaluation");
+    }
     // Without the probe there is no such record.
     let plain_recs = metrics::read_all(&tmp.path().join("plain/metrics.jsonl")).unwrap();
     assert_eq!(metrics::of_kind(&plain_recs, "online_probe").count(), 0);

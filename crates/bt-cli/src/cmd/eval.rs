@@ -65,6 +65,8 @@ pub struct KnnArgs {
 pub enum Protocol {
     KerasSeed,
     Standard,
+    /// evaluate.py --weights freeze: augmented training images through the frozen encoder.
+    Official,
 }
 
 impl From<Protocol> for LinearProtocol {
@@ -72,6 +74,7 @@ impl From<Protocol> for LinearProtocol {
         match p {
             Protocol::KerasSeed => LinearProtocol::KerasSeed,
             Protocol::Standard => LinearProtocol::Standard,
+            Protocol::Official => LinearProtocol::Official,
         }
     }
 }
@@ -227,11 +230,21 @@ pub fn run(cmd: EvalCmd) -> Result<()> {
             let name = match protocol {
                 LinearProtocol::KerasSeed => "linear_keras-seed",
                 LinearProtocol::Standard => "linear_standard",
+                LinearProtocol::Official => "linear_official",
+            };
+            let best = match protocol {
+                LinearProtocol::Official => format!(
+                    ", best epoch top-1 {:.2}% / top-5 {:.2}% (evaluate.py's best_acc)",
+                    100.0 * v["best_top1"].as_f64().unwrap_or(f64::NAN),
+                    100.0 * v["best_top5"].as_f64().unwrap_or(f64::NAN)
+                ),
+                _ => String::new(),
             };
             let summary = format!(
-                "linear ({}): test top-1 {:.2}% ({} epochs, {} features)",
+                "linear ({}): test top-1 {:.2}%, top-5 {:.2}% ({} epochs, {} features){best}",
                 v["protocol"].as_str().unwrap_or("?"),
                 100.0 * v["test_top1"].as_f64().unwrap_or(f64::NAN),
+                100.0 * v["test_top5"].as_f64().unwrap_or(f64::NAN),
                 v["epochs"],
                 v["feature_dim"]
             );

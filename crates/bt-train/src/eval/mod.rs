@@ -10,6 +10,7 @@ mod extract;
 pub mod features;
 pub mod knn;
 pub mod linear;
+pub mod official;
 pub mod summary;
 
 pub use extract::{features, labeled_features, labeled_store, FeatureKind};
@@ -74,8 +75,10 @@ pub fn knn_top1(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) 
 }
 
 /// Linear probe of `model`; the JSON result (what is written to `eval_linear_<protocol>.json`).
-/// The notebook's protocol probes the projector output, the standard one the encoder's. The
-/// probe trains on `device`, reading mini-batches from the feature stores.
+/// The notebook's protocol probes the projector output, the standard one the encoder's (both on
+/// precomputed frozen features; the probe trains on `device`, reading mini-batches from the
+/// feature stores); the official one trains on augmented images through the frozen encoder
+/// ([`official`]).
 pub fn linear_eval(
     cfg: &Config,
     model: &BarlowTwins,
@@ -84,10 +87,15 @@ pub fn linear_eval(
     protocol: LinearProtocol,
     obs: &mut dyn Observer,
 ) -> Result<Value> {
+    if protocol == LinearProtocol::Official {
+        let mut v = official::official_linear(cfg, model, data, device, obs)?;
+        name_classes(&mut v, data);
+        return Ok(v);
+    }
     let t = Instant::now();
     let fk = match protocol {
         LinearProtocol::KerasSeed => FeatureKind::Projector,
-        LinearProtocol::Standard => FeatureKind::Encoder,
+        LinearProtocol::Standard | LinearProtocol::Official => FeatureKind::Encoder,
     };
     let (train, test) = both_splits(cfg, model, data, fk, device, obs)?;
     let classes = num_classes(train.labels(), test.labels());
@@ -96,7 +104,9 @@ pub fn linear_eval(
     let (e, seed) = (&cfg.eval, cfg.run.seed);
     let mut v = match protocol {
         LinearProtocol::KerasSeed => linear::keras_seed_store(&train, &test, classes, e, seed, device, &mut progress)?,
-        LinearProtocol::Standard => linear::standard_store(&train, &test, classes, e, seed, device, &mut progress)?,
+        LinearProtocol::Standard | LinearProtocol::Official => {
+            linear::standard_store(&train, &test, classes, e, seed, device, &mut progress)?
+        }
     };
     v["eval"] = json!("linear");
     v["features"] = json!(format!("{fk:?}").to_lowercase());

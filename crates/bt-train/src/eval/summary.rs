@@ -128,7 +128,7 @@ impl Classification {
         let mut img = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
         let black = Rgb([0, 0, 0]);
         plot::text(&mut img, 8, 8, title, black);
-        plot::text(&mut img, 8, 20, "rows: true class, columns: predicted; cell: share of the row", Rgb([90, 90, 90]));
+        plot::text(&mut img, 8, 20, "rows: true class, columns: predicted, cell: share of the row", Rgb([90, 90, 90]));
         let per_class = self.per_class();
         for (t, row) in self.confusion.iter().enumerate() {
             let total: u64 = row.iter().sum();

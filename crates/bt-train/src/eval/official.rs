@@ -1,0 +1,241 @@
+//! The official linear evaluation, as facebookresearch/barlowtwins `evaluate.py --weights
+//! freeze` runs it (the line of each setting in `docs/USAGE.md`):
+//!
+//! - the encoder frozen and in eval mode (batch norm on its running statistics), a linear layer
+//!   on the pooled features, `fc.weight ~ N(0, 0.01)`, `fc.bias = 0`;
+//! - training images through `RandomResizedCrop(size)` (scale (0.08, 1), ratio (3/4, 4/3),
+//!   bilinear) + `RandomHorizontalFlip()` + `ToTensor` + `Normalize`, freshly drawn every epoch
+//!   (our Pillow-exact ops: [`bt_config::ViewConfig::official_linear_train`], on the twin
+//!   pipeline's sources, its first view);
+//! - test images `Resize(256)` + `CenterCrop(224)` (for another `data.image_size` the same
+//!   ratio: [`bt_data::eval::resize_side`]): features computed once, since the encoder is frozen;
+//! - `CrossEntropyLoss`, `SGD(momentum 0.9, weight_decay)` (libtorch's SGD, PyTorch's update),
+//!   `CosineAnnealingLR(epochs)` stepped once per epoch; batch 256, no dropped remainder;
+//! - after every epoch top-1 and top-5 on the test split; `evaluate.py` prints the best of each
+//!   over the epochs (`best_acc1`/`best_acc5`, what the paper's tables quote): reported as
+//!   `best_top1`/`best_top5` beside the last epoch's `test_top1`/`test_top5`.
+use crate::error::Result;
+use crate::eval::summary::Classification;
+use crate::eval::{labeled_store, Budget, FeatureKind, StoreOptions};
+use crate::observer::{Event, Observer};
+use crate::setup::Data;
+use bt_config::{AugmentConfig, Config, EvalConfig};
+use bt_model::BarlowTwins;
+use serde_json::{json, Value};
+use std::time::Instant;
+use tch::{nn, nn::OptimizerConfig, Device, Tensor};
+
+/// The classifier and its optimizer.
+pub struct OfficialClassifier {
+    _vs: nn::VarStore,
+    lin: nn::Linear,
+    opt: nn::Optimizer,
+    lr: f64,
+    epochs: usize,
+}
+
+impl OfficialClassifier {
+    /// `features -> classes`, `fc.weight ~ N(0, 0.01)` from libtorch's generator seeded with
+    /// `seed`, zero bias, on `device`, with the `eval.official_*` settings.
+    pub fn new(features: i64, classes: i64, e: &EvalConfig, seed: u64, device: Device) -> Result<Self> {
+        tch::manual_seed(seed as i64);
+        let vs = nn::VarStore::new(device);
+        let lin = nn::linear(vs.root() / "fc", features, classes, Default::default());
+        tch::no_grad(|| {
+            let _ = lin.ws.shallow_clone().normal_(0.0, 0.01);
+            if let Some(b) = &lin.bs {
+                let _ = b.shallow_clone().zero_();
+            }
+        });
+        Self::with_layer(vs, lin, e)
+    }
+
+    /// A classifier from given weights (`classes x features`) and bias (tests).
+    pub fn from_weights(weight: &Tensor, bias: &Tensor, e: &EvalConfig) -> Result<Self> {
+        let vs = nn::VarStore::new(weight.device());
+        let s = weight.size();
+        let lin = nn::linear(vs.root() / "fc", s[1], s[0], Default::default());
+        tch::no_grad(|| {
+            lin.ws.shallow_clone().copy_(weight);
+            lin.bs.as_ref().expect("a bias").shallow_clone().copy_(bias);
+        });
+        Self::with_layer(vs, lin, e)
+    }
+
+    fn with_layer(vs: nn::VarStore, lin: nn::Linear, e: &EvalConfig) -> Result<Self> {
+        let sgd = nn::Sgd { momentum: 0.9, dampening: 0.0, wd: e.official_weight_decay, nesterov: false };
+        let opt = sgd.build(&vs, e.official_lr)?;
+        Ok(Self { _vs: vs, lin, opt, lr: e.official_lr, epochs: e.official_epochs })
+    }
+
+    /// `CosineAnnealingLR(optimizer, epochs)` after `epoch` scheduler steps (closed form).
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        self.lr * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / self.epochs.max(1) as f64).cos())
+    }
+
+    /// Sets the learning rate of 0-based `epoch`.
+    pub fn set_epoch(&mut self, epoch: usize) {
+        let lr = self.lr_at(epoch);
+        self.opt.set_lr(lr);
+    }
+
+    /// One SGD step on features `h` (`N x F`) and labels `y` (`N`, int64); the batch's loss.
+    pub fn step(&mut self, h: &Tensor, y: &Tensor) -> Result<f64> {
+        let loss = h.apply(&self.lin).f_cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, -100, 0.0)?;
+        self.opt.zero_grad();
+        loss.f_backward()?;
+        self.opt.step();
+        Ok(bt_host::read_f64(&loss)?)
+    }
+
+    /// Logits of features `h`.
+    pub fn logits(&self, h: &Tensor) -> Tensor {
+        tch::no_grad(|| h.apply(&self.lin))
+    }
+
+    /// The weight (`classes x features`) and bias.
+    pub fn parameters(&self) -> (Tensor, Tensor) {
+        (self.lin.ws.shallow_clone(), self.lin.bs.as_ref().expect("a bias").shallow_clone())
+    }
+}
+
+/// Runs the official linear protocol on `model`'s encoder; the JSON result
+/// (`eval_linear_official.json`).
+pub fn official_linear(
+    cfg: &Config,
+    model: &BarlowTwins,
+    data: &Data,
+    device: Device,
+    obs: &mut dyn Observer,
+) -> Result<Value> {
+    let t = Instant::now();
+    let e = &cfg.eval;
+    let test_source = data.test()?;
+    let test = labeled_store(
+        model,
+        test_source,
+        &cfg.data,
+        FeatureKind::Encoder,
+        device,
+        &Budget::of(e),
+        StoreOptions::of(e),
+        "features test",
+        obs,
+    )?;
+    let classes = data
+        .train
+        .num_classes()
+        .map(|c| c as i64)
+        .unwrap_or_else(|| crate::eval::num_classes(&[], test.labels()))
+        .max(crate::eval::num_classes(&[], test.labels()));
+    let mut dcfg = cfg.data.clone();
+    (dcfg.batch_size, dcfg.drop_remainder) = (e.official_batch_size, false);
+    // Its own random stream: the views are not the pretraining views of the same seed.
+    let seed = cfg.run.seed ^ 0x6f66_6669_6369_616c;
+    let pipe = bt_data::TwinPipeline::new(data.train.clone(), &dcfg, &AugmentConfig::official_linear(), seed)?;
+    let mut clf = OfficialClassifier::new(model.feature_dim(), classes, e, cfg.run.seed, device)?;
+    let (nb, epochs) = (pipe.batches_per_epoch(), e.official_epochs);
+    let (mut best1, mut best5) = (f64::NAN, f64::NAN);
+    let mut history = Vec::new();
+    let mut last = None;
+    for epoch in 0..epochs {
+        clf.set_epoch(epoch);
+        let (mut loss_sum, mut rows) = (0.0, 0usize);
+        for (i, b) in pipe.epoch(epoch as u64, 0).enumerate() {
+            let b = b?;
+            if let Some(r) = b.labels.iter().position(|&l| l < 0 || l >= classes) {
+                crate::error::refuse!(
+                    "{} has no label among the {classes} classes: the official protocol needs a labeled training split",
+                    data.train.describe(b.indices[r] as usize)
+                );
+            }
+            let s = b.image_size as i64;
+            let x = Tensor::from_slice(&b.view_a).f_view([b.batch_size as i64, 3, s, s])?.f_to_device(device)?;
+            let y = Tensor::from_slice(&b.labels).f_to_device(device)?;
+            let h = tch::no_grad(|| model.encode(&x, false));
+            loss_sum += clf.step(&h, &y)? * b.batch_size as f64;
+            rows += b.batch_size;
+            obs.on_event(&Event::EvalProgress {
+                stage: "official linear",
+                done: epoch * nb + i + 1,
+                total: epochs * nb,
+            });
+        }
+        let mut parts = Vec::new();
+        for c in test.chunks_f32() {
+            let (_, x) = c?;
+            parts.push(clf.logits(&x.f_to_device(device)?).f_to_device(Device::Cpu)?);
+        }
+        let c = Classification::from_scores(&crate::eval::linear::rows(&parts, classes), test.labels())?;
+        best1 = if best1.is_nan() { c.top1 } else { best1.max(c.top1) };
+        best5 = if best5.is_nan() { c.top5 } else { best5.max(c.top5) };
+        let rec = json!({
+            "epoch": epoch + 1, "lr": clf.lr_at(epoch), "loss": loss_sum / rows.max(1) as f64,
+            "test_top1": c.top1, "test_top5": c.top5,
+        });
+        tracing::debug!("official linear {rec}");
+        history.push(rec);
+        last = Some(c);
+    }
+    let last = last.expect("eval.official_epochs >= 1 (validated)");
+    let mut v = json!({
+        "eval": "linear",
+        "protocol": "official",
+        "features": "encoder",
+        "feature_dim": model.feature_dim(),
+        "epochs": epochs,
+        "batch_size": e.official_batch_size,
+        "lr": e.official_lr,
+        "weight_decay": e.official_weight_decay,
+        "optimizer": "SGD momentum 0.9, CosineAnnealingLR per epoch (evaluate.py --weights freeze)",
+        "train_transform": "RandomResizedCrop + RandomHorizontalFlip (Pillow bilinear)",
+        "test_transform": format!("Resize({}) + CenterCrop({})", bt_data::eval::resize_side(cfg.data.image_size), cfg.data.image_size),
+        "n_train": data.train.len(),
+        "best_top1": best1,
+        "best_top5": best5,
+        "history": history,
+        "wall_s": 0.0,
+    });
+    crate::eval::linear::merge(&mut v, last.to_json(None));
+    v["wall_s"] = json!(t.elapsed().as_secs_f64());
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    /// Against `scripts/fixtures/official_linear.py`: torch.optim.SGD(momentum 0.9, weight
+    /// decay) + CosineAnnealingLR(3) stepped per epoch, 3 epochs of 2 batches, from the same
+    /// initial weights.
+    #[test]
+    fn sgd_and_the_cosine_schedule_match_pytorch() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/official_linear.safetensors");
+        let t: HashMap<String, Tensor> = Tensor::read_safetensors(&p).unwrap().into_iter().collect();
+        let e = EvalConfig { official_epochs: 3, official_lr: 0.3, official_weight_decay: 1e-2, ..Default::default() };
+        let mut clf = OfficialClassifier::from_weights(&t["w0"], &t["b0"], &e).unwrap();
+        let mut lrs = Vec::new();
+        for epoch in 0..3 {
+            clf.set_epoch(epoch);
+            lrs.push(clf.lr_at(epoch));
+            for b in 0..2 {
+                let (x, y) = (&t[&format!("x_{epoch}_{b}")], &t[&format!("y_{epoch}_{b}")]);
+                let loss = clf.step(x, y).unwrap();
+                let want = t[&format!("loss_{epoch}_{b}")].double_value(&[0]);
+                assert!((loss - want).abs() <= 1e-5 * want.abs().max(1.0), "loss {epoch}/{b}: {loss} vs {want}");
+            }
+        }
+        let want_lr = Vec::<f64>::try_from(&t["lrs"]).unwrap();
+        for (a, b) in lrs.iter().zip(&want_lr) {
+            assert!((a - b).abs() < 1e-12, "lr {lrs:?} vs {want_lr:?}");
+        }
+        assert_eq!(lrs.len(), want_lr.len());
+        let (w, b) = clf.parameters();
+        let dw = (&w - &t["w"]).abs().max().double_value(&[]);
+        let db = (&b - &t["b"]).abs().max().double_value(&[]);
+        assert!(dw <= 1e-5 && db <= 1e-5, "weights differ from PyTorch by {dw}, bias by {db}");
+        assert!(dw.is_finite() && db.is_finite());
+    }
+}
