@@ -1,11 +1,11 @@
 //! Issues 6 and 22: `bt-cli demo` pretrains on the synthetic data and the pretrained encoder
 //! clearly beats the same architecture at its random initialization, on both the linear probe and
-//! kNN, for several seeds and in channels-last.
+//! kNN, for several seeds and in bf16 and channels-last.
 //!
 //! Each run is the `demo` preset as shipped (4000 images, 6 epochs, batch 64; about a minute on 2
 //! cores): a shrunk run (2000 images, 4 epochs, batch 32) did not learn with the new
-//! augmentations for seed 7, so the test runs what users run. Three seeds in f32, one in
-//! channels-last; docs/BENCHMARKS.md has the results over five seeds.
+//! augmentations for seed 7, so the test runs what users run. Three seeds in f32, one in bf16
+//! and one in channels-last; docs/BENCHMARKS.md has the results over five seeds per mode.
 //! Before issue 22 the shipped recipe passed this for seed 7 only: seeds 8 and 9, bf16 and
 //! channels-last ended below their random init on kNN (docs/RECIPES.md, "demo").
 use bt_e2e::{bt_cli, text};
@@ -60,11 +60,21 @@ fn demo(seed: u64, sets: &[&str], files: bool) -> [f64; 4] {
 }
 
 #[test]
-fn demo_pretrained_beats_random_init_for_three_seeds_and_in_channels_last() {
+fn demo_pretrained_beats_random_init_for_three_seeds_and_in_bf16_and_channels_last() {
+    let mut f32_seed8 = [0.0; 4];
     for seed in [7, 8, 9] {
-        demo(seed, &[], seed == 7);
+        let r = demo(seed, &[], seed == 7);
+        if seed == 8 {
+            f32_seed8 = r;
+        }
     }
-    // channels-last (half of the CUDA default mode) learns as well. bf16 is not asserted here:
-    // on seed 7 it ended +1.7 kNN points over random (issue 22 left open, docs/BENCHMARKS.md).
-    demo(8, &["run.channels_last=true"], false);
+    // The two halves of the CUDA default mode learn as well, and not less than f32 for the same
+    // seed: at most 5 points below on either probe (measured: bf16 +3.0 linear / +4.2 kNN,
+    // channels-last +17.8 / +18.7). Over 5 seeds the mode means are at or above f32's and the
+    // spread between seeds dominates (docs/BENCHMARKS.md); seed 7 is bf16's weakest run.
+    for mode in ["run.precision=bf16", "run.channels_last=true"] {
+        let [lp, _, kp, _] = demo(8, &[mode], false);
+        let [fl, _, fk, _] = f32_seed8;
+        assert!(lp >= fl - 0.05 && kp >= fk - 0.05, "{mode}, seed 8: linear {lp} kNN {kp} vs f32 {fl} / {fk}");
+    }
 }

@@ -41,6 +41,7 @@
 
 pub mod atomic;
 pub mod checkpoint;
+pub mod classification;
 pub mod control;
 pub mod demo;
 pub mod device;

@@ -14,8 +14,8 @@
 //! schedules its classifier with the backbone's scheduler). Rows labelled `-1` (unlabeled
 //! images) are left out. The per-epoch loss and top-1 are accumulated on the device and read once
 //! per epoch. The probe's state is not checkpointed: a resumed run starts its probe from zero.
+use crate::classification::Classification;
 use crate::error::Result;
-use crate::eval::summary::Classification;
 use crate::eval::FeatureStore;
 use tch::{Device, Kind, Tensor};
 

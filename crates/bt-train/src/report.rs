@@ -178,7 +178,7 @@ pub fn write(run: &RunFolder) -> Result<()> {
         }
         let _ = writeln!(s);
         for (file, v) in &ev {
-            let Some(c) = crate::eval::Classification::from_json(v) else { continue };
+            let Some(c) = crate::classification::Classification::from_json(v) else { continue };
             let names: Vec<String> = serde_json::from_value(v["class_names"].clone()).unwrap_or_default();
             let name = |i: usize| names.get(i).map_or(format!("class {i}"), |n| format!("{i} {n}"));
             let per: Vec<(usize, f64)> =
@@ -188,7 +188,7 @@ pub fn write(run: &RunFolder) -> Result<()> {
             let show = |it: &[(usize, f64)]| {
                 it.iter().map(|&(i, a)| format!("{} {:.1}%", name(i), 100.0 * a)).collect::<Vec<_>>().join(", ")
             };
-            let png = crate::eval::confusion_png(std::path::Path::new(file));
+            let png = crate::classification::confusion_png(std::path::Path::new(file));
             let png = png.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             let _ = writeln!(s, "### Per class: {file}\n");
             if per.len() <= 20 {

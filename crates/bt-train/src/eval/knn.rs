@@ -54,7 +54,7 @@ const BLOCK: i64 = 256;
 ///
 /// # Shapes
 /// Returns `M x classes` f32 vote totals on the CPU (the predictions are their argmax; top-5
-/// and the confusion matrix come from them, see [`crate::eval::summary`]).
+/// and the confusion matrix come from them, see [`crate::classification`]).
 pub fn scores_store(
     train: &FeatureStore,
     test: &FeatureStore,

@@ -18,9 +18,9 @@
 //! implementation. The standard probe's mean and standard deviation are accumulated in f64
 //! over the chunks (two passes), rounded to f32: a store of any chunking, in memory or spilled,
 //! gives the same bits (up to a sum in f64 landing within 1e-16 of an f32 rounding boundary).
+use crate::classification::Classification;
 use crate::error::Result;
 use crate::eval::features::{index, FeatureStore};
-use crate::eval::summary::Classification;
 use crate::eval::top1;
 use bt_config::{EvalConfig, OptimConfig};
 use rand::seq::SliceRandom;

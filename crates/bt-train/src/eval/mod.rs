@@ -11,11 +11,10 @@ pub mod features;
 pub mod knn;
 pub mod linear;
 pub mod official;
-pub mod summary;
 
+pub use crate::classification::{confusion_png, Classification};
 pub use extract::{features, labeled_features, labeled_store, FeatureKind};
 pub use features::{Budget, FeatureStore, StoreOptions};
-pub use summary::Classification;
 
 use crate::atomic::atomic_write;
 use crate::error::Result;
@@ -218,12 +217,6 @@ pub fn save_result(run: Option<&RunFolder>, weights: &Path, name: &str, value: &
         crate::report::write(r)?;
     }
     Ok(path)
-}
-
-/// The confusion-matrix PNG written beside the result file `json` (`x.json` -> `x_confusion.png`).
-pub fn confusion_png(json: &Path) -> PathBuf {
-    let stem = json.file_stem().and_then(|s| s.to_str()).unwrap_or("eval");
-    json.with_file_name(format!("{stem}_confusion.png"))
 }
 
 #[cfg(test)]

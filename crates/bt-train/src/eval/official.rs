@@ -14,8 +14,8 @@
 //! - after every epoch top-1 and top-5 on the test split; `evaluate.py` prints the best of each
 //!   over the epochs (`best_acc1`/`best_acc5`, what the paper's tables quote): reported as
 //!   `best_top1`/`best_top5` beside the last epoch's `test_top1`/`test_top5`.
+use crate::classification::Classification;
 use crate::error::Result;
-use crate::eval::summary::Classification;
 use crate::eval::{labeled_store, Budget, FeatureKind, StoreOptions};
 use crate::observer::{Event, Observer};
 use crate::setup::Data;

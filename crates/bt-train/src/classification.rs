@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::plot;
 use image::{Rgb, RgbImage};
 use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
 /// Top-1, top-5 and the confusion matrix of one classifier on one split.
@@ -177,6 +178,12 @@ impl Classification {
         }
         img
     }
+}
+
+/// The confusion-matrix PNG written beside the result file `json` (`x.json` -> `x_confusion.png`).
+pub fn confusion_png(json: &Path) -> PathBuf {
+    let stem = json.file_stem().and_then(|s| s.to_str()).unwrap_or("eval");
+    json.with_file_name(format!("{stem}_confusion.png"))
 }
 
 #[cfg(test)]
