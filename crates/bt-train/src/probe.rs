@@ -115,12 +115,7 @@ impl OnlineProbe {
 
     /// Top-1, top-5 and confusion of the probe on frozen features (the evaluation transform).
     pub fn evaluate(&self, test: &FeatureStore, device: Device) -> Result<Classification> {
-        let mut parts = Vec::new();
-        for c in test.chunks_f32() {
-            let (_, x) = c?;
-            parts.push(self.logits(&x.f_to_device(device)?).f_to_device(Device::Cpu)?);
-        }
-        Classification::from_scores(&crate::eval::linear::rows(&parts, self.classes()), test.labels())
+        crate::eval::classify_store(test, self.classes(), device, |x| self.logits(x))
     }
 }
 

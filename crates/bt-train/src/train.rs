@@ -469,17 +469,7 @@ impl<'o> Trainer<'o> {
                 if (monitor || pos.epochs_done == cfg.run.epochs) && token.requested().is_none() {
                     if let Some(test) = &data.test {
                         let t = Instant::now();
-                        let store = crate::eval::labeled_store(
-                            &model,
-                            test,
-                            &cfg.data,
-                            crate::eval::FeatureKind::Encoder,
-                            device,
-                            &crate::eval::Budget::of(&cfg.eval),
-                            crate::eval::StoreOptions::of(&cfg.eval),
-                            "features test",
-                            &mut (),
-                        )?;
+                        let store = crate::eval::test_store(&cfg, &model, test, device, &mut ())?;
                         let c = p.evaluate(&store, device)?;
                         (rec["test_top1"], rec["test_top5"]) = (json!(c.top1), json!(c.top5));
                         let seconds = t.elapsed().as_secs_f64();

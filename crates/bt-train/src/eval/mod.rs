@@ -67,6 +67,36 @@ pub fn both_splits(
     Ok((train, test))
 }
 
+/// Frozen encoder features of the evaluation split `test` alone (the evaluation transform, the
+/// whole `eval.feature_memory_mb` budget), for classifiers trained elsewhere: the online probe
+/// and the official protocol.
+pub fn test_store(
+    cfg: &Config,
+    model: &BarlowTwins,
+    test: &std::sync::Arc<dyn bt_data::ImageSource>,
+    device: Device,
+    obs: &mut dyn Observer,
+) -> Result<FeatureStore> {
+    let (budget, opts) = (Budget::of(&cfg.eval), StoreOptions::of(&cfg.eval));
+    labeled_store(model, test, &cfg.data, FeatureKind::Encoder, device, &budget, opts, "features test", obs)
+}
+
+/// Top-1, top-5 and confusion of a classifier on every row of `test`: `logits` maps a chunk of
+/// features (on `device`) to its `rows x classes` scores.
+pub fn classify_store(
+    test: &FeatureStore,
+    classes: i64,
+    device: Device,
+    logits: impl Fn(&Tensor) -> Tensor,
+) -> Result<Classification> {
+    let mut parts = Vec::new();
+    for c in test.chunks_f32() {
+        let (_, x) = c?;
+        parts.push(logits(&x.f_to_device(device)?).f_to_device(Device::Cpu)?);
+    }
+    Classification::from_scores(&linear::rows(&parts, classes), test.labels())
+}
+
 /// kNN top-1 of the encoder features (test vs train, un-augmented): the pretraining monitor.
 pub fn knn_top1(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) -> Result<f64> {
     let (train, test) = both_splits(cfg, model, data, FeatureKind::Encoder, device, &mut ())?;

@@ -14,9 +14,7 @@
 //! - after every epoch top-1 and top-5 on the test split; `evaluate.py` prints the best of each
 //!   over the epochs (`best_acc1`/`best_acc5`, what the paper's tables quote): reported as
 //!   `best_top1`/`best_top5` beside the last epoch's `test_top1`/`test_top5`.
-use crate::classification::Classification;
 use crate::error::Result;
-use crate::eval::{labeled_store, Budget, FeatureKind, StoreOptions};
 use crate::observer::{Event, Observer};
 use crate::setup::Data;
 use bt_config::{AugmentConfig, Config, EvalConfig};
@@ -110,24 +108,9 @@ pub fn official_linear(
 ) -> Result<Value> {
     let t = Instant::now();
     let e = &cfg.eval;
-    let test_source = data.test()?;
-    let test = labeled_store(
-        model,
-        test_source,
-        &cfg.data,
-        FeatureKind::Encoder,
-        device,
-        &Budget::of(e),
-        StoreOptions::of(e),
-        "features test",
-        obs,
-    )?;
-    let classes = data
-        .train
-        .num_classes()
-        .map(|c| c as i64)
-        .unwrap_or_else(|| crate::eval::num_classes(&[], test.labels()))
-        .max(crate::eval::num_classes(&[], test.labels()));
+    let test = crate::eval::test_store(cfg, model, data.test()?, device, obs)?;
+    let in_test = crate::eval::num_classes(&[], test.labels());
+    let classes = data.train.num_classes().map_or(in_test, |c| (c as i64).max(in_test));
     let mut dcfg = cfg.data.clone();
     (dcfg.batch_size, dcfg.drop_remainder) = (e.official_batch_size, false);
     // Its own random stream: the views are not the pretraining views of the same seed.
@@ -161,12 +144,7 @@ pub fn official_linear(
                 total: epochs * nb,
             });
         }
-        let mut parts = Vec::new();
-        for c in test.chunks_f32() {
-            let (_, x) = c?;
-            parts.push(clf.logits(&x.f_to_device(device)?).f_to_device(Device::Cpu)?);
-        }
-        let c = Classification::from_scores(&crate::eval::linear::rows(&parts, classes), test.labels())?;
+        let c = crate::eval::classify_store(&test, classes, device, |x| clf.logits(x))?;
         best1 = if best1.is_nan() { c.top1 } else { best1.max(c.top1) };
         best5 = if best5.is_nan() { c.top5 } else { best5.max(c.top5) };
         let rec = json!({
@@ -194,7 +172,6 @@ pub fn official_linear(
         "best_top1": best1,
         "best_top5": best5,
         "history": history,
-        "wall_s": 0.0,
     });
     crate::eval::linear::merge(&mut v, last.to_json(None));
     v["wall_s"] = json!(t.elapsed().as_secs_f64());
