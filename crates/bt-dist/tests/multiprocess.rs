@@ -59,6 +59,16 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// One process group at a time: `free_port` releases the port it found, and while another
+/// scenario's group runs, its Gloo pair sockets take ephemeral ports too and can grab that one
+/// (seen in CI: two scenarios failing together, "workers never got going", connection resets
+/// between the groups).
+static ONE_GROUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_group() -> std::sync::MutexGuard<'static, ()> {
+    ONE_GROUP.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn spawn(scenario: &str, dir: &Path, timeout_ms: u64) -> Vec<Worker> {
     let port = free_port();
     let exe = std::env::current_exe().unwrap();
@@ -109,6 +119,7 @@ fn logs(workers: &[Worker]) -> String {
 }
 
 fn run_to_success(scenario: &str, budget: Duration) -> (tempfile::TempDir, Vec<Worker>) {
+    let _one = one_group();
     let dir = tempfile::tempdir().unwrap();
     let mut workers = spawn(scenario, dir.path(), 30_000);
     let deadline = Instant::now() + budget;
@@ -144,6 +155,7 @@ fn kill_one_rank(victim: usize) -> String {
 /// stays alive), SIGKILLs `victim` once both ranks are
 /// running (for `stall`, after the survivor has failed), and returns the survivor's stderr.
 fn fail_one_rank(scenario: &str, victim: usize) -> String {
+    let _one = one_group();
     let dir = tempfile::tempdir().unwrap();
     let timeout_ms = 5_000;
     let mut workers = spawn(scenario, dir.path(), timeout_ms);
