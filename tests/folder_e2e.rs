@@ -268,3 +268,119 @@ fn a_decompression_bomb_among_good_images_is_named_or_skipped_with_bounded_memor
     assert!(t.contains("200 images") && t.contains("1 unreadable skipped"), "counted:\n{t}");
     eprintln!("peak RSS with the bomb skipped: {peak} MiB");
 }
+
+/// The tensors of a safetensors file: name -> (shape, raw bytes), read by hand (8-byte header
+/// length, JSON header of dtype/shape/offsets, data).
+fn safetensors(path: &Path) -> std::collections::HashMap<String, (Vec<u64>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut out = std::collections::HashMap::new();
+    for (name, v) in header.as_object().unwrap() {
+        if name == "__metadata__" {
+            continue;
+        }
+        let shape = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+        let o = v["data_offsets"].as_array().unwrap();
+        let (a, b) = (o[0].as_u64().unwrap() as usize, o[1].as_u64().unwrap() as usize);
+        out.insert(name.clone(), (shape, data[a..b].to_vec()));
+    }
+    out
+}
+
+/// The two protocols of facebookresearch/barlowtwins `evaluate.py` on an image folder: the
+/// official linear evaluation (frozen encoder, augmented images) and semi-supervised
+/// fine-tuning on a SimCLR-format file list and on a class-balanced percent; the fine-tuned
+/// network is written beside the result, loads again as published weights, and the run's own
+/// weights are untouched.
+#[test]
+fn official_and_finetune_protocols_on_an_image_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, val, run) = (tmp.path().join("train"), tmp.path().join("val"), tmp.path().join("run"));
+    // Class folders and file names as in ImageNet (`n01/n01_3.png`), which SimCLR's lists name.
+    for f in write_folder(&train, &["n01", "n02"], 16, 48, 40) {
+        let class = f.parent().unwrap().file_name().unwrap().to_str().unwrap().to_string();
+        let name = f.file_name().unwrap().to_str().unwrap().replace("img", &format!("{class}_"));
+        std::fs::rename(&f, f.with_file_name(name)).unwrap();
+    }
+    write_folder(&val, &["n01", "n02"], 8, 40, 56);
+    let o = small(&train, &run, &["--test-data", val.to_str().unwrap(), "--set", "run.epochs=1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let encoder_before = std::fs::read(run.join("encoder.safetensors")).unwrap();
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(run.join(name)).unwrap()).unwrap()
+    };
+
+    let o = bt_cli()
+        .args(["eval", "linear", "--run"])
+        .arg(&run)
+        .args(["--protocol", "official", "--set", "eval.official_epochs=2", "--set", "eval.official_batch_size=8"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let v = read("eval_linear_official.json");
+    assert_eq!((v["n_train"].as_u64(), v["n_test"].as_u64()), (Some(32), Some(16)), "{v}");
+    assert_eq!(v["history"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v["test_transform"], "Resize(37) + CenterCrop(32)", "32 x 256/224 = 36.6: {v}");
+    assert!(run.join("eval_linear_official_confusion.png").is_file());
+
+    // SimCLR's format (class = the part before `_`) and a `class/file` line; 2 + 1 + 1 images.
+    let list = tmp.path().join("2images.txt");
+    std::fs::write(&list, "n01_00.png\nn01_03.jpg\n\nn02/n02_04.png\nn02_07.jpg\n").unwrap();
+    let finetune = |extra: &[&str]| {
+        let mut c = bt_cli();
+        c.args(["eval", "linear", "--run"]).arg(&run).args(["--protocol", "finetune"]);
+        c.args(["--set", "eval.finetune_epochs=2", "--set", "eval.finetune_batch_size=4"]).args(extra);
+        c.output().unwrap()
+    };
+    let o = finetune(&["--train-files", list.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v = read("eval_linear_finetune_list.json");
+    assert_eq!(v["n_train"].as_u64(), Some(4), "the listed images only: {v}");
+    assert_eq!(v["protocol"], "finetune");
+    assert_eq!(v["history"].as_array().unwrap().len(), 2, "{v}");
+    let tuned = run.join("eval_linear_finetune_list.safetensors");
+    assert_eq!(v["finetuned_weights"], tuned.display().to_string());
+    let t = safetensors(&tuned);
+    assert_eq!(t["fc.weight"].0, [2, 32], "a 2-class head on 32 features");
+    assert!(t.contains_key("conv1.weight") && t.contains_key("layer4.1.bn2.running_var"), "torchvision names");
+    let before = safetensors(&run.join("encoder.safetensors"));
+    assert_eq!(t.len(), before.len() + 2, "the encoder's tensors and fc.weight, fc.bias");
+    assert_eq!(t["conv1.weight"].0, before["conv1.weight"].0);
+    assert_ne!(t["conv1.weight"].1, before["conv1.weight"].1, "fine-tuning trains the encoder");
+    assert_eq!(
+        std::fs::read(run.join("encoder.safetensors")).unwrap(),
+        encoder_before,
+        "the run's weights are untouched"
+    );
+
+    // The fine-tuned network is published weights for every other command (its fc is skipped).
+    let o = bt_cli()
+        .args(["eval", "knn", "--preset", "imagenet100-resnet18", "--device", "cpu", "--weights"])
+        .arg(&tuned)
+        .args(["--set", "data.image_size=32", "--set", "model.width=4", "--set", "model.projector=[32, 32]"])
+        .arg("--data")
+        .arg(&train)
+        .arg("--test-data")
+        .arg(&val)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+
+    // A class-balanced half: 8 images of each class.
+    let o = finetune(&["--train-percent", "50"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v = read("eval_linear_finetune_50pct.json");
+    assert_eq!((v["n_train"].as_u64(), v["train_percent"].as_f64()), (Some(16), Some(50.0)), "{v}");
+
+    // A list line naming no image: the list, the line and the text in the error, nothing written.
+    std::fs::write(&list, "n01_00.png\nn03_1.png\n").unwrap();
+    let o = finetune(&["--train-files", list.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = text(&o);
+    assert!(err.contains("2images.txt line 2: `n03_1.png`: no image n03/n03_1.png"), "{err}");
+    let o = finetune(&["--train-percent", "0"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("eval.finetune_train_percent"), "{}", text(&o));
+}

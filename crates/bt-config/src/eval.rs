@@ -16,6 +16,11 @@ pub enum LinearProtocol {
     /// a linear layer trained on augmented images (RandomResizedCrop + flip) with SGD and a
     /// per-epoch cosine schedule, test images resized and center-cropped; top-1/top-5.
     Official,
+    /// Semi-supervised fine-tuning, `evaluate.py --weights finetune`: the whole encoder (batch
+    /// norm in training mode) and a linear layer trained on augmented images of a labeled
+    /// subset (`eval.finetune_train_percent` or `eval.finetune_train_files`), SGD with one
+    /// learning rate for the backbone and one for the classifier, per-epoch cosine schedule.
+    Finetune,
 }
 
 /// How frozen features are stored between extraction and the classifiers.
@@ -68,6 +73,24 @@ pub struct EvalConfig {
     pub official_lr: f64,
     /// `official` protocol: weight decay (`--weight-decay`, default 1e-6).
     pub official_weight_decay: f64,
+    /// `finetune` protocol: epochs (the README's semi-supervised command: `--epochs 20`).
+    pub finetune_epochs: usize,
+    /// `finetune` protocol: batch size (`--batch-size`, default 256).
+    pub finetune_batch_size: usize,
+    /// `finetune` protocol: the encoder's learning rate (README: `--lr-backbone 0.002`).
+    pub finetune_lr_backbone: f64,
+    /// `finetune` protocol: the classifier's learning rate (README: `--lr-classifier 0.5`).
+    pub finetune_lr_classifier: f64,
+    /// `finetune` protocol: weight decay of both (README: `--weight-decay 0`).
+    pub finetune_weight_decay: f64,
+    /// `finetune` protocol: percent of the labeled training split used, drawn class-balanced
+    /// by `run.seed` (`--train-percent`; the paper's settings are 1 and 10, the script's
+    /// default 100). Ignored when `finetune_train_files` is set.
+    pub finetune_train_percent: f64,
+    /// `finetune` protocol: a file list naming the training images instead (SimCLR's
+    /// `imagenet_subsets/1percent.txt` format, one `n01440764_10026.JPEG` per line, or
+    /// `class/file` lines); image-folder training splits only. Empty = `finetune_train_percent`.
+    pub finetune_train_files: PathBuf,
 }
 
 impl Default for EvalConfig {
@@ -89,6 +112,13 @@ impl Default for EvalConfig {
             official_batch_size: 256,
             official_lr: 0.1,
             official_weight_decay: 1e-6,
+            finetune_epochs: 20,
+            finetune_batch_size: 256,
+            finetune_lr_backbone: 0.002,
+            finetune_lr_classifier: 0.5,
+            finetune_weight_decay: 0.0,
+            finetune_train_percent: 100.0,
+            finetune_train_files: PathBuf::new(),
         }
     }
 }

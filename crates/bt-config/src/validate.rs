@@ -197,6 +197,19 @@ impl Config {
         at_least("eval.official_batch_size", self.eval.official_batch_size, 1)?;
         positive("eval.official_lr", self.eval.official_lr)?;
         nonneg("eval.official_weight_decay", self.eval.official_weight_decay)?;
+        at_least("eval.finetune_epochs", self.eval.finetune_epochs, 1)?;
+        // Training-mode batch norm needs two rows per batch.
+        at_least("eval.finetune_batch_size", self.eval.finetune_batch_size, 2)?;
+        nonneg("eval.finetune_lr_backbone", self.eval.finetune_lr_backbone)?;
+        positive("eval.finetune_lr_classifier", self.eval.finetune_lr_classifier)?;
+        nonneg("eval.finetune_weight_decay", self.eval.finetune_weight_decay)?;
+        if !(self.eval.finetune_train_percent > 0.0 && self.eval.finetune_train_percent <= 100.0) {
+            return Err(ConfigError::OutOfRange {
+                key: "eval.finetune_train_percent".into(),
+                value: self.eval.finetune_train_percent.to_string(),
+                allowed: "a number in (0, 100] (the paper's: 1 and 10)".into(),
+            });
+        }
         // Ghost batch norm: every chunk must have the same size, and batch norm needs more than
         // one row per chunk (a remainder chunk of one row fails, or normalizes to zero).
         if r.bn_batch != 0 && (r.bn_batch < 2 || !self.data.batch_size.is_multiple_of(r.bn_batch)) {

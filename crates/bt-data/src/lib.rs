@@ -165,6 +165,7 @@ pub mod preview;
 pub mod rng;
 pub mod source;
 pub mod stl10;
+pub mod subset;
 pub mod synthetic;
 
 pub use cifar::{write_cifar_binary, Cifar10, Dataset, EvalBatch, SizeCheck, IMAGE_BYTES, IMAGE_SIDE, NUM_CLASSES};
@@ -175,6 +176,7 @@ pub use policy::{apply, blur_sigma_once, JitterParams, TwinPolicy, ViewParams, V
 pub use preview::{preview_grid, preview_grid_sized, save_png};
 pub use source::{Image, ImageSource, IntoSource, LoadHint, MemoryImages};
 pub use stl10::load_stl10;
+pub use subset::{balanced_subset, listed_subset, Subset};
 
 use std::sync::Arc;
 

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use bt_config::{Config, ConfigBuilder, LinearProtocol};
 use bt_model::BarlowTwins;
 use bt_train::checkpoint::{load_weights, WeightsKind};
-use bt_train::eval::{knn_eval, linear_eval, save_result};
+use bt_train::eval::{finetune, knn_eval, linear_eval, result_path, save_result};
 use bt_train::{setup, RunFolder};
 use clap::Subcommand;
 use serde_json::{json, Value};
@@ -53,6 +53,14 @@ pub struct LinearArgs {
     /// Protocol (default: the config's eval.linear_protocol).
     #[arg(long, value_enum)]
     pub protocol: Option<Protocol>,
+    /// finetune: percent of the labeled training split, class-balanced by run.seed (the
+    /// paper's 1 and 10; sets eval.finetune_train_percent).
+    #[arg(long)]
+    pub train_percent: Option<f64>,
+    /// finetune: a file list of training images instead (SimCLR's 1percent.txt/10percent.txt
+    /// format or class/file lines; sets eval.finetune_train_files).
+    #[arg(long)]
+    pub train_files: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -67,6 +75,9 @@ pub enum Protocol {
     Standard,
     /// evaluate.py --weights freeze: augmented training images through the frozen encoder.
     Official,
+    /// evaluate.py --weights finetune: the whole encoder and a linear layer trained on a
+    /// labeled subset (--train-percent, --train-files); writes the fine-tuned network too.
+    Finetune,
 }
 
 impl From<Protocol> for LinearProtocol {
@@ -75,6 +86,7 @@ impl From<Protocol> for LinearProtocol {
             Protocol::KerasSeed => LinearProtocol::KerasSeed,
             Protocol::Standard => LinearProtocol::Standard,
             Protocol::Official => LinearProtocol::Official,
+            Protocol::Finetune => LinearProtocol::Finetune,
         }
     }
 }
@@ -217,38 +229,62 @@ fn finish(l: &Loaded, name: &str, mut v: Value, summary: String) -> Result<()> {
 pub fn run(cmd: EvalCmd) -> Result<()> {
     match cmd {
         EvalCmd::Linear(a) => {
-            let l = a.src.load()?;
+            let mut l = a.src.load()?;
             let protocol: LinearProtocol = a.protocol.map(Into::into).unwrap_or(l.cfg.eval.linear_protocol);
             if protocol == LinearProtocol::KerasSeed && l.kind == WeightsKind::EncoderOnly {
                 bail!("the keras-seed protocol probes the projector output, but {} holds the encoder alone: pass model.safetensors or a training checkpoint", l.weights.display());
             }
+            if (a.train_percent.is_some() || a.train_files.is_some()) && protocol != LinearProtocol::Finetune {
+                bail!("--train-percent and --train-files belong to --protocol finetune");
+            }
+            if let Some(p) = a.train_percent {
+                l.cfg.eval.finetune_train_percent = p;
+            }
+            if let Some(f) = &a.train_files {
+                l.cfg.eval.finetune_train_files = f.clone();
+            }
+            l.cfg.validate()?;
             let data = setup::load_data(&l.cfg)?;
             for w in &data.warnings {
                 tracing::warn!("{w}");
             }
-            let v = linear_eval(&l.cfg, &l.model, &data, l.device, protocol, &mut CliObserver::default())?;
-            let name = match protocol {
-                LinearProtocol::KerasSeed => "linear_keras-seed",
-                LinearProtocol::Standard => "linear_standard",
-                LinearProtocol::Official => "linear_official",
+            let mut obs = CliObserver::default();
+            let (name, mut v, tuned) = if protocol == LinearProtocol::Finetune {
+                let (v, ft) = finetune::finetune(&l.cfg, &l.model, &data, l.device, &mut obs)?;
+                let weights = result_path(l.run.as_ref(), &l.weights, &finetune::result_name(&l.cfg.eval))
+                    .with_extension("safetensors");
+                ft.save(&l.model, &weights)?;
+                (finetune::result_name(&l.cfg.eval), v, Some(weights))
+            } else {
+                let name = match protocol {
+                    LinearProtocol::KerasSeed => "linear_keras-seed",
+                    LinearProtocol::Standard => "linear_standard",
+                    LinearProtocol::Official | LinearProtocol::Finetune => "linear_official",
+                };
+                (name.to_string(), linear_eval(&l.cfg, &l.model, &data, l.device, protocol, &mut obs)?, None)
             };
             let best = match protocol {
-                LinearProtocol::Official => format!(
+                LinearProtocol::Official | LinearProtocol::Finetune => format!(
                     ", best epoch top-1 {:.2}% / top-5 {:.2}% (evaluate.py's best_acc)",
                     100.0 * v["best_top1"].as_f64().unwrap_or(f64::NAN),
                     100.0 * v["best_top5"].as_f64().unwrap_or(f64::NAN)
                 ),
                 _ => String::new(),
             };
-            let summary = format!(
-                "linear ({}): test top-1 {:.2}%, top-5 {:.2}% ({} epochs, {} features){best}",
+            let mut summary = format!(
+                "linear ({}): test top-1 {:.2}%, top-5 {:.2}% ({} epochs, {} training images, {} features){best}",
                 v["protocol"].as_str().unwrap_or("?"),
                 100.0 * v["test_top1"].as_f64().unwrap_or(f64::NAN),
                 100.0 * v["test_top5"].as_f64().unwrap_or(f64::NAN),
                 v["epochs"],
+                v["n_train"],
                 v["feature_dim"]
             );
-            finish(&l, name, v, summary)
+            if let Some(w) = tuned {
+                summary.push_str(&format!("; fine-tuned network: {}", w.display()));
+                v["finetuned_weights"] = json!(w.display().to_string());
+            }
+            finish(&l, &name, v, summary)
         }
         EvalCmd::Knn(a) => {
             let l = a.src.load()?;

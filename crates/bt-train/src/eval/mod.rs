@@ -8,6 +8,7 @@
 //! report).
 mod extract;
 pub mod features;
+pub mod finetune;
 pub mod knn;
 pub mod linear;
 pub mod official;
@@ -107,7 +108,9 @@ pub fn knn_top1(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) 
 /// The notebook's protocol probes the projector output, the standard one the encoder's (both on
 /// precomputed frozen features; the probe trains on `device`, reading mini-batches from the
 /// feature stores); the official one trains on augmented images through the frozen encoder
-/// ([`official`]).
+/// ([`official`]); `finetune` trains the encoder itself, changing `model` in place
+/// ([`finetune`]; call [`finetune::finetune`] directly to keep the classifier and save the
+/// fine-tuned network).
 pub fn linear_eval(
     cfg: &Config,
     model: &BarlowTwins,
@@ -116,15 +119,19 @@ pub fn linear_eval(
     protocol: LinearProtocol,
     obs: &mut dyn Observer,
 ) -> Result<Value> {
-    if protocol == LinearProtocol::Official {
-        let mut v = official::official_linear(cfg, model, data, device, obs)?;
+    if protocol == LinearProtocol::Official || protocol == LinearProtocol::Finetune {
+        let mut v = if protocol == LinearProtocol::Official {
+            official::official_linear(cfg, model, data, device, obs)?
+        } else {
+            finetune::finetune(cfg, model, data, device, obs)?.0
+        };
         name_classes(&mut v, data);
         return Ok(v);
     }
     let t = Instant::now();
     let fk = match protocol {
         LinearProtocol::KerasSeed => FeatureKind::Projector,
-        LinearProtocol::Standard | LinearProtocol::Official => FeatureKind::Encoder,
+        LinearProtocol::Standard | LinearProtocol::Official | LinearProtocol::Finetune => FeatureKind::Encoder,
     };
     let (train, test) = both_splits(cfg, model, data, fk, device, obs)?;
     let classes = num_classes(train.labels(), test.labels());
@@ -133,7 +140,7 @@ pub fn linear_eval(
     let (e, seed) = (&cfg.eval, cfg.run.seed);
     let mut v = match protocol {
         LinearProtocol::KerasSeed => linear::keras_seed_store(&train, &test, classes, e, seed, device, &mut progress)?,
-        LinearProtocol::Standard | LinearProtocol::Official => {
+        LinearProtocol::Standard | LinearProtocol::Official | LinearProtocol::Finetune => {
             linear::standard_store(&train, &test, classes, e, seed, device, &mut progress)?
         }
     };
@@ -217,18 +224,24 @@ pub fn encoder_evals(cfg: &Config, model: &BarlowTwins, data: &Data, device: Dev
     Ok((lin, knn))
 }
 
-/// Writes an evaluation result as `eval_<name>.json` into `run` (and refreshes its
-/// `report.md`), or, without a run folder, as `<stem>.eval_<name>.json` beside `weights`;
-/// a result with a confusion matrix also gets it drawn beside, as `..._confusion.png`.
-/// Returns the JSON file written.
-pub fn save_result(run: Option<&RunFolder>, weights: &Path, name: &str, value: &Value) -> Result<PathBuf> {
-    let path = match run {
+/// Where [`save_result`] writes the result `name`: `eval_<name>.json` in `run`, or
+/// `<stem>.eval_<name>.json` beside `weights`.
+pub fn result_path(run: Option<&RunFolder>, weights: &Path, name: &str) -> PathBuf {
+    match run {
         Some(r) => r.eval(name),
         None => {
             let stem = weights.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
             weights.with_file_name(format!("{stem}.eval_{name}.json"))
         }
-    };
+    }
+}
+
+/// Writes an evaluation result as `eval_<name>.json` into `run` (and refreshes its
+/// `report.md`), or, without a run folder, as `<stem>.eval_<name>.json` beside `weights`;
+/// a result with a confusion matrix also gets it drawn beside, as `..._confusion.png`.
+/// Returns the JSON file written.
+pub fn save_result(run: Option<&RunFolder>, weights: &Path, name: &str, value: &Value) -> Result<PathBuf> {
+    let path = result_path(run, weights, name);
     atomic_write(&path, serde_json::to_string_pretty(value)?.as_bytes())?;
     if let Some(c) = Classification::from_json(value) {
         let names: Option<Vec<String>> = serde_json::from_value(value["class_names"].clone()).ok();

@@ -1,0 +1,351 @@
+//! Semi-supervised fine-tuning, as facebookresearch/barlowtwins `evaluate.py --weights
+//! finetune` runs it (the line of each setting in `docs/USAGE.md`):
+//!
+//! - a labeled subset of the training split: `--train-percent 1|10` reads SimCLR's published
+//!   file lists (`eval.finetune_train_files`, same format), or here a class-balanced
+//!   `eval.finetune_train_percent` drawn by `run.seed` ([`bt_data::balanced_subset`]);
+//! - the whole encoder trained, batch norm in training mode (batch statistics, running
+//!   statistics updated), and a linear layer on the pooled features (`fc.weight ~ N(0, 0.01)`,
+//!   `fc.bias = 0`);
+//! - training images through `RandomResizedCrop` + `RandomHorizontalFlip` (the official linear
+//!   protocol's Pillow-exact views, [`bt_config::AugmentConfig::official_linear`]); test images
+//!   `Resize(256)` + `CenterCrop(224)` (same ratios at other sizes), the encoder in eval mode;
+//! - `CrossEntropyLoss`; `SGD(momentum 0.9, weight_decay)` with two parameter groups, the
+//!   classifier at `eval.finetune_lr_classifier` and the encoder at `eval.finetune_lr_backbone`
+//!   (libtorch's SGD, PyTorch's update), both scaled by `CosineAnnealingLR(epochs)` stepped once
+//!   per epoch; no dropped remainder (a last batch of one image is skipped: training-mode batch
+//!   norm cannot normalize one row at a 1x1 map);
+//! - after every epoch top-1/top-5 on the test split; the best of each over the epochs
+//!   (`best_acc1`/`best_acc5`, what the paper quotes) beside the last epoch's.
+//!
+//! Unlike the frozen protocols, this changes the model: [`finetune`] trains `model`'s encoder
+//! in place, and [`Finetuner::save`] writes it with the classifier as a torchvision state dict.
+use crate::error::{refuse, Result};
+use crate::observer::{Event, Observer};
+use crate::setup::Data;
+use bt_config::{AugmentConfig, Config, EvalConfig};
+use bt_data::ImageSource;
+use bt_model::{BarlowTwins, Role};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{nn, Device, Tensor};
+
+/// Group of the classifier's parameters in the optimizer (the first, as in `evaluate.py`).
+const CLASSIFIER: usize = 0;
+/// Group of the encoder's trainable parameters.
+const BACKBONE: usize = 1;
+
+/// The classifier and one SGD optimizer over it and the encoder's trainable parameters.
+pub struct Finetuner {
+    _vs: nn::VarStore,
+    lin: nn::Linear,
+    opt: tch::COptimizer,
+    lr_backbone: f64,
+    lr_classifier: f64,
+    epochs: usize,
+}
+
+impl Finetuner {
+    /// A classifier `features -> classes` (`fc.weight ~ N(0, 0.01)` from libtorch's generator
+    /// seeded with `seed`, zero bias) on `device`, and the optimizer over it and `model`'s
+    /// encoder, with the `eval.finetune_*` settings.
+    pub fn new(model: &BarlowTwins, classes: i64, e: &EvalConfig, seed: u64, device: Device) -> Result<Self> {
+        tch::manual_seed(seed as i64);
+        let vs = nn::VarStore::new(device);
+        let lin = nn::linear(vs.root() / "fc", model.feature_dim(), classes, Default::default());
+        tch::no_grad(|| {
+            let _ = lin.ws.shallow_clone().normal_(0.0, 0.01);
+            if let Some(b) = &lin.bs {
+                let _ = b.shallow_clone().zero_();
+            }
+        });
+        Self::with_layer(model, vs, lin, e)
+    }
+
+    /// A classifier from given weights (`classes x features`) and bias (tests).
+    pub fn from_weights(model: &BarlowTwins, weight: &Tensor, bias: &Tensor, e: &EvalConfig) -> Result<Self> {
+        let vs = nn::VarStore::new(weight.device());
+        let s = weight.size();
+        let lin = nn::linear(vs.root() / "fc", s[1], s[0], Default::default());
+        tch::no_grad(|| {
+            lin.ws.shallow_clone().copy_(weight);
+            lin.bs.as_ref().expect("a bias").shallow_clone().copy_(bias);
+        });
+        Self::with_layer(model, vs, lin, e)
+    }
+
+    fn with_layer(model: &BarlowTwins, vs: nn::VarStore, lin: nn::Linear, e: &EvalConfig) -> Result<Self> {
+        let mut opt = tch::COptimizer::sgd(e.finetune_lr_classifier, 0.9, 0.0, e.finetune_weight_decay, false)?;
+        opt.add_parameters(&lin.ws, CLASSIFIER)?;
+        opt.add_parameters(lin.bs.as_ref().expect("a bias"), CLASSIFIER)?;
+        for v in model.encoder().variables().iter().filter(|v| v.role == Role::Trainable) {
+            opt.add_parameters(&v.tensor, BACKBONE)?;
+        }
+        let mut f = Self {
+            _vs: vs,
+            lin,
+            opt,
+            lr_backbone: e.finetune_lr_backbone,
+            lr_classifier: e.finetune_lr_classifier,
+            epochs: e.finetune_epochs,
+        };
+        f.set_epoch(0)?;
+        Ok(f)
+    }
+
+    /// `CosineAnnealingLR(optimizer, epochs)`'s factor after `epoch` scheduler steps (closed
+    /// form), applied to each group's learning rate.
+    pub fn factor(&self, epoch: usize) -> f64 {
+        0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / self.epochs.max(1) as f64).cos())
+    }
+
+    /// `(classifier, backbone)` learning rates of 0-based `epoch`.
+    pub fn lrs_at(&self, epoch: usize) -> (f64, f64) {
+        let f = self.factor(epoch);
+        (self.lr_classifier * f, self.lr_backbone * f)
+    }
+
+    /// Sets the learning rates of 0-based `epoch`.
+    pub fn set_epoch(&mut self, epoch: usize) -> Result<()> {
+        let (c, b) = self.lrs_at(epoch);
+        self.opt.set_learning_rate_group(CLASSIFIER, c)?;
+        self.opt.set_learning_rate_group(BACKBONE, b)?;
+        Ok(())
+    }
+
+    /// One step on images `x` (`N x 3 x H x W`, normalized) and labels `y` (`N`, int64): the
+    /// encoder in training mode, cross-entropy, backward, SGD on both groups. The batch's loss.
+    pub fn step(&mut self, model: &BarlowTwins, x: &Tensor, y: &Tensor, channels_last: bool) -> Result<f64> {
+        // bf16 runs: the copies the forward uses are cast from the weights of the last step.
+        model.refresh_low_precision_weights(channels_last)?;
+        let h = model.encode(x, true);
+        let loss = h.apply(&self.lin).f_cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, -100, 0.0)?;
+        self.opt.zero_grad()?;
+        loss.f_backward()?;
+        self.opt.step()?;
+        Ok(bt_host::read_f64(&loss)?)
+    }
+
+    /// Logits of features `h`.
+    pub fn logits(&self, h: &Tensor) -> Tensor {
+        tch::no_grad(|| h.apply(&self.lin))
+    }
+
+    /// The classifier's weight (`classes x features`) and bias.
+    pub fn parameters(&self) -> (Tensor, Tensor) {
+        (self.lin.ws.shallow_clone(), self.lin.bs.as_ref().expect("a bias").shallow_clone())
+    }
+
+    /// Writes `model`'s encoder under torchvision's names with this classifier as `fc.weight`
+    /// and `fc.bias`: for an ImageNet ResNet, a state dict that torchvision's
+    /// `resnet50(num_classes=C)` loads with `strict=True`; `bt-cli eval --weights` and
+    /// `pretrain --init` read it too (the `fc` pair is skipped there). Atomic: a crash leaves
+    /// the old file or the new one.
+    pub fn save(&self, model: &BarlowTwins, path: &Path) -> Result<()> {
+        let (w, b) = self.parameters();
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for v in model.encoder().variables() {
+            tensors.push((v.name.clone(), v.tensor.detach().f_to_device(Device::Cpu)?.f_contiguous()?));
+        }
+        for (n, t) in [("fc.weight", w), ("fc.bias", b)] {
+            tensors.push((n.into(), t.detach().f_to_device(Device::Cpu)?.f_contiguous()?));
+        }
+        crate::atomic::atomic_via(path, |tmp| {
+            Tensor::write_safetensors(&tensors, tmp)
+                .map_err(|e| crate::error::Error::checkpoint(path, format!("writing: {e}")))
+        })
+    }
+}
+
+/// The labeled training images fine-tuning uses: `eval.finetune_train_files` when set, else
+/// the class-balanced `eval.finetune_train_percent` of `train` drawn by `run.seed` (all of it at
+/// 100). Returns the subset and how it was chosen, for the result.
+pub fn labeled_subset(cfg: &Config, train: &Arc<dyn ImageSource>) -> Result<(Arc<dyn ImageSource>, Value)> {
+    let e = &cfg.eval;
+    let (indices, how) = if !e.finetune_train_files.as_os_str().is_empty() {
+        let idx = bt_data::listed_subset(train.as_ref(), &e.finetune_train_files)?;
+        (idx, json!({"train_files": e.finetune_train_files.display().to_string()}))
+    } else if e.finetune_train_percent >= 100.0 {
+        return Ok((train.clone(), json!({"train_percent": 100.0})));
+    } else {
+        let idx = bt_data::balanced_subset(train.as_ref(), e.finetune_train_percent, cfg.run.seed)?;
+        (idx, json!({"train_percent": e.finetune_train_percent, "subset_seed": cfg.run.seed}))
+    };
+    Ok((Arc::new(bt_data::Subset::new(train.clone(), indices)?), how))
+}
+
+/// The result name of a fine-tuning run (`linear_finetune_10pct`, `linear_finetune_list`), so
+/// that the 1% and 10% results of one run sit side by side.
+pub fn result_name(e: &EvalConfig) -> String {
+    if !e.finetune_train_files.as_os_str().is_empty() {
+        "linear_finetune_list".into()
+    } else {
+        format!("linear_finetune_{}pct", e.finetune_train_percent)
+    }
+}
+
+/// Fine-tunes `model`'s encoder in place with a new classifier on the labeled subset; the JSON
+/// result and the classifier ([`Finetuner::save`] writes both).
+pub fn finetune(
+    cfg: &Config,
+    model: &BarlowTwins,
+    data: &Data,
+    device: Device,
+    obs: &mut dyn Observer,
+) -> Result<(Value, Finetuner)> {
+    let t = Instant::now();
+    let e = &cfg.eval;
+    let test_src = data.test()?.clone();
+    let (train, subset) = labeled_subset(cfg, &data.train)?;
+    let in_test = (0..test_src.len()).filter_map(|i| test_src.label(i)).max().map_or(0, |m| m as i64 + 1);
+    let classes = data.train.num_classes().map_or(in_test, |c| (c as i64).max(in_test));
+    let mut dcfg = cfg.data.clone();
+    (dcfg.batch_size, dcfg.drop_remainder) = (e.finetune_batch_size, false);
+    // Its own random stream, apart from the pretraining views and the official protocol's.
+    let seed = cfg.run.seed ^ 0x6669_6e65_7475_6e65;
+    let pipe = bt_data::TwinPipeline::new(train.clone(), &dcfg, &AugmentConfig::official_linear(), seed)?;
+    let mut ft = Finetuner::new(model, classes, e, cfg.run.seed, device)?;
+    let (nb, epochs) = (pipe.batches_per_epoch(), e.finetune_epochs);
+    let (mut best1, mut best5) = (f64::NAN, f64::NAN);
+    let (mut history, mut last, mut skipped) = (Vec::new(), None, 0usize);
+    for epoch in 0..epochs {
+        ft.set_epoch(epoch)?;
+        let (mut loss_sum, mut rows) = (0.0, 0usize);
+        for (i, b) in pipe.epoch(epoch as u64, 0).enumerate() {
+            let b = b?;
+            if let Some(r) = b.labels.iter().position(|&l| l < 0 || l >= classes) {
+                refuse!(
+                    "{} has no label among the {classes} classes: fine-tuning needs a labeled training split",
+                    train.describe(b.indices[r] as usize)
+                );
+            }
+            if b.batch_size < 2 {
+                skipped += b.batch_size;
+                continue;
+            }
+            let s = b.image_size as i64;
+            let x = Tensor::from_slice(&b.view_a).f_view([b.batch_size as i64, 3, s, s])?.f_to_device(device)?;
+            let y = Tensor::from_slice(&b.labels).f_to_device(device)?;
+            let loss = ft.step(model, &x, &y, cfg.run.channels_last)?;
+            if !loss.is_finite() {
+                return Err(crate::error::Error::Diverged(format!("fine-tuning diverged at epoch {} batch {}: loss {loss} (lower eval.finetune_lr_backbone or eval.finetune_lr_classifier)", epoch + 1, i + 1)));
+            }
+            loss_sum += loss * b.batch_size as f64;
+            rows += b.batch_size;
+            obs.on_event(&Event::EvalProgress { stage: "finetune", done: epoch * nb + i + 1, total: epochs * nb });
+        }
+        // The encoder changed: the test features are recomputed (eval mode) every epoch.
+        let test = crate::eval::test_store(cfg, model, &test_src, device, &mut ())?;
+        let c = crate::eval::classify_store(&test, classes, device, |x| ft.logits(x))?;
+        best1 = if best1.is_nan() { c.top1 } else { best1.max(c.top1) };
+        best5 = if best5.is_nan() { c.top5 } else { best5.max(c.top5) };
+        let (lr_c, lr_b) = ft.lrs_at(epoch);
+        let rec = json!({
+            "epoch": epoch + 1, "lr_classifier": lr_c, "lr_backbone": lr_b,
+            "loss": loss_sum / rows.max(1) as f64, "test_top1": c.top1, "test_top5": c.top5,
+        });
+        tracing::info!("finetune {rec}");
+        history.push(rec);
+        last = Some(c);
+    }
+    let last = last.expect("eval.finetune_epochs >= 1 (validated)");
+    let mut v = json!({
+        "eval": "linear",
+        "protocol": "finetune",
+        "features": "encoder",
+        "feature_dim": model.feature_dim(),
+        "epochs": epochs,
+        "batch_size": e.finetune_batch_size,
+        "lr_backbone": e.finetune_lr_backbone,
+        "lr_classifier": e.finetune_lr_classifier,
+        "weight_decay": e.finetune_weight_decay,
+        "optimizer": "SGD momentum 0.9 (classifier and backbone groups), CosineAnnealingLR per epoch (evaluate.py --weights finetune)",
+        "train_transform": "RandomResizedCrop + RandomHorizontalFlip (Pillow bilinear)",
+        "test_transform": format!("Resize({}) + CenterCrop({})", bt_data::eval::resize_side(cfg.data.image_size), cfg.data.image_size),
+        "n_train": train.len(),
+        "n_train_full": data.train.len(),
+        "skipped_single_rows": skipped,
+        "best_top1": best1,
+        "best_top5": best5,
+        "history": history,
+    });
+    crate::eval::linear::merge(&mut v, subset);
+    crate::eval::linear::merge(&mut v, last.to_json(None));
+    v["wall_s"] = json!(t.elapsed().as_secs_f64());
+    Ok((v, ft))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bt_config::{Arch, ModelConfig};
+    use std::collections::HashMap;
+
+    fn fixture() -> HashMap<String, Tensor> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/finetune.safetensors");
+        Tensor::read_safetensors(&p).unwrap().into_iter().collect()
+    }
+
+    /// Against `scripts/fixtures/finetune.py`: timm's ResNet-18 at width 2 in training mode,
+    /// torch.optim.SGD with a classifier and a backbone group (momentum 0.9, weight decay) +
+    /// CosineAnnealingLR(2) stepped per epoch, 2 epochs of 2 batches, from the same weights:
+    /// every loss, learning rate, weight and running statistic within 1e-5.
+    #[test]
+    fn finetuning_steps_match_pytorch() {
+        let t = fixture();
+        let cfg = ModelConfig { arch: Arch::Resnet18, width: 2, projector: vec![8], ..Default::default() };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = BarlowTwins::new(&vs.root(), &cfg);
+        tch::no_grad(|| {
+            for v in model.encoder().variables() {
+                let src =
+                    t.get(&format!("init.{}", v.name)).unwrap_or_else(|| panic!("no init.{} in the fixture", v.name));
+                v.tensor.shallow_clone().copy_(src);
+            }
+        });
+        let e = EvalConfig {
+            finetune_epochs: 2,
+            finetune_lr_classifier: 0.5,
+            finetune_lr_backbone: 0.05,
+            finetune_weight_decay: 1e-3,
+            ..Default::default()
+        };
+        let mut ft = Finetuner::from_weights(&model, &t["init.fc.weight"], &t["init.fc.bias"], &e).unwrap();
+        let want_lrs = Vec::<f64>::try_from(&t["lrs"].reshape([-1])).unwrap();
+        let mut lrs = Vec::new();
+        for epoch in 0..2 {
+            ft.set_epoch(epoch).unwrap();
+            let (c, b) = ft.lrs_at(epoch);
+            lrs.extend([c, b]);
+            for b in 0..2 {
+                let (x, y) = (&t[&format!("x_{epoch}_{b}")], &t[&format!("y_{epoch}_{b}")]);
+                let loss = ft.step(&model, x, y, false).unwrap();
+                let want = t[&format!("loss_{epoch}_{b}")].double_value(&[0]);
+                assert!((loss - want).abs() <= 1e-5 * want.abs().max(1.0), "loss {epoch}/{b}: {loss} vs {want}");
+            }
+        }
+        assert_eq!(lrs.len(), want_lrs.len());
+        for (a, b) in lrs.iter().zip(&want_lrs) {
+            assert!((a - b).abs() < 1e-12, "learning rates {lrs:?} vs {want_lrs:?}");
+        }
+        let (w, b) = ft.parameters();
+        let mut compared = 0;
+        let finals = model.encoder().variables().iter().map(|v| (v.name.clone(), v.tensor.shallow_clone()));
+        for (name, got) in finals.chain([("fc.weight".to_string(), w), ("fc.bias".to_string(), b)]) {
+            let want = &t[&format!("final.{name}")];
+            let d = (got.to_kind(tch::Kind::Double) - want.to_kind(tch::Kind::Double)).abs().max().double_value(&[]);
+            let scale = want.to_kind(tch::Kind::Double).abs().max().double_value(&[]).max(1.0);
+            assert!(d <= 1e-5 * scale, "{name} differs from PyTorch by {d}");
+            compared += 1;
+        }
+        // The steps moved the weights and statistics well past the tolerance.
+        for name in ["conv1.weight", "layer4.1.bn2.running_var", "fc.weight"] {
+            let moved = (&t[&format!("init.{name}")] - &t[&format!("final.{name}")]).abs().max().double_value(&[]);
+            assert!(moved > 1e-3, "{name} moved by {moved} only");
+        }
+        let n_state = t.keys().filter(|k| k.starts_with("final.")).count();
+        assert_eq!(compared, n_state, "every tensor of PyTorch's final state dict compared");
+    }
+}
