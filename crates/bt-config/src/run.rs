@@ -9,6 +9,11 @@ pub enum Precision {
     F32,
     /// bf16 autocast with f32 master weights and f32 loss reductions (CUDA).
     Bf16,
+    /// bf16 where the hardware computes it natively, f32 elsewhere: bf16 on CUDA and on CPUs
+    /// with AMX-BF16 or AVX512-BF16 (detected at run time, `bt-cli info` says which), f32 on
+    /// other CPUs (where bf16 is emulated and slower). Resolved by
+    /// `bt_train::device::resolve_precision` before a model sees it.
+    Auto,
 }
 
 /// Run control (`[run]`).

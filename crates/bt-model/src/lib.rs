@@ -417,8 +417,11 @@ impl BarlowTwins {
     /// [`encode`](Self::encode) and [`project`](Self::project) are f32. The trainable variables
     /// stay f32 (the master weights); see
     /// [`refresh_low_precision_weights`](Self::refresh_low_precision_weights). `F32`: full
-    /// precision (drops any bf16 copies).
+    /// precision (drops any bf16 copies). `Auto` depends on the device and the CPU, which
+    /// this crate does not look at: resolve it first (`bt_train::device::resolve_precision`);
+    /// here it counts as `F32` (and fails a debug assertion).
     pub fn set_precision(&mut self, p: Precision) {
+        debug_assert!(p != Precision::Auto, "resolve run.precision = auto before set_precision");
         self.bf16 = p == Precision::Bf16;
         // The encoder's flag only: its bf16 slots are also in `self.low`, cleared once below.
         self.encoder.bf16 = self.bf16;

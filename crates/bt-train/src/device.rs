@@ -22,6 +22,12 @@
 //! says `run.fast_cuda = false`, so every preset is fast on a GPU without a CUDA-specific config,
 //! and identical to its f32 definition on CPU.
 //!
+//! # `run.precision = "auto"`
+//! [`resolve_precision`]: bf16 on CUDA and on CPUs whose instruction set computes bf16 products
+//! natively ([`cpu_bf16`]: AMX-BF16 tiles or AVX512-BF16 dot products, read from `cpuid` and
+//! the OS-enabled register state in `XCR0`); f32 elsewhere, where oneDNN would emulate bf16 and
+//! be slower than f32.
+//!
 //! # TF32
 //! cuDNN benchmark is switched on (drop-remainder batches have fixed shapes). TF32 is switched on
 //! only for f32 runs: with bf16 the only f32 matrix products left are the loss's, and the fused
@@ -42,7 +48,8 @@ pub struct StepSettings {
 
 impl StepSettings {
     /// The settings of `cfg` on `device`: on CUDA with `run.fast_cuda`, bf16 + channels-last;
-    /// otherwise exactly `run.precision` / `run.channels_last`.
+    /// otherwise `run.precision` ([`resolve_precision`]: `auto` becomes bf16 or f32) and
+    /// `run.channels_last`.
     ///
     /// # Errors
     /// Channels-last on CPU with `model.width < 8`: libtorch 2.11's oneDNN kernel for the
@@ -62,7 +69,7 @@ impl StepSettings {
                 cfg.model.width
             );
         }
-        Ok(Self { precision: cfg.run.precision, channels_last: cfg.run.channels_last })
+        Ok(Self { precision: resolve_precision(cfg.run.precision, device), channels_last: cfg.run.channels_last })
     }
 
     /// Switches the process-wide backend flags for these settings (cuDNN benchmark; TF32 for
@@ -73,6 +80,58 @@ impl StepSettings {
             bt_shim::set_allow_tf32(self.precision == Precision::F32)?;
         }
         Ok(())
+    }
+}
+
+/// The CPU's native bf16 matrix instructions, if it has any: `"amx-bf16"` (Intel Sapphire
+/// Rapids and later: tile multiply-accumulate) or `"avx512-bf16"` (Intel Cooper Lake, AMD Zen 4
+/// and later: `vdpbf16ps` dot products). Each needs the CPU's `cpuid` bit and the operating
+/// system's enabling of the registers it uses (`XCR0`: the tile state for AMX, the AVX-512
+/// state for AVX512-BF16). `None` on other CPUs and other architectures.
+pub fn cpu_bf16() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__cpuid, __cpuid_count, _xgetbv};
+        // SAFETY: cpuid exists on every x86-64 CPU; leaf 7 is read only when the maximum leaf
+        // (leaf 0's eax) covers it, and xgetbv only when cpuid says the OS enabled it (OSXSAVE).
+        unsafe {
+            if __cpuid(0).eax < 7 || (__cpuid(1).ecx >> 27) & 1 == 0 {
+                return None;
+            }
+            let xcr0 = _xgetbv(0);
+            let l7 = __cpuid_count(7, 0);
+            let tiles = xcr0 & (0b11 << 17) == 0b11 << 17;
+            if (l7.edx >> 22) & 1 == 1 && (l7.edx >> 24) & 1 == 1 && tiles {
+                return Some("amx-bf16");
+            }
+            // XMM, YMM, opmask, ZMM_Hi256 and Hi16_ZMM state.
+            let avx512_state = xcr0 & 0xe6 == 0xe6;
+            if (l7.ebx >> 16) & 1 == 1 && avx512_state && l7.eax >= 1 && (__cpuid_count(7, 1).eax >> 5) & 1 == 1 {
+                return Some("avx512-bf16");
+            }
+        }
+        None
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+/// The precision a model runs with on `device`: `F32` and `Bf16` as they are; `Auto` is `Bf16`
+/// on CUDA and on a CPU with [`cpu_bf16`], else `F32`.
+pub fn resolve_precision(p: Precision, device: Device) -> Precision {
+    match p {
+        Precision::Auto if device.is_cuda() || cpu_bf16().is_some() => Precision::Bf16,
+        Precision::Auto => Precision::F32,
+        p => p,
+    }
+}
+
+/// What `run.precision = "auto"` chose on `device`, and why (the log line and `bt-cli info`).
+pub fn describe_auto(resolved: Precision, device: Device) -> String {
+    match (resolved, device.is_cuda(), cpu_bf16()) {
+        (Precision::Bf16, true, _) => "bf16 (CUDA)".into(),
+        (Precision::Bf16, false, Some(isa)) => format!("bf16 (this CPU computes bf16 natively: {isa})"),
+        _ => "f32 (this CPU has neither AMX-BF16 nor AVX512-BF16: bf16 would be emulated, slower than f32)".into(),
     }
 }
 
@@ -239,6 +298,35 @@ impl Staged {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The detection agrees with the kernel's own reading of the CPU (`/proc/cpuinfo` flags
+    /// `amx_bf16`, `avx512_bf16`), and `auto` follows it.
+    #[test]
+    fn cpu_bf16_agrees_with_proc_cpuinfo_and_auto_follows_it() {
+        let found = cpu_bf16();
+        if let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") {
+            let flags: Vec<&str> = info
+                .lines()
+                .find(|l| l.starts_with("flags"))
+                .map(|l| l.split_whitespace().collect())
+                .unwrap_or_default();
+            let want = if flags.contains(&"amx_bf16") {
+                Some("amx-bf16")
+            } else if flags.contains(&"avx512_bf16") {
+                Some("avx512-bf16")
+            } else {
+                None
+            };
+            assert_eq!(found, want, "cpuid says {found:?}, /proc/cpuinfo says {want:?}");
+        }
+        let auto = resolve_precision(Precision::Auto, Device::Cpu);
+        assert_eq!(auto == Precision::Bf16, found.is_some());
+        assert_eq!(resolve_precision(Precision::Auto, Device::Cuda(0)), Precision::Bf16);
+        for p in [Precision::F32, Precision::Bf16] {
+            assert_eq!(resolve_precision(p, Device::Cpu), p, "explicit precisions are kept");
+        }
+        assert!(describe_auto(auto, Device::Cpu).starts_with(if found.is_some() { "bf16" } else { "f32" }));
+    }
 
     fn batch(n: usize, side: usize, k: f32) -> Vec<f32> {
         (0..n * 3 * side * side).map(|i| (i % 251) as f32 * k).collect()

@@ -50,6 +50,8 @@ pub struct Bounds {
     pub loss_rel_mean: f64,
     /// `|grad_beta - 1|` of any step.
     pub beta_dev: f64,
+    /// `|mean(grad_beta) - 1|` over the steps.
+    pub beta_mean_dev: f64,
     /// Smallest gradient cosine of any step.
     pub cos_min: f64,
 }
@@ -73,14 +75,24 @@ impl Bounds {
     /// quadrature: `√80·u ≈ 1.7·10^-2` on the embeddings. The loss sums squared correlations of
     /// embeddings normalized over the batch; an embedding error ε moves a correlation by at most
     /// 2ε: bound `2·√80·u = 3.6·10^-2` on any step, a third of it (1.2·10^-2) on the mean, where
-    /// the roundings' signs average out (measured: max 9.5·10^-3). The gradient amplifies
-    /// roundings as above (measured: |β - 1| ≤ 0.107, cosine ≥ 0.905 at batch 32); the errors are
-    /// nearly orthogonal to the reference gradient, so β, the scale along it, stays within 0.15
-    /// of 1 while a halved or doubled gradient is 0.5 or 1 off; cosine ≥ 0.8.
+    /// the roundings' signs average out (measured: max 9.5·10^-3). The gradient is the difference
+    /// of nearly equal terms pushed back through training-mode batch norms, which amplifies the
+    /// roundings far more than the loss; no closed form, so its bounds come from PyTorch's own
+    /// CPU autocast on the same views (`bench/bf16_grad_torch.py`: seeds 5-9, 10 teacher-forced
+    /// steps each, at batch 32): per step |β - 1| up to 0.38 and cosine down to 0.76, the largest
+    /// at the first steps after init, where β < 1; over a seed's steps, β's mean within 0.08 of 1.
+    /// Bounds: per step |β - 1| ≤ 0.45, cosine ≥ 0.7; the mean of β over the steps within 0.15 of
+    /// 1. A halved or doubled gradient moves every step's β, and so the mean, by 0.5 or 1.
     pub fn for_precision(precision: Precision) -> Self {
         match precision {
-            Precision::F32 => Self { loss_rel_max: 1e-4, loss_rel_mean: 1e-4, beta_dev: 1e-2, cos_min: 0.999 },
-            Precision::Bf16 => Self { loss_rel_max: 3.6e-2, loss_rel_mean: 1.2e-2, beta_dev: 0.15, cos_min: 0.8 },
+            Precision::F32 => {
+                Self { loss_rel_max: 1e-4, loss_rel_mean: 1e-4, beta_dev: 1e-2, beta_mean_dev: 1e-2, cos_min: 0.999 }
+            }
+            // An unresolved `auto` may run either: the looser bounds (callers pass the
+            // resolved precision, `StepSettings::precision`).
+            Precision::Bf16 | Precision::Auto => {
+                Self { loss_rel_max: 3.6e-2, loss_rel_mean: 1.2e-2, beta_dev: 0.45, beta_mean_dev: 0.15, cos_min: 0.7 }
+            }
         }
     }
 
@@ -116,6 +128,10 @@ impl Bounds {
         if mean.is_nan() || mean > self.loss_rel_mean {
             v.push(format!("mean relative loss difference {mean:.2e} > {:.1e}", self.loss_rel_mean));
         }
+        let beta = diffs.iter().map(|d| d.grad_beta).sum::<f64>() / diffs.len() as f64;
+        if beta.is_nan() || (beta - 1.0).abs() > self.beta_mean_dev {
+            v.push(format!("mean gradient scale β {beta:.4} (|β-1| > {:.1e})", self.beta_mean_dev));
+        }
         v
     }
 }
@@ -126,15 +142,6 @@ impl Bounds {
 pub fn check_config() -> Result<Config> {
     let mut b = bt_config::ConfigBuilder::new();
     b.preset("demo")?;
-    // The bounds were measured on the views of the pre-issue-22 demo augmentations (full-circle
-    // hue, saturation 0.8, grayscale 0.2); with the current demo views bf16 measured β 0.82 and
-    // cosine 0.72, outside them (open in issue 22), so the check keeps the views it was measured on.
-    let views = ["hue=0.5", "saturation=0.8", "grayscale_prob=0.2"];
-    for v in ["view_a", "view_b"] {
-        for kv in views {
-            b.set(&format!("augment.{v}.{kv}"))?;
-        }
-    }
     for s in ["data.batch_size=32", "model.projector=[256, 256, 256]", "optim.lr=2e-2", "run.seed=5"] {
         b.set(s)?;
     }

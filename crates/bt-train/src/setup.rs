@@ -100,6 +100,6 @@ pub fn build_model(cfg: &Config, device: Device) -> Result<(nn::VarStore, Barlow
     tch::manual_seed(cfg.run.seed as i64);
     let vs = nn::VarStore::new(device);
     let mut model = BarlowTwins::try_new(&vs.root(), &cfg.model)?;
-    model.set_precision(cfg.run.precision);
+    model.set_precision(crate::device::resolve_precision(cfg.run.precision, device));
     Ok((vs, model))
 }

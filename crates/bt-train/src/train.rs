@@ -181,6 +181,9 @@ impl<'o> Trainer<'o> {
         let (vs, mut model) = crate::setup::build_model(&cfg, device)?;
         // CUDA: bf16 + channels-last unless run.fast_cuda = false; cuDNN benchmark (device.rs).
         let settings = crate::device::StepSettings::for_run(&cfg, device)?;
+        if cfg.run.precision == bt_config::Precision::Auto {
+            tracing::info!("run.precision = \"auto\": {}", crate::device::describe_auto(settings.precision, device));
+        }
         settings.apply_backend(device)?;
         model.set_precision(settings.precision);
         let mut opt = bt_optim::build(&cfg.optim, bt_optim::trainable_named(&vs))?;
