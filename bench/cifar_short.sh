@@ -24,7 +24,7 @@
 # Environment: DATA (cifar-10-batches-bin folder, default /tmp/cifar/cifar-10-batches-bin; make
 # it with `.venv/bin/python ../shared/datasets/cifar10-jpeg/unpack.py /tmp/cifar`), BT (bt-cli,
 # default target/release/bt-cli), PY (python with torch+torchvision, default .venv/bin/python),
-# SEEDS ("5 6 7"), EPOCHS (2), LIMIT_TRAIN / LIMIT_TEST (0 = all; a smoke test uses e.g. 2048 /
+# SEEDS ("5 6 7"), EPOCHS (2), WARMUP (warmup epochs, the preset's 10), LIMIT_TRAIN / LIMIT_TEST (0 = all; a smoke test uses e.g. 2048 /
 # 1000 with EPOCHS=1), WORK (folder for run folders and JSON, default a new mktemp -d; kept).
 # Smoke test (about 2 minutes on 2 cores):
 #   SEEDS=5 EPOCHS=1 LIMIT_TRAIN=2048 LIMIT_TEST=1000 bench/cifar_short.sh /tmp/smoke.md
@@ -44,6 +44,7 @@ SEEDS=${SEEDS:-5 6 7}
 EPOCHS=${EPOCHS:-2}
 LIMIT_TRAIN=${LIMIT_TRAIN:-0}
 LIMIT_TEST=${LIMIT_TEST:-0}
+WARMUP=${WARMUP:-10}
 WORK=${WORK:-$(mktemp -d -t cifar_short.XXXXXX)}
 export OMP_NUM_THREADS=2
 mkdir -p "$WORK"
@@ -82,7 +83,7 @@ ours() {  # seed precision
   "$BT" pretrain --preset cifar-resnet18 --data "$DATA" --out "$out" --force \
     --set run.epochs="$EPOCHS" --set model.width=8 --set "model.projector=[512,512,512]" \
     --set data.batch_size=256 --set run.seed="$1" --set run.precision="$2" \
-    --set run.knn_every="$EPOCHS" >"$out.log" 2>&1 || { tail -20 "$out.log" >&2; exit 1; }
+    --set run.knn_every="$EPOCHS" --set schedule.warmup_epochs="$WARMUP" >"$out.log" 2>&1 || { tail -20 "$out.log" >&2; exit 1; }
   t1=$(date +%s.%N)
   "$PY" - "$out/metrics.jsonl" "$1" "$2" "$t0" "$t1" >>"$RUNS" <<'PY'
 import json, sys
@@ -101,7 +102,7 @@ torch_peer() {  # seed precision
   local out="$WORK/torch_$2_s$1" t0 t1 flag=""
   [ "$2" = bf16 ] && flag=--bf16
   t0=$(date +%s.%N)
-  "$PY" bench/cifar_short.py --data "$DATA" --seed "$1" --epochs "$EPOCHS" --width 8 $flag \
+  "$PY" bench/cifar_short.py --data "$DATA" --seed "$1" --epochs "$EPOCHS" --width 8 --warmup-epochs "$WARMUP" $flag \
     --out "$out.json" >"$out.log" 2>&1 || { tail -20 "$out.log" >&2; exit 1; }
   t1=$(date +%s.%N)
   "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1])); r["total_s"]=float(sys.argv[3])-float(sys.argv[2]); print(json.dumps(r))' \
@@ -123,7 +124,7 @@ import collections, datetime, json, statistics as st, sys
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 _, _, res, commit, data, epochs, cores, work = sys.argv
 name = lambda r: f"{r['impl']} {r['precision']}"
-L = [f"# cifar-resnet18, {epochs} epochs, width 8, projector 512-512-512, batch 256: ours vs PyTorch",
+L = [f"# cifar-resnet18, {epochs} epochs (warmup {__import__('os').environ.get('WARMUP', '10')}), width 8, projector 512-512-512, batch 256: ours vs PyTorch",
      "", f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, commit {commit}, {cores} cores, "
      f"OMP_NUM_THREADS=2, data {data}, raw runs in {work}/runs.jsonl", "",
      "| contender | seed | kNN random | kNN final | gain | pretrain wall s | steps | final loss | total s |",
