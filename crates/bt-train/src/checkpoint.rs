@@ -20,6 +20,8 @@ use tch::Tensor;
 /// Metadata value of `format`.
 pub const FORMAT: &str = "bt-train-checkpoint/1";
 const OPT: &str = "optimizer/";
+/// Key prefix, within the optimizer state, of the online probe's state (`probe.rs`).
+pub const PROBE: &str = "online_probe/";
 
 fn metadata(pos: Position, id: &RunIdentity) -> HashMap<String, String> {
     HashMap::from([
@@ -170,6 +172,9 @@ pub struct Loaded {
     pub model: Vec<(String, Tensor)>,
     /// Optimizer state, keys without the `optimizer/` prefix.
     pub optimizer: Vec<(String, Tensor)>,
+    /// The online probe's state ([`crate::probe::OnlineProbe::state`]), keys without the
+    /// `optimizer/online_probe/` prefix; empty when the run had no probe.
+    pub probe: Vec<(String, Tensor)>,
     /// Position.
     pub position: Position,
     /// Config hash at save time.
@@ -186,8 +191,11 @@ pub fn load(path: &Path) -> Result<Loaded> {
     }
     let position = ckpt_store::position_of(path, &meta)?;
     let (optimizer, model): (Vec<_>, Vec<_>) = tensors.into_iter().partition(|(k, _)| k.starts_with(OPT));
-    let optimizer = optimizer.into_iter().map(|(k, t)| (k[OPT.len()..].to_string(), t)).collect();
-    Ok(Loaded { model, optimizer, position, config_hash: meta.get("config_hash").cloned().unwrap_or_default() })
+    let (probe, optimizer): (Vec<_>, Vec<_>) =
+        optimizer.into_iter().map(|(k, t)| (k[OPT.len()..].to_string(), t)).partition(|(k, _)| k.starts_with(PROBE));
+    let probe = probe.into_iter().map(|(k, t)| (k[PROBE.len()..].to_string(), t)).collect();
+    let config_hash = meta.get("config_hash").cloned().unwrap_or_default();
+    Ok(Loaded { model, optimizer, probe, position, config_hash })
 }
 
 /// Copies named tensors into the model, strictly: every model variable must be there with its

@@ -13,7 +13,10 @@
 //! decay, learning rate `run.online_probe_lr` on a per-step cosine to 0 over the run (solo-learn
 //! schedules its classifier with the backbone's scheduler). Rows labelled `-1` (unlabeled
 //! images) are left out. The per-epoch loss and top-1 are accumulated on the device and read once
-//! per epoch. The probe's state is not checkpointed: a resumed run starts its probe from zero.
+//! per epoch. Its state (weights, momentum, the epoch's running statistics) is saved in every
+//! training checkpoint ([`OnlineProbe::state`], under `optimizer/online_probe/`), so a resumed
+//! run continues the probe where it stopped; a checkpoint written without the probe starts it
+//! from zero, with a warning.
 use crate::classification::Classification;
 use crate::error::Result;
 use crate::eval::FeatureStore;
@@ -111,6 +114,44 @@ impl OnlineProbe {
         let rows = v[2].round() as usize;
         let per = |x: f64| if rows > 0 { x / rows as f64 } else { f64::NAN };
         Ok(ProbeEpoch { loss: per(v[0]), train_top1: per(v[1]), rows })
+    }
+
+    /// The probe's state for a checkpoint: weights, momentum and the epoch's running
+    /// statistics, by name.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        [("weight", &self.weight), ("bias", &self.bias), ("momentum_weight", &self.mom_w)]
+            .into_iter()
+            .chain([("momentum_bias", &self.mom_b), ("epoch_sums", &self.acc)])
+            .map(|(k, t)| (k.to_string(), t.shallow_clone()))
+            .collect()
+    }
+
+    /// Restores a [`state`](Self::state): every entry must be there with this probe's shape
+    /// and dtype (the same features and classes); the probe is unchanged on error.
+    pub fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
+        let mine = self.state();
+        let mut pairs = Vec::new();
+        for (k, t) in &mine {
+            let Some((_, src)) = state.iter().find(|(n, _)| n == k) else {
+                crate::error::refuse!("the checkpoint's online probe has no `{k}`");
+            };
+            if src.size() != t.size() || src.kind() != t.kind() {
+                crate::error::refuse!(
+                    "the checkpoint's online probe `{k}` is {:?} {:?}, this run's is {:?} {:?} (other features or classes)",
+                    src.size(),
+                    src.kind(),
+                    t.size(),
+                    t.kind()
+                );
+            }
+            pairs.push((t, src));
+        }
+        tch::no_grad(|| -> Result<()> {
+            for (t, src) in pairs {
+                t.shallow_clone().f_copy_(src)?;
+            }
+            Ok(())
+        })
     }
 
     /// Top-1, top-5 and confusion of the probe on frozen features (the evaluation transform).

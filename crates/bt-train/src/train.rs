@@ -195,6 +195,7 @@ impl<'o> Trainer<'o> {
         let mut pending = guard::Pending::new(cfg.run.log_every.min(spe), device)?;
 
         let mut pos = Position::default();
+        let mut probe_state = None;
         if let Some(path) = resume {
             let l = checkpoint::load(path)?;
             if l.config_hash != cfg_hash {
@@ -208,6 +209,7 @@ impl<'o> Trainer<'o> {
             checkpoint::copy_into_model(&model, &l.model, path)?;
             opt.load_state(&l.optimizer)?;
             pos = l.position;
+            probe_state = Some((l.probe, path.to_path_buf()));
         } else if !cfg.model.init.is_empty() {
             // A fresh run from published weights (model.init, recorded in config.toml).
             let im = bt_model::foreign::import(&cfg.model.init)?;
@@ -250,6 +252,17 @@ impl<'o> Trainer<'o> {
                     "run.online_probe: {} has no class labels; no online probe",
                     data.description
                 ))),
+            }
+        }
+        if let (Some(p), Some((state, path))) = (probe.as_mut(), probe_state) {
+            if state.is_empty() {
+                let msg = format!(
+                    "{} holds no online probe (written without run.online_probe): it starts from zero",
+                    path.display()
+                );
+                self.observer.on_event(&Event::Warning(&msg));
+            } else {
+                p.load_state(&state).with_context(|| format!("resuming the online probe from {}", path.display()))?;
             }
         }
         // The step with fixed buffers (step.rs), CUDA-graph replayed where it can be.
@@ -307,8 +320,17 @@ impl<'o> Trainer<'o> {
         // `Event::Checkpoint` is emitted once a file is on disk (polled after every step).
         let id = checkpoint::RunIdentity { config_hash: cfg_hash.clone(), seed: cfg.run.seed, config_toml: cfg_text };
         let ckpt = RefCell::new(checkpoint::Writer::new(run.checkpoints(), cfg.run.keep_checkpoints, id));
-        let save = |path: &Path, model: &BarlowTwins, opt: &dyn bt_optim::Optimizer, pos: Position| {
-            ckpt.borrow_mut().save(path, model, opt.state(), pos)
+        // The online probe's state rides in the optimizer section, under `online_probe/`.
+        let save = |path: &Path,
+                    model: &BarlowTwins,
+                    opt: &dyn bt_optim::Optimizer,
+                    probe: Option<&crate::probe::OnlineProbe>,
+                    pos: Position| {
+            let mut state = opt.state();
+            if let Some(p) = probe {
+                state.extend(p.state().into_iter().map(|(k, t)| (format!("{}{k}", checkpoint::PROBE), t)));
+            }
+            ckpt.borrow_mut().save(path, model, state, pos)
         };
 
         let mut stopped: Option<Stop> = None;
@@ -417,7 +439,7 @@ impl<'o> Trainer<'o> {
                 if (stop.is_some() || due) && pos.batch_in_epoch < spe {
                     let path = run.checkpoints().join(store::file_name(pos));
                     if main {
-                        if let Some(w) = save(&path, &model, opt.as_ref(), pos)? {
+                        if let Some(w) = save(&path, &model, opt.as_ref(), probe.as_ref(), pos)? {
                             obs.emit(&Event::Checkpoint { path: &w.path, position: w.position });
                         }
                     }
@@ -461,6 +483,9 @@ impl<'o> Trainer<'o> {
             }))?;
             curve.epochs.push((em.epoch as f64, l));
             obs.emit(&Event::Epoch(&em));
+            // The kNN monitor's epochs (rank 0, not after a stop request).
+            let monitor = main && cfg.run.knn_every > 0 && pos.epochs_done % cfg.run.knn_every == 0;
+            let mut monitor_stores = None;
             if let Some(p) = probe.as_mut() {
                 let pe = p.end_epoch()?;
                 let mut rec = json!({
@@ -468,12 +493,23 @@ impl<'o> Trainer<'o> {
                     "train_top1": pe.train_top1, "rows": pe.rows, "lr": p.lr_at(pos.step.saturating_sub(1)),
                 });
                 // On the evaluation transform at the kNN monitor's epochs and at the end.
-                let monitor = cfg.run.knn_every > 0 && pos.epochs_done % cfg.run.knn_every == 0;
                 if (monitor || pos.epochs_done == cfg.run.epochs) && token.requested().is_none() {
                     if let Some(test) = &data.test {
                         let t = Instant::now();
-                        let store = crate::eval::test_store(&cfg, &model, test, device, &mut ())?;
-                        let c = p.evaluate(&store, device)?;
+                        // At the monitor's epochs one extraction serves the probe and the monitor.
+                        if monitor {
+                            let kind = crate::eval::FeatureKind::Encoder;
+                            monitor_stores = Some(crate::eval::both_splits(&cfg, &model, data, kind, device, &mut ())?);
+                        }
+                        let own;
+                        let store = match &monitor_stores {
+                            Some((_, test)) => test,
+                            None => {
+                                own = crate::eval::test_store(&cfg, &model, test, device, &mut ())?;
+                                &own
+                            }
+                        };
+                        let c = p.evaluate(store, device)?;
                         (rec["test_top1"], rec["test_top5"]) = (json!(c.top1), json!(c.top5));
                         let seconds = t.elapsed().as_secs_f64();
                         obs.emit(&Event::Evaluated {
@@ -502,15 +538,17 @@ impl<'o> Trainer<'o> {
             let due = cfg.run.checkpoint_every_steps > 0 && pos.step % cfg.run.checkpoint_every_steps == 0;
             if main && (pos.epochs_done % cfg.run.checkpoint_every == 0 || pos.epochs_done == cfg.run.epochs || due) {
                 let path = run.checkpoint(pos.epochs_done);
-                if let Some(w) = save(&path, &model, opt.as_ref(), pos)? {
+                if let Some(w) = save(&path, &model, opt.as_ref(), probe.as_ref(), pos)? {
                     obs.emit(&Event::Checkpoint { path: &w.path, position: w.position });
                 }
             }
             // After a stop request, stop without the (possibly long) kNN monitor.
-            if main && cfg.run.knn_every > 0 && pos.epochs_done % cfg.run.knn_every == 0 && token.requested().is_none()
-            {
+            if monitor && token.requested().is_none() {
                 let t = Instant::now();
-                let acc = crate::eval::knn_top1(&cfg, &model, data, device)?;
+                let acc = match monitor_stores.take() {
+                    Some((train, test)) => crate::eval::knn_top1_of(&cfg, &train, &test, device)?,
+                    None => crate::eval::knn_top1(&cfg, &model, data, device)?,
+                };
                 let seconds = t.elapsed().as_secs_f64();
                 mw.write(&json!({"kind": "knn", "epoch": pos.epochs_done, "step": pos.step, "top1": acc, "k": cfg.eval.knn_k, "temperature": cfg.eval.knn_temperature}))?;
                 obs.emit(&Event::Evaluated { name: "knn", epoch: pos.epochs_done, step: pos.step, top1: acc, seconds });
@@ -520,7 +558,7 @@ impl<'o> Trainer<'o> {
             {
                 let path = run.checkpoint(pos.epochs_done);
                 if main && !path.is_file() && !ckpt.borrow().in_flight(&path) {
-                    if let Some(w) = save(&path, &model, opt.as_ref(), pos)? {
+                    if let Some(w) = save(&path, &model, opt.as_ref(), probe.as_ref(), pos)? {
                         obs.emit(&Event::Checkpoint { path: &w.path, position: w.position });
                     }
                 }

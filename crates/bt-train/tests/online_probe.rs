@@ -6,7 +6,9 @@
 //! norm statistics, counters); the run with the probe writes one `online_probe` record per epoch
 //! to `metrics.jsonl`, and its test top-1 at the end is well above the 25% of chance. The
 //! official linear protocol then runs on that encoder, learns, and leaves it untouched; fine-
-//! tuning the encoder on the same labels then beats it by far.
+//! tuning the encoder on the same labels then beats it by far. A run stopped mid-epoch and
+//! resumed writes the same probe records as the uninterrupted one (the probe's state is in the
+//! checkpoint).
 #[allow(dead_code)]
 #[path = "../examples/train_custom.rs"]
 mod example;
@@ -35,6 +37,8 @@ fn the_probe_learns_and_the_run_is_bit_identical_without_it() {
     let data = example::data();
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = example::config();
+    // The kNN monitor at epoch 3 (and 6): with the probe on, one extraction serves both.
+    cfg.run.knn_every = 3;
     let plain =
         example::pretrain(&cfg, &data, &RunFolder::create(tmp.path().join("plain")).unwrap(), None, None).unwrap();
     cfg.run.online_probe = true;
@@ -50,6 +54,10 @@ fn the_probe_learns_and_the_run_is_bit_identical_without_it() {
     }
 
     let recs = metrics::read_all(&run.metrics()).unwrap();
+    let plain_recs = metrics::read_all(&tmp.path().join("plain/metrics.jsonl")).unwrap();
+    let knn = |r: &[serde_json::Value]| metrics::of_kind(r, "knn").map(|k| k["top1"].clone()).collect::<Vec<_>>();
+    assert_eq!(knn(&recs).len(), 3, "random init, epochs 3 and 6");
+    assert_eq!(knn(&recs), knn(&plain_recs), "the monitor's kNN on the probe's extraction is the monitor's own");
     let probe: Vec<_> = metrics::of_kind(&recs, "online_probe").collect();
     assert_eq!(probe.len(), cfg.run.epochs, "one online_probe record per epoch: {probe:?}");
     for (i, r) in probe.iter().enumerate() {
@@ -88,8 +96,24 @@ fn the_probe_learns_and_the_run_is_bit_identical_without_it() {
     for (t0, (n, t1)) in before.iter().zip(&variables(&probed)) {
         assert!(t0.equal(t1), "{n} changed during the official linear evaluation");
     }
+    // Stopped mid-epoch and resumed, the probe continues from the checkpoint's state: the
+    // records of the epochs after the stop equal the uninterrupted run's, bit for bit.
+    let run2 = RunFolder::create(tmp.path().join("resumed")).unwrap();
+    let first = example::pretrain(&cfg, &data, &run2, Some(example::STOP_AFTER), None).unwrap();
+    let stop = first.stop.expect("the observer stops the run");
+    example::pretrain(&cfg, &data, &run2, None, Some(&stop.checkpoint)).unwrap();
+    let resumed: Vec<_> = metrics::read_all(&run2.metrics()).unwrap();
+    let resumed: Vec<_> = metrics::of_kind(&resumed, "online_probe").collect();
+    let stop_epoch = stop.step / 10 + 1;
+    assert!(stop.step % 10 != 0, "the stop is mid-epoch: {}", stop.step);
+    for want in probe.iter().filter(|r| r["epoch"].as_u64().unwrap() as usize >= stop_epoch) {
+        let got = resumed.iter().rev().find(|r| r["epoch"] == want["epoch"]).expect("a record per epoch");
+        for k in ["loss", "train_top1", "rows", "test_top1"] {
+            assert_eq!(got[k], want[k], "epoch {} `{k}` after the resume: {got} vs {want}", want["epoch"]);
+        }
+    }
+
     // Without the probe there is no such record.
-    let plain_recs = metrics::read_all(&tmp.path().join("plain/metrics.jsonl")).unwrap();
     assert_eq!(metrics::of_kind(&plain_recs, "online_probe").count(), 0);
 
     // Fine-tuning (evaluate.py --weights finetune, learning rates for this small task): training

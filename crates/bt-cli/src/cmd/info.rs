@@ -34,7 +34,7 @@ pub fn run() -> Result<()> {
             println!("bt-shim CUDA support: no (built without CUDA headers; CUDA fast paths off)")
         }
     }
-    println!("cpu bf16: {}", bt_train::device::cpu_bf16().unwrap_or("none (no AMX-BF16, no AVX512-BF16)"));
+    println!("cpu bf16: {}", bt_train::device::cpu_bf16().unwrap_or("none (neither AMX-BF16 nor AVX512-BF16)"));
     let cpu = tch::Device::Cpu;
     let auto = bt_train::device::resolve_precision(bt_config::Precision::Auto, cpu);
     println!("run.precision = \"auto\" on cpu: {}", bt_train::device::describe_auto(auto, cpu));

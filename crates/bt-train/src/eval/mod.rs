@@ -101,7 +101,13 @@ pub fn classify_store(
 /// kNN top-1 of the encoder features (test vs train, un-augmented): the pretraining monitor.
 pub fn knn_top1(cfg: &Config, model: &BarlowTwins, data: &Data, device: Device) -> Result<f64> {
     let (train, test) = both_splits(cfg, model, data, FeatureKind::Encoder, device, &mut ())?;
-    Ok(knn_value(cfg, &train, &test, device, &mut ())?["test_top1"].as_f64().unwrap_or(f64::NAN))
+    knn_top1_of(cfg, &train, &test, device)
+}
+
+/// [`knn_top1`] on stores already extracted ([`both_splits`] with `FeatureKind::Encoder`), so
+/// that the online probe's evaluation and the monitor share one extraction.
+pub fn knn_top1_of(cfg: &Config, train: &FeatureStore, test: &FeatureStore, device: Device) -> Result<f64> {
+    Ok(knn_value(cfg, train, test, device, &mut ())?["test_top1"].as_f64().unwrap_or(f64::NAN))
 }
 
 /// Linear probe of `model`; the JSON result (what is written to `eval_linear_<protocol>.json`).
