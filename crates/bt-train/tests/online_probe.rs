@@ -105,7 +105,7 @@ fn the_probe_learns_and_the_run_is_bit_identical_without_it() {
     let resumed: Vec<_> = metrics::read_all(&run2.metrics()).unwrap();
     let resumed: Vec<_> = metrics::of_kind(&resumed, "online_probe").collect();
     let stop_epoch = stop.step / 10 + 1;
-    assert!(stop.step % 10 != 0, "the stop is mid-epoch: {}", stop.step);
+    assert!(!stop.step.is_multiple_of(10), "the stop is mid-epoch: {}", stop.step);
     for want in probe.iter().filter(|r| r["epoch"].as_u64().unwrap() as usize >= stop_epoch) {
         let got = resumed.iter().rev().find(|r| r["epoch"] == want["epoch"]).expect("a record per epoch");
         for k in ["loss", "train_top1", "rows", "test_top1"] {
