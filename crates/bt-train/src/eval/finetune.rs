@@ -20,10 +20,11 @@
 //!
 //! Unlike the frozen protocols, this changes the model: [`finetune`] trains `model`'s encoder
 //! in place, and [`Finetuner::save`] writes it with the classifier as a torchvision state dict.
-use crate::error::{refuse, Result};
-use crate::observer::{Event, Observer};
+use super::official;
+use crate::error::Result;
+use crate::observer::Observer;
 use crate::setup::Data;
-use bt_config::{AugmentConfig, Config, EvalConfig};
+use bt_config::{Config, EvalConfig};
 use bt_data::ImageSource;
 use bt_model::{BarlowTwins, Role};
 use serde_json::{json, Value};
@@ -200,57 +201,48 @@ pub fn finetune(
     let test_src = data.test()?.clone();
     let (train, subset) = labeled_subset(cfg, &data.train)?;
     let in_test = (0..test_src.len()).filter_map(|i| test_src.label(i)).max().map_or(0, |m| m as i64 + 1);
-    let classes = data.train.num_classes().map_or(in_test, |c| (c as i64).max(in_test));
-    let mut dcfg = cfg.data.clone();
-    (dcfg.batch_size, dcfg.drop_remainder) = (e.finetune_batch_size, false);
-    // Its own random stream, apart from the pretraining views and the official protocol's.
-    let seed = cfg.run.seed ^ 0x6669_6e65_7475_6e65;
-    let pipe = bt_data::TwinPipeline::new(train.clone(), &dcfg, &AugmentConfig::official_linear(), seed)?;
+    let classes = official::class_count(data.train.as_ref(), in_test);
+    let needs = "fine-tuning needs a labeled training split";
+    let views = official::LabeledViews::new(
+        cfg,
+        train.clone(),
+        e.finetune_batch_size,
+        0x6669_6e65_7475_6e65,
+        classes,
+        needs,
+        "finetune",
+    )?;
     let mut ft = Finetuner::new(model, classes, e, cfg.run.seed, device)?;
-    let (nb, epochs) = (pipe.batches_per_epoch(), e.finetune_epochs);
-    let (mut best1, mut best5) = (f64::NAN, f64::NAN);
-    let (mut history, mut last, mut skipped) = (Vec::new(), None, 0usize);
+    let epochs = e.finetune_epochs;
+    let (mut records, mut skipped) = (official::EpochRecords::new(), 0usize);
     for epoch in 0..epochs {
         ft.set_epoch(epoch)?;
-        let (mut loss_sum, mut rows) = (0.0, 0usize);
-        for (i, b) in pipe.epoch(epoch as u64, 0).enumerate() {
-            let b = b?;
-            if let Some(r) = b.labels.iter().position(|&l| l < 0 || l >= classes) {
-                refuse!(
-                    "{} has no label among the {classes} classes: fine-tuning needs a labeled training split",
-                    train.describe(b.indices[r] as usize)
-                );
+        let loss = views.epoch(epoch, epochs, device, obs, |x, y, i| {
+            let n = x.size()[0];
+            if n < 2 {
+                skipped += n as usize;
+                return Ok(None);
             }
-            if b.batch_size < 2 {
-                skipped += b.batch_size;
-                continue;
-            }
-            let s = b.image_size as i64;
-            let x = Tensor::from_slice(&b.view_a).f_view([b.batch_size as i64, 3, s, s])?.f_to_device(device)?;
-            let y = Tensor::from_slice(&b.labels).f_to_device(device)?;
-            let loss = ft.step(model, &x, &y, cfg.run.channels_last)?;
+            let loss = ft.step(model, x, y, cfg.run.channels_last)?;
             if !loss.is_finite() {
-                return Err(crate::error::Error::Diverged(format!("fine-tuning diverged at epoch {} batch {}: loss {loss} (lower eval.finetune_lr_backbone or eval.finetune_lr_classifier)", epoch + 1, i + 1)));
+                return Err(crate::error::Error::Diverged(format!(
+                    "fine-tuning diverged at epoch {} batch {}: loss {loss} (lower eval.finetune_lr_backbone or eval.finetune_lr_classifier)",
+                    epoch + 1,
+                    i + 1
+                )));
             }
-            loss_sum += loss * b.batch_size as f64;
-            rows += b.batch_size;
-            obs.on_event(&Event::EvalProgress { stage: "finetune", done: epoch * nb + i + 1, total: epochs * nb });
-        }
+            Ok(Some(loss))
+        })?;
         // The encoder changed: the test features are recomputed (eval mode) every epoch.
         let test = crate::eval::test_store(cfg, model, &test_src, device, &mut ())?;
         let c = crate::eval::classify_store(&test, classes, device, |x| ft.logits(x))?;
-        best1 = if best1.is_nan() { c.top1 } else { best1.max(c.top1) };
-        best5 = if best5.is_nan() { c.top5 } else { best5.max(c.top5) };
         let (lr_c, lr_b) = ft.lrs_at(epoch);
-        let rec = json!({
-            "epoch": epoch + 1, "lr_classifier": lr_c, "lr_backbone": lr_b,
-            "loss": loss_sum / rows.max(1) as f64, "test_top1": c.top1, "test_top5": c.top5,
-        });
-        tracing::info!("finetune {rec}");
-        history.push(rec);
-        last = Some(c);
+        records.push(
+            c,
+            json!({"epoch": epoch + 1, "lr_classifier": lr_c, "lr_backbone": lr_b, "loss": loss}),
+            "finetune",
+        );
     }
-    let last = last.expect("eval.finetune_epochs >= 1 (validated)");
     let mut v = json!({
         "eval": "linear",
         "protocol": "finetune",
@@ -267,12 +259,9 @@ pub fn finetune(
         "n_train": train.len(),
         "n_train_full": data.train.len(),
         "skipped_single_rows": skipped,
-        "best_top1": best1,
-        "best_top5": best5,
-        "history": history,
     });
     crate::eval::linear::merge(&mut v, subset);
-    crate::eval::linear::merge(&mut v, last.to_json(None));
+    records.finish(&mut v);
     v["wall_s"] = json!(t.elapsed().as_secs_f64());
     Ok((v, ft))
 }

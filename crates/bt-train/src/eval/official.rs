@@ -97,6 +97,113 @@ impl OfficialClassifier {
     }
 }
 
+/// The training side `evaluate.py`'s protocols share (this one and [`super::finetune`]): the
+/// twin pipeline's first views of a labeled source under
+/// [`AugmentConfig::official_linear`], batches kept whole (no dropped remainder).
+pub(crate) struct LabeledViews {
+    pipe: bt_data::TwinPipeline,
+    src: std::sync::Arc<dyn bt_data::ImageSource>,
+    classes: i64,
+    needs: &'static str,
+    stage: &'static str,
+}
+
+impl LabeledViews {
+    /// Views of `src` in batches of `batch`, from the run's seed mixed with `tag` (each protocol
+    /// its own stream, apart from the pretraining views); `classes` is the classifier's width;
+    /// `needs` ends the error of an unlabeled image ("the official protocol needs ..."), `stage`
+    /// names the progress events.
+    pub(crate) fn new(
+        cfg: &Config,
+        src: std::sync::Arc<dyn bt_data::ImageSource>,
+        batch: usize,
+        tag: u64,
+        classes: i64,
+        needs: &'static str,
+        stage: &'static str,
+    ) -> Result<Self> {
+        let mut dcfg = cfg.data.clone();
+        (dcfg.batch_size, dcfg.drop_remainder) = (batch, false);
+        let pipe =
+            bt_data::TwinPipeline::new(src.clone(), &dcfg, &AugmentConfig::official_linear(), cfg.run.seed ^ tag)?;
+        Ok(Self { pipe, src, classes, needs, stage })
+    }
+
+    /// Epoch `epoch` of `epochs`: `step(x, y, batch_index)` gets each batch's images (`N x 3 x S x
+    /// S` on `device`) and labels (`N`, int64) and returns its mean loss, or `None` when it
+    /// skipped the batch. Returns the mean loss over the rows that trained.
+    pub(crate) fn epoch(
+        &self,
+        epoch: usize,
+        epochs: usize,
+        device: Device,
+        obs: &mut dyn Observer,
+        mut step: impl FnMut(&Tensor, &Tensor, usize) -> Result<Option<f64>>,
+    ) -> Result<f64> {
+        let nb = self.pipe.batches_per_epoch();
+        let (mut loss_sum, mut rows) = (0.0, 0usize);
+        for (i, b) in self.pipe.epoch(epoch as u64, 0).enumerate() {
+            let b = b?;
+            if let Some(r) = b.labels.iter().position(|&l| l < 0 || l >= self.classes) {
+                crate::error::refuse!(
+                    "{} has no label among the {} classes: {}",
+                    self.src.describe(b.indices[r] as usize),
+                    self.classes,
+                    self.needs
+                );
+            }
+            let s = b.image_size as i64;
+            let x = Tensor::from_slice(&b.view_a).f_view([b.batch_size as i64, 3, s, s])?.f_to_device(device)?;
+            let y = Tensor::from_slice(&b.labels).f_to_device(device)?;
+            if let Some(loss) = step(&x, &y, i)? {
+                loss_sum += loss * b.batch_size as f64;
+                rows += b.batch_size;
+            }
+            obs.on_event(&Event::EvalProgress { stage: self.stage, done: epoch * nb + i + 1, total: epochs * nb });
+        }
+        Ok(loss_sum / rows.max(1) as f64)
+    }
+}
+
+/// The classifier's width: the training source's class count when it has one, at least every
+/// label of the test split (`test_classes` = largest test label + 1).
+pub(crate) fn class_count(train: &dyn bt_data::ImageSource, test_classes: i64) -> i64 {
+    train.num_classes().map_or(test_classes, |c| (c as i64).max(test_classes))
+}
+
+/// `evaluate.py`'s test record over the epochs: the best top-1 and top-5 of any epoch
+/// (`best_acc1`/`best_acc5`), the per-epoch history, the last epoch's classification.
+pub(crate) struct EpochRecords {
+    best1: f64,
+    best5: f64,
+    history: Vec<Value>,
+    last: Option<crate::eval::Classification>,
+}
+
+impl EpochRecords {
+    pub(crate) fn new() -> Self {
+        Self { best1: f64::NAN, best5: f64::NAN, history: Vec::new(), last: None }
+    }
+
+    /// An epoch's test classification and its other fields (`epoch`, `lr`, `loss`, ...).
+    pub(crate) fn push(&mut self, c: crate::eval::Classification, mut rec: Value, what: &str) {
+        self.best1 = if self.best1.is_nan() { c.top1 } else { self.best1.max(c.top1) };
+        self.best5 = if self.best5.is_nan() { c.top5 } else { self.best5.max(c.top5) };
+        (rec["test_top1"], rec["test_top5"]) = (json!(c.top1), json!(c.top5));
+        tracing::info!("{what} {rec}");
+        self.history.push(rec);
+        self.last = Some(c);
+    }
+
+    /// Adds `best_top1`, `best_top5`, `history` and the last epoch's classification to `v`.
+    pub(crate) fn finish(self, v: &mut Value) {
+        (v["best_top1"], v["best_top5"], v["history"]) = (json!(self.best1), json!(self.best5), json!(self.history));
+        if let Some(c) = self.last {
+            crate::eval::linear::merge(v, c.to_json(None));
+        }
+    }
+}
+
 /// Runs the official linear protocol on `model`'s encoder; the JSON result
 /// (`eval_linear_official.json`).
 pub fn official_linear(
@@ -109,53 +216,29 @@ pub fn official_linear(
     let t = Instant::now();
     let e = &cfg.eval;
     let test = crate::eval::test_store(cfg, model, data.test()?, device, obs)?;
-    let in_test = crate::eval::num_classes(&[], test.labels());
-    let classes = data.train.num_classes().map_or(in_test, |c| (c as i64).max(in_test));
-    let mut dcfg = cfg.data.clone();
-    (dcfg.batch_size, dcfg.drop_remainder) = (e.official_batch_size, false);
-    // Its own random stream: the views are not the pretraining views of the same seed.
-    let seed = cfg.run.seed ^ 0x6f66_6669_6369_616c;
-    let pipe = bt_data::TwinPipeline::new(data.train.clone(), &dcfg, &AugmentConfig::official_linear(), seed)?;
+    let classes = class_count(data.train.as_ref(), crate::eval::num_classes(&[], test.labels()));
+    let needs = "the official protocol needs a labeled training split";
+    let views = LabeledViews::new(
+        cfg,
+        data.train.clone(),
+        e.official_batch_size,
+        0x6f66_6669_6369_616c,
+        classes,
+        needs,
+        "official linear",
+    )?;
     let mut clf = OfficialClassifier::new(model.feature_dim(), classes, e, cfg.run.seed, device)?;
-    let (nb, epochs) = (pipe.batches_per_epoch(), e.official_epochs);
-    let (mut best1, mut best5) = (f64::NAN, f64::NAN);
-    let mut history = Vec::new();
-    let mut last = None;
+    let epochs = e.official_epochs;
+    let mut records = EpochRecords::new();
     for epoch in 0..epochs {
         clf.set_epoch(epoch);
-        let (mut loss_sum, mut rows) = (0.0, 0usize);
-        for (i, b) in pipe.epoch(epoch as u64, 0).enumerate() {
-            let b = b?;
-            if let Some(r) = b.labels.iter().position(|&l| l < 0 || l >= classes) {
-                crate::error::refuse!(
-                    "{} has no label among the {classes} classes: the official protocol needs a labeled training split",
-                    data.train.describe(b.indices[r] as usize)
-                );
-            }
-            let s = b.image_size as i64;
-            let x = Tensor::from_slice(&b.view_a).f_view([b.batch_size as i64, 3, s, s])?.f_to_device(device)?;
-            let y = Tensor::from_slice(&b.labels).f_to_device(device)?;
-            let h = tch::no_grad(|| model.encode(&x, false));
-            loss_sum += clf.step(&h, &y)? * b.batch_size as f64;
-            rows += b.batch_size;
-            obs.on_event(&Event::EvalProgress {
-                stage: "official linear",
-                done: epoch * nb + i + 1,
-                total: epochs * nb,
-            });
-        }
+        let loss = views.epoch(epoch, epochs, device, obs, |x, y, _| {
+            let h = tch::no_grad(|| model.encode(x, false));
+            Ok(Some(clf.step(&h, y)?))
+        })?;
         let c = crate::eval::classify_store(&test, classes, device, |x| clf.logits(x))?;
-        best1 = if best1.is_nan() { c.top1 } else { best1.max(c.top1) };
-        best5 = if best5.is_nan() { c.top5 } else { best5.max(c.top5) };
-        let rec = json!({
-            "epoch": epoch + 1, "lr": clf.lr_at(epoch), "loss": loss_sum / rows.max(1) as f64,
-            "test_top1": c.top1, "test_top5": c.top5,
-        });
-        tracing::debug!("official linear {rec}");
-        history.push(rec);
-        last = Some(c);
+        records.push(c, json!({"epoch": epoch + 1, "lr": clf.lr_at(epoch), "loss": loss}), "official linear");
     }
-    let last = last.expect("eval.official_epochs >= 1 (validated)");
     let mut v = json!({
         "eval": "linear",
         "protocol": "official",
@@ -169,11 +252,8 @@ pub fn official_linear(
         "train_transform": "RandomResizedCrop + RandomHorizontalFlip (Pillow bilinear)",
         "test_transform": format!("Resize({}) + CenterCrop({})", bt_data::eval::resize_side(cfg.data.image_size), cfg.data.image_size),
         "n_train": data.train.len(),
-        "best_top1": best1,
-        "best_top5": best5,
-        "history": history,
     });
-    crate::eval::linear::merge(&mut v, last.to_json(None));
+    records.finish(&mut v);
     v["wall_s"] = json!(t.elapsed().as_secs_f64());
     Ok(v)
 }
