@@ -9,10 +9,10 @@ pub enum Precision {
     F32,
     /// bf16 autocast with f32 master weights and f32 loss reductions (CUDA).
     Bf16,
-    /// bf16 where it pays: on CUDA and on CPUs with AMX-BF16 (detected at run time, `bt-cli
-    /// info` says what this CPU has); f32 on other CPUs, AVX512-BF16-only ones included (whole
-    /// runs measured no faster there). Resolved by `bt_train::device::resolve_precision` before a
-    /// model sees it.
+    /// bf16 where the hardware computes it: on CUDA and on CPUs with AMX-BF16 or AVX512-BF16
+    /// (detected at run time, `bt-cli info` says which); f32 on other CPUs, where bf16 is
+    /// emulated and slower. Resolved by `bt_train::device::resolve_precision` before a model
+    /// sees it.
     Auto,
 }
 
