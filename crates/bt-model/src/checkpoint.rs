@@ -28,16 +28,15 @@ fn describe(t: &Tensor) -> String {
     format!("{:?} {:?}", t.size(), t.kind())
 }
 
-/// Writes `(file name, variable)` pairs as safetensors (CPU, contiguous copies).
-fn write<'a>(path: &Path, vars: impl Iterator<Item = (String, &'a NamedVar)>) -> Result<()> {
-    let tensors = vars
-        .map(|(name, v)| {
-            let t = v
-                .tensor
+/// Writes `(file name, tensor)` pairs as safetensors (CPU, contiguous copies).
+fn write<'a>(path: &Path, tensors: impl Iterator<Item = (String, &'a Tensor)>) -> Result<()> {
+    let tensors = tensors
+        .map(|(name, t)| {
+            let t = t
                 .detach()
                 .f_to_device(Device::Cpu)
                 .and_then(|t| t.f_contiguous())
-                .map_err(|source| ModelError::Torch { op: "copying for saving", name: v.name.clone(), source })?;
+                .map_err(|source| ModelError::Torch { op: "copying for saving", name: name.clone(), source })?;
             Ok((name, t))
         })
         .collect::<Result<Vec<(String, Tensor)>>>()?;
@@ -111,7 +110,7 @@ fn kind_of(file: &HashMap<String, Tensor>) -> CheckpointKind {
 impl BarlowTwins {
     /// Writes every variable (encoder and projector) to a safetensors file.
     pub fn save_full(&self, path: impl AsRef<Path>) -> Result<()> {
-        write(path.as_ref(), self.vars.iter().map(|v| (v.name.clone(), v)))
+        write(path.as_ref(), self.vars.iter().map(|v| (v.name.clone(), &v.tensor)))
     }
 
     /// Writes the encoder alone, under torchvision's names (`conv1.weight`, `bn1.running_mean`,
@@ -148,7 +147,14 @@ impl Encoder {
     /// Writes the encoder's variables under torchvision's names (as
     /// [`BarlowTwins::save_encoder`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        write(path.as_ref(), self.named().into_iter())
+        self.save_with(path, &[])
+    }
+
+    /// [`save`](Self::save) with more tensors in the same file, e.g. a classifier head as
+    /// `fc.weight`/`fc.bias`: a torchvision `ResNet.state_dict()` with its `fc`.
+    pub fn save_with(&self, path: impl AsRef<Path>, extra: &[(&str, &Tensor)]) -> Result<()> {
+        let named = self.named().into_iter().map(|(n, v)| (n, &v.tensor));
+        write(path.as_ref(), named.chain(extra.iter().map(|&(n, t)| (n.to_string(), t))))
     }
 
     /// Loads an encoder checkpoint ([`save`](Self::save), [`BarlowTwins::save_encoder`]) or the

@@ -119,11 +119,14 @@ impl OnlineProbe {
     /// The probe's state for a checkpoint: weights, momentum and the epoch's running
     /// statistics, by name.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        [("weight", &self.weight), ("bias", &self.bias), ("momentum_weight", &self.mom_w)]
-            .into_iter()
-            .chain([("momentum_bias", &self.mom_b), ("epoch_sums", &self.acc)])
-            .map(|(k, t)| (k.to_string(), t.shallow_clone()))
-            .collect()
+        let named = [
+            ("weight", &self.weight),
+            ("bias", &self.bias),
+            ("momentum_weight", &self.mom_w),
+            ("momentum_bias", &self.mom_b),
+            ("epoch_sums", &self.acc),
+        ];
+        named.into_iter().map(|(k, t)| (k.to_string(), t.shallow_clone())).collect()
     }
 
     /// Restores a [`state`](Self::state): every entry must be there with this probe's shape

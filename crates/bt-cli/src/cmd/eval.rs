@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use bt_config::{Config, ConfigBuilder, LinearProtocol};
 use bt_model::BarlowTwins;
 use bt_train::checkpoint::{load_weights, WeightsKind};
-use bt_train::eval::{finetune, knn_eval, linear_eval, result_path, save_result};
+use bt_train::eval::{finetune, knn_eval, linear_eval, linear_result_name, result_path, save_result};
 use bt_train::{setup, RunFolder};
 use clap::Subcommand;
 use serde_json::{json, Value};
@@ -248,20 +248,15 @@ pub fn run(cmd: EvalCmd) -> Result<()> {
             for w in &data.warnings {
                 tracing::warn!("{w}");
             }
+            let name = linear_result_name(protocol, &l.cfg.eval);
             let mut obs = CliObserver::default();
-            let (name, mut v, tuned) = if protocol == LinearProtocol::Finetune {
+            let (mut v, tuned) = if protocol == LinearProtocol::Finetune {
                 let (v, ft) = finetune::finetune(&l.cfg, &l.model, &data, l.device, &mut obs)?;
-                let weights = result_path(l.run.as_ref(), &l.weights, &finetune::result_name(&l.cfg.eval))
-                    .with_extension("safetensors");
+                let weights = finetune::network_path(&result_path(l.run.as_ref(), &l.weights, &name));
                 ft.save(&l.model, &weights)?;
-                (finetune::result_name(&l.cfg.eval), v, Some(weights))
+                (v, Some(weights))
             } else {
-                let name = match protocol {
-                    LinearProtocol::KerasSeed => "linear_keras-seed",
-                    LinearProtocol::Standard => "linear_standard",
-                    LinearProtocol::Official | LinearProtocol::Finetune => "linear_official",
-                };
-                (name.to_string(), linear_eval(&l.cfg, &l.model, &data, l.device, protocol, &mut obs)?, None)
+                (linear_eval(&l.cfg, &l.model, &data, l.device, protocol, &mut obs)?, None)
             };
             let best = match protocol {
                 LinearProtocol::Official | LinearProtocol::Finetune => format!(

@@ -49,31 +49,17 @@ pub struct Finetuner {
 }
 
 impl Finetuner {
-    /// A classifier `features -> classes` (`fc.weight ~ N(0, 0.01)` from libtorch's generator
-    /// seeded with `seed`, zero bias) on `device`, and the optimizer over it and `model`'s
-    /// encoder, with the `eval.finetune_*` settings.
+    /// A classifier `features -> classes` ([`official::fc_layer`]: `fc.weight ~ N(0, 0.01)` from
+    /// libtorch's generator seeded with `seed`, zero bias) on `device`, and the optimizer over it
+    /// and `model`'s encoder, with the `eval.finetune_*` settings.
     pub fn new(model: &BarlowTwins, classes: i64, e: &EvalConfig, seed: u64, device: Device) -> Result<Self> {
-        tch::manual_seed(seed as i64);
-        let vs = nn::VarStore::new(device);
-        let lin = nn::linear(vs.root() / "fc", model.feature_dim(), classes, Default::default());
-        tch::no_grad(|| {
-            let _ = lin.ws.shallow_clone().normal_(0.0, 0.01);
-            if let Some(b) = &lin.bs {
-                let _ = b.shallow_clone().zero_();
-            }
-        });
+        let (vs, lin) = official::fc_layer(model.feature_dim(), classes, seed, device);
         Self::with_layer(model, vs, lin, e)
     }
 
     /// A classifier from given weights (`classes x features`) and bias (tests).
     pub fn from_weights(model: &BarlowTwins, weight: &Tensor, bias: &Tensor, e: &EvalConfig) -> Result<Self> {
-        let vs = nn::VarStore::new(weight.device());
-        let s = weight.size();
-        let lin = nn::linear(vs.root() / "fc", s[1], s[0], Default::default());
-        tch::no_grad(|| {
-            lin.ws.shallow_clone().copy_(weight);
-            lin.bs.as_ref().expect("a bias").shallow_clone().copy_(bias);
-        });
+        let (vs, lin) = official::fc_from(weight, bias);
         Self::with_layer(model, vs, lin, e)
     }
 
@@ -146,16 +132,8 @@ impl Finetuner {
     /// the old file or the new one.
     pub fn save(&self, model: &BarlowTwins, path: &Path) -> Result<()> {
         let (w, b) = self.parameters();
-        let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        for v in model.encoder().variables() {
-            tensors.push((v.name.clone(), v.tensor.detach().f_to_device(Device::Cpu)?.f_contiguous()?));
-        }
-        for (n, t) in [("fc.weight", w), ("fc.bias", b)] {
-            tensors.push((n.into(), t.detach().f_to_device(Device::Cpu)?.f_contiguous()?));
-        }
         crate::atomic::atomic_via(path, |tmp| {
-            Tensor::write_safetensors(&tensors, tmp)
-                .map_err(|e| crate::error::Error::checkpoint(path, format!("writing: {e}")))
+            Ok(model.encoder().save_with(tmp, &[("fc.weight", &w), ("fc.bias", &b)])?)
         })
     }
 }
@@ -185,6 +163,12 @@ pub fn result_name(e: &EvalConfig) -> String {
     } else {
         format!("linear_finetune_{}pct", e.finetune_train_percent)
     }
+}
+
+/// Where the fine-tuned network of the result file `json` goes: beside it, same stem
+/// (`eval_linear_finetune_10pct.json` -> `eval_linear_finetune_10pct.safetensors`).
+pub fn network_path(json: &Path) -> std::path::PathBuf {
+    json.with_extension("safetensors")
 }
 
 /// Fine-tunes `model`'s encoder in place with a new classifier on the labeled subset; the JSON
@@ -263,6 +247,7 @@ pub fn finetune(
     crate::eval::linear::merge(&mut v, subset);
     records.finish(&mut v);
     v["wall_s"] = json!(t.elapsed().as_secs_f64());
+    crate::eval::name_classes(&mut v, data);
     Ok((v, ft))
 }
 

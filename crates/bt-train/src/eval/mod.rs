@@ -125,30 +125,33 @@ pub fn linear_eval(
     protocol: LinearProtocol,
     obs: &mut dyn Observer,
 ) -> Result<Value> {
-    if protocol == LinearProtocol::Official || protocol == LinearProtocol::Finetune {
-        let mut v = if protocol == LinearProtocol::Official {
-            official::official_linear(cfg, model, data, device, obs)?
-        } else {
-            finetune::finetune(cfg, model, data, device, obs)?.0
-        };
-        name_classes(&mut v, data);
-        return Ok(v);
+    match protocol {
+        LinearProtocol::Official => official::official_linear(cfg, model, data, device, obs),
+        LinearProtocol::Finetune => Ok(finetune::finetune(cfg, model, data, device, obs)?.0),
+        LinearProtocol::KerasSeed => frozen_probe(cfg, model, data, device, FeatureKind::Projector, obs),
+        LinearProtocol::Standard => frozen_probe(cfg, model, data, device, FeatureKind::Encoder, obs),
     }
+}
+
+/// The probes on precomputed frozen features: the notebook's on the projector output, the
+/// standard one on the encoder's.
+fn frozen_probe(
+    cfg: &Config,
+    model: &BarlowTwins,
+    data: &Data,
+    device: Device,
+    fk: FeatureKind,
+    obs: &mut dyn Observer,
+) -> Result<Value> {
     let t = Instant::now();
-    let fk = match protocol {
-        LinearProtocol::KerasSeed => FeatureKind::Projector,
-        LinearProtocol::Standard | LinearProtocol::Official | LinearProtocol::Finetune => FeatureKind::Encoder,
-    };
     let (train, test) = both_splits(cfg, model, data, fk, device, obs)?;
     let classes = num_classes(train.labels(), test.labels());
     let t_feat = t.elapsed().as_secs_f64();
     let mut progress = |done, total| obs.on_event(&Event::EvalProgress { stage: "linear", done, total });
     let (e, seed) = (&cfg.eval, cfg.run.seed);
-    let mut v = match protocol {
-        LinearProtocol::KerasSeed => linear::keras_seed_store(&train, &test, classes, e, seed, device, &mut progress)?,
-        LinearProtocol::Standard | LinearProtocol::Official | LinearProtocol::Finetune => {
-            linear::standard_store(&train, &test, classes, e, seed, device, &mut progress)?
-        }
+    let mut v = match fk {
+        FeatureKind::Projector => linear::keras_seed_store(&train, &test, classes, e, seed, device, &mut progress)?,
+        FeatureKind::Encoder => linear::standard_store(&train, &test, classes, e, seed, device, &mut progress)?,
     };
     v["eval"] = json!("linear");
     v["features"] = json!(format!("{fk:?}").to_lowercase());
@@ -157,6 +160,18 @@ pub fn linear_eval(
     v["wall_s"] = json!(t.elapsed().as_secs_f64());
     name_classes(&mut v, data);
     Ok(v)
+}
+
+/// The name a linear evaluation's result is saved under (`eval_<name>.json`):
+/// `linear_keras-seed`, `linear_standard`, `linear_official`, or fine-tuning's
+/// [`finetune::result_name`] (its labeled subset in the name).
+pub fn linear_result_name(protocol: LinearProtocol, e: &bt_config::EvalConfig) -> String {
+    match protocol {
+        LinearProtocol::KerasSeed => "linear_keras-seed".into(),
+        LinearProtocol::Standard => "linear_standard".into(),
+        LinearProtocol::Official => "linear_official".into(),
+        LinearProtocol::Finetune => finetune::result_name(e),
+    }
 }
 
 /// How a store kept its features, for the result file.
@@ -190,7 +205,7 @@ fn class_names(data: &Data) -> Option<Vec<String>> {
 }
 
 /// Adds `class_names` to a result that has a confusion matrix of the same width.
-fn name_classes(v: &mut Value, data: &Data) {
+pub(crate) fn name_classes(v: &mut Value, data: &Data) {
     let width = v["confusion"].as_array().map(Vec::len);
     if let Some(names) = class_names(data).filter(|n| Some(n.len()) == width) {
         v["class_names"] = json!(names);

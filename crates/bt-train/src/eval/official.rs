@@ -23,6 +23,33 @@ use serde_json::{json, Value};
 use std::time::Instant;
 use tch::{nn, nn::OptimizerConfig, Device, Tensor};
 
+/// `evaluate.py`'s classifier, `fc = Linear(features, classes)` in a store of its own on
+/// `device`: `fc.weight ~ N(0, 0.01)` from libtorch's generator seeded with `seed`, `fc.bias = 0`.
+pub(crate) fn fc_layer(features: i64, classes: i64, seed: u64, device: Device) -> (nn::VarStore, nn::Linear) {
+    tch::manual_seed(seed as i64);
+    let vs = nn::VarStore::new(device);
+    let lin = nn::linear(vs.root() / "fc", features, classes, Default::default());
+    tch::no_grad(|| {
+        let _ = lin.ws.shallow_clone().normal_(0.0, 0.01);
+        if let Some(b) = &lin.bs {
+            let _ = b.shallow_clone().zero_();
+        }
+    });
+    (vs, lin)
+}
+
+/// The same layer from a given weight (`classes x features`) and bias, on their device.
+pub(crate) fn fc_from(weight: &Tensor, bias: &Tensor) -> (nn::VarStore, nn::Linear) {
+    let vs = nn::VarStore::new(weight.device());
+    let s = weight.size();
+    let lin = nn::linear(vs.root() / "fc", s[1], s[0], Default::default());
+    tch::no_grad(|| {
+        lin.ws.shallow_clone().copy_(weight);
+        lin.bs.as_ref().expect("a bias").shallow_clone().copy_(bias);
+    });
+    (vs, lin)
+}
+
 /// The classifier and its optimizer.
 pub struct OfficialClassifier {
     _vs: nn::VarStore,
@@ -33,30 +60,15 @@ pub struct OfficialClassifier {
 }
 
 impl OfficialClassifier {
-    /// `features -> classes`, `fc.weight ~ N(0, 0.01)` from libtorch's generator seeded with
-    /// `seed`, zero bias, on `device`, with the `eval.official_*` settings.
+    /// `features -> classes` ([`fc_layer`]), on `device`, with the `eval.official_*` settings.
     pub fn new(features: i64, classes: i64, e: &EvalConfig, seed: u64, device: Device) -> Result<Self> {
-        tch::manual_seed(seed as i64);
-        let vs = nn::VarStore::new(device);
-        let lin = nn::linear(vs.root() / "fc", features, classes, Default::default());
-        tch::no_grad(|| {
-            let _ = lin.ws.shallow_clone().normal_(0.0, 0.01);
-            if let Some(b) = &lin.bs {
-                let _ = b.shallow_clone().zero_();
-            }
-        });
+        let (vs, lin) = fc_layer(features, classes, seed, device);
         Self::with_layer(vs, lin, e)
     }
 
     /// A classifier from given weights (`classes x features`) and bias (tests).
     pub fn from_weights(weight: &Tensor, bias: &Tensor, e: &EvalConfig) -> Result<Self> {
-        let vs = nn::VarStore::new(weight.device());
-        let s = weight.size();
-        let lin = nn::linear(vs.root() / "fc", s[1], s[0], Default::default());
-        tch::no_grad(|| {
-            lin.ws.shallow_clone().copy_(weight);
-            lin.bs.as_ref().expect("a bias").shallow_clone().copy_(bias);
-        });
+        let (vs, lin) = fc_from(weight, bias);
         Self::with_layer(vs, lin, e)
     }
 
@@ -255,6 +267,7 @@ pub fn official_linear(
     });
     records.finish(&mut v);
     v["wall_s"] = json!(t.elapsed().as_secs_f64());
+    crate::eval::name_classes(&mut v, data);
     Ok(v)
 }
 
