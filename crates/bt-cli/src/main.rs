@@ -111,7 +111,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            crate::progress::say!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -28,6 +28,23 @@ impl Write for LogWriter {
     }
 }
 
+/// Prints `text` and a newline to stderr in one `write(2)` (around the bar, if one is shown).
+/// `eprintln!` writes each formatted piece separately, so the ranks of a data-parallel run,
+/// which share one stderr pipe, could splice their messages together mid-line; a single
+/// write of at most `PIPE_BUF` (4096) bytes is atomic on a pipe.
+pub fn say_line(text: &str) {
+    let mut line = String::with_capacity(text.len() + 1);
+    line.push_str(text);
+    line.push('\n');
+    let _ = LogWriter.write_all(line.as_bytes());
+}
+
+/// `eprintln!` that writes the whole message at once: see [`say_line`].
+macro_rules! say {
+    ($($t:tt)*) => { $crate::progress::say_line(&format!($($t)*)) };
+}
+pub(crate) use say;
+
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
     type Writer = LogWriter;
     fn make_writer(&'a self) -> Self::Writer {

@@ -100,7 +100,7 @@ pub fn run(a: Args) -> Result<()> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         (cores / a.nproc).max(1).to_string()
     });
-    eprintln!("launch: {} workers, OMP_NUM_THREADS={omp} each", a.nproc);
+    crate::progress::say!("launch: {} workers, OMP_NUM_THREADS={omp} each", a.nproc);
     let mut ws = Vec::with_capacity(a.nproc);
     for rank in 0..a.nproc {
         let mut cmd = Command::new(&exe);
@@ -131,7 +131,7 @@ pub fn run(a: Args) -> Result<()> {
             .with_context(|| format!("spawning rank {rank}"));
         match child {
             Ok(child) => {
-                eprintln!("launch: rank {rank} pid {} (127.0.0.1:{port})", child.id());
+                crate::progress::say!("launch: rank {rank} pid {} (127.0.0.1:{port})", child.id());
                 ws.push(Worker { rank, child, status: None });
             }
             Err(e) => {
@@ -148,7 +148,7 @@ pub fn run(a: Args) -> Result<()> {
     loop {
         let sig = SIGNAL.swap(0, Ordering::SeqCst);
         if sig != 0 {
-            eprintln!("launch: forwarding signal {sig} to the workers");
+            crate::progress::say!("launch: forwarding signal {sig} to the workers");
             signal_all(&ws, sig);
             forwarded.get_or_insert(sig);
         }
@@ -157,9 +157,9 @@ pub fn run(a: Args) -> Result<()> {
                 w.status = Some(st);
                 if forwarded.is_some_and(|s| st.code() == Some(128 + s)) {
                     // The stop the launcher forwarded: a checkpointed stop, not a failure.
-                    eprintln!("launch: rank {} (pid {}) stopped: {}", w.rank, w.child.id(), describe(st));
+                    crate::progress::say!("launch: rank {} (pid {}) stopped: {}", w.rank, w.child.id(), describe(st));
                 } else if !st.success() {
-                    eprintln!("launch: rank {} (pid {}) failed: {}", w.rank, w.child.id(), describe(st));
+                    crate::progress::say!("launch: rank {} (pid {}) failed: {}", w.rank, w.child.id(), describe(st));
                     if first_failure.is_none() {
                         first_failure = Some((w.rank, describe(st)));
                         failed_at = Some(Instant::now());
@@ -172,7 +172,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         if let Some(t) = failed_at {
             if terminated_at.is_none() && t.elapsed() > Duration::from_secs_f64(a.grace_s) {
-                eprintln!("launch: the other workers did not stop within {}s; terminating them", a.grace_s);
+                crate::progress::say!("launch: the other workers did not stop within {}s; terminating them", a.grace_s);
                 signal_all(&ws, libc::SIGTERM);
                 terminated_at = Some(Instant::now());
             }
@@ -190,11 +190,11 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(sig) = forwarded {
         // Every worker stopped with the signal's status (or finished): the run stopped cleanly
         // with a checkpoint; exit as the workers did (130 for Ctrl-C), as `pretrain` does.
-        eprintln!(
+        crate::progress::say!(
             "launch: stopped by signal {sig} (forwarded once to every worker); rerun the same command (without --fresh/--force) to resume from that checkpoint"
         );
         std::process::exit(128 + sig);
     }
-    eprintln!("launch: all {} workers finished", a.nproc);
+    crate::progress::say!("launch: all {} workers finished", a.nproc);
     Ok(())
 }

@@ -152,7 +152,7 @@ fn resume_command(drop_max_steps: bool) -> String {
 fn finish_early(stop: &Stop) -> Result<()> {
     match stop.reason {
         StopReason::Interrupted(i) => {
-            eprintln!("{stop}.\nResume with:\n  {}", resume_command(false));
+            crate::progress::say!("{stop}.\nResume with:\n  {}", resume_command(false));
             std::process::exit(i.exit_code());
         }
         StopReason::MaxSteps(_) => {
