@@ -384,3 +384,71 @@ fn official_and_finetune_protocols_on_an_image_folder() {
     assert!(!o.status.success());
     assert!(text(&o).contains("eval.finetune_train_percent"), "{}", text(&o));
 }
+
+/// Ctrl-C during the official protocol, as a terminal sends it (a real SIGINT to a real
+/// process): `bt-cli` finishes the batch in flight, says which file keeps the finished epochs
+/// and how to continue, and exits 130. Other settings are then refused with the key named and
+/// the file kept; the same command resumes after the last finished epoch and ends with the
+/// result of an uninterrupted run, then removes the file.
+#[test]
+fn ctrl_c_during_the_official_protocol_keeps_its_epochs_and_the_same_command_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, val, run) = (tmp.path().join("train"), tmp.path().join("val"), tmp.path().join("run"));
+    write_folder(&train, &["a", "b"], 12, 40, 36);
+    write_folder(&val, &["a", "b"], 4, 36, 40);
+    let o = small(&train, &run, &["--test-data", val.to_str().unwrap(), "--set", "run.epochs=1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Long enough that the signal lands mid-run: 200 epochs of 6 batches.
+    let official = |extra: &[&str]| {
+        let mut c = bt_cli();
+        c.args(["eval", "linear", "--run"]).arg(&run).args(["--protocol", "official"]);
+        c.args(["--set", "eval.official_epochs=200", "--set", "eval.official_batch_size=4"]).args(extra);
+        c.env("OMP_NUM_THREADS", "1");
+        c
+    };
+    let state = run.join("eval_linear_official.state.safetensors");
+    let result = run.join("eval_linear_official.json");
+    let mut child = official(&[]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    while !state.exists() && t0.elapsed().as_secs() < 300 && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    if !state.exists() {
+        let _ = child.kill();
+        panic!("no resume file after the first epoch:\n{}", text(&child.wait_with_output().unwrap()));
+    }
+    let sent = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let o = child.wait_with_output().unwrap();
+    let err = text(&o);
+    assert_eq!(o.status.code(), Some(130), "exit 130 after Ctrl-C:\n{err}");
+    let line = err.lines().find(|l| l.starts_with("interrupted by SIGINT")).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains("of 200;") && line.contains("eval_linear_official.state.safetensors holds epoch"), "{line}");
+    let kept: usize = line.rsplit("holds epoch ").next().unwrap().trim_end_matches('.').parse().unwrap();
+    assert!((1..200).contains(&kept), "{line}");
+    assert!(err.contains("Resume with:\n  bt-cli eval linear --run"), "{err}");
+    assert!(!result.exists(), "no result from a stopped evaluation");
+
+    // Another learning rate: refused, the key named, the file left as it was.
+    let before = std::fs::read(&state).unwrap();
+    let o = official(&["--set", "eval.official_lr=0.05"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("eval.official_lr") && text(&o).contains("--fresh"), "{}", text(&o));
+    assert_eq!(std::fs::read(&state).unwrap(), before);
+
+    // The same command resumes; the file is removed once the result is written.
+    let o = official(&[]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(&format!("({kept} epochs done)")), "{}", text(&o));
+    assert!(!state.exists(), "the resume file is removed with the result written");
+    let resumed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+    // Uninterrupted (no resume file now), for comparison.
+    let o = official(&[]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("resuming"), "{}", text(&o));
+    let whole: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+    assert_eq!(whole["history"].as_array().map(Vec::len), Some(200));
+    for k in ["history", "best_top1", "best_top5", "test_top1", "confusion"] {
+        assert_eq!(resumed[k], whole[k], "`{k}`: resumed vs uninterrupted");
+    }
+}

@@ -4,6 +4,8 @@
 //!   correction, optional decoupled decay, layer-wise trust ratio `‖w‖ / ‖update‖` (1.0 when
 //!   either norm is 0), exclusion filters for decay and for adaptation.
 //! - [`Lars`]: the official Barlow Twins LARS and solo-learn's variant ([`LarsVariant`]).
+//! - [`Sgd`]: `torch.optim.SGD` (momentum, weight decay, parameter groups) with its state by
+//!   name, for the evaluations that follow the official `evaluate.py`.
 //! - [`Schedule`]: constant, or the official linear warmup + cosine decay.
 //!
 //! # Key design choice: one flat buffer, chunked segment reductions
@@ -38,12 +40,14 @@ mod lamb;
 mod lars;
 pub mod reference;
 mod schedule;
+pub mod sgd;
 
 pub use bt_config::LarsVariant;
 pub use flat::FlatParams;
 pub use lamb::{Lamb, LambParams};
 pub use lars::{Lars, LarsParams};
 pub use schedule::Schedule;
+pub use sgd::Sgd;
 
 use bt_config::{OptimConfig, OptimKind};
 use tch::Tensor;

@@ -29,6 +29,15 @@ pub enum Error {
     /// A non-finite loss or gradient (`run.on_nonfinite = "stop"`), or a loss spike.
     #[error("{0}")]
     Diverged(String),
+    /// A stop request ([`crate::StopToken`]) ended an evaluation; `detail` says where and what
+    /// keeps its progress.
+    #[error("{interrupted} {detail}")]
+    Stopped {
+        /// The request.
+        interrupted: crate::Interrupted,
+        /// When it stopped and which file holds what was done.
+        detail: String,
+    },
     /// An invalid config value.
     #[error(transparent)]
     Config(#[from] bt_config::ConfigError),

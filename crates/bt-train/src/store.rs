@@ -67,6 +67,14 @@ pub fn fnv1a_hex(s: &str) -> String {
 /// `run.checkpoint_every[_steps]`, `run.keep_checkpoints`, `run.knn_every`, `run.log_every`,
 /// `run.max_steps`, `run.on_nonfinite`, `run.spike_*`, `run.tensorboard` and `[eval]`.
 fn without_volatile(cfg: &Config) -> Config {
+    let mut c = without_run_control(cfg);
+    c.eval = Config::default().eval;
+    c
+}
+
+/// `cfg` without the keys that do not change what a run computes (workers, device, logging,
+/// checkpoint cadence...); `[eval]` kept.
+fn without_run_control(cfg: &Config) -> Config {
     let d = Config::default();
     let mut c = cfg.clone();
     c.data.workers = d.data.workers;
@@ -83,7 +91,6 @@ fn without_volatile(cfg: &Config) -> Config {
     c.run.spike_factor = d.run.spike_factor;
     c.run.spike_window = d.run.spike_window;
     c.run.spike_patience = d.run.spike_patience;
-    c.eval = d.eval;
     c
 }
 
@@ -95,11 +102,25 @@ pub fn config_hash(cfg: &Config) -> String {
 
 /// `key: old -> new` for every trajectory key that differs between two configs (TOML texts).
 pub fn config_diff(old_toml: &str, new: &Config) -> Vec<String> {
+    diff_of(old_toml, new, without_volatile)
+}
+
+/// Hash of what an evaluation's result depends on: [`config_hash`]'s keys and `[eval]`.
+pub fn eval_config_hash(cfg: &Config) -> String {
+    fnv1a_hex(&without_run_control(cfg).to_toml())
+}
+
+/// [`config_diff`] over [`eval_config_hash`]'s keys.
+pub fn eval_config_diff(old_toml: &str, new: &Config) -> Vec<String> {
+    diff_of(old_toml, new, without_run_control)
+}
+
+fn diff_of(old_toml: &str, new: &Config, keep: fn(&Config) -> Config) -> Vec<String> {
     let Ok(old) = Config::from_toml_str(old_toml) else {
         return vec!["<the checkpoint's config does not parse with this version>".into()];
     };
     let flat = |c: &Config| -> Vec<(String, String)> {
-        let v = serde_json::to_value(without_volatile(c)).expect("config serializes");
+        let v = serde_json::to_value(keep(c)).expect("config serializes");
         let mut out = Vec::new();
         flatten(&v, String::new(), &mut out);
         out

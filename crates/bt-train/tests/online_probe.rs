@@ -79,8 +79,15 @@ fn the_probe_learns_and_the_run_is_bit_identical_without_it() {
     (ecfg.eval.official_epochs, ecfg.eval.official_batch_size) = (3, 32);
     let mut progress = Progress::default();
     let before: Vec<tch::Tensor> = b.iter().map(|(_, t)| t.copy()).collect();
-    let v = bt_train::eval::official::official_linear(&ecfg, &probed.model, &data, tch::Device::Cpu, &mut progress)
-        .unwrap();
+    let v = bt_train::eval::official::official_linear(
+        &ecfg,
+        &probed.model,
+        &data,
+        tch::Device::Cpu,
+        &mut progress,
+        &Default::default(),
+    )
+    .unwrap();
     eprintln!(
         "official linear: top-1 {} top-5 {} best {} history {}",
         v["test_top1"], v["test_top5"], v["best_top1"], v["history"]
@@ -122,7 +129,9 @@ fn the_probe_learns_and_the_run_is_bit_identical_without_it() {
     let mut fcfg = cfg.clone();
     (fcfg.eval.finetune_epochs, fcfg.eval.finetune_batch_size) = (10, 32);
     (fcfg.eval.finetune_lr_classifier, fcfg.eval.finetune_lr_backbone) = (0.1, 0.01);
-    let (f, _) = bt_train::eval::finetune::finetune(&fcfg, &probed.model, &data, tch::Device::Cpu, &mut ()).unwrap();
+    let (f, _) =
+        bt_train::eval::finetune::finetune(&fcfg, &probed.model, &data, tch::Device::Cpu, &mut (), &Default::default())
+            .unwrap();
     eprintln!("finetune: top-1 {} best {} history {}", f["test_top1"], f["best_top1"], f["history"]);
     assert_eq!((f["n_train"].as_u64(), f["train_percent"].as_f64()), (Some(320), Some(100.0)), "{f}");
     let ft1 = f["test_top1"].as_f64().unwrap();

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use bt_config::{Config, ConfigBuilder, LinearProtocol};
 use bt_model::BarlowTwins;
 use bt_train::checkpoint::{load_weights, WeightsKind};
-use bt_train::eval::{finetune, knn_eval, linear_eval, linear_result_name, result_path, save_result};
+use bt_train::eval::{finetune, knn_eval, linear_eval, linear_result_name, result_path, save_result, EvalControl};
 use bt_train::{setup, RunFolder};
 use clap::Subcommand;
 use serde_json::{json, Value};
@@ -61,6 +61,10 @@ pub struct LinearArgs {
     /// format or class/file lines; sets eval.finetune_train_files).
     #[arg(long)]
     pub train_files: Option<PathBuf>,
+    /// official/finetune: start over, ignoring the resume file a stopped run of the same
+    /// evaluation left beside its result (it is overwritten after the first epoch).
+    #[arg(long)]
+    pub fresh: bool,
 }
 
 #[derive(clap::Args)]
@@ -216,6 +220,21 @@ impl Source {
     }
 }
 
+/// An evaluation ended by Ctrl-C / SIGTERM: say where its progress is and how to continue,
+/// then exit 130 / 143 as `pretrain` does; any other result passes through.
+fn stopped<T>(r: bt_train::Result<T>) -> Result<T> {
+    match r {
+        Err(bt_train::Error::Stopped { interrupted, detail }) => {
+            crate::progress::say!(
+                "{interrupted} {detail}.\nResume with:\n  {}",
+                super::pretrain::resume_command(false)
+            );
+            std::process::exit(interrupted.exit_code());
+        }
+        r => Ok(r?),
+    }
+}
+
 /// Writes a result next to the run (or the checkpoint) and prints the one-line summary.
 fn finish(l: &Loaded, name: &str, mut v: Value, summary: String) -> Result<()> {
     v["weights"] = json!("pretrained");
@@ -250,13 +269,26 @@ pub fn run(cmd: EvalCmd) -> Result<()> {
             }
             let name = linear_result_name(protocol, &l.cfg.eval);
             let mut obs = CliObserver::default();
+            let json_path = result_path(l.run.as_ref(), &l.weights, &name);
+            // The epoch-based protocols keep their progress beside the result and stop on
+            // Ctrl-C / SIGTERM after the batch in flight; the others are short and keep none.
+            let epochs = matches!(protocol, LinearProtocol::Official | LinearProtocol::Finetune);
+            if a.fresh && !epochs {
+                bail!("--fresh belongs to --protocol official or finetune (the others keep no progress)");
+            }
+            let ctl = if epochs {
+                let state = EvalControl::state_path(&json_path);
+                EvalControl::resumable(state, l.weights.display().to_string(), a.fresh, crate::signals::install())
+            } else {
+                EvalControl::default()
+            };
             let (mut v, tuned) = if protocol == LinearProtocol::Finetune {
-                let (v, ft) = finetune::finetune(&l.cfg, &l.model, &data, l.device, &mut obs)?;
-                let weights = finetune::network_path(&result_path(l.run.as_ref(), &l.weights, &name));
+                let (v, ft) = stopped(finetune::finetune(&l.cfg, &l.model, &data, l.device, &mut obs, &ctl))?;
+                let weights = finetune::network_path(&json_path);
                 ft.save(&l.model, &weights)?;
                 (v, Some(weights))
             } else {
-                (linear_eval(&l.cfg, &l.model, &data, l.device, protocol, &mut obs)?, None)
+                (stopped(linear_eval(&l.cfg, &l.model, &data, l.device, protocol, &mut obs, &ctl))?, None)
             };
             let best = match protocol {
                 LinearProtocol::Official | LinearProtocol::Finetune => format!(
@@ -279,7 +311,8 @@ pub fn run(cmd: EvalCmd) -> Result<()> {
                 summary.push_str(&format!("; fine-tuned network: {}", w.display()));
                 v["finetuned_weights"] = json!(w.display().to_string());
             }
-            finish(&l, &name, v, summary)
+            finish(&l, &name, v, summary)?;
+            Ok(ctl.finish()?)
         }
         EvalCmd::Knn(a) => {
             let l = a.src.load()?;

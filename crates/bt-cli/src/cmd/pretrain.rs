@@ -119,7 +119,7 @@ pub fn run(a: Args) -> Result<()> {
 
 /// The command line that continues this run: ours without --fresh/--force/--resume (and
 /// without `--set run.max_steps=N` when that is what stopped it).
-fn resume_command(drop_max_steps: bool) -> String {
+pub(crate) fn resume_command(drop_max_steps: bool) -> String {
     let mut out = vec!["bt-cli".to_string()];
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut skip = false;

@@ -12,15 +12,18 @@
 //!   `Resize(256)` + `CenterCrop(224)` (same ratios at other sizes), the encoder in eval mode;
 //! - `CrossEntropyLoss`; `SGD(momentum 0.9, weight_decay)` with two parameter groups, the
 //!   classifier at `eval.finetune_lr_classifier` and the encoder at `eval.finetune_lr_backbone`
-//!   (libtorch's SGD, PyTorch's update), both scaled by `CosineAnnealingLR(epochs)` stepped once
+//!   ([`bt_optim::Sgd`], PyTorch's update), both scaled by `CosineAnnealingLR(epochs)` stepped once
 //!   per epoch; no dropped remainder (a last batch of one image is skipped: training-mode batch
 //!   norm cannot normalize one row at a 1x1 map);
 //! - after every epoch top-1/top-5 on the test split; the best of each over the epochs
-//!   (`best_acc1`/`best_acc5`, what the paper quotes) beside the last epoch's.
+//!   (`best_acc1`/`best_acc5`, what the paper quotes) beside the last epoch's;
+//! - its state (encoder, classifier, momentum) saved after every epoch and picked up again, as
+//!   `evaluate.py` does with its `checkpoint.pth` ([`super::resume`]).
 //!
 //! Unlike the frozen protocols, this changes the model: [`finetune`] trains `model`'s encoder
 //! in place, and [`Finetuner::save`] writes it with the classifier as a torchvision state dict.
 use super::official;
+use super::resume::{take, EvalControl};
 use crate::error::Result;
 use crate::observer::Observer;
 use crate::setup::Data;
@@ -28,6 +31,7 @@ use bt_config::{Config, EvalConfig};
 use bt_data::ImageSource;
 use bt_model::{BarlowTwins, Role};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,12 +41,16 @@ use tch::{nn, Device, Tensor};
 const CLASSIFIER: usize = 0;
 /// Group of the encoder's trainable parameters.
 const BACKBONE: usize = 1;
+/// Prefix of the encoder's tensors in the optimizer and the resume file.
+const ENCODER: &str = "encoder.";
+/// The protocol's name in resume files.
+const PROTOCOL: &str = "finetune";
 
 /// The classifier and one SGD optimizer over it and the encoder's trainable parameters.
 pub struct Finetuner {
     _vs: nn::VarStore,
     lin: nn::Linear,
-    opt: tch::COptimizer,
+    opt: bt_optim::Sgd,
     lr_backbone: f64,
     lr_classifier: f64,
     epochs: usize,
@@ -64,12 +72,17 @@ impl Finetuner {
     }
 
     fn with_layer(model: &BarlowTwins, vs: nn::VarStore, lin: nn::Linear, e: &EvalConfig) -> Result<Self> {
-        let mut opt = tch::COptimizer::sgd(e.finetune_lr_classifier, 0.9, 0.0, e.finetune_weight_decay, false)?;
-        opt.add_parameters(&lin.ws, CLASSIFIER)?;
-        opt.add_parameters(lin.bs.as_ref().expect("a bias"), CLASSIFIER)?;
-        for v in model.encoder().variables().iter().filter(|v| v.role == Role::Trainable) {
-            opt.add_parameters(&v.tensor, BACKBONE)?;
-        }
+        let backbone: Vec<(String, Tensor)> = model
+            .encoder()
+            .variables()
+            .iter()
+            .filter(|v| v.role == Role::Trainable)
+            .map(|v| (format!("{ENCODER}{}", v.name), v.tensor.shallow_clone()))
+            .collect();
+        let mut groups = vec![Vec::new(), Vec::new()];
+        (groups[CLASSIFIER], groups[BACKBONE]) = (official::fc_params(&lin), backbone);
+        let lrs = [e.finetune_lr_classifier, e.finetune_lr_backbone];
+        let opt = bt_optim::Sgd::new(groups, &lrs, 0.9, e.finetune_weight_decay)?;
         let mut f = Self {
             _vs: vs,
             lin,
@@ -97,8 +110,8 @@ impl Finetuner {
     /// Sets the learning rates of 0-based `epoch`.
     pub fn set_epoch(&mut self, epoch: usize) -> Result<()> {
         let (c, b) = self.lrs_at(epoch);
-        self.opt.set_learning_rate_group(CLASSIFIER, c)?;
-        self.opt.set_learning_rate_group(BACKBONE, b)?;
+        self.opt.set_lr(CLASSIFIER, c);
+        self.opt.set_lr(BACKBONE, b);
         Ok(())
     }
 
@@ -109,7 +122,7 @@ impl Finetuner {
         model.refresh_low_precision_weights(channels_last)?;
         let h = model.encode(x, true);
         let loss = h.apply(&self.lin).f_cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, -100, 0.0)?;
-        self.opt.zero_grad()?;
+        self.opt.zero_grad();
         loss.f_backward()?;
         self.opt.step()?;
         Ok(bt_host::read_f64(&loss)?)
@@ -123,6 +136,45 @@ impl Finetuner {
     /// The classifier's weight (`classes x features`) and bias.
     pub fn parameters(&self) -> (Tensor, Tensor) {
         (self.lin.ws.shallow_clone(), self.lin.bs.as_ref().expect("a bias").shallow_clone())
+    }
+
+    /// The classifier, the momentum buffers and `model`'s encoder (every variable, batch-norm
+    /// statistics included, under `encoder.`), copies, for a resume file.
+    ///
+    /// # Errors
+    /// libtorch failing to copy.
+    pub fn state(&self, model: &BarlowTwins) -> Result<Vec<(String, Tensor)>> {
+        let encoder =
+            model.encoder().variables().iter().map(|v| (format!("{ENCODER}{}", v.name), v.tensor.shallow_clone()));
+        let mut out = official::fc_params(&self.lin)
+            .into_iter()
+            .chain(encoder)
+            .map(|(n, t)| Ok((n, t.f_detach_copy()?)))
+            .collect::<Result<Vec<_>>>()?;
+        out.extend(self.opt.state()?);
+        Ok(out)
+    }
+
+    /// Restores what [`state`](Self::state) returned, into this classifier and `model`.
+    ///
+    /// # Errors
+    /// A missing or misshapen entry.
+    pub fn load_state(&mut self, model: &BarlowTwins, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        official::load_fc(&self.lin, tensors)?;
+        for v in model.encoder().variables() {
+            let src = take(tensors, &format!("{ENCODER}{}", v.name))?;
+            if src.size() != v.tensor.size() {
+                crate::error::refuse!(
+                    "the resume file's `{ENCODER}{}` is {:?}, the encoder's {:?}; pass --fresh to start over",
+                    v.name,
+                    src.size(),
+                    v.tensor.size()
+                );
+            }
+            tch::no_grad(|| v.tensor.shallow_clone().f_copy_(&src))?;
+        }
+        self.opt.load_state(&official::momentum_of(tensors))?;
+        Ok(())
     }
 
     /// Writes `model`'s encoder under torchvision's names with this classifier as `fc.weight`
@@ -172,13 +224,15 @@ pub fn network_path(json: &Path) -> std::path::PathBuf {
 }
 
 /// Fine-tunes `model`'s encoder in place with a new classifier on the labeled subset; the JSON
-/// result and the classifier ([`Finetuner::save`] writes both).
+/// result and the classifier ([`Finetuner::save`] writes both). `ctl` keeps its progress after
+/// every epoch and stops it on request ([`EvalControl`]).
 pub fn finetune(
     cfg: &Config,
     model: &BarlowTwins,
     data: &Data,
     device: Device,
     obs: &mut dyn Observer,
+    ctl: &EvalControl,
 ) -> Result<(Value, Finetuner)> {
     let t = Instant::now();
     let e = &cfg.eval;
@@ -198,10 +252,17 @@ pub fn finetune(
     )?;
     let mut ft = Finetuner::new(model, classes, e, cfg.run.seed, device)?;
     let epochs = e.finetune_epochs;
-    let (mut records, mut skipped) = (official::EpochRecords::new(), 0usize);
-    for epoch in 0..epochs {
+    let (mut records, mut skipped, mut start) = (official::EpochRecords::new(), 0usize, 0);
+    if let Some(r) = ctl.load(cfg, PROTOCOL)? {
+        ft.load_state(model, &r.tensors)?;
+        (records, start) = (official::EpochRecords::from_json(&r.records), r.epochs_done);
+        skipped = r.records["skipped_single_rows"].as_u64().unwrap_or(0) as usize;
+    }
+    ctl.check_stop(PROTOCOL, start, epochs)?;
+    for epoch in start..epochs {
         ft.set_epoch(epoch)?;
         let loss = views.epoch(epoch, epochs, device, obs, |x, y, i| {
+            ctl.check_stop(PROTOCOL, epoch, epochs)?;
             let n = x.size()[0];
             if n < 2 {
                 skipped += n as usize;
@@ -226,6 +287,11 @@ pub fn finetune(
             json!({"epoch": epoch + 1, "lr_classifier": lr_c, "lr_backbone": lr_b, "loss": loss}),
             "finetune",
         );
+        if epoch + 1 < epochs {
+            let mut saved = records.to_json();
+            saved["skipped_single_rows"] = json!(skipped);
+            ctl.save(cfg, PROTOCOL, epoch + 1, &ft.state(model)?, &saved)?;
+        }
     }
     let mut v = json!({
         "eval": "linear",

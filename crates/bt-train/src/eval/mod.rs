@@ -12,10 +12,12 @@ pub mod finetune;
 pub mod knn;
 pub mod linear;
 pub mod official;
+pub mod resume;
 
 pub use crate::classification::{confusion_png, Classification};
 pub use extract::{features, labeled_features, labeled_store, FeatureKind};
 pub use features::{Budget, FeatureStore, StoreOptions};
+pub use resume::EvalControl;
 
 use crate::atomic::atomic_write;
 use crate::error::Result;
@@ -116,7 +118,8 @@ pub fn knn_top1_of(cfg: &Config, train: &FeatureStore, test: &FeatureStore, devi
 /// feature stores); the official one trains on augmented images through the frozen encoder
 /// ([`official`]); `finetune` trains the encoder itself, changing `model` in place
 /// ([`finetune`]; call [`finetune::finetune`] directly to keep the classifier and save the
-/// fine-tuned network).
+/// fine-tuned network). `ctl` keeps the progress of the two that train for epochs (official,
+/// finetune) and stops them on request ([`resume`]); the others run to the end.
 pub fn linear_eval(
     cfg: &Config,
     model: &BarlowTwins,
@@ -124,10 +127,11 @@ pub fn linear_eval(
     device: Device,
     protocol: LinearProtocol,
     obs: &mut dyn Observer,
+    ctl: &EvalControl,
 ) -> Result<Value> {
     match protocol {
-        LinearProtocol::Official => official::official_linear(cfg, model, data, device, obs),
-        LinearProtocol::Finetune => Ok(finetune::finetune(cfg, model, data, device, obs)?.0),
+        LinearProtocol::Official => official::official_linear(cfg, model, data, device, obs, ctl),
+        LinearProtocol::Finetune => Ok(finetune::finetune(cfg, model, data, device, obs, ctl)?.0),
         LinearProtocol::KerasSeed => frozen_probe(cfg, model, data, device, FeatureKind::Projector, obs),
         LinearProtocol::Standard => frozen_probe(cfg, model, data, device, FeatureKind::Encoder, obs),
     }

@@ -9,19 +9,23 @@
 //!   pipeline's sources, its first view);
 //! - test images `Resize(256)` + `CenterCrop(224)` (for another `data.image_size` the same
 //!   ratio: [`bt_data::eval::resize_side`]): features computed once, since the encoder is frozen;
-//! - `CrossEntropyLoss`, `SGD(momentum 0.9, weight_decay)` (libtorch's SGD, PyTorch's update),
+//! - `CrossEntropyLoss`, `SGD(momentum 0.9, weight_decay)` ([`bt_optim::Sgd`], PyTorch's update),
 //!   `CosineAnnealingLR(epochs)` stepped once per epoch; batch 256, no dropped remainder;
 //! - after every epoch top-1 and top-5 on the test split; `evaluate.py` prints the best of each
 //!   over the epochs (`best_acc1`/`best_acc5`, what the paper's tables quote): reported as
-//!   `best_top1`/`best_top5` beside the last epoch's `test_top1`/`test_top5`.
+//!   `best_top1`/`best_top5` beside the last epoch's `test_top1`/`test_top5`;
+//! - its state saved after every epoch and picked up again, as `evaluate.py` does with its
+//!   `checkpoint.pth` ([`super::resume`]).
+use super::resume::{take, EvalControl};
 use crate::error::Result;
 use crate::observer::{Event, Observer};
 use crate::setup::Data;
 use bt_config::{AugmentConfig, Config, EvalConfig};
 use bt_model::BarlowTwins;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::time::Instant;
-use tch::{nn, nn::OptimizerConfig, Device, Tensor};
+use tch::{nn, Device, Tensor};
 
 /// `evaluate.py`'s classifier, `fc = Linear(features, classes)` in a store of its own on
 /// `device`: `fc.weight ~ N(0, 0.01)` from libtorch's generator seeded with `seed`, `fc.bias = 0`.
@@ -54,7 +58,7 @@ pub(crate) fn fc_from(weight: &Tensor, bias: &Tensor) -> (nn::VarStore, nn::Line
 pub struct OfficialClassifier {
     _vs: nn::VarStore,
     lin: nn::Linear,
-    opt: nn::Optimizer,
+    opt: bt_optim::Sgd,
     lr: f64,
     epochs: usize,
 }
@@ -73,8 +77,8 @@ impl OfficialClassifier {
     }
 
     fn with_layer(vs: nn::VarStore, lin: nn::Linear, e: &EvalConfig) -> Result<Self> {
-        let sgd = nn::Sgd { momentum: 0.9, dampening: 0.0, wd: e.official_weight_decay, nesterov: false };
-        let opt = sgd.build(&vs, e.official_lr)?;
+        let params = fc_params(&lin);
+        let opt = bt_optim::Sgd::new(vec![params], &[e.official_lr], 0.9, e.official_weight_decay)?;
         Ok(Self { _vs: vs, lin, opt, lr: e.official_lr, epochs: e.official_epochs })
     }
 
@@ -86,7 +90,7 @@ impl OfficialClassifier {
     /// Sets the learning rate of 0-based `epoch`.
     pub fn set_epoch(&mut self, epoch: usize) {
         let lr = self.lr_at(epoch);
-        self.opt.set_lr(lr);
+        self.opt.set_lr(0, lr);
     }
 
     /// One SGD step on features `h` (`N x F`) and labels `y` (`N`, int64); the batch's loss.
@@ -94,7 +98,7 @@ impl OfficialClassifier {
         let loss = h.apply(&self.lin).f_cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, -100, 0.0)?;
         self.opt.zero_grad();
         loss.f_backward()?;
-        self.opt.step();
+        self.opt.step()?;
         Ok(bt_host::read_f64(&loss)?)
     }
 
@@ -107,6 +111,60 @@ impl OfficialClassifier {
     pub fn parameters(&self) -> (Tensor, Tensor) {
         (self.lin.ws.shallow_clone(), self.lin.bs.as_ref().expect("a bias").shallow_clone())
     }
+
+    /// `fc.weight`, `fc.bias` and the momentum buffers (copies), for a resume file.
+    ///
+    /// # Errors
+    /// libtorch failing to copy.
+    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out =
+            fc_params(&self.lin).into_iter().map(|(n, t)| Ok((n, t.f_detach_copy()?))).collect::<Result<Vec<_>>>()?;
+        out.extend(self.opt.state()?);
+        Ok(out)
+    }
+
+    /// Restores what [`state`](Self::state) returned.
+    ///
+    /// # Errors
+    /// A missing or misshapen entry.
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        load_fc(&self.lin, tensors)?;
+        self.opt.load_state(&momentum_of(tensors))?;
+        Ok(())
+    }
+}
+
+/// The layer's parameters under `evaluate.py`'s names, `fc.weight` and `fc.bias`.
+pub(crate) fn fc_params(lin: &nn::Linear) -> Vec<(String, Tensor)> {
+    vec![
+        ("fc.weight".into(), lin.ws.shallow_clone()),
+        ("fc.bias".into(), lin.bs.as_ref().expect("a bias").shallow_clone()),
+    ]
+}
+
+/// Copies `fc.weight` and `fc.bias` of a resume file into the layer.
+pub(crate) fn load_fc(lin: &nn::Linear, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    for (name, dst) in fc_params(lin) {
+        let src = take(tensors, &name)?;
+        if src.size() != dst.size() {
+            crate::error::refuse!(
+                "the resume file's `{name}` is {:?}, the classifier's {:?}; pass --fresh to start over",
+                src.size(),
+                dst.size()
+            );
+        }
+        tch::no_grad(|| dst.shallow_clone().f_copy_(&src))?;
+    }
+    Ok(())
+}
+
+/// The optimizer's entries of a resume file.
+pub(crate) fn momentum_of(tensors: &HashMap<String, Tensor>) -> Vec<(String, Tensor)> {
+    tensors
+        .iter()
+        .filter(|(k, _)| k.starts_with(bt_optim::sgd::MOMENTUM_BUFFER))
+        .map(|(k, t)| (k.clone(), t.shallow_clone()))
+        .collect()
 }
 
 /// The training side `evaluate.py`'s protocols share (this one and [`super::finetune`]): the
@@ -197,6 +255,19 @@ impl EpochRecords {
         Self { best1: f64::NAN, best5: f64::NAN, history: Vec::new(), last: None }
     }
 
+    /// The records so far, for a resume file (the last classification is not kept: a resumed
+    /// evaluation runs at least one more epoch).
+    pub(crate) fn to_json(&self) -> Value {
+        json!({"best_top1": self.best1, "best_top5": self.best5, "history": self.history})
+    }
+
+    /// What [`to_json`](Self::to_json) wrote.
+    pub(crate) fn from_json(v: &Value) -> Self {
+        let num = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        let history = v["history"].as_array().cloned().unwrap_or_default();
+        Self { best1: num("best_top1"), best5: num("best_top5"), history, last: None }
+    }
+
     /// An epoch's test classification and its other fields (`epoch`, `lr`, `loss`, ...).
     pub(crate) fn push(&mut self, c: crate::eval::Classification, mut rec: Value, what: &str) {
         self.best1 = if self.best1.is_nan() { c.top1 } else { self.best1.max(c.top1) };
@@ -216,14 +287,19 @@ impl EpochRecords {
     }
 }
 
+/// The protocol's name in resume files.
+const PROTOCOL: &str = "official linear";
+
 /// Runs the official linear protocol on `model`'s encoder; the JSON result
 /// (`eval_linear_official.json`).
+/// `ctl` keeps its progress after every epoch and stops it on request ([`EvalControl`]).
 pub fn official_linear(
     cfg: &Config,
     model: &BarlowTwins,
     data: &Data,
     device: Device,
     obs: &mut dyn Observer,
+    ctl: &EvalControl,
 ) -> Result<Value> {
     let t = Instant::now();
     let e = &cfg.eval;
@@ -241,15 +317,24 @@ pub fn official_linear(
     )?;
     let mut clf = OfficialClassifier::new(model.feature_dim(), classes, e, cfg.run.seed, device)?;
     let epochs = e.official_epochs;
-    let mut records = EpochRecords::new();
-    for epoch in 0..epochs {
+    let (mut records, mut start) = (EpochRecords::new(), 0);
+    if let Some(r) = ctl.load(cfg, PROTOCOL)? {
+        clf.load_state(&r.tensors)?;
+        (records, start) = (EpochRecords::from_json(&r.records), r.epochs_done);
+    }
+    ctl.check_stop(PROTOCOL, start, epochs)?;
+    for epoch in start..epochs {
         clf.set_epoch(epoch);
         let loss = views.epoch(epoch, epochs, device, obs, |x, y, _| {
+            ctl.check_stop(PROTOCOL, epoch, epochs)?;
             let h = tch::no_grad(|| model.encode(x, false));
             Ok(Some(clf.step(&h, y)?))
         })?;
         let c = crate::eval::classify_store(&test, classes, device, |x| clf.logits(x))?;
         records.push(c, json!({"epoch": epoch + 1, "lr": clf.lr_at(epoch), "loss": loss}), "official linear");
+        if epoch + 1 < epochs {
+            ctl.save(cfg, PROTOCOL, epoch + 1, &clf.state()?, &records.to_json())?;
+        }
     }
     let mut v = json!({
         "eval": "linear",
@@ -274,7 +359,6 @@ pub fn official_linear(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
     use std::path::Path;
 
     /// Against `scripts/fixtures/official_linear.py`: torch.optim.SGD(momentum 0.9, weight

@@ -1,0 +1,169 @@
+//! Stopping and resuming the evaluations that train for epochs (the official linear protocol's
+//! 100, fine-tuning's 20), as `evaluate.py` resumes from its `checkpoint.pth`.
+//!
+//! After every epoch but the last, [`EvalControl`] writes the evaluation's whole state to its
+//! resume file (beside the result: `eval_linear_official.state.safetensors`): the classifier,
+//! the SGD momentum buffers, for fine-tuning the encoder with its batch-norm statistics, the
+//! epochs done and the records so far (best top-1/top-5, history). The file is sealed with a
+//! CRC and written atomically like a training checkpoint ([`crate::store::write_atomic`]), so a
+//! process killed at any moment leaves the previous epoch's state whole. The same evaluation
+//! started again continues after the last finished epoch, with the result an uninterrupted run
+//! gives (the training views of epoch `e` are drawn from the seed and `e` alone).
+//!
+//! The file records the config it belongs to ([`store::eval_config_hash`]: the model, data,
+//! augmentation, seed, precision and `[eval]` keys) and the weights evaluated; an evaluation
+//! with other settings or other weights refuses it, naming what differs, rather than resume
+//! someone else's progress or overwrite it ([`EvalControl::fresh`] starts over). The caller
+//! removes it with [`EvalControl::finish`] once the result is saved.
+//!
+//! The [`StopToken`] is polled after every batch: a stop request ends the evaluation with
+//! [`Error::Stopped`] (the partial epoch is dropped; the file holds the last whole one).
+use crate::control::StopToken;
+use crate::error::{Error, Result};
+use crate::store;
+use crate::tensors::{read_safetensors, HostTensors};
+use bt_config::Config;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+/// Metadata value of `format` in a resume file.
+pub const FORMAT: &str = "bt-train-eval-state/1";
+
+/// Where an epoch-based evaluation keeps its progress and how it is stopped.
+#[derive(Debug, Clone, Default)]
+pub struct EvalControl {
+    /// The resume file; `None` keeps no state (a library call that runs to the end).
+    pub state: Option<PathBuf>,
+    /// The weights being evaluated, as the caller names them (recorded and checked on resume).
+    pub weights: String,
+    /// Ignore an existing resume file and start over (it is overwritten after the first epoch).
+    pub fresh: bool,
+    /// Polled after every batch.
+    pub stop: StopToken,
+}
+
+/// What a resume file gives back.
+pub(crate) struct Resumed {
+    /// Epochs finished.
+    pub epochs_done: usize,
+    /// The evaluation's tensors by name.
+    pub tensors: HashMap<String, Tensor>,
+    /// The records of the finished epochs.
+    pub records: Value,
+}
+
+impl EvalControl {
+    /// Keeps state in `state` for the weights `weights`, stopped by `stop`.
+    pub fn resumable(state: PathBuf, weights: impl Into<String>, fresh: bool, stop: StopToken) -> Self {
+        Self { state: Some(state), weights: weights.into(), fresh, stop }
+    }
+
+    /// The resume file of the result file `result_json` (same folder and stem).
+    pub fn state_path(result_json: &Path) -> PathBuf {
+        result_json.with_extension("state.safetensors")
+    }
+
+    /// Removes the resume file (call once the result is saved).
+    ///
+    /// # Errors
+    /// The removal failing for another reason than the file being absent.
+    pub fn finish(&self) -> Result<()> {
+        match &self.state {
+            Some(p) => match std::fs::remove_file(p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("removing", p, e)),
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// The progress of `protocol` saved for `cfg`, if any (none without a file or with `fresh`).
+    pub(crate) fn load(&self, cfg: &Config, protocol: &str) -> Result<Option<Resumed>> {
+        let Some(path) = &self.state else { return Ok(None) };
+        if self.fresh || !path.exists() {
+            return Ok(None);
+        }
+        let hint = "pass --fresh to start over (the file is then overwritten)";
+        store::verify_file(path).map_err(|e| Error::Refused(format!("{e}; {hint}")))?;
+        let (tensors, meta) = read_safetensors(path)?;
+        let get = |k: &str| -> Result<&String> {
+            meta.get(k).ok_or_else(|| Error::checkpoint(path, format!("metadata `{k}` missing; {hint}")))
+        };
+        if get("format")? != FORMAT {
+            return Err(Error::checkpoint(path, format!("format {:?}, not {FORMAT:?}; {hint}", get("format")?)));
+        }
+        let mismatch = |what: String| {
+            Error::Refused(format!(
+                "{} holds the progress of {what}; rerun with the same settings to resume it, or {hint}",
+                path.display()
+            ))
+        };
+        if get("protocol")? != protocol {
+            return Err(mismatch(format!("a {} evaluation, not {protocol}", get("protocol")?)));
+        }
+        if get("weights")? != &self.weights {
+            return Err(mismatch(format!("the weights {}, not {}", get("weights")?, self.weights)));
+        }
+        if get("config_hash")? != &store::eval_config_hash(cfg) {
+            let diff = store::eval_config_diff(get("config")?, cfg);
+            return Err(mismatch(format!("another configuration ({})", diff.join(", "))));
+        }
+        let epochs_done: usize = get("epochs_done")?
+            .parse()
+            .map_err(|_| Error::checkpoint(path, format!("metadata `epochs_done` is not a number; {hint}")))?;
+        let records = serde_json::from_str(get("records")?)?;
+        tracing::info!("resuming {protocol} from {} ({epochs_done} epochs done)", path.display());
+        Ok(Some(Resumed { epochs_done, tensors: tensors.into_iter().collect(), records }))
+    }
+
+    /// Writes the state after `epochs_done` epochs (atomically; no-op without a file).
+    pub(crate) fn save(
+        &self,
+        cfg: &Config,
+        protocol: &str,
+        epochs_done: usize,
+        tensors: &[(String, Tensor)],
+        records: &Value,
+    ) -> Result<()> {
+        let Some(path) = &self.state else { return Ok(()) };
+        let meta = HashMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("protocol".to_string(), protocol.to_string()),
+            ("weights".to_string(), self.weights.clone()),
+            ("epochs_done".to_string(), epochs_done.to_string()),
+            ("config_hash".to_string(), store::eval_config_hash(cfg)),
+            ("config".to_string(), cfg.to_toml()),
+            ("records".to_string(), records.to_string()),
+            (store::CRC_KEY.to_string(), store::CRC_PLACEHOLDER.to_string()),
+        ]);
+        let mut bytes = HostTensors::copy(tensors)?.serialize(meta)?;
+        store::seal(&mut bytes)?;
+        store::write_atomic(path, &bytes)
+    }
+
+    /// [`Error::Stopped`] once a stop was requested: `epochs_done` whole epochs are kept.
+    pub(crate) fn check_stop(&self, protocol: &str, epochs_done: usize, epochs: usize) -> Result<()> {
+        let Some(interrupted) = self.stop.requested() else { return Ok(()) };
+        let detail = match &self.state {
+            Some(p) if epochs_done > 0 => {
+                format!(
+                    "during {protocol} epoch {} of {epochs}; {} holds epoch {epochs_done}",
+                    epochs_done + 1,
+                    p.display()
+                )
+            }
+            _ => format!("during {protocol} epoch {} of {epochs}; nothing to resume from yet", epochs_done + 1),
+        };
+        Err(Error::Stopped { interrupted, detail })
+    }
+}
+
+/// `tensors[name]`, or an error naming the resume file's missing entry.
+pub(crate) fn take(tensors: &HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
+    tensors
+        .get(name)
+        .map(Tensor::shallow_clone)
+        .ok_or_else(|| Error::Refused(format!("the resume file has no `{name}`; pass --fresh to start over")))
+}
