@@ -167,3 +167,41 @@ pub(crate) fn take(tensors: &HashMap<String, Tensor>, name: &str) -> Result<Tens
         .map(Tensor::shallow_clone)
         .ok_or_else(|| Error::Refused(format!("the resume file has no `{name}`; pass --fresh to start over")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The records come back bit for bit: values whose shortest decimal form the default
+    /// serde_json parser reads 1 ulp off (seen in a 100-epoch CIFAR-10 run's history) need its
+    /// `float_roundtrip` feature.
+    #[test]
+    fn records_and_tensors_survive_the_file_exactly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ctl = EvalControl::resumable(tmp.path().join("x.state.safetensors"), "w", false, StopToken::new());
+        let cfg = Config::default();
+        let losses: [f64; 5] =
+            [1.9199903802490235, 1.8673827780151366, 1.8486025646591187, 0.09911436253643445, 0.09879583809693737];
+        let history: Vec<Value> = losses.iter().map(|l| json!({"loss": l, "lr": l / 3.0})).collect();
+        let records = json!({"best_top1": 0.4183, "best_top5": f64::NAN, "history": history});
+        let t = Tensor::from_slice(&[1.5f32, -2.25]);
+        ctl.save(&cfg, "official linear", 3, &[("fc.bias".into(), t.shallow_clone())], &records).unwrap();
+        let r = ctl.load(&cfg, "official linear").unwrap().expect("a resume file");
+        assert_eq!(r.epochs_done, 3);
+        let got: Vec<f64> =
+            r.records["history"].as_array().unwrap().iter().map(|h| h["loss"].as_f64().unwrap()).collect();
+        for (g, w) in got.iter().zip(&losses) {
+            assert_eq!(g.to_bits(), w.to_bits(), "{g:e} read back for {w:e}");
+        }
+        assert_eq!(r.records, records);
+        assert!(take(&r.tensors, "fc.bias").unwrap().equal(&t));
+        assert!(take(&r.tensors, "fc.weight").is_err());
+        // Another protocol's evaluation does not take it.
+        assert!(ctl.load(&cfg, "finetune").is_err());
+        let fresh = EvalControl { fresh: true, ..ctl.clone() };
+        assert!(fresh.load(&cfg, "official linear").unwrap().is_none(), "--fresh ignores the file");
+        ctl.finish().unwrap();
+        assert!(ctl.load(&cfg, "official linear").unwrap().is_none());
+    }
+}
