@@ -111,6 +111,48 @@ fn the_official_protocol_resumes_to_the_uninterrupted_result_and_refuses_a_forei
     assert!(!state.exists(), "finish removes the resume file");
 }
 
+/// The largest `done` of the test split's feature extraction.
+#[derive(Default)]
+struct Extraction {
+    done: usize,
+    total: usize,
+}
+
+impl Observer for Extraction {
+    fn on_event(&mut self, e: &Event<'_>) {
+        if let Event::EvalProgress { done, total, stage: "features test" } = e {
+            (self.done, self.total) = (self.done.max(*done), *total);
+        }
+    }
+}
+
+/// A stop requested before (or during) the official protocol's one pass over the test split
+/// ends that pass at its next batch, not after it.
+#[test]
+fn a_stop_during_the_test_features_ends_the_official_protocol_at_once() {
+    let _g = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let data = example::data();
+    let mut cfg = example::config();
+    (cfg.eval.official_epochs, cfg.eval.official_batch_size) = (4, 32);
+    let (_vs, m) = model(&cfg);
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("s.state.safetensors");
+    let token = StopToken::new();
+    token.request(15);
+    let ctl = EvalControl::resumable(state.clone(), "w", false, token);
+    let mut obs = Extraction::default();
+    match official::official_linear(&cfg, &m, &data, Device::Cpu, &mut obs, &ctl) {
+        Err(Error::Stopped { interrupted, detail }) => {
+            assert_eq!(interrupted.exit_code(), 143);
+            assert!(detail.contains("epoch 1 of 4") && detail.contains("nothing to resume from"), "{detail}");
+        }
+        other => panic!("expected a stop, got {:?}", other.map(|v| v["history"].clone())),
+    }
+    assert_eq!(obs.total, 200, "the test split's extraction started");
+    assert!(obs.done < obs.total, "it stopped within the extraction ({} of {})", obs.done, obs.total);
+    assert!(!state.exists(), "no epoch finished, no resume file");
+}
+
 #[test]
 fn fine_tuning_resumes_to_the_uninterrupted_encoder_and_result() {
     let _g = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());

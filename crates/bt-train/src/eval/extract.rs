@@ -115,10 +115,29 @@ pub fn labeled_store(
     stage: &str,
     obs: &mut dyn Observer,
 ) -> Result<FeatureStore> {
+    labeled_store_checked(model, source, data, kind, device, budget, opts, stage, obs, &|| Ok(()))
+}
+
+/// [`labeled_store`] that calls `check` before storing each batch and ends with its error (a
+/// stop request).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn labeled_store_checked(
+    model: &BarlowTwins,
+    source: &Arc<dyn ImageSource>,
+    data: &DataConfig,
+    kind: FeatureKind,
+    device: Device,
+    budget: &Budget,
+    opts: StoreOptions,
+    stage: &str,
+    obs: &mut dyn Observer,
+    check: &dyn Fn() -> Result<()>,
+) -> Result<FeatureStore> {
     let total = source.len();
     let mut store = FeatureStore::new(total, budget, opts);
     obs.on_event(&Event::EvalProgress { stage, done: 0, total });
     each_feature_batch(model, source, data, kind, 256, false, device, |f, labels| {
+        check()?;
         require_labels(source, labels, store.len())?;
         store.push(&f, labels)?;
         obs.on_event(&Event::EvalProgress { stage, done: store.len(), total });

@@ -238,8 +238,7 @@ pub fn finetune(
     let e = &cfg.eval;
     let test_src = data.test()?.clone();
     let (train, subset) = labeled_subset(cfg, &data.train)?;
-    let in_test = (0..test_src.len()).filter_map(|i| test_src.label(i)).max().map_or(0, |m| m as i64 + 1);
-    let classes = official::class_count(data.train.as_ref(), in_test);
+    let classes = official::class_count(data.train.as_ref(), test_src.as_ref());
     let needs = "fine-tuning needs a labeled training split";
     let views = official::LabeledViews::new(
         cfg,

@@ -80,8 +80,22 @@ pub fn test_store(
     device: Device,
     obs: &mut dyn Observer,
 ) -> Result<FeatureStore> {
+    test_store_checked(cfg, model, test, device, obs, &|| Ok(()))
+}
+
+/// [`test_store`] that calls `check` before storing each batch and ends with its error (a stop
+/// request during the extraction).
+pub(crate) fn test_store_checked(
+    cfg: &Config,
+    model: &BarlowTwins,
+    test: &std::sync::Arc<dyn bt_data::ImageSource>,
+    device: Device,
+    obs: &mut dyn Observer,
+    check: &dyn Fn() -> Result<()>,
+) -> Result<FeatureStore> {
     let (budget, opts) = (Budget::of(&cfg.eval), StoreOptions::of(&cfg.eval));
-    labeled_store(model, test, &cfg.data, FeatureKind::Encoder, device, &budget, opts, "features test", obs)
+    let kind = FeatureKind::Encoder;
+    extract::labeled_store_checked(model, test, &cfg.data, kind, device, &budget, opts, "features test", obs, check)
 }
 
 /// Top-1, top-5 and confusion of a classifier on every row of `test`: `logits` maps a chunk of

@@ -236,8 +236,9 @@ impl LabeledViews {
 }
 
 /// The classifier's width: the training source's class count when it has one, at least every
-/// label of the test split (`test_classes` = largest test label + 1).
-pub(crate) fn class_count(train: &dyn bt_data::ImageSource, test_classes: i64) -> i64 {
+/// label of the test split (its largest label + 1; read from the source, no image decoded).
+pub(crate) fn class_count(train: &dyn bt_data::ImageSource, test: &dyn bt_data::ImageSource) -> i64 {
+    let test_classes = (0..test.len()).filter_map(|i| test.label(i)).max().map_or(0, |m| m as i64 + 1);
     train.num_classes().map_or(test_classes, |c| (c as i64).max(test_classes))
 }
 
@@ -303,8 +304,8 @@ pub fn official_linear(
 ) -> Result<Value> {
     let t = Instant::now();
     let e = &cfg.eval;
-    let test = crate::eval::test_store(cfg, model, data.test()?, device, obs)?;
-    let classes = class_count(data.train.as_ref(), crate::eval::num_classes(&[], test.labels()));
+    let test_src = data.test()?;
+    let classes = class_count(data.train.as_ref(), test_src.as_ref());
     let needs = "the official protocol needs a labeled training split";
     let views = LabeledViews::new(
         cfg,
@@ -322,7 +323,9 @@ pub fn official_linear(
         clf.load_state(&r.tensors)?;
         (records, start) = (EpochRecords::from_json(&r.records), r.epochs_done);
     }
-    ctl.check_stop(PROTOCOL, start, epochs)?;
+    // The frozen encoder's test features, once; a stop request ends even this pass.
+    let check = || ctl.check_stop(PROTOCOL, start, epochs);
+    let test = crate::eval::test_store_checked(cfg, model, test_src, device, obs, &check)?;
     for epoch in start..epochs {
         clf.set_epoch(epoch);
         let loss = views.epoch(epoch, epochs, device, obs, |x, y, _| {
