@@ -17,6 +17,7 @@ use tch::Tensor;
 /// Key prefix of a momentum buffer in [`Sgd::state`] (`momentum_buffer.<name>`).
 pub const MOMENTUM_BUFFER: &str = "momentum_buffer.";
 
+#[derive(Debug)]
 struct Param {
     name: String,
     tensor: Tensor,
@@ -25,22 +26,12 @@ struct Param {
 }
 
 /// SGD with momentum and weight decay over parameter groups (see the module doc).
+#[derive(Debug)]
 pub struct Sgd {
     params: Vec<Param>,
     lrs: Vec<f64>,
     momentum: f64,
     weight_decay: f64,
-}
-
-impl std::fmt::Debug for Sgd {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sgd")
-            .field("params", &self.params.len())
-            .field("lrs", &self.lrs)
-            .field("momentum", &self.momentum)
-            .field("weight_decay", &self.weight_decay)
-            .finish()
-    }
 }
 
 impl Sgd {

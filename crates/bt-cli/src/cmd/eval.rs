@@ -225,11 +225,7 @@ impl Source {
 fn stopped<T>(r: bt_train::Result<T>) -> Result<T> {
     match r {
         Err(bt_train::Error::Stopped { interrupted, detail }) => {
-            crate::progress::say!(
-                "{interrupted} {detail}.\nResume with:\n  {}",
-                super::pretrain::resume_command(false)
-            );
-            std::process::exit(interrupted.exit_code());
+            super::pretrain::exit_interrupted(format!("{interrupted} {detail}"), interrupted)
         }
         r => Ok(r?),
     }

@@ -119,7 +119,7 @@ pub fn run(a: Args) -> Result<()> {
 
 /// The command line that continues this run: ours without --fresh/--force/--resume (and
 /// without `--set run.max_steps=N` when that is what stopped it).
-pub(crate) fn resume_command(drop_max_steps: bool) -> String {
+fn resume_command(drop_max_steps: bool) -> String {
     let mut out = vec!["bt-cli".to_string()];
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut skip = false;
@@ -148,13 +148,17 @@ pub(crate) fn resume_command(drop_max_steps: bool) -> String {
     out.join(" ")
 }
 
+/// A signal stopped a command that keeps its progress (`what` says where): say so and how to
+/// continue (the same command), then exit 130 / 143.
+pub(crate) fn exit_interrupted(what: impl std::fmt::Display, i: bt_train::Interrupted) -> ! {
+    crate::progress::say!("{what}.\nResume with:\n  {}", resume_command(false));
+    std::process::exit(i.exit_code());
+}
+
 /// A run stopped early with a checkpoint: say so, and how to continue.
 fn finish_early(stop: &Stop) -> Result<()> {
     match stop.reason {
-        StopReason::Interrupted(i) => {
-            crate::progress::say!("{stop}.\nResume with:\n  {}", resume_command(false));
-            std::process::exit(i.exit_code());
-        }
+        StopReason::Interrupted(i) => exit_interrupted(stop, i),
         StopReason::MaxSteps(_) => {
             println!("{stop}. Continue with:\n  {}", resume_command(true));
             Ok(())

@@ -23,7 +23,7 @@
 //! Unlike the frozen protocols, this changes the model: [`finetune`] trains `model`'s encoder
 //! in place, and [`Finetuner::save`] writes it with the classifier as a torchvision state dict.
 use super::official;
-use super::resume::{take, EvalControl};
+use super::resume::{copy_into, EvalControl};
 use crate::error::Result;
 use crate::observer::Observer;
 use crate::setup::Data;
@@ -162,16 +162,7 @@ impl Finetuner {
     pub fn load_state(&mut self, model: &BarlowTwins, tensors: &HashMap<String, Tensor>) -> Result<()> {
         official::load_fc(&self.lin, tensors)?;
         for v in model.encoder().variables() {
-            let src = take(tensors, &format!("{ENCODER}{}", v.name))?;
-            if src.size() != v.tensor.size() {
-                crate::error::refuse!(
-                    "the resume file's `{ENCODER}{}` is {:?}, the encoder's {:?}; pass --fresh to start over",
-                    v.name,
-                    src.size(),
-                    v.tensor.size()
-                );
-            }
-            tch::no_grad(|| v.tensor.shallow_clone().f_copy_(&src))?;
+            copy_into(tensors, &format!("{ENCODER}{}", v.name), &v.tensor, "encoder")?;
         }
         self.opt.load_state(&official::momentum_of(tensors))?;
         Ok(())
@@ -257,7 +248,6 @@ pub fn finetune(
         (records, start) = (official::EpochRecords::from_json(&r.records), r.epochs_done);
         skipped = r.records["skipped_single_rows"].as_u64().unwrap_or(0) as usize;
     }
-    ctl.check_stop(PROTOCOL, start, epochs)?;
     for epoch in start..epochs {
         ft.set_epoch(epoch)?;
         let loss = views.epoch(epoch, epochs, device, obs, |x, y, i| {

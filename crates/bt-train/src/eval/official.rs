@@ -16,7 +16,7 @@
 //!   `best_top1`/`best_top5` beside the last epoch's `test_top1`/`test_top5`;
 //! - its state saved after every epoch and picked up again, as `evaluate.py` does with its
 //!   `checkpoint.pth` ([`super::resume`]).
-use super::resume::{take, EvalControl};
+use super::resume::{copy_into, EvalControl};
 use crate::error::Result;
 use crate::observer::{Event, Observer};
 use crate::setup::Data;
@@ -144,18 +144,7 @@ pub(crate) fn fc_params(lin: &nn::Linear) -> Vec<(String, Tensor)> {
 
 /// Copies `fc.weight` and `fc.bias` of a resume file into the layer.
 pub(crate) fn load_fc(lin: &nn::Linear, tensors: &HashMap<String, Tensor>) -> Result<()> {
-    for (name, dst) in fc_params(lin) {
-        let src = take(tensors, &name)?;
-        if src.size() != dst.size() {
-            crate::error::refuse!(
-                "the resume file's `{name}` is {:?}, the classifier's {:?}; pass --fresh to start over",
-                src.size(),
-                dst.size()
-            );
-        }
-        tch::no_grad(|| dst.shallow_clone().f_copy_(&src))?;
-    }
-    Ok(())
+    fc_params(lin).iter().try_for_each(|(name, dst)| copy_into(tensors, name, dst, "classifier"))
 }
 
 /// The optimizer's entries of a resume file.

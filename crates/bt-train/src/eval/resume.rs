@@ -160,6 +160,21 @@ impl EvalControl {
     }
 }
 
+/// Copies the resume file's `name` into `dst` (the `what`'s tensor of the same shape), or an
+/// error naming the entry that is missing or misshapen.
+pub(crate) fn copy_into(tensors: &HashMap<String, Tensor>, name: &str, dst: &Tensor, what: &str) -> Result<()> {
+    let src = take(tensors, name)?;
+    if src.size() != dst.size() {
+        crate::error::refuse!(
+            "the resume file's `{name}` is {:?}, the {what}'s {:?}; pass --fresh to start over",
+            src.size(),
+            dst.size()
+        );
+    }
+    tch::no_grad(|| dst.shallow_clone().f_copy_(&src))?;
+    Ok(())
+}
+
 /// `tensors[name]`, or an error naming the resume file's missing entry.
 pub(crate) fn take(tensors: &HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
     tensors
